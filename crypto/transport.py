@@ -1,0 +1,238 @@
+"""WireGuard transport messages: batch seal/open in place (pure-Python reference).
+
+``crypto/_transport.pyx`` implements the same API over OpenSSL with the GIL released; the tests
+run against both, and ``crypto/backend.py`` picks one. This module re-exports the replay filter
+so each of the two modules carries the whole API.
+
+Wire format of a transport message (type 4)::
+
+    0        4               8                       16                16+p        16+p+16
+    | type=4 | receiver index | counter (u64 LE)      | ciphertext (p)  | tag (16) |
+      u32 LE   u32 LE (the peer's index)
+
+ChaCha20-Poly1305 with nonce = 4 zero bytes || counter (u64 LE), no associated data; the
+plaintext is zero-padded to a multiple of 16 but never past the MTU.
+
+Buffer contract (docs/design.md): the caller owns every buffer and list; nothing is kept after
+a call returns. A buffer needs capacity HEADROOM + padded + TAG_SIZE to be sealed in place.
+Single-threaded: one event loop owns a TransportCipher.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from crypto.replay import REJECT_AFTER_MESSAGES, WINDOW_SIZE, ReplayFilter
+
+__all__ = [
+    "AUTH",
+    "COUNTER_LIMIT",
+    "EXPIRED",
+    "HEADROOM",
+    "KEY_SIZE",
+    "OK",
+    "REASONS",
+    "REJECT_AFTER_MESSAGES",
+    "REPLAY",
+    "TAG_SIZE",
+    "TOO_SHORT",
+    "WINDOW_SIZE",
+    "ReplayFilter",
+    "TransportCipher",
+    "padded_length",
+]
+
+HEADROOM: Final = 16
+TAG_SIZE: Final = 16
+KEY_SIZE: Final = 32
+MESSAGE_TRANSPORT: Final = 4
+
+# Result codes of open_batch (identical values in _transport.pyx).
+OK: Final = 0
+TOO_SHORT: Final = 1
+AUTH: Final = 2
+REPLAY: Final = 3
+COUNTER_LIMIT: Final = 4
+EXPIRED: Final = 5
+REASONS: Final = ("ok", "too_short", "auth", "replay", "counter_limit", "expired")
+
+_HEADER = struct.Struct("<IIQ")
+_COUNTER = struct.Struct("<Q")
+_NONCE_PREFIX: Final = bytes(4)
+
+
+def padded_length(size: int, mtu: int) -> int:
+    """Plaintext length after padding: a multiple of 16, never past max(mtu, size)."""
+    if size > mtu:
+        return size
+    return min((size + 15) & ~15, mtu)
+
+
+class TransportCipher:
+    """Transport keys of one keypair (both directions) and its counters.
+
+    Single-threaded: one event loop owns it. ``send_counter`` (keyword only) starts the send
+    counter elsewhere than 0; it exists for tests, never reuse a counter with the same key.
+    """
+
+    __slots__ = ("_send", "_receive", "_keys", "_remote_index", "_send_counter", "_replay")
+
+    def __init__(self, send_key: bytes, receive_key: bytes, remote_index: int, *, send_counter: int = 0) -> None:
+        if len(send_key) != KEY_SIZE or len(receive_key) != KEY_SIZE:
+            raise ValueError("transport keys must be 32 bytes")
+        if not 0 <= remote_index <= 0xFFFFFFFF:
+            raise ValueError("remote_index must fit in 32 bits")
+        if not 0 <= send_counter <= REJECT_AFTER_MESSAGES:
+            raise ValueError("send_counter out of range")
+        self._keys = bytearray(send_key) + bytearray(receive_key)
+        self._send: ChaCha20Poly1305 | None = ChaCha20Poly1305(bytes(self._keys[:KEY_SIZE]))
+        self._receive: ChaCha20Poly1305 | None = ChaCha20Poly1305(bytes(self._keys[KEY_SIZE:]))
+        self._remote_index = remote_index
+        self._send_counter = send_counter
+        self._replay = ReplayFilter()
+
+    @property
+    def send_counter(self) -> int:
+        """The counter the next sealed packet will carry."""
+        return self._send_counter
+
+    @property
+    def remote_index(self) -> int:
+        """The peer's receiver index written into every sealed header."""
+        return self._remote_index
+
+    @property
+    def zeroed(self) -> bool:
+        """True once zero() ran: the keys are gone and the cipher is inert."""
+        return self._send is None
+
+    def counter_of(self, buf: bytearray | bytes | memoryview) -> int:
+        """The 64-bit counter in the header of the transport message in ``buf``."""
+        if len(buf) < HEADROOM:
+            raise ValueError("buffer shorter than a transport header")
+        return int(_COUNTER.unpack_from(buf, 8)[0])
+
+    def zero(self) -> None:
+        """Erase the key material; afterwards seal_batch seals nothing, open_batch says EXPIRED.
+
+        (The reference can only drop its references to the library's key objects; the Cython
+        path cleanses its key arrays.)
+        """
+        self._keys[:] = bytes(len(self._keys))
+        self._send = None
+        self._receive = None
+        self._replay.reset()
+
+    def seal_batch(self, bufs: list[bytearray], lengths: list[int], mtu: int) -> int:
+        """Seal a prefix of the batch in place.
+
+        ``bufs[i][HEADROOM:HEADROOM+lengths[i]]`` holds a plaintext packet (0 bytes is a
+        keepalive). Each is zero-padded (see padded_length), given the header at ``buf[0:16]``
+        (type 4, remote index, counter), encrypted in place with the tag after the ciphertext;
+        ``lengths[i]`` becomes ``16 + padded + 16``.
+
+        Every packet that will be sealed is checked first: a bad length or a buffer too small
+        raises ValueError before anything in the batch is modified or a counter is used.
+        Returns how many packets (a prefix) were sealed: fewer than ``len(bufs)`` only when the
+        send counter reaches REJECT_AFTER_MESSAGES (the rest are untouched); 0 after zero().
+        """
+        count = len(bufs)
+        if len(lengths) < count:
+            raise ValueError("lengths is shorter than bufs")
+        if mtu < 0:
+            raise ValueError("mtu must be non-negative")
+        aead = self._send
+        if aead is None or count == 0:
+            return 0
+        count = min(count, REJECT_AFTER_MESSAGES - self._send_counter)
+        plan: list[tuple[memoryview, int, int]] = []
+        try:
+            for i in range(count):
+                view = memoryview(bufs[i]).cast("B")
+                plan.append((view, lengths[i], 0))
+                if view.readonly:
+                    raise BufferError("buffer is read-only")
+                size = lengths[i]
+                if size < 0 or HEADROOM + size > len(view):
+                    raise ValueError(f"packet {i}: length {size} does not fit its buffer")
+                padded = padded_length(size, mtu)
+                if HEADROOM + padded + TAG_SIZE > len(view):
+                    raise ValueError(
+                        f"packet {i}: buffer of {len(view)} bytes cannot hold "
+                        f"{HEADROOM + padded + TAG_SIZE} sealed bytes"
+                    )
+                plan[-1] = (view, size, padded)
+            for i, (view, size, padded) in enumerate(plan):
+                counter = self._send_counter
+                self._send_counter = counter + 1
+                view[HEADROOM + size : HEADROOM + padded] = bytes(padded - size)
+                _HEADER.pack_into(view, 0, MESSAGE_TRANSPORT, self._remote_index, counter)
+                nonce = _NONCE_PREFIX + _COUNTER.pack(counter)
+                sealed = aead.encrypt(nonce, bytes(view[HEADROOM : HEADROOM + padded]), None)
+                view[HEADROOM : HEADROOM + padded + TAG_SIZE] = sealed
+                lengths[i] = HEADROOM + padded + TAG_SIZE
+        finally:
+            for view, _, _ in plan:
+                view.release()
+        return count
+
+    def open_batch(self, bufs: list[bytearray], lengths: list[int], results: list[int]) -> int:
+        """Open the batch in place.
+
+        ``bufs[i][0:lengths[i]]`` holds a type-4 message already routed to this keypair by its
+        receiver index. On success the plaintext (padding included) is at
+        ``bufs[i][16:16+lengths[i]]`` and ``results[i] = OK``; otherwise ``results[i]`` is a
+        reason code, ``lengths[i]`` is unchanged and the buffer content is unspecified.
+        Checks in order: TOO_SHORT (< 32 bytes), COUNTER_LIMIT, AUTH (tag), REPLAY (window,
+        updated only by authenticated packets). After zero() every packet is EXPIRED.
+        A length outside its buffer raises ValueError before anything is modified.
+        Returns the number of OK packets.
+        """
+        count = len(bufs)
+        if len(lengths) < count or len(results) < count:
+            raise ValueError("lengths or results is shorter than bufs")
+        aead = self._receive
+        if aead is None:
+            for i in range(count):
+                results[i] = EXPIRED
+            return 0
+        views: list[memoryview] = []
+        try:
+            for i in range(count):
+                view = memoryview(bufs[i]).cast("B")
+                views.append(view)
+                if view.readonly:
+                    raise BufferError("buffer is read-only")
+                if not 0 <= lengths[i] <= len(view):
+                    raise ValueError(f"packet {i}: length {lengths[i]} does not fit its buffer")
+            accepted = 0
+            for i, view in enumerate(views):
+                size = lengths[i]
+                if size < HEADROOM + TAG_SIZE:
+                    results[i] = TOO_SHORT
+                    continue
+                counter = int(_COUNTER.unpack_from(view, 8)[0])
+                if counter >= REJECT_AFTER_MESSAGES:
+                    results[i] = COUNTER_LIMIT
+                    continue
+                nonce = _NONCE_PREFIX + bytes(view[8:16])
+                try:
+                    plain = aead.decrypt(nonce, bytes(view[HEADROOM:size]), None)
+                except InvalidTag:
+                    results[i] = AUTH
+                    continue
+                if not self._replay.validate(counter):
+                    results[i] = REPLAY
+                    continue
+                view[HEADROOM : HEADROOM + len(plain)] = plain
+                lengths[i] = len(plain)
+                results[i] = OK
+                accepted += 1
+        finally:
+            for view in views:
+                view.release()
+        return accepted

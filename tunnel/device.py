@@ -1,0 +1,641 @@
+"""The WireGuard engine: a sans-I/O device that turns packets into datagrams and back.
+
+Flows (compare wireguard-go's device/send.go and receive.go):
+
+Outbound: 1. the shell reads a batch of IP packets from TUN, each at ``buf[HEADROOM:]``
+2. :meth:`Device.send_batch` routes each by destination through allowed-IPs and groups by peer
+3. a peer with a usable keypair seals its group in place (one batch call into the transport
+cipher); others stage copies and start a handshake 4. the result lists datagrams for the shell.
+
+Inbound: 1. the shell reads a batch of datagrams into buffers 2. :meth:`Device.receive_batch`
+classifies them; handshake messages are handled in order first 3. transport messages are grouped
+by keypair and opened in place in one batch call 4. each plaintext passes the padding and
+allowed-IPs source checks and is listed for the TUN.
+
+Contract: the engine never reads a clock or does I/O. ``now`` is monotonic seconds; ``wall_offset``
+turns it into Unix time for TAI64N and for "latest handshake". Outputs that are memoryviews point
+into the caller's buffers and are valid until the caller reuses them. Single-threaded.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from crypto import noise, tai64n
+from crypto.backend import HEADROOM, OK, REASONS, TAG_SIZE, TransportCipher
+from crypto.cookie import CookieChecker, CookieGenerator, reply_receiver
+from crypto.primitives import dh_generate
+from tunnel.allowedips import AllowedIPs
+from tunnel.constants import (
+    DEFAULT_MTU,
+    INITIATION_SIZE,
+    KEEPALIVE_TIMEOUT,
+    MAX_STAGED_PACKETS,
+    MAX_TIMER_HANDSHAKES,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+    PADDING_MULTIPLE,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_ON_RECEIVE_AGE,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    UNDER_LOAD_HANDSHAKES_PER_SECOND,
+    UNDER_LOAD_HOLD,
+    ZERO_KEYS_AFTER,
+)
+from tunnel.endpoint import Endpoint
+from tunnel.messages import Drop, classify, inner_packet_length, receiver_index
+from tunnel.peer import Keypair, Peer
+from tunnel.ratelimiter import InitiationLimiter, RateLimiter
+
+Datagram = tuple[bytes | bytearray | memoryview, Endpoint]
+
+
+@dataclass(slots=True)
+class Output:
+    """What a call asks the shell to do: datagrams to send, packets to write to the TUN."""
+
+    datagrams: list[Datagram] = field(default_factory=list)
+    packets: list[memoryview] = field(default_factory=list)
+
+    def extend(self, other: Output) -> None:
+        self.datagrams.extend(other.datagrams)
+        self.packets.extend(other.packets)
+
+
+def packet_buffer(payload: bytes | bytearray | memoryview, mtu: int) -> bytearray:
+    """A fresh buffer holding payload at HEADROOM with room for padding and the tag."""
+    size = HEADROOM + max(len(payload), mtu) + PADDING_MULTIPLE + TAG_SIZE
+    buf = bytearray(size)
+    buf[HEADROOM : HEADROOM + len(payload)] = payload
+    return buf
+
+
+class Device:
+    """A WireGuard interface without its I/O: peers, keys, routing, timers and counters."""
+
+    def __init__(
+        self,
+        private_key: bytes | None = None,
+        *,
+        mtu: int = DEFAULT_MTU,
+        wall_offset: float = 0.0,
+        random: Callable[[int], bytes] = os.urandom,
+        cipher: Callable[[bytes, bytes, int], TransportCipher] | None = None,
+    ) -> None:
+        self.mtu = mtu
+        # The transport implementation (Cython or the pure-Python reference); tests pick both.
+        self._cipher = cipher if cipher is not None else TransportCipher
+        self.wall_offset = wall_offset
+        self._random = random
+        self.identity: noise.StaticIdentity | None = None
+        self.cookie_checker = CookieChecker(random)
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        self.drops: Counter[str] = Counter()
+        self.rate_limiter = RateLimiter()
+        self._initiation_limiters: dict[Peer, InitiationLimiter] = {}
+        self._index: dict[int, Peer | Keypair] = {}
+        self._timers: list[tuple[float, int, Peer]] = []
+        self._timer_seq = 0
+        self._handshake_second = 0.0
+        self._handshakes_this_second = 0
+        self._under_load_until = -1.0
+        self.set_private_key(private_key)
+
+    # ----------------------------------------------------------------- configuration
+
+    def set_private_key(self, private_key: bytes | None) -> None:
+        """Set or clear the static key; every session is dropped, as in wireguard-go."""
+        if private_key is not None and private_key == bytes(32):
+            private_key = None
+        if private_key is None:
+            self.identity = None
+            self.cookie_checker.set_public_key(None)
+        else:
+            self.identity = noise.StaticIdentity.from_private(private_key)
+            self.cookie_checker.set_public_key(self.identity.public)
+            own = self.peers.get(self.identity.public)
+            if own is not None:
+                self.remove_peer(own.public_key)
+        for peer in self.peers.values():
+            self._expire_sessions(peer)
+
+    @property
+    def private_key(self) -> bytes | None:
+        return None if self.identity is None else self.identity.private
+
+    @property
+    def public_key(self) -> bytes | None:
+        return None if self.identity is None else self.identity.public
+
+    def add_peer(self, public_key: bytes) -> Peer:
+        """Create (or return) the peer with this public key."""
+        peer = self.peers.get(public_key)
+        if peer is None:
+            peer = Peer(public_key, noise.Handshake(public_key), CookieGenerator(public_key))
+            self.peers[public_key] = peer
+            self._initiation_limiters[peer] = InitiationLimiter()
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self._expire_sessions(peer)
+        self.allowed_ips.remove_peer(peer)
+        self._initiation_limiters.pop(peer, None)
+
+    def set_preshared_key(self, peer: Peer, key: bytes | None) -> None:
+        peer.handshake.preshared_key = key if key is not None else noise.ZERO_KEY
+
+    def set_persistent_keepalive(self, peer: Peer, interval: int, now: float) -> Output:
+        """Change the interval; going from off to on sends a keepalive at once (like wg-go)."""
+        out = Output()
+        was_off = peer.persistent_keepalive == 0
+        peer.persistent_keepalive = interval
+        if interval == 0:
+            peer.timers.persistent_keepalive = None
+        elif was_off and self.identity is not None and peer.endpoint is not None:
+            self._send_keepalive(peer, now, out)
+        return out
+
+    # ----------------------------------------------------------------- outbound
+
+    def send_batch(self, bufs: Sequence[bytearray], lengths: Sequence[int], now: float) -> Output:
+        """Route and seal a batch of IP packets read from the TUN.
+
+        ``bufs[i][HEADROOM:HEADROOM+lengths[i]]`` is a packet; each buffer must have room for
+        padding and the tag after it (see :func:`packet_buffer`). Sealed datagrams are written
+        in place and returned as views; packets waiting for a handshake are copied.
+        """
+        out = Output()
+        groups: dict[Peer, list[int]] = {}
+        mtu = self.mtu
+        for i in range(len(bufs)):
+            n = lengths[i]
+            if n > mtu:
+                self.drops[Drop.TOO_BIG] += 1
+                continue
+            peer = self.allowed_ips.lookup_dst(bufs[i], HEADROOM) if n else None
+            if peer is None:
+                self.drops[Drop.NO_ROUTE] += 1
+                continue
+            groups.setdefault(peer, []).append(i)
+        for peer, indices in groups.items():
+            if peer.endpoint is None:
+                self.drops[Drop.NO_ENDPOINT] += len(indices)
+                continue
+            self._send_packets(peer, [bufs[i] for i in indices], [lengths[i] for i in indices], now, out)
+        return out
+
+    def _sending_keypair(self, peer: Peer, now: float) -> Keypair | None:
+        keypair = peer.current
+        if keypair is None or now - keypair.created >= REJECT_AFTER_TIME:
+            return None
+        if keypair.cipher.send_counter >= REJECT_AFTER_MESSAGES:
+            return None
+        return keypair
+
+    def _send_packets(
+        self, peer: Peer, bufs: list[bytearray], lengths: list[int], now: float, out: Output
+    ) -> None:
+        keypair = self._sending_keypair(peer, now) if self.identity is not None else None
+        sealed = 0
+        if keypair is not None and peer.endpoint is not None:
+            had_data = any(lengths)
+            sealed = keypair.cipher.seal_batch(bufs, lengths, self.mtu)
+            endpoint = peer.endpoint
+            for i in range(sealed):
+                peer.tx_bytes += lengths[i]
+                out.datagrams.append((memoryview(bufs[i])[: lengths[i]], endpoint))
+            if sealed:
+                if had_data:
+                    self._timer_data_sent(peer, now)
+                self._timer_any_authenticated_packet_sent(peer)
+                self._timer_any_authenticated_packet_traversal(peer, now)
+                self._keep_key_fresh_sending(peer, keypair, now, out)
+        if sealed < len(bufs):
+            for i in range(sealed, len(bufs)):
+                self._stage(peer, bytes(memoryview(bufs[i])[HEADROOM : HEADROOM + lengths[i]]))
+            self._send_initiation(peer, now, False, out)
+
+    def _stage(self, peer: Peer, payload: bytes) -> None:
+        if len(peer.staged) >= MAX_STAGED_PACKETS:
+            peer.staged.popleft()
+            self.drops[Drop.STAGED_OVERFLOW] += 1
+        peer.staged.append(payload)
+
+    def _flush_staged(self, peer: Peer, now: float, out: Output) -> None:
+        if not peer.staged:
+            return
+        if self._sending_keypair(peer, now) is None:
+            self._send_initiation(peer, now, False, out)
+            return
+        payloads = list(peer.staged)
+        peer.staged.clear()
+        bufs = [packet_buffer(p, self.mtu) for p in payloads]
+        self._send_packets(peer, bufs, [len(p) for p in payloads], now, out)
+
+    def _send_keepalive(self, peer: Peer, now: float, out: Output) -> None:
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._flush_staged(peer, now, out)
+
+    def _keep_key_fresh_sending(self, peer: Peer, keypair: Keypair, now: float, out: Output) -> None:
+        if keypair.is_initiator and (
+            now - keypair.created >= REKEY_AFTER_TIME
+            or keypair.cipher.send_counter >= REKEY_AFTER_MESSAGES
+        ):
+            self._send_initiation(peer, now, False, out)
+
+    # ----------------------------------------------------------------- handshakes out
+
+    def _new_index(self, entry: Peer | Keypair) -> int:
+        while True:
+            index = int.from_bytes(self._random(4), "little")
+            if index not in self._index:
+                self._index[index] = entry
+                return index
+
+    def _jitter(self) -> float:
+        return (int.from_bytes(self._random(4), "little") % 1000) / 1000 * REKEY_TIMEOUT_JITTER_MAX
+
+    def _send_initiation(self, peer: Peer, now: float, is_retry: bool, out: Output) -> None:
+        if not is_retry:
+            peer.timers.handshake_attempts = 0
+        if peer.last_initiation_sent is not None and now - peer.last_initiation_sent < REKEY_TIMEOUT:
+            return
+        if self.identity is None:
+            return
+        hs = peer.handshake
+        if hs.local_index and self._index.get(hs.local_index) is peer:
+            del self._index[hs.local_index]
+        index = self._new_index(peer)
+        ephemeral = dh_generate(self._random(32))
+        try:
+            msg = noise.create_initiation(
+                self.identity, hs, index, ephemeral, tai64n.encode(now + self.wall_offset)
+            )
+        except Exception:  # a low-order peer key: nothing can ever be sent to it
+            del self._index[index]
+            self.drops[Drop.HANDSHAKE_AUTH] += 1
+            return
+        peer.cookies.add_macs(msg, now)
+        peer.last_initiation_sent = now
+        self._arm(peer, "retransmit_handshake", now + REKEY_TIMEOUT + self._jitter())
+        self._timer_any_authenticated_packet_traversal(peer, now)
+        self._timer_any_authenticated_packet_sent(peer)
+        if peer.endpoint is not None:
+            peer.tx_bytes += len(msg)
+            out.datagrams.append((msg, peer.endpoint))
+
+    def initiate(self, peer: Peer, now: float) -> Output:
+        """Start a handshake with peer now (subject to the REKEY_TIMEOUT rate limit)."""
+        out = Output()
+        self._send_initiation(peer, now, False, out)
+        return out
+
+    # ----------------------------------------------------------------- inbound
+
+    def receive_batch(
+        self,
+        bufs: Sequence[bytearray],
+        lengths: Sequence[int],
+        sources: Sequence[Endpoint],
+        now: float,
+    ) -> Output:
+        """Handle a batch of datagrams ``bufs[i][:lengths[i]]`` from ``sources[i]``.
+
+        Transport messages are decrypted in place; the delivered packets are views of
+        ``bufs[i][16:]``. Anything malformed, forged or replayed is dropped and counted in
+        :attr:`drops`; nothing raises on peer input.
+        """
+        out = Output()
+        groups: dict[Keypair, list[int]] = {}
+        for i in range(len(bufs)):
+            view = memoryview(bufs[i])[: lengths[i]]
+            kind = classify(view)
+            if isinstance(kind, str):
+                self.drops[kind] += 1
+            elif kind == MESSAGE_TRANSPORT:
+                entry = self._index.get(receiver_index(view))
+                if isinstance(entry, Keypair):
+                    groups.setdefault(entry, []).append(i)
+                else:
+                    self.drops[Drop.UNKNOWN_RECEIVER] += 1
+            else:
+                self._receive_handshake(kind, view, sources[i], now, out)
+        for keypair, indices in groups.items():
+            self._receive_transport(keypair, bufs, lengths, sources, indices, now, out)
+        return out
+
+    def _under_load(self, now: float) -> bool:
+        if now - self._handshake_second >= 1.0:
+            self._handshake_second = now
+            self._handshakes_this_second = 0
+        self._handshakes_this_second += 1
+        if self._handshakes_this_second >= UNDER_LOAD_HANDSHAKES_PER_SECOND:
+            self._under_load_until = now + UNDER_LOAD_HOLD
+        return now < self._under_load_until
+
+    def _receive_handshake(
+        self, kind: int, msg: memoryview, source: Endpoint, now: float, out: Output
+    ) -> None:
+        if kind == MESSAGE_COOKIE_REPLY:
+            self._receive_cookie_reply(msg, now)
+            return
+        if self.identity is None:
+            self.drops[Drop.NO_PRIVATE_KEY] += 1
+            return
+        if not self.cookie_checker.check_mac1(msg):
+            self.drops[Drop.INVALID_MAC1] += 1
+            return
+        if self._under_load(now):
+            source_bytes = source.source_bytes()
+            if not self.cookie_checker.check_mac2(msg, source_bytes, now):
+                sender = int.from_bytes(msg[4:8], "little")
+                reply = self.cookie_checker.create_reply(msg, sender, source_bytes, now)
+                out.datagrams.append((reply, source))
+                self.drops[Drop.COOKIE_SENT] += 1
+                return
+            if not self.rate_limiter.allow(source_bytes[:-2], now):
+                self.drops[Drop.RATE_LIMITED] += 1
+                return
+        if kind == MESSAGE_INITIATION:
+            self._receive_initiation(msg, source, now, out)
+        elif kind == MESSAGE_RESPONSE:
+            self._receive_response(msg, source, now, out)
+
+    def _receive_cookie_reply(self, msg: memoryview, now: float) -> None:
+        entry = self._index.get(reply_receiver(msg))
+        peer = entry.peer if isinstance(entry, Keypair) else entry
+        if peer is None or not peer.cookies.consume_reply(msg, now):
+            self.drops[Drop.INVALID_COOKIE_REPLY] += 1
+
+    def _receive_initiation(self, msg: memoryview, source: Endpoint, now: float, out: Output) -> None:
+        assert self.identity is not None and len(msg) == INITIATION_SIZE
+        try:
+            consumed = noise.consume_initiation(self.identity, msg)
+        except noise.HandshakeError:
+            self.drops[Drop.HANDSHAKE_AUTH] += 1
+            return
+        peer = self.peers.get(consumed.remote_static)
+        if peer is None:
+            self.drops[Drop.UNKNOWN_PEER] += 1
+            return
+        hs = peer.handshake
+        if not tai64n.after(consumed.timestamp, hs.last_timestamp):
+            self.drops[Drop.REPLAYED_INITIATION] += 1
+            return
+        if not self._initiation_limiters[peer].allow(now):
+            self.drops[Drop.INITIATION_FLOOD] += 1
+            return
+        if hs.local_index and self._index.get(hs.local_index) is peer:
+            del self._index[hs.local_index]
+        noise.accept_initiation(hs, consumed)
+        peer.last_initiation_consumed = now
+        peer.endpoint = source
+        peer.rx_bytes += len(msg)
+        self._timer_any_authenticated_packet_received(peer)
+        self._timer_any_authenticated_packet_traversal(peer, now)
+        index = self._new_index(peer)
+        try:
+            response = noise.create_response(hs, index, dh_generate(self._random(32)))
+        except noise.HandshakeError:
+            del self._index[index]
+            self.drops[Drop.HANDSHAKE_AUTH] += 1
+            return
+        peer.cookies.add_macs(response, now)
+        self._begin_session(peer, noise.derive_keys(hs), now)
+        peer.tx_bytes += len(response)
+        peer.last_initiation_sent = now  # wireguard-go's lastSentHandshake covers responses too
+        out.datagrams.append((response, source))
+        self._timer_any_authenticated_packet_sent(peer)
+
+    def _receive_response(self, msg: memoryview, source: Endpoint, now: float, out: Output) -> None:
+        assert self.identity is not None
+        entry = self._index.get(noise.response_receiver(msg))
+        if not isinstance(entry, Peer):
+            self.drops[Drop.UNKNOWN_RECEIVER] += 1
+            return
+        peer = entry
+        try:
+            noise.consume_response(self.identity, peer.handshake, msg)
+        except noise.HandshakeError:
+            self.drops[Drop.UNEXPECTED_RESPONSE] += 1
+            return
+        peer.endpoint = source
+        peer.rx_bytes += len(msg)
+        self._timer_any_authenticated_packet_received(peer)
+        self._timer_any_authenticated_packet_traversal(peer, now)
+        self._begin_session(peer, noise.derive_keys(peer.handshake), now)
+        self._send_keepalive(peer, now, out)  # confirms the session, or flushes staged packets
+
+    def _begin_session(self, peer: Peer, keys: noise.SessionKeys, now: float) -> None:
+        """Install a new keypair: current for the initiator, next for the responder."""
+        cipher = self._cipher(keys.send_key, keys.receive_key, keys.remote_index)
+        keypair = Keypair(peer, cipher, now, keys.is_initiator, keys.local_index, keys.remote_index)
+        self._index[keys.local_index] = keypair
+        if keys.is_initiator:
+            if peer.next is not None:
+                self._drop_keypair(peer.previous)
+                self._drop_keypair(peer.current)
+                peer.previous, peer.next = peer.next, None
+            else:
+                self._drop_keypair(peer.previous)
+                peer.previous = peer.current
+            peer.current = keypair
+        else:
+            self._drop_keypair(peer.next)
+            self._drop_keypair(peer.previous)
+            peer.next, peer.previous = keypair, None
+        # timersHandshakeComplete + timersSessionDerived
+        t = peer.timers
+        t.retransmit_handshake = None
+        t.handshake_attempts = 0
+        t.sent_last_minute_handshake = False
+        peer.last_handshake_wall = now + self.wall_offset
+        self._arm(peer, "zero_key_material", now + ZERO_KEYS_AFTER)
+
+    def _drop_keypair(self, keypair: Keypair | None) -> None:
+        if keypair is None:
+            return
+        if self._index.get(keypair.local_index) is keypair:
+            del self._index[keypair.local_index]
+        keypair.cipher.zero()
+
+    def _receive_transport(
+        self,
+        keypair: Keypair,
+        bufs: Sequence[bytearray],
+        lengths: Sequence[int],
+        sources: Sequence[Endpoint],
+        indices: list[int],
+        now: float,
+        out: Output,
+    ) -> None:
+        peer = keypair.peer
+        if now - keypair.created >= REJECT_AFTER_TIME:
+            self.drops[Drop.KEYPAIR_EXPIRED] += len(indices)
+            return
+        sub_bufs = [bufs[i] for i in indices]
+        sub_lengths = [lengths[i] for i in indices]
+        wire_lengths = list(sub_lengths)
+        results = [0] * len(indices)
+        if keypair.cipher.open_batch(sub_bufs, sub_lengths, results) == 0:
+            for code in results:
+                self.drops[REASONS[code]] += 1
+            return
+        if peer.next is keypair:  # the responder's new session is confirmed
+            self._drop_keypair(peer.previous)
+            peer.previous, peer.current, peer.next = peer.current, keypair, None
+            self._flush_staged(peer, now, out)
+        data = False
+        last_ok = 0
+        for j, code in enumerate(results):
+            if code != OK:
+                self.drops[REASONS[code]] += 1
+                continue
+            last_ok = j
+            peer.rx_bytes += wire_lengths[j]
+            size = sub_lengths[j]
+            if size == 0:
+                continue  # keepalive
+            buf = sub_bufs[j]
+            length = inner_packet_length(buf, HEADROOM, size)
+            if length < 0:
+                self.drops[Drop.INVALID_INNER_PACKET] += 1
+                continue
+            if self.allowed_ips.lookup_src(buf, HEADROOM) is not peer:
+                self.drops[Drop.DISALLOWED_SOURCE] += 1
+                continue
+            data = True
+            out.packets.append(memoryview(buf)[HEADROOM : HEADROOM + length])
+        peer.endpoint = sources[indices[last_ok]]
+        self._timer_any_authenticated_packet_received(peer)
+        self._timer_any_authenticated_packet_traversal(peer, now)
+        if data:
+            self._timer_data_received(peer, now)
+        if (
+            keypair.is_initiator
+            and not peer.timers.sent_last_minute_handshake
+            and now - keypair.created >= REKEY_ON_RECEIVE_AGE
+        ):
+            peer.timers.sent_last_minute_handshake = True
+            self._send_initiation(peer, now, False, out)
+
+    # ----------------------------------------------------------------- timers
+
+    def _arm(self, peer: Peer, name: str, deadline: float) -> None:
+        setattr(peer.timers, name, deadline)
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, peer))
+
+    def _timer_data_sent(self, peer: Peer, now: float) -> None:
+        if peer.timers.new_handshake is None:
+            self._arm(peer, "new_handshake", now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter())
+
+    def _timer_data_received(self, peer: Peer, now: float) -> None:
+        if peer.timers.send_keepalive is None:
+            self._arm(peer, "send_keepalive", now + KEEPALIVE_TIMEOUT)
+        else:
+            peer.timers.keepalive_needed = True
+
+    @staticmethod
+    def _timer_any_authenticated_packet_sent(peer: Peer) -> None:
+        peer.timers.send_keepalive = None
+
+    @staticmethod
+    def _timer_any_authenticated_packet_received(peer: Peer) -> None:
+        peer.timers.new_handshake = None
+
+    def _timer_any_authenticated_packet_traversal(self, peer: Peer, now: float) -> None:
+        if peer.persistent_keepalive:
+            self._arm(peer, "persistent_keepalive", now + peer.persistent_keepalive)
+
+    def next_timer(self) -> float | None:
+        """The earliest deadline the shell should call :meth:`update_timers` at, if any."""
+        heap = self._timers
+        while heap:
+            deadline, _, peer = heap[0]
+            if self._is_pending(peer, deadline):
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def _is_pending(self, peer: Peer, deadline: float) -> bool:
+        if self.peers.get(peer.public_key) is not peer:
+            return False
+        t = peer.timers
+        return deadline in (
+            t.retransmit_handshake,
+            t.send_keepalive,
+            t.new_handshake,
+            t.zero_key_material,
+            t.persistent_keepalive,
+        )
+
+    def update_timers(self, now: float) -> Output:
+        """Fire every timer due at ``now``."""
+        out = Output()
+        heap = self._timers
+        while heap and heap[0][0] <= now:
+            deadline, _, peer = heapq.heappop(heap)
+            if self.peers.get(peer.public_key) is peer:
+                self._fire(peer, deadline, now, out)
+        return out
+
+    def _fire(self, peer: Peer, deadline: float, now: float, out: Output) -> None:
+        t = peer.timers
+        if t.retransmit_handshake == deadline:
+            t.retransmit_handshake = None
+            if t.handshake_attempts > MAX_TIMER_HANDSHAKES:
+                peer.staged.clear()  # give up; zero everything later if nothing else will
+                if t.zero_key_material is None:
+                    self._arm(peer, "zero_key_material", now + ZERO_KEYS_AFTER)
+            else:
+                t.handshake_attempts += 1
+                self._send_initiation(peer, now, True, out)
+        if t.send_keepalive == deadline:
+            t.send_keepalive = None
+            self._send_keepalive(peer, now, out)
+            if t.keepalive_needed:
+                t.keepalive_needed = False
+                self._arm(peer, "send_keepalive", now + KEEPALIVE_TIMEOUT)
+        if t.new_handshake == deadline:
+            t.new_handshake = None
+            self._send_initiation(peer, now, False, out)
+        if t.zero_key_material == deadline:
+            t.zero_key_material = None
+            self._expire_sessions(peer)
+        if t.persistent_keepalive == deadline:
+            t.persistent_keepalive = None
+            if peer.persistent_keepalive:
+                self._send_keepalive(peer, now, out)
+
+    def _expire_sessions(self, peer: Peer) -> None:
+        """Forget every keypair and the handshake in progress (keys zeroed)."""
+        for keypair in peer.keypairs():
+            self._drop_keypair(keypair)
+        peer.previous = peer.current = peer.next = None
+        hs = peer.handshake
+        if hs.local_index and self._index.get(hs.local_index) is peer:
+            del self._index[hs.local_index]
+        hs.clear()
+        peer.staged.clear()
+        peer.last_initiation_sent = None
+
+    # ----------------------------------------------------------------- introspection
+
+    def keypair_count(self) -> int:
+        return sum(1 for e in self._index.values() if isinstance(e, Keypair))

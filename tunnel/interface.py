@@ -1,0 +1,383 @@
+"""One WireGuard interface of the daemon: the engine plus its TUN device and UDP sockets.
+
+:class:`Interface` owns a sans-I/O :class:`~tunnel.device.Device`, a :class:`~tunnel.tun.Tun`
+and a :class:`~tunnel.udp.UdpBind`, and wires them on the asyncio loop:
+
+Outbound: TUN readable -> ``tun.read_batch`` (packets at ``buf[HEADROOM:]``) ->
+``device.send_batch`` (sealed in place) -> ``bind.send_batch``.
+Inbound: UDP readable -> ``sock.recv_batch`` (datagrams at ``buf[0:]``) ->
+``device.receive_batch`` (opened in place) -> ``tun.write_batch`` and replies to ``bind``.
+Timers: one loop timer, re-armed from ``device.next_timer()`` after every batch and UAPI call.
+
+It also implements the UAPI configuration protocol (:class:`tunnel.uapi.UapiTarget`) for the
+UAPI server. Time: ``time.monotonic()`` is the engine's ``now``; ``device.wall_offset`` turns it
+into Unix time and is refreshed by :meth:`housekeeping`.
+
+Buffers are allocated here once per interface and reused for every batch: an Output's views
+point into them and are consumed before the next read. Everything runs on the loop thread; a
+bad packet or a bug hit by one batch is logged (debug), counted in :attr:`errors` and the loop
+goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Final
+
+from crypto import noise
+from crypto.backend import HEADROOM, TAG_SIZE
+from tunnel.constants import PADDING_MULTIPLE
+from tunnel.device import Device, Output
+from tunnel.endpoint import Endpoint
+from tunnel.tun import Tun, TunGone
+from tunnel.uapi import PeerInfo
+from tunnel.udp import BatchSocket, UdpBind
+
+log = logging.getLogger(__name__)
+
+TUN_BATCH = 64
+UDP_BATCH = 64
+MAX_PACKET = 65535  # the largest IP packet (and UDP datagram) there is
+TUN_BUFFER = HEADROOM + MAX_PACKET + PADDING_MULTIPLE + TAG_SIZE
+UDP_BUFFER = MAX_PACKET + 1
+MTU_RECHECK = 0.1  # at most this often when a packet bigger than the known MTU shows up
+
+_UNSET: Final = object()
+_PLACEHOLDER = Endpoint("0.0.0.0", 0)
+
+
+class Interface:
+    """A running WireGuard interface. Create, :meth:`open_bind`, :meth:`start`, :meth:`close`.
+
+    ``stopped`` is set (with ``stop_reason``) when the TUN device disappears; the daemon waits on
+    it. ``uapi_lock`` serialises UAPI operations.
+    """
+
+    def __init__(self, tun: Tun) -> None:
+        self.tun = tun
+        self.device = Device(mtu=tun.mtu, wall_offset=time.time() - time.monotonic())
+        self.bind: UdpBind | None = None
+        self._fwmark = 0
+        self.errors: Counter[str] = Counter()
+        self.uapi_lock = asyncio.Lock()
+        self.stopped = asyncio.Event()
+        self.stop_reason = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._mtu_checked = 0.0
+        self._tun_bufs = [bytearray(TUN_BUFFER) for _ in range(TUN_BATCH)]
+        self._tun_lengths = [0] * TUN_BATCH
+        self._udp_bufs = [bytearray(UDP_BUFFER) for _ in range(UDP_BATCH)]
+        self._udp_lengths = [0] * UDP_BATCH
+        self._udp_sources = [_PLACEHOLDER] * UDP_BATCH
+
+    @property
+    def name(self) -> str:
+        return self.tun.name
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open_bind(self, port: int = 0) -> None:
+        """Bind the UDP sockets (before :meth:`start`, e.g. before daemonizing). Raises OSError."""
+        self._rebind(port)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start reading the TUN device and the sockets on ``loop``."""
+        self._loop = loop
+        loop.add_reader(self.tun.fd, self._on_tun_readable)
+        if self.bind is not None:
+            self._watch(self.bind)
+        self._rearm()
+
+    def close(self) -> None:
+        """Stop everything and close the sockets and the TUN fd (which deletes the device)."""
+        loop = self._loop
+        if loop is not None:
+            loop.remove_reader(self.tun.fd)
+            if self.bind is not None:
+                self._unwatch(self.bind)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.bind is not None:
+            self.bind.close()
+            self.bind = None
+        self.tun.close()
+        self._loop = None
+
+    def _stop(self, reason: str) -> None:
+        if not self.stopped.is_set():
+            self.stop_reason = reason
+            log.info("stopping: %s", reason)
+            self.stopped.set()
+            if self._loop is not None:
+                self._loop.remove_reader(self.tun.fd)
+
+    def housekeeping(self) -> None:
+        """Called about once a second: notice a deleted device, MTU changes, clock steps."""
+        if self.stopped.is_set():
+            return
+        if not self.tun.alive():
+            self._stop("the TUN device was deleted")
+            return
+        self._refresh_mtu()
+        self.device.wall_offset = time.time() - time.monotonic()
+
+    def _refresh_mtu(self) -> None:
+        self._mtu_checked = time.monotonic()
+        try:
+            mtu = self.tun.refresh_mtu()
+        except TunGone:
+            self._stop("the TUN device was deleted")
+            return
+        if mtu != self.device.mtu:
+            log.info("MTU of %s is now %d", self.name, mtu)
+            self.device.mtu = min(mtu, MAX_PACKET)
+
+    # ------------------------------------------------------------------ sockets
+
+    def _watch(self, bind: UdpBind) -> None:
+        if self._loop is not None:
+            for sock in bind.sockets:
+                self._loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
+
+    def _unwatch(self, bind: UdpBind) -> None:
+        if self._loop is not None:
+            for sock in bind.sockets:
+                self._loop.remove_reader(sock.fileno())
+
+    def _rebind(self, port: int) -> None:
+        new = UdpBind.open(port, self._fwmark)  # raises OSError: the old binding stays
+        old, self.bind = self.bind, new
+        if old is not None:
+            self._unwatch(old)
+            old.close()
+        self._watch(new)
+        log.info("UDP bound to port %d", new.port)
+
+    @property
+    def listen_port(self) -> int:
+        return self.bind.port if self.bind is not None else 0
+
+    @listen_port.setter
+    def listen_port(self, port: int) -> None:
+        if self.bind is not None and port == self.bind.port:
+            return
+        self._rebind(port)
+
+    @property
+    def fwmark(self) -> int:
+        return self._fwmark
+
+    @fwmark.setter
+    def fwmark(self, mark: int) -> None:
+        if mark == self._fwmark:
+            return
+        if self.bind is not None:
+            self.bind.set_mark(mark)  # raises OSError; UAPI rolls back
+        self._fwmark = mark
+
+    # ------------------------------------------------------------------ data path
+
+    def _on_tun_readable(self) -> None:
+        try:
+            n = self.tun.read_batch(self._tun_bufs, self._tun_lengths)
+        except TunGone:
+            self._stop("the TUN device was deleted")
+            return
+        except OSError as exc:
+            self.errors["tun_read"] += 1
+            log.debug("TUN read: %s", exc)
+            return
+        if not n:
+            return
+        bufs, lengths = self._tun_bufs, self._tun_lengths
+        if n < TUN_BATCH:
+            bufs, lengths = bufs[:n], lengths[:n]
+        now = time.monotonic()
+        device = self.device
+        try:
+            if max(lengths) > device.mtu and now - self._mtu_checked >= MTU_RECHECK:
+                self._refresh_mtu()  # the MTU may have been raised since we last looked
+            self._transmit(device.send_batch(bufs, lengths, now))
+        except Exception:
+            self.errors["send_batch"] += 1
+            log.debug("outbound batch failed", exc_info=True)
+        self._rearm()
+
+    def _on_udp_readable(self, sock: BatchSocket) -> None:
+        bufs, lengths, sources = self._udp_bufs, self._udp_lengths, self._udp_sources
+        try:
+            n = sock.recv_batch(bufs, lengths, sources)
+        except Exception:
+            self.errors["udp_read"] += 1
+            log.debug("UDP read failed", exc_info=True)
+            return
+        if not n:
+            return
+        now = time.monotonic()
+        try:
+            if n < UDP_BATCH:
+                out = self.device.receive_batch(bufs[:n], lengths[:n], sources[:n], now)
+            else:
+                out = self.device.receive_batch(bufs, lengths, sources, now)
+            self._transmit(out)
+        except Exception:
+            self.errors["receive_batch"] += 1
+            log.debug("inbound batch failed", exc_info=True)
+        self._rearm()
+
+    def _transmit(self, out: Output) -> None:
+        """Send out's datagrams and write its packets, then release nothing (views die here)."""
+        if out.datagrams and self.bind is not None:
+            bind = self.bind
+            bind.send_batch(out.datagrams)
+            lost = bind.take_lost_sources()
+            if lost:
+                self._forget_sources(lost)
+        if out.packets:
+            try:
+                self.tun.write_batch(out.packets)
+            except TunGone:
+                self._stop("the TUN device was deleted")
+
+    def _forget_sources(self, lost: list[Endpoint]) -> None:
+        gone = set(lost)
+        for peer in self.device.peers.values():
+            endpoint = peer.endpoint
+            if endpoint is not None and endpoint in gone:
+                log.info("source address %s is gone; replying from any address", endpoint.local)
+                peer.endpoint = Endpoint(endpoint.ip, endpoint.port)
+
+    # ------------------------------------------------------------------ timers
+
+    def _rearm(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        deadline = self.device.next_timer()
+        if deadline == self._timer_deadline and (deadline is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None:
+            self._timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        try:
+            self._transmit(self.device.update_timers(time.monotonic()))
+        except Exception:
+            self.errors["timers"] += 1
+            log.debug("timer work failed", exc_info=True)
+        self._rearm()
+
+    # ------------------------------------------------------------------ UAPI target
+
+    def uapi_applied(self) -> None:
+        self._rearm()
+
+    def send_keepalives(self, public_keys: list[bytes]) -> None:
+        now = time.monotonic()
+        for pk in public_keys:
+            peer = self.device.peers.get(pk)
+            if peer is None or not peer.persistent_keepalive:
+                continue
+            interval = peer.persistent_keepalive
+            peer.persistent_keepalive = 0  # so the engine sees the off -> on edge and sends now
+            try:
+                self._transmit(self.device.set_persistent_keepalive(peer, interval, now))
+            except Exception:
+                peer.persistent_keepalive = interval
+                self.errors["keepalive"] += 1
+                log.debug("keepalive failed", exc_info=True)
+        self._rearm()
+
+    def get_private_key(self) -> bytes | None:
+        return self.device.private_key
+
+    def set_private_key(self, key: bytes | None) -> None:
+        self.device.set_private_key(key)
+
+    def peer_keys(self) -> list[bytes]:
+        return list(self.device.peers)
+
+    def get_peer(self, public_key: bytes) -> PeerInfo | None:
+        peer = self.device.peers.get(public_key)
+        if peer is None:
+            return None
+        psk = peer.preshared_key
+        endpoint = peer.endpoint
+        return PeerInfo(
+            public_key=public_key,
+            preshared_key=None if psk == noise.ZERO_KEY else psk,
+            endpoint=None if endpoint is None else (endpoint.ip, endpoint.port),
+            last_handshake=peer.last_handshake_wall,
+            tx_bytes=peer.tx_bytes,
+            rx_bytes=peer.rx_bytes,
+            persistent_keepalive=peer.persistent_keepalive,
+        )
+
+    def add_peer(self, public_key: bytes) -> None:
+        self.device.add_peer(public_key)
+
+    def remove_peer(self, public_key: bytes) -> None:
+        self.device.remove_peer(public_key)
+
+    def remove_all_peers(self) -> None:
+        for pk in list(self.device.peers):
+            self.device.remove_peer(pk)
+
+    def set_peer(
+        self,
+        public_key: bytes,
+        *,
+        preshared_key: bytes | None | object = _UNSET,
+        endpoint: tuple[str, int] | None | object = _UNSET,
+        persistent_keepalive: int | None | object = _UNSET,
+    ) -> None:
+        peer = self.device.peers[public_key]
+        if preshared_key is not _UNSET:
+            assert preshared_key is None or isinstance(preshared_key, bytes)
+            self.device.set_preshared_key(peer, preshared_key)
+        if endpoint is not _UNSET:
+            if endpoint is None:
+                peer.endpoint = None
+            else:
+                assert isinstance(endpoint, tuple)
+                peer.endpoint = _endpoint(endpoint[0], endpoint[1])
+        if persistent_keepalive is not _UNSET:
+            interval = persistent_keepalive if isinstance(persistent_keepalive, int) else 0
+            peer.persistent_keepalive = interval
+            if interval == 0:
+                peer.timers.persistent_keepalive = None
+
+    def replace_allowed_ips(self, public_key: bytes) -> None:
+        self.device.allowed_ips.remove_peer(self.device.peers[public_key])
+
+    def add_allowed_ip(self, public_key: bytes, addr: bytes, cidr: int) -> None:
+        self.device.allowed_ips.insert_raw(addr, cidr, self.device.peers[public_key])
+
+    def remove_allowed_ip(self, public_key: bytes, addr: bytes, cidr: int) -> None:
+        self.device.allowed_ips.remove_raw(addr, cidr, self.device.peers[public_key])
+
+    def allowed_ips(self, public_key: bytes) -> Iterable[tuple[bytes, int]]:
+        peer = self.device.peers.get(public_key)
+        return [] if peer is None else self.device.allowed_ips.entries(peer)
+
+
+def _endpoint(host: str, port: int) -> Endpoint:
+    """An Endpoint from a UAPI (ip literal, port): zone dropped, IPv4-mapped IPv6 unmapped."""
+    addr = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return Endpoint(str(addr), port)

@@ -1,0 +1,230 @@
+"""The VXLAN shell's underlay sockets: one UDP socket bound to ``dstport`` that receives, and a
+sender that puts the engine's hashed outer source port on the wire.
+
+Why a raw socket for sending. The engine hashes the inner flow into the ``srcport`` range (as
+the kernel does, for ECMP/RSS spreading). A UDP socket sends from the one port it is bound to,
+so a single socket bound to ``dstport`` would send every flow from ``dstport``; a pool of UDP
+sockets would have to bind up to 28 000 ephemeral ports (taking them from every other program)
+and would receive stray traffic on each. Instead :class:`RawSender` sends through one
+``SOCK_RAW``/``IPPROTO_UDP`` socket: we write the 8-byte UDP header ourselves (any source
+port), the kernel writes the IP header (TTL, multicast interface and loop options apply as for
+UDP). The UDP checksum is ours to compute over IPv4 (one big-integer remainder: the one's
+complement sum of 16-bit words is the number mod 0xFFFF), and the kernel's over IPv6
+(``IPV6_CHECKSUM``). A raw IPPROTO_UDP socket would also get a copy of every UDP datagram of the
+namespace; a one-instruction BPF filter (``ret #0``) keeps its receive queue empty.
+
+:class:`UdpSender` is the fallback when a raw socket cannot be opened (no CAP_NET_RAW) or
+``WGPY_VXLAN_SENDER=udp`` asks for it: it sends from the receiving socket, so the source port
+is fixed to ``dstport``; the kernel receiver does not check the source port, so interop holds.
+
+Who calls what: the daemon builds the sockets once (``open_receiver``, ``make_sender``), then
+calls ``sender.send(payload, (ip, port), sport)`` per datagram from the event loop thread.
+``send`` raises ``OSError`` on a failed send (the caller counts it). Buffers are only read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import socket
+import struct
+from typing import Protocol, TypeAlias
+
+from .config import VxlanConfig
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+SO_NO_CHECK = 11
+SO_ATTACH_FILTER = 26
+IP_MULTICAST_ALL = 49
+_UDP = struct.Struct(">HHHH")
+_MREQN = struct.Struct("=4s4si")  # struct ip_mreqn: multiaddr, address, ifindex
+_MREQ6 = struct.Struct("=16sI")  # struct ipv6_mreq: multiaddr, ifindex
+
+
+class Sender(Protocol):
+    """Sends one VXLAN payload to ``addr`` from UDP source port ``sport`` (if it can)."""
+
+    mode: str
+
+    def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def family_of(config: VxlanConfig) -> socket.AddressFamily:
+    return socket.AF_INET6 if config.ipv6 else socket.AF_INET
+
+
+def ifindex(dev: str) -> int:
+    """The interface index of ``dev`` in this namespace (``OSError`` if there is none)."""
+    return socket.if_nametoindex(dev)
+
+
+def _multicast_options(sock: socket.socket, config: VxlanConfig) -> None:
+    """Outgoing multicast: interface ``dev``, TTL (1 unless configured), no loopback."""
+    ttl = config.ttl or 1
+    if config.ipv6:
+        if config.dev:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex(config.dev))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        if config.ttl:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, config.ttl)
+    else:
+        if config.dev:
+            mreqn = _MREQN.pack(bytes(4), bytes(4), ifindex(config.dev))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        if config.ttl:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, config.ttl)
+
+
+def join_group(sock: socket.socket, config: VxlanConfig) -> None:
+    """Join ``config.group`` on ``config.dev`` (IGMP / MLD); no-op without a group."""
+    if config.group is None:
+        return
+    index = ifindex(config.dev) if config.dev else 0
+    group = ipaddress.ip_address(config.group).packed
+    if config.ipv6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, _MREQ6.pack(group, index))
+    else:
+        mreqn = _MREQN.pack(group, bytes(4), index)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        # only the groups this socket joined, not every group some socket of the host joined
+        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+
+
+def open_receiver(config: VxlanConfig) -> socket.socket:
+    """The non-blocking UDP socket bound to ``dstport``: on ``local`` when given (and no
+    group, whose datagrams are addressed to the group), else on the wildcard address."""
+    family = family_of(config)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        host = config.local if config.local and not config.group else ""
+        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), config.dstport))
+        join_group(sock, config)
+        _multicast_options(sock, config)
+        if not config.udpcsum and family == socket.AF_INET:
+            sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class UdpSender:
+    """Send from the receiving socket: source port fixed to ``dstport`` (see module doc)."""
+
+    mode = "udp"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sendto = sock.sendto
+
+    def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None:
+        self._sendto(payload, addr)
+
+    def close(self) -> None:
+        """The socket belongs to the receiver; nothing to close here."""
+
+
+def _attach_drop_all(sock: socket.socket) -> None:
+    """Attach the classic BPF program ``ret #0``: the socket receives nothing."""
+    insn = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))
+    prog = struct.pack("=HxxxxxxP", 1, ctypes.addressof(insn))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+
+
+class RawSender:
+    """Send through a raw IPPROTO_UDP socket with the engine's source port (see module doc)."""
+
+    mode = "raw"
+
+    def __init__(self, config: VxlanConfig) -> None:
+        self.ipv6 = config.ipv6
+        self.udpcsum = config.udpcsum
+        self.local = config.local
+        self.config = config
+        family = family_of(config)
+        self.sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        try:
+            _attach_drop_all(self.sock)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            if self.ipv6:
+                # the kernel fills the UDP checksum at offset 6 (mandatory over IPv6)
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_CHECKSUM, 6)
+            if config.local:
+                self.sock.bind((config.local, 0))
+            _multicast_options(self.sock, config)
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self._sendmsg = self.sock.sendmsg
+        # IPv4 pseudo-header partial sums (mod 0xFFFF) per destination, without the length
+        self._pseudo: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _source_for(self, dst: str) -> str:
+        """The source address the kernel will use towards ``dst`` (``local`` if given)."""
+        if self.local:
+            return self.local
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            _multicast_options(probe, self.config)
+            probe.connect((dst, 9))
+            return str(probe.getsockname()[0])
+        finally:
+            probe.close()
+
+    def _pseudo_sum(self, dst: str) -> int:
+        value = self._pseudo.get(dst)
+        if value is None:
+            src = socket.inet_aton(self._source_for(dst))
+            value = int.from_bytes(src + socket.inet_aton(dst), "big") + socket.IPPROTO_UDP
+            if len(self._pseudo) > 4096:
+                self._pseudo.clear()
+            self._pseudo[dst] = value
+        return value
+
+    def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None:
+        dst, dport = addr
+        length = 8 + len(payload)
+        if self.ipv6:
+            self._sendmsg((_UDP.pack(sport, dport, length, 0), payload), (), 0, (dst, 0, 0, 0))
+            return
+        csum = 0
+        if self.udpcsum:
+            csum = udp_checksum(self._pseudo_sum(dst), sport, dport, length, payload)
+        self._sendmsg((_UDP.pack(sport, dport, length, csum), payload), (), 0, (dst, 0))
+
+
+def udp_checksum(pseudo: int, sport: int, dport: int, length: int, payload: Buffer) -> int:
+    """IPv4 UDP checksum. ``pseudo`` is the source+destination address words plus the protocol
+    (as one integer, reduced mod 0xFFFF like everything here). Never returns 0 (RFC 768: a
+    computed zero is sent as 0xFFFF)."""
+    value = int.from_bytes(payload, "big")
+    if len(payload) & 1:
+        value <<= 8
+    total = (pseudo + length + (sport << 48 | dport << 32 | length << 16) + value) % 0xFFFF
+    return 0xFFFF - total if total else 0xFFFF
+
+
+def make_sender(config: VxlanConfig, receiver: socket.socket) -> Sender:
+    """A :class:`RawSender` when possible (see module doc), else a :class:`UdpSender`."""
+    if os.environ.get("WGPY_VXLAN_SENDER", "raw") != "udp":
+        try:
+            return RawSender(config)
+        except OSError:
+            pass
+    return UdpSender(receiver)
