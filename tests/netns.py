@@ -87,17 +87,17 @@ def interop_pairs() -> list[tuple[str, str]]:
 class Node:
     """One WireGuard end: namespace, interface, keys, outer and inner addresses."""
 
-    lab: Lab
+    lab: Lab = field(repr=False)
     impl: str
     ns: str
     iface: str
     index: int  # 1 or 2: the host part of every address
-    private: bytes
+    private: bytes = field(repr=False)
     port: int
     veth: str = ""
     inner4: str = ""
     inner6: str = ""
-    peers: list[Node] = field(default_factory=list)
+    peers: list[Node] = field(default_factory=list, repr=False)
 
     @property
     def public(self) -> str:

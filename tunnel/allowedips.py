@@ -463,7 +463,7 @@ class AllowedIPs(Generic[T]):
             children = node.children
             if not children:
                 del parent.children[byte]
-            elif False:
+            elif len(children) == 1:
                 parent.link(byte, next(iter(children.values())))
             else:
                 break

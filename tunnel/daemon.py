@@ -32,6 +32,7 @@ log = logging.getLogger("tunnel")
 
 HOUSEKEEPING_INTERVAL = 1.0
 USAGE = "usage: wg-py [-f|--foreground] INTERFACE-NAME\n"
+_early_signals: list[int] = []  # SIGTERM/SIGINT received before the event loop took them over
 _LEVELS = {"error": logging.ERROR, "verbose": logging.INFO, "debug": logging.DEBUG, "silent": None}
 
 
@@ -83,6 +84,8 @@ def main(args: list[str]) -> int:
         return 1
     name = options.name
     level = setup_logging(name)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # from now on a signal means a clean exit
+        signal.signal(signum, lambda signum, _frame: _early_signals.append(signum))
     try:
         tun = Tun(name)
     except (OSError, ValueError) as exc:
@@ -131,6 +134,8 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, quiet: bool) -> i
         os.waitpid(pid, 0)
         if status == b"1":
             return 0
+        with contextlib.suppress(OSError):  # the daemon died before serving: leave no stale file
+            os.unlink(socket_path(interface.name))
         print(f"wg-py: the daemon for {interface.name} failed to start", file=sys.stderr)
         return 1
     # First child: a new session, then fork again so the daemon is no session leader.
@@ -182,6 +187,8 @@ async def _serve(interface: Interface, uapi_sock: socket.socket, ready_fd: int |
         await server.close()
         interface.close()
         raise
+    if _early_signals:
+        on_signal(_early_signals[0])
     if ready_fd is not None:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
@@ -206,6 +213,7 @@ async def _serve(interface: Interface, uapi_sock: socket.socket, ready_fd: int |
         if interface.stopped.is_set():
             reason[0] = interface.stop_reason
         log.info("shutting down: %s", reason[0])
+        log.info("statistics: %s", interface.statistics())
         await server.close()
         interface.close()
         for signum in (signal.SIGTERM, signal.SIGINT):

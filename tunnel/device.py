@@ -160,12 +160,18 @@ class Device:
 
     def set_persistent_keepalive(self, peer: Peer, interval: int, now: float) -> Output:
         """Change the interval; going from off to on sends a keepalive at once (like wg-go)."""
-        out = Output()
         was_off = peer.persistent_keepalive == 0
         peer.persistent_keepalive = interval
         if interval == 0:
             peer.timers.persistent_keepalive = None
-        elif was_off and self.identity is not None and peer.endpoint is not None:
+        elif was_off:
+            return self.send_keepalive(peer, now)
+        return Output()
+
+    def send_keepalive(self, peer: Peer, now: float) -> Output:
+        """Send a keepalive now (or the staged packets, or a handshake if there is no session)."""
+        out = Output()
+        if self.identity is not None and peer.endpoint is not None:
             self._send_keepalive(peer, now, out)
         return out
 

@@ -111,6 +111,16 @@ class Interface:
         self.tun.close()
         self._loop = None
 
+    def statistics(self) -> dict[str, int]:
+        """Counters of everything dropped or failed so far (engine drops, TUN and UDP errors)."""
+        stats: Counter[str] = Counter()
+        stats.update({f"drop:{k}": v for k, v in self.device.drops.items()})
+        stats.update({f"tun:{k}": v for k, v in self.tun.errors.items()})
+        if self.bind is not None:
+            stats.update({f"udp:{k}": v for k, v in self.bind.errors().items()})
+        stats.update({f"loop:{k}": v for k, v in self.errors.items()})
+        return dict(stats)
+
     def _stop(self, reason: str) -> None:
         if not self.stopped.is_set():
             self.stop_reason = reason
@@ -292,12 +302,9 @@ class Interface:
             peer = self.device.peers.get(pk)
             if peer is None or not peer.persistent_keepalive:
                 continue
-            interval = peer.persistent_keepalive
-            peer.persistent_keepalive = 0  # so the engine sees the off -> on edge and sends now
             try:
-                self._transmit(self.device.set_persistent_keepalive(peer, interval, now))
+                self._transmit(self.device.send_keepalive(peer, now))
             except Exception:
-                peer.persistent_keepalive = interval
                 self.errors["keepalive"] += 1
                 log.debug("keepalive failed", exc_info=True)
         self._rearm()

@@ -119,6 +119,7 @@ class Lab:
         self.namespaces: list[str] = []
         self.processes: list[Process] = []
         self.interfaces: list[str] = []
+        self.etc_dirs: list[Path] = []
         self._counter = itertools.count()
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         self.closed = False
@@ -149,6 +150,8 @@ class Lab:
             wait_for(_gone(sock), 2.0)
             with contextlib.suppress(OSError):
                 sock.unlink()
+        for directory in self.etc_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def _kill_namespace_pids(self, ns: str) -> None:
@@ -181,6 +184,14 @@ class Lab:
         self.interfaces.append(name)
         return name
 
+    def etc_file(self, ns: str, name: str, text: str) -> None:
+        """Write ``/etc/netns/NS/NAME``, which ``ip netns exec NS`` shows as ``/etc/NAME``
+        (e.g. ``hosts``); :meth:`close` removes ``/etc/netns/NS``."""
+        directory = Path("/etc/netns") / ns
+        directory.mkdir(parents=True, exist_ok=True)
+        self.etc_dirs.append(directory)
+        (directory / name).write_text(text)
+
     def path(self, name: str) -> Path:
         """A file name in this lab's temporary directory (removed by :meth:`close`)."""
         return self.tmpdir / name
@@ -200,15 +211,28 @@ class Lab:
         input: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside ``ns`` (None: here) and wait at most ``timeout`` seconds."""
+        """Run ``argv`` inside ``ns`` (None: here) and wait at most ``timeout`` seconds.
+
+        Output is collected through files, not pipes, so a daemon that the command leaves
+        behind holding its stdout cannot make us wait.
+        """
         full = self.argv(ns, argv)
-        try:
-            done = subprocess.run(
-                full, capture_output=True, text=True, timeout=timeout, input=input,
-                env=tool_env(env), check=False,
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.run(
+                    full, stdout=out, stderr=err, timeout=timeout,
+                    input=None if input is None else input.encode(),
+                    stdin=subprocess.DEVNULL if input is None else None,
+                    env=tool_env(env), check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise CommandError(f"timed out after {timeout}s: {' '.join(full)}") from exc
+            out.seek(0)
+            err.seek(0)
+            done = subprocess.CompletedProcess(
+                full, proc.returncode, out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"),
             )
-        except subprocess.TimeoutExpired as exc:
-            raise CommandError(f"timed out after {timeout}s: {' '.join(full)}") from exc
         if check and done.returncode != 0:
             raise CommandError(
                 f"exit {done.returncode}: {' '.join(full)}\n{done.stdout}{done.stderr}".rstrip()

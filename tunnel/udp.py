@@ -6,9 +6,10 @@ Cython recvmmsg/sendmmsg version will replace the per-datagram loop, so their sh
 * ``recv_batch(bufs, lengths, sources) -> count``: datagram ``i`` at ``bufs[i][0:lengths[i]]``
   from ``sources[i]``, whose ``local`` is the address it was sent to (IP_PKTINFO);
 * ``send_batch(datagrams) -> count``: each datagram leaves from ``endpoint.local`` when set
-  (sticky source). When that address is gone (EINVAL/EADDRNOTAVAIL) the datagram is retried once
-  from any address and the endpoint is appended to :attr:`BatchSocket.lost_sources`, so the owner
-  clears ``local`` on the peer (the next reply from the peer teaches a new one).
+  (sticky source). When sending from it fails (the address is gone: EINVAL, EADDRNOTAVAIL or
+  ENETUNREACH) the datagram is retried once from any address and, if that works, the endpoint
+  is appended to :attr:`BatchSocket.lost_sources`, so the owner clears ``local`` on the peer
+  (the peer's next datagram teaches a new one).
 
 :class:`UdpBind` is what the interface holds: an IPv4 and an IPv6 socket on the same port, as
 wireguard-go binds (the v6 one with IPV6_V6ONLY). Sockets are created, bound and closed here;
@@ -41,7 +42,9 @@ _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex
 _ANC4 = socket.CMSG_SPACE(_IN_PKTINFO.size)
 _ANC6 = socket.CMSG_SPACE(_IN6_PKTINFO.size)
-_SOURCE_GONE = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL})
+# A sticky source that is no longer local fails with EINVAL, EADDRNOTAVAIL or (IPv4 with no
+# interface index) ENETUNREACH; a full buffer says nothing about the source address.
+_NOT_SOURCE = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.EPERM, errno.EINTR})
 
 Payload = bytes | bytearray | memoryview
 
@@ -146,14 +149,14 @@ class BatchSocket:
                 continue
             except OSError as exc:
                 code = exc.errno
-                if not (ancdata and code in _SOURCE_GONE):
+                if not ancdata or code in _NOT_SOURCE:
                     self.errors[f"send:{errno.errorcode.get(code or 0, code)}"] += 1
                     continue
-            # The sticky source address disappeared: fall over to whatever the route picks.
-            self.lost_sources.append(endpoint)
+            # The sticky source address may have disappeared: let the route pick one instead.
             try:
                 sendmsg([data], [], 0, address)
                 sent += 1
+                self.lost_sources.append(endpoint)
             except OSError as exc:
                 self.errors[f"send:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
         return sent

@@ -139,7 +139,7 @@ class UdpSender:
 def _attach_drop_all(sock: socket.socket) -> None:
     """Attach the classic BPF program ``ret #0``: the socket receives nothing."""
     insn = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))
-    prog = struct.pack("=HxxxxxxP", 1, ctypes.addressof(insn))
+    prog = struct.pack("@HP", 1, ctypes.addressof(insn))  # struct sock_fprog
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
 
 

@@ -1,0 +1,361 @@
+"""wg-py VXLAN against the Linux kernel's vxlan driver, in network namespaces.
+
+Each test builds its own namespaces with a unique prefix (``tunnel.netns.Lab``) and tears them
+down in a ``finally`` even on failure (the daemons die with their namespaces; the Lab kills
+every process left in them). Every wait is bounded. The daemons' control sockets live in the
+Lab's temporary directory (``WGPY_VXLAN_RUN_DIR``), removed with it.
+
+Checksum offload: veth hands a packet to the other namespace with its checksums still
+"partial" (CHECKSUM_PARTIAL) when the sender's stack relied on offload; the kernel vxlan driver
+does so for the INNER TCP checksum too. A kernel receiver keeps that state; a userspace
+receiver (our UDP socket) reads the payload with the inner checksum not filled in, and TCP
+drops it. A real NIC would fill it in. So, like any userspace tunnel tested over veth, the
+kernel side's veth gets TX checksum offload turned off (``ethtool -K eth0 tx off``, done here
+with the ioctl since ethtool may be absent) in the tests that run TCP.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tunnel.netns import CommandError, Lab, iperf3_bits_per_second, missing_requirements, wait_for
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+_missing = missing_requirements(("ip", "ping"))
+if _missing:
+    pytestmark.append(pytest.mark.skip(reason=_missing))
+
+VXLAN_ADDR_K = "192.168.8.101"
+VXLAN_ADDR_W = "192.168.8.102"
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    instance = Lab(f"vx{__import__('os').getpid() % 10000}")
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def env(lab: Lab) -> dict[str, str]:
+    return {"WGPY_VXLAN_RUN_DIR": str(lab.path("run"))}
+
+
+def wgpy(
+    lab: Lab, ns: str, args: str, check: bool = True, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return lab.run(ns, ["wg-py", "vxlan", *args.split()], check=check, timeout=30,
+                   env={**env(lab), **(extra or {})})
+
+
+def show(lab: Lab, ns: str, name: str = "vxlan0") -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(wgpy(lab, ns, f"show {name} --json").stdout)
+    return out
+
+
+def fdb_lines(lab: Lab, ns: str, name: str = "vxlan0") -> list[str]:
+    return wgpy(lab, ns, f"fdb show {name}").stdout.splitlines()
+
+
+TX_CSUM_OFF = """
+import ctypes, fcntl, socket, struct, sys
+value = ctypes.create_string_buffer(struct.pack("II", 0x17, 0))  # ETHTOOL_STXCSUM, off
+ifr = struct.pack("16sP", sys.argv[1].encode(), ctypes.addressof(value))
+with socket.socket() as s:
+    fcntl.ioctl(s.fileno(), 0x8946, ifr)  # SIOCETHTOOL
+"""
+
+
+def tx_csum_off(lab: Lab, ns: str, dev: str = "eth0") -> None:
+    lab.run(ns, [sys.executable, "-c", TX_CSUM_OFF, dev])
+
+
+def underlay_pair(lab: Lab, a_addr: str, b_addr: str) -> tuple[str, str]:
+    """Two namespaces joined by a veth named eth0 on both sides."""
+    a, b = lab.namespace("k"), lab.namespace("w")
+    lab.veth(a, b, [a_addr], [], names=("eth0", "tmpeth"))
+    # renaming needs the link down, which would flush IPv6 addresses: address it afterwards
+    lab.run(b, ["ip", "link", "set", "tmpeth", "down"])
+    lab.run(b, ["ip", "link", "set", "tmpeth", "name", "eth0"])
+    lab.add_address(b, "eth0", b_addr)
+    lab.run(b, ["ip", "link", "set", "eth0", "up"])
+    return a, b
+
+
+def bridged_hosts(lab: Lab, count: int, prefix: str = "10.77.0.") -> list[str]:
+    """``count`` namespaces whose eth0 (PREFIX{i+1}/24) sit on one Linux bridge."""
+    br = lab.namespace("br")
+    lab.run(br, ["ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])
+    lab.run(br, ["ip", "link", "set", "br0", "up"])
+    hosts = []
+    for i in range(count):
+        h = lab.namespace(f"h{i + 1}")
+        lab.veth(h, br, [f"{prefix}{i + 1}/24"], [], names=("eth0", f"p{i + 1}"))
+        lab.run(br, ["ip", "link", "set", f"p{i + 1}", "master", "br0"])
+        hosts.append(h)
+    return hosts
+
+
+def kernel_vxlan(lab: Lab, ns: str, opts: str, addr: str, mac: str | None = None) -> None:
+    """The seed's kernel-side commands, as is."""
+    lab.run(ns, ["ip", "link", "add", "vxlan0", "type", "vxlan", *opts.split()])
+    if mac:
+        lab.run(ns, ["ip", "link", "set", "vxlan0", "address", mac])
+    lab.run(ns, ["ip", "addr", "add", addr, "dev", "vxlan0"])
+    lab.run(ns, ["ip", "link", "set", "vxlan0", "up"])
+
+
+def wgpy_vxlan(
+    lab: Lab, ns: str, opts: str, addr: str | None, extra: dict[str, str] | None = None
+) -> None:
+    done = wgpy(lab, ns, f"add vxlan0 {opts}", check=False, extra=extra)
+    assert done.returncode == 0, done.stderr
+    if addr:
+        lab.add_address(ns, "vxlan0", addr)
+    lab.run(ns, ["ip", "link", "set", "vxlan0", "up"])
+
+
+def ping_ok(lab: Lab, ns: str, addr: str) -> bool:
+    return lab.wait_ping(ns, addr, timeout=10.0) and lab.ping(ns, addr, count=3) is not None
+
+
+# ---- the seed's commands -------------------------------------------------------------------------
+
+
+def test_seed_kernel_interop_ping_and_iperf3(lab: Lab) -> None:
+    a, b = underlay_pair(lab, "10.99.0.1/24", "10.99.0.2/24")
+    kernel_vxlan(lab, a, "id 42 dstport 4789 remote 10.99.0.2 local 10.99.0.1 dev eth0",
+                 f"{VXLAN_ADDR_K}/24")
+    wgpy_vxlan(lab, b, "id 42 dstport 4789 remote 10.99.0.1 local 10.99.0.2 dev eth0",
+               f"{VXLAN_ADDR_W}/24")
+    info = show(lab, b)
+    assert info["mtu"] == 1500 - 50
+    assert info["config"]["vni"] == 42 and info["config"]["remote"] == "10.99.0.1"
+
+    assert ping_ok(lab, b, VXLAN_ADDR_K)
+    assert ping_ok(lab, a, VXLAN_ADDR_W)
+    # the kernel learned our TAP's MAC at our underlay address, and we learned its MAC
+    kernel_mac = lab.run(a, ["cat", "/sys/class/net/vxlan0/address"]).stdout.strip()
+    assert f"{kernel_mac} dst 10.99.0.1 self" in fdb_lines(lab, b)
+    kernel_fdb = lab.run(a, ["bridge", "fdb", "show", "dev", "vxlan0"]).stdout
+    assert f"{info['own_mac']} dst 10.99.0.2" in kernel_fdb
+
+    tx_csum_off(lab, a)
+    for reverse in (False, True):  # wg-py sends, then wg-py receives
+        result = lab.iperf3(a, b, VXLAN_ADDR_K, seconds=2, reverse=reverse)
+        assert iperf3_bits_per_second(result) > 0
+    stats = show(lab, b)["stats"]
+    assert stats["rx_packets"] > 100 and stats["tx_packets"] > 100
+
+
+def test_udp_fallback_sender_interop(lab: Lab) -> None:
+    """Without the raw sender, datagrams leave from dstport; the kernel does not mind."""
+    a, b = underlay_pair(lab, "10.99.4.1/24", "10.99.4.2/24")
+    kernel_vxlan(lab, a, "id 42 dstport 4789 remote 10.99.4.2 local 10.99.4.1 dev eth0",
+                 f"{VXLAN_ADDR_K}/24")
+    wgpy_vxlan(lab, b, "id 42 dstport 4789 remote 10.99.4.1 local 10.99.4.2 dev eth0",
+               f"{VXLAN_ADDR_W}/24", extra={"WGPY_VXLAN_SENDER": "udp"})
+    info = show(lab, b)
+    assert info["sender"] == "udp" and info["source_port"] == "fixed 4789"
+    assert ping_ok(lab, b, VXLAN_ADDR_K) and ping_ok(lab, a, VXLAN_ADDR_W)
+
+
+def test_fdb_commands_and_lifecycle(lab: Lab) -> None:
+    a, b = underlay_pair(lab, "10.99.1.1/24", "10.99.1.2/24")
+    # bad arguments: exit 1, nothing created
+    for bad in ("add vxlan0 id 42 dev nosuchdev remote 10.99.1.1", "add vxlan0 remote 10.99.1.1",
+                "add vxlan0 id 99999999", "add vxlan0 id 1 remote 239.1.1.1"):
+        done = wgpy(lab, b, bad, check=False)
+        assert done.returncode == 1 and done.stderr.strip(), bad
+        assert not lab.link_exists(b, "vxlan0")
+    wgpy_vxlan(lab, b, "id 7 remote 10.99.1.1 dev eth0 ageing 100", "192.168.7.2/24")
+    again = wgpy(lab, b, "add vxlan0 id 7 remote 10.99.1.1", check=False)
+    assert again.returncode == 1 and "already" in again.stderr
+
+    wgpy(lab, b, "fdb add vxlan0 02:00:00:00:00:aa dst 10.99.1.9")
+    wgpy(lab, b, "fdb append vxlan0 00:00:00:00:00:00 dst 10.99.1.8")
+    lines = fdb_lines(lab, b)
+    assert "02:00:00:00:00:aa dst 10.99.1.9 self permanent" in lines
+    assert "00:00:00:00:00:00 dst 10.99.1.8 self permanent" in lines
+    assert any(line.startswith("00:00:00:00:00:00 dst 10.99.1.1") for line in lines)
+    wgpy(lab, b, "fdb del vxlan0 02:00:00:00:00:aa")
+    wgpy(lab, b, "fdb del vxlan0 00:00:00:00:00:00 dst 10.99.1.8")
+    lines = fdb_lines(lab, b)
+    assert not any("02:00:00:00:00:aa" in line or "10.99.1.8" in line for line in lines)
+    assert wgpy(lab, b, "fdb del vxlan0 02:00:00:00:00:aa", check=False).returncode == 1
+    text = wgpy(lab, b, "show vxlan0").stdout
+    assert "vxlan id 7" in text and "drops:" in text
+
+    # `ip link del` stops the daemon and removes its control socket
+    pid = show(lab, b)["pid"]
+    lab.run(b, ["ip", "link", "del", "vxlan0"])
+    assert wait_for(lambda: not _alive(pid), 10.0)
+    assert wgpy(lab, b, "show vxlan0", check=False).returncode == 1
+    assert not list(lab.path("run").rglob("vxlan0.sock"))
+
+    # `del` and SIGTERM stop it too, removing the device
+    wgpy_vxlan(lab, b, "id 7 remote 10.99.1.1", None)
+    wgpy(lab, b, "del vxlan0")
+    assert not lab.link_exists(b, "vxlan0")
+    wgpy_vxlan(lab, b, "id 7 remote 10.99.1.1", None)
+    pid = show(lab, b)["pid"]
+    lab.run(b, ["kill", "-TERM", str(pid)])
+    assert wait_for(lambda: not _alive(pid), 10.0)
+    assert wait_for(lambda: not lab.link_exists(b, "vxlan0"), 5.0)
+    assert not list(lab.path("run").rglob("vxlan0.sock"))
+    assert wgpy(lab, b, "del vxlan0", check=False).returncode == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# ---- multicast -------------------------------------------------------------------------------------
+
+
+def test_multicast_group_three_hosts_mixed(lab: Lab) -> None:
+    h1, h2, h3 = bridged_hosts(lab, 3)
+    group = "id 42 dstport 4789 group 239.1.1.1 dev eth0"
+    kernel_vxlan(lab, h1, group, "192.168.9.1/24")
+    wgpy_vxlan(lab, h2, group, "192.168.9.2/24")
+    wgpy_vxlan(lab, h3, group, "192.168.9.3/24")
+    hosts = {h1: "192.168.9.1", h2: "192.168.9.2", h3: "192.168.9.3"}
+    for src in hosts:
+        for dst_ns, dst in hosts.items():
+            if dst_ns != src:
+                assert ping_ok(lab, src, dst), f"{src} -> {dst}"
+    for ns in (h2, h3):
+        info = show(lab, ns)
+        assert "00:00:00:00:00:00 dst 239.1.1.1 via eth0 self permanent" in info["fdb_lines"]
+        assert info["stats"]["rx_packets"] > 0 and not info["drops"].get("own_source_mac")
+
+
+# ---- learning and moving ----------------------------------------------------------------------------
+
+
+def test_mac_moving_between_kernel_vteps_is_followed(lab: Lab) -> None:
+    k1, k2, w = bridged_hosts(lab, 3)
+    mac = "02:00:00:00:00:50"
+    kernel_vxlan(lab, k1, "id 42 dstport 4789 remote 10.77.0.3 local 10.77.0.1 dev eth0",
+                 "192.168.10.50/24", mac=mac)
+    kernel_vxlan(lab, k2, "id 42 dstport 4789 remote 10.77.0.3 local 10.77.0.2 dev eth0",
+                 "192.168.10.60/24", mac="02:00:00:00:00:60")
+    wgpy_vxlan(lab, w, "id 42 dstport 4789 remote 10.77.0.1 dev eth0", "192.168.10.3/24")
+    wgpy(lab, w, "fdb append vxlan0 00:00:00:00:00:00 dst 10.77.0.2")
+
+    assert ping_ok(lab, w, "192.168.10.50")
+    assert f"{mac} dst 10.77.0.1 self" in fdb_lines(lab, w)
+
+    # the host moves: its address and MAC leave k1 for k2
+    lab.run(k1, ["ip", "addr", "del", "192.168.10.50/24", "dev", "vxlan0"])
+    lab.run(k1, ["ip", "link", "set", "vxlan0", "address", "02:00:00:00:00:51"])
+    lab.run(k2, ["ip", "link", "set", "vxlan0", "address", mac])
+    lab.run(k2, ["ip", "addr", "add", "192.168.10.50/24", "dev", "vxlan0"])
+    # traffic from its new place (an ARP request reaches us first): moved at once
+    assert ping_ok(lab, k2, "192.168.10.3")
+    assert wait_for(lambda: f"{mac} dst 10.77.0.2 self" in fdb_lines(lab, w), 5.0)
+    assert show(lab, w)["stats"]["fdb_migrated"] >= 1
+    assert ping_ok(lab, w, "192.168.10.50")
+
+
+# ---- malformed packets -----------------------------------------------------------------------------
+
+SEND_DATAGRAMS = """
+import json, socket, sys
+dst, port, items = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for hexdata in items:
+    s.sendto(bytes.fromhex(hexdata), (dst, port))
+"""
+
+
+def _frame(src_mac: bytes) -> bytes:
+    return b"\xff" * 6 + src_mac + b"\x08\x00" + bytes(46)
+
+
+def _vxlan(first_word: int, vni_word: int, frame: bytes) -> bytes:
+    return struct.pack(">II", first_word, vni_word) + frame
+
+
+def test_malformed_datagrams_are_dropped_and_counted(lab: Lab) -> None:
+    a, b = underlay_pair(lab, "10.99.2.1/24", "10.99.2.2/24")
+    kernel_vxlan(lab, a, "id 42 dstport 4789 remote 10.99.2.2 local 10.99.2.1 dev eth0",
+                 f"{VXLAN_ADDR_K}/24")
+    wgpy_vxlan(lab, b, "id 42 dstport 4789 remote 10.99.2.1 local 10.99.2.2 dev eth0",
+               f"{VXLAN_ADDR_W}/24")
+    assert ping_ok(lab, a, VXLAN_ADDR_W)
+    before = show(lab, b)
+    own = bytes.fromhex(before["own_mac"].replace(":", ""))
+    good_mac = bytes.fromhex("020000000077")
+    cases = {
+        "too_short": [b"\x08\x00\x00", _vxlan(0x08000000, 42 << 8, b"\x00" * 6)],
+        "no_i_flag": [_vxlan(0x00000000, 42 << 8, _frame(good_mac))],
+        "wrong_vni": [_vxlan(0x08000000, 43 << 8, _frame(good_mac))],
+        "reserved_bits": [
+            _vxlan(0x08000001, 42 << 8, _frame(good_mac)),
+            _vxlan(0x88000000, 42 << 8, _frame(good_mac)),
+            _vxlan(0x08000000, 42 << 8 | 1, _frame(good_mac)),
+        ],
+        "own_source_mac": [_vxlan(0x08000000, 42 << 8, _frame(own))],
+        "invalid_source_mac": [
+            _vxlan(0x08000000, 42 << 8, _frame(bytes.fromhex("010000000001"))),
+            _vxlan(0x08000000, 42 << 8, _frame(bytes(6))),
+        ],
+    }
+    payloads = [p.hex() for items in cases.values() for p in items]
+    lab.run(a, [sys.executable, "-c", SEND_DATAGRAMS, "10.99.2.2", "4789", json.dumps(payloads)])
+
+    def counted() -> bool:
+        drops = show(lab, b)["drops"]
+        return all(drops.get(k, 0) - before["drops"].get(k, 0) == len(v) for k, v in cases.items())
+
+    assert wait_for(counted, 10.0), show(lab, b)["drops"]
+    after = show(lab, b)
+    assert not any(good_mac.hex(":") in line for line in after["fdb_lines"])
+    assert after["pid"] == before["pid"]
+    assert ping_ok(lab, a, VXLAN_ADDR_W) and ping_ok(lab, b, VXLAN_ADDR_K)
+
+
+# ---- IPv6 underlay ---------------------------------------------------------------------------------
+
+
+def test_ipv6_underlay_against_kernel(lab: Lab) -> None:
+    a, b = underlay_pair(lab, "fd00:99::1/64", "fd00:99::2/64")
+    kernel_vxlan(lab, a, "id 42 dstport 4789 remote fd00:99::2 local fd00:99::1 dev eth0",
+                 f"{VXLAN_ADDR_K}/24")
+    wgpy_vxlan(lab, b, "id 42 dstport 4789 remote fd00:99::1 local fd00:99::2 dev eth0",
+               f"{VXLAN_ADDR_W}/24")
+    assert show(lab, b)["mtu"] == 1500 - 70
+    assert ping_ok(lab, b, VXLAN_ADDR_K)
+    assert ping_ok(lab, a, VXLAN_ADDR_W)
+    # a full-size frame (1430-byte inner packet) crosses without fragmenting the underlay
+    big = lab.run(b, ["ping", "-c", "2", "-W", "2", "-M", "do", "-s", str(1430 - 28), VXLAN_ADDR_K],
+                  check=False, timeout=20)
+    assert big.returncode == 0, big.stdout
+    kernel_mac = lab.run(a, ["cat", "/sys/class/net/vxlan0/address"]).stdout.strip()
+    assert f"{kernel_mac} dst fd00:99::1 self" in fdb_lines(lab, b)
+
+
+def test_socket_is_bound_in_namespace(lab: Lab) -> None:
+    """The UDP socket is bound to dstport in the daemon's namespace (and not elsewhere)."""
+    _, b = underlay_pair(lab, "10.99.3.1/24", "10.99.3.2/24")
+    wgpy_vxlan(lab, b, "id 5 dstport 4790 remote 10.99.3.1", None)
+    listening = lab.run(b, ["ss", "-Hlun"]).stdout
+    assert ":4790 " in listening
+    with pytest.raises(CommandError):
+        lab.run(b, [sys.executable, "-c",
+                    "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                    " s.bind(('0.0.0.0', 4790))"])
