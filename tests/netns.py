@@ -191,5 +191,7 @@ def handshake_done(a: Node, b: Node) -> bool:
 
 
 def count_allowed_ips(node: Node) -> int:
+    """How many allowed IPs ``wg show IFACE allowed-ips`` lists (lines are KEY<TAB>IPS)."""
     out = node.wg("show", node.iface, "allowed-ips")
-    return sum(len(re.findall(r"\S+/\d+", line)) for line in out.splitlines())
+    return sum(len(re.findall(r"[0-9a-f:.]+/\d+", line.partition("\t")[2]))
+               for line in out.splitlines())

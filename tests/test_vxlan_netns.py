@@ -91,15 +91,15 @@ def underlay_pair(lab: Lab, a_addr: str, b_addr: str) -> tuple[str, str]:
     return a, b
 
 
-def bridged_hosts(lab: Lab, count: int, prefix: str = "10.77.0.") -> list[str]:
-    """``count`` namespaces whose eth0 (PREFIX{i+1}/24) sit on one Linux bridge."""
+def bridged_hosts(lab: Lab, count: int, address: str = "10.77.0.{}/24") -> list[str]:
+    """``count`` namespaces whose eth0 (``address`` with i+1) sit on one Linux bridge."""
     br = lab.namespace("br")
     lab.run(br, ["ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])
     lab.run(br, ["ip", "link", "set", "br0", "up"])
     hosts = []
     for i in range(count):
         h = lab.namespace(f"h{i + 1}")
-        lab.veth(h, br, [f"{prefix}{i + 1}/24"], [], names=("eth0", f"p{i + 1}"))
+        lab.veth(h, br, [address.format(i + 1)], [], names=("eth0", f"p{i + 1}"))
         lab.run(br, ["ip", "link", "set", f"p{i + 1}", "master", "br0"])
         hosts.append(h)
     return hosts
@@ -226,9 +226,12 @@ def _alive(pid: int) -> bool:
 # ---- multicast -------------------------------------------------------------------------------------
 
 
-def test_multicast_group_three_hosts_mixed(lab: Lab) -> None:
-    h1, h2, h3 = bridged_hosts(lab, 3)
-    group = "id 42 dstport 4789 group 239.1.1.1 dev eth0"
+@pytest.mark.parametrize(
+    "underlay, group_ip", [("10.77.0.{}/24", "239.1.1.1"), ("fd00:77::{}/64", "ff05::4242")]
+)
+def test_multicast_group_three_hosts_mixed(lab: Lab, underlay: str, group_ip: str) -> None:
+    h1, h2, h3 = bridged_hosts(lab, 3, underlay)
+    group = f"id 42 dstport 4789 group {group_ip} dev eth0"
     kernel_vxlan(lab, h1, group, "192.168.9.1/24")
     wgpy_vxlan(lab, h2, group, "192.168.9.2/24")
     wgpy_vxlan(lab, h3, group, "192.168.9.3/24")
@@ -239,7 +242,7 @@ def test_multicast_group_three_hosts_mixed(lab: Lab) -> None:
                 assert ping_ok(lab, src, dst), f"{src} -> {dst}"
     for ns in (h2, h3):
         info = show(lab, ns)
-        assert "00:00:00:00:00:00 dst 239.1.1.1 via eth0 self permanent" in info["fdb_lines"]
+        assert f"00:00:00:00:00:00 dst {group_ip} via eth0 self permanent" in info["fdb_lines"]
         assert info["stats"]["rx_packets"] > 0 and not info["drops"].get("own_source_mac")
 
 

@@ -35,9 +35,11 @@ or 16 (IPv6) pairs of dict probes, usually far fewer. The layout ports directly 
 node becomes a struct with 256-slot ``best``/``children`` arrays, a depth and a prefix; the
 host dict can stay a dict or become the trie's deepest level.
 
-Measured on the 2-core dev VM (CPython 3.11): 130,000 /32 via ``insert_raw`` ~0.2 s, 130,000
-random /128 ~0.15 s, ``remove_peer`` of either ~0.03 s; from text (``insert(str)``) ~0.5 s and
-~0.75 s, the parsing dominating. 130,000 random prefixes of random lengths (paint costs) ~1 s.
+Measured on the 2-core dev VM (CPython 3.11, idle; about 2-3x more while other jobs ran):
+130,000 /32 via ``insert_raw`` ~0.2 s, 130,000 /128 (sequential or random) ~0.15-0.25 s,
+``remove_peer`` of either ~0.03 s; from text (``insert(str)``) ~0.5 s and ~0.75 s, parsing
+dominating. 130,000 random prefixes of random lengths (expansion costs) ~1 s. ``lookup_dst``
+~1 us per packet.
 
 Bookkeeping: every peer has an insertion-ordered dict of its ``(network bytes, cidr)`` entries,
 so ``entries``/``remove_peer`` cost O(entries of that peer), never a scan of the whole trie.

@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also when started with SIGINT ignored
     _say("wg-py demo: two network namespaces, a WireGuard tunnel between them made by wg-py")
     lab = Lab()
     try:

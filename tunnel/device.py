@@ -19,7 +19,6 @@ into the caller's buffers and are valid until the caller reuses them. Single-thr
 
 from __future__ import annotations
 
-import heapq
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -56,6 +55,7 @@ from tunnel.endpoint import Endpoint
 from tunnel.messages import Drop, classify, inner_packet_length, receiver_index
 from tunnel.peer import Keypair, Peer
 from tunnel.ratelimiter import InitiationLimiter, RateLimiter
+from tunnel.timers import TimerQueue
 
 Datagram = tuple[bytes | bytearray | memoryview, Endpoint]
 
@@ -105,8 +105,7 @@ class Device:
         self.rate_limiter = RateLimiter()
         self._initiation_limiters: dict[Peer, InitiationLimiter] = {}
         self._index: dict[int, Peer | Keypair] = {}
-        self._timers: list[tuple[float, int, Peer]] = []
-        self._timer_seq = 0
+        self._timers = TimerQueue()
         self._handshake_second = 0.0
         self._handshakes_this_second = 0
         self._under_load_until = -1.0
@@ -349,6 +348,7 @@ class Device:
         if now - self._handshake_second >= 1.0:
             self._handshake_second = now
             self._handshakes_this_second = 0
+            self.rate_limiter.collect_garbage(now)  # the table only grows here, so sweep here
         self._handshakes_this_second += 1
         if self._handshakes_this_second >= UNDER_LOAD_HANDSHAKES_PER_SECOND:
             self._under_load_until = now + UNDER_LOAD_HOLD
@@ -543,9 +543,7 @@ class Device:
     # ----------------------------------------------------------------- timers
 
     def _arm(self, peer: Peer, name: str, deadline: float) -> None:
-        setattr(peer.timers, name, deadline)
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline, self._timer_seq, peer))
+        self._timers.arm(peer, name, deadline)
 
     def _timer_data_sent(self, peer: Peer, now: float) -> None:
         if peer.timers.new_handshake is None:
@@ -570,41 +568,23 @@ class Device:
             self._arm(peer, "persistent_keepalive", now + peer.persistent_keepalive)
 
     def next_timer(self) -> float | None:
-        """The earliest deadline the shell should call :meth:`update_timers` at, if any."""
-        heap = self._timers
-        while heap:
-            deadline, _, peer = heap[0]
-            if self._is_pending(peer, deadline):
-                return deadline
-            heapq.heappop(heap)
-        return None
-
-    def _is_pending(self, peer: Peer, deadline: float) -> bool:
-        if self.peers.get(peer.public_key) is not peer:
-            return False
-        t = peer.timers
-        return deadline in (
-            t.retransmit_handshake,
-            t.send_keepalive,
-            t.new_handshake,
-            t.zero_key_material,
-            t.persistent_keepalive,
-        )
+        """When the shell should next call :meth:`update_timers` (an early call is harmless)."""
+        return self._timers.next_deadline()
 
     def update_timers(self, now: float) -> Output:
         """Fire every timer due at ``now``."""
         out = Output()
-        heap = self._timers
-        while heap and heap[0][0] <= now:
-            deadline, _, peer = heapq.heappop(heap)
+        for peer, name in list(self._timers.due(now)):
             if self.peers.get(peer.public_key) is peer:
-                self._fire(peer, deadline, now, out)
+                self._fire(peer, name, now, out)
+            else:
+                setattr(peer.timers, name, None)
         return out
 
-    def _fire(self, peer: Peer, deadline: float, now: float, out: Output) -> None:
+    def _fire(self, peer: Peer, name: str, now: float, out: Output) -> None:
         t = peer.timers
-        if t.retransmit_handshake == deadline:
-            t.retransmit_handshake = None
+        setattr(t, name, None)
+        if name == "retransmit_handshake":
             if t.handshake_attempts > MAX_TIMER_HANDSHAKES:
                 peer.staged.clear()  # give up; zero everything later if nothing else will
                 if t.zero_key_material is None:
@@ -612,22 +592,17 @@ class Device:
             else:
                 t.handshake_attempts += 1
                 self._send_initiation(peer, now, True, out)
-        if t.send_keepalive == deadline:
-            t.send_keepalive = None
+        elif name == "send_keepalive":
             self._send_keepalive(peer, now, out)
             if t.keepalive_needed:
                 t.keepalive_needed = False
                 self._arm(peer, "send_keepalive", now + KEEPALIVE_TIMEOUT)
-        if t.new_handshake == deadline:
-            t.new_handshake = None
+        elif name == "new_handshake":
             self._send_initiation(peer, now, False, out)
-        if t.zero_key_material == deadline:
-            t.zero_key_material = None
+        elif name == "zero_key_material":
             self._expire_sessions(peer)
-        if t.persistent_keepalive == deadline:
-            t.persistent_keepalive = None
-            if peer.persistent_keepalive:
-                self._send_keepalive(peer, now, out)
+        elif name == "persistent_keepalive" and peer.persistent_keepalive:
+            self._send_keepalive(peer, now, out)
 
     def _expire_sessions(self, peer: Peer) -> None:
         """Forget every keypair and the handshake in progress (keys zeroed)."""

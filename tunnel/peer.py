@@ -38,6 +38,7 @@ class Timers:
     handshake_attempts: int = 0
     keepalive_needed: bool = False
     sent_last_minute_handshake: bool = False
+    scheduled: dict[str, float] = field(default_factory=dict)  # see tunnel.timers.TimerQueue
 
 
 @dataclass(eq=False)

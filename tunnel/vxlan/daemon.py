@@ -160,6 +160,9 @@ class VxlanDaemon:
                 st = os.stat(self.control_path)
                 if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._control_ino:
                     os.unlink(self.control_path)
+            if self.control_path.parent.name.startswith("netns-"):
+                with contextlib.suppress(OSError):
+                    self.control_path.parent.rmdir()  # only if empty
         if self.sender is not None:
             self.sender.close()
             self.sender = None

@@ -1,0 +1,579 @@
+"""Batched UDP and TUN I/O, pure-Python reference of ``tunnel._io`` (same API, same behaviour).
+
+``tunnel/_io.pyx`` is the fast path (recvmmsg/sendmmsg, GIL released, no Python object per
+packet); this module does the same with one ``recvmsg``/``sendmsg``/``readv``/``writev`` per
+message and ``struct``. ``tunnel.offload.load_io`` picks one (``WGPY_PURE=1`` forces this one);
+``tests/test_io.py`` and ``tests/test_offload.py`` run against both.
+
+UDP (:class:`UdpBatch`, one per non-blocking UDP socket fd; the caller keeps owning the fd):
+
+* ``recv(bufs, lengths, sources) -> count``: datagram ``i`` at ``bufs[i][0:lengths[i]]``, from
+  ``sources[i] = make_source(ip, port, local)`` where ``local`` is the address it was sent to
+  (IP_PKTINFO / IPV6_PKTINFO; None if the socket lacks the option). A datagram longer than its
+  buffer is truncated. With UDP GRO on, one kernel message may carry several datagrams of the
+  same size (the last may be shorter): they are split into consecutive slots. Coalesced messages
+  are received into a scratch area owned by the object (64 KiB per message, touched lazily) and
+  copied into the slots; segments that do not fit this batch stay there for the next call
+  (:attr:`UdpBatch.pending`), which hands them out before reading the socket again.
+* ``send(datagrams) -> count``: ``datagrams`` is a sequence of ``(payload, endpoint)`` where the
+  endpoint is a 3-tuple ``(ip, port, local)`` or any object with ``ip``/``port``/``local``
+  (``tunnel.endpoint.Endpoint``). ``local`` (when set) is the source address (IP_PKTINFO). With
+  GSO on, runs of consecutive datagrams to the same destination and of the same size (the last
+  may be shorter) leave as one message with one iovec per datagram and a UDP_SEGMENT control
+  message (no copy; at most 64 segments and 65,000 bytes per message). When the kernel refuses
+  GSO (EIO or EINVAL on a GSO message while the same datagram alone goes through), GSO is turned
+  off for this object and a line is appended to :attr:`UdpBatch.fallbacks` (the caller logs it at
+  verbose). When a sticky source is gone (EINVAL, EADDRNOTAVAIL, ENETUNREACH), the datagram is
+  retried from any address and its endpoint appended to :attr:`UdpBatch.lost_sources`. Other
+  failures drop the datagram and are counted in :attr:`UdpBatch.errors`; EAGAIN (socket buffer
+  full) ends the batch. Nothing raises for a per-datagram error.
+
+TUN (:class:`TunBatch`, one per TUN fd opened with IFF_NO_PI, optionally IFF_VNET_HDR; see
+``tunnel/offload.py``):
+
+* ``read(bufs, lengths, headroom, mtu) -> count``: reads until EAGAIN or until every slot is used;
+  packet ``i`` at ``bufs[i][headroom:headroom+lengths[i]]``. With the virtio-net header, a TCP
+  GSO super-packet (TCPV4/TCPV6) is cut into packets of at most ``mtu`` bytes (gso_size payload
+  each) with their IP lengths, IPv4 ids and header checksums, TCP sequence numbers, flags (FIN
+  and PSH on the last only, CWR on the first only) and TCP checksums rewritten; a packet with
+  NEEDS_CSUM gets its partial checksum completed. Segments that do not fit the batch stay in the
+  object's scratch (:attr:`TunBatch.pending`) and come first on the next call. A packet larger
+  than its slot (without GSO) or a super-packet that cannot be parsed is dropped and counted.
+* ``write(packets) -> count``: one ``writev`` per packet, behind a zeroed virtio-net header when
+  the device has one. Packets the kernel refuses are counted in :attr:`TunBatch.errors`.
+
+Read errors other than EAGAIN/EINTR raise OSError when nothing was read yet (else the batch
+ends and the next call meets the error); write errors that mean the device is gone (EBADFD,
+EBADF, EIO, ENXIO, ENODEV) raise OSError. Single-threaded: one event loop owns an object.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Buffer = bytes | bytearray | memoryview
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+IP_PKTINFO = 8
+IPV6_RECVPKTINFO = 49
+IPV6_PKTINFO = 50
+
+VNET_HDR_LEN = 10
+VNET_F_NEEDS_CSUM = 1
+VNET_F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_ECN = 0x80
+
+MAX_GSO_SEGMENTS = 64
+MAX_GSO_BYTES = 65000
+GRO_MESSAGE = 65536  # scratch bytes per coalesced message: the largest UDP payload fits
+SUPER_PACKET = 65536  # scratch for one TUN super-packet
+
+SOURCE_GONE = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH})
+GSO_REFUSED = frozenset({errno.EIO, errno.EINVAL})
+TUN_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
+
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
+_IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex
+_VNET = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+_ANCILLARY = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(4)
+_ZERO_VNET = bytes(VNET_HDR_LEN)
+
+MakeSource = Callable[[str, int, str | None], Any]
+
+
+def _tuple_source(ip: str, port: int, local: str | None) -> Any:
+    return (ip, port, local)
+
+
+def _errname(code: int | None) -> str:
+    return errno.errorcode.get(code or 0, str(code))
+
+
+def enable_udp_gro(fd: int) -> bool:
+    """Turn UDP_GRO on for the socket ``fd``; False if the kernel refuses (older than 5.0)."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def probe_udp_gso(fd: int) -> bool:
+    """True if the kernel knows UDP_SEGMENT on this socket (4.18+). Send-time refusal (a device
+    without checksum offload) is handled by :meth:`UdpBatch.send` falling back."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------------------- checksums
+
+
+def checksum(data: Buffer, initial: int = 0) -> int:
+    """The 16-bit one's complement sum (not complemented) of ``data`` plus ``initial``."""
+    view = bytes(data)
+    if len(view) & 1:
+        view += b"\0"
+    total = initial + sum(struct.unpack(f"!{len(view) // 2}H", view))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _pseudo_sum(packet: Buffer, version: int, protocol: int, length: int) -> int:
+    if version == 4:
+        return checksum(packet[12:20], protocol + length)
+    return checksum(packet[8:40], protocol + length)
+
+
+# ---------------------------------------------------------------------------- UDP
+
+
+def _unpack_endpoint(endpoint: Any) -> tuple[str, int, str | None]:
+    if type(endpoint) is tuple:
+        return endpoint[0], endpoint[1], endpoint[2] if len(endpoint) > 2 else None
+    return endpoint.ip, endpoint.port, endpoint.local
+
+
+class UdpBatch:
+    """Batch receive/send on one UDP socket fd (see the module docstring for the contract)."""
+
+    def __init__(self, fd: int, *, gso: bool = True, gro: bool = False,
+                 make_source: MakeSource | None = None) -> None:
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self.family: int = self._sock.family
+        self._make: MakeSource = make_source or _tuple_source
+        self.gso: bool = gso and probe_udp_gso(fd)
+        self.gro: bool = gro
+        self.fallbacks: list[str] = []
+        self.errors: dict[str, int] = {}
+        self.lost_sources: list[Any] = []
+        if gso and not self.gso:
+            self.fallbacks.append("UDP GSO (UDP_SEGMENT) is not supported by this kernel")
+        # Coalesced messages not yet handed out: (data, segment size, source).
+        self._pending: list[tuple[memoryview, int, Any]] = []
+        self._scratch: list[bytearray] = []
+
+    @property
+    def pending(self) -> int:
+        """Datagrams received but not yet handed out (GRO segments past the last batch)."""
+        return sum(-(-len(data) // size) for data, size, _ in self._pending)
+
+    def close(self) -> None:
+        """Release this object's duplicate of the fd (the caller's fd stays open)."""
+        self._sock.close()
+
+    def _count(self, key: str) -> None:
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    # -- receive -----------------------------------------------------------------------------
+
+    def _source(self, address: Any, ancdata: list[tuple[int, int, bytes]]) -> tuple[Any, int]:
+        local: str | None = None
+        segment = 0
+        for level, kind, data in ancdata:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                local = socket.inet_ntoa(_IN_PKTINFO.unpack_from(data)[1])
+            elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
+                local = str(ipaddress.IPv6Address(_IN6_PKTINFO.unpack_from(data)[0]))
+            elif level == SOL_UDP and kind == UDP_GRO:
+                segment = int.from_bytes(data[:4], "little")
+        host: str = address[0].split("%", 1)[0]
+        return self._make(host, address[1], local), segment
+
+    def recv(self, bufs: Sequence[bytearray], lengths: list[int], sources: list[Any]) -> int:
+        """Receive until EAGAIN or every slot is used; returns the count (see module doc)."""
+        n = len(bufs)
+        if len(lengths) < n or len(sources) < n:
+            raise ValueError("lengths or sources is shorter than bufs")
+        count = self._drain(bufs, lengths, sources, 0)
+        if not self.gro:
+            while count < n:
+                try:
+                    size, ancdata, _flags, address = self._sock.recvmsg_into([bufs[count]], _ANCILLARY)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    self._count(f"recv:{_errname(exc.errno)}")
+                    break
+                sources[count], _ = self._source(address, ancdata)
+                lengths[count] = size
+                count += 1
+            return count
+        while count < n and not self._pending:
+            if not self._scratch:
+                self._scratch.append(bytearray(GRO_MESSAGE))
+            scratch = self._scratch[0]
+            try:
+                size, ancdata, _flags, address = self._sock.recvmsg_into([scratch], _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._count(f"recv:{_errname(exc.errno)}")
+                break
+            source, segment = self._source(address, ancdata)
+            self._pending.append((memoryview(scratch)[:size], segment or max(size, 1), source))
+            count = self._drain(bufs, lengths, sources, count)
+        return count
+
+    def _drain(self, bufs: Sequence[bytearray], lengths: list[int], sources: list[Any], count: int) -> int:
+        n = len(bufs)
+        while self._pending and count < n:
+            data, segment, source = self._pending[0]
+            if not data:
+                # A zero-length datagram is still one datagram.
+                lengths[count] = 0
+                sources[count] = source
+                count += 1
+                self._pending.pop(0)
+                continue
+            while data and count < n:
+                chunk = data[:segment]
+                take = min(len(chunk), len(bufs[count]))
+                bufs[count][:take] = chunk[:take]
+                lengths[count] = take
+                sources[count] = source
+                count += 1
+                data = data[segment:]
+            if data:
+                self._pending[0] = (data, segment, source)
+            else:
+                self._pending.pop(0)
+        return count
+
+    # -- send --------------------------------------------------------------------------------
+
+    def send(self, datagrams: Sequence[tuple[Buffer, Any]]) -> int:
+        """Send each datagram (GSO runs as one message); returns how many left (see module doc)."""
+        items: list[tuple[Buffer, Any, tuple[Any, ...], str | None]] = []
+        v6 = self.family == socket.AF_INET6
+        for payload, endpoint in datagrams:
+            ip, port, local = _unpack_endpoint(endpoint)
+            address = (ip, port, 0, 0) if v6 else (ip, port)
+            items.append((payload, endpoint, address, local or None))
+        sent = 0
+        index = 0
+        total = len(items)
+        while index < total:
+            group = self._group(items, index)
+            payloads = [items[k][0] for k in range(index, index + group)]
+            _, endpoint, address, local = items[index]
+            ancdata = _source_cmsg(local, v6)
+            if group > 1:
+                ancdata = ancdata + [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(payloads[0])))]
+            try:
+                self._sock.sendmsg(payloads, ancdata, 0, address)
+                sent += group
+                index += group
+                continue
+            except (BlockingIOError, InterruptedError):
+                self._count("send:EAGAIN")
+                return sent
+            except OSError as exc:
+                code = exc.errno
+            if code == errno.EAGAIN:
+                self._count("send:EAGAIN")
+                return sent
+            # Retry the first datagram alone, without GSO; then decide whose fault it was.
+            done, again = self._send_one(items[index], v6, code)
+            if group > 1 and done and code in GSO_REFUSED:
+                self.gso = False
+                self.fallbacks.append(
+                    f"UDP GSO refused by the kernel ({_errname(code)}): sending datagrams one by one")
+            if again:
+                return sent + done
+            sent += done
+            index += 1
+        return sent
+
+    def _group(self, items: list[tuple[Buffer, Any, tuple[Any, ...], str | None]], start: int) -> int:
+        if not self.gso:
+            return 1
+        first = items[start]
+        size = len(first[0])
+        if size == 0:
+            return 1
+        count = 1
+        total = size
+        k = start + 1
+        while k < len(items) and count < MAX_GSO_SEGMENTS:
+            item = items[k]
+            length = len(item[0])
+            if item[2] != first[2] or item[3] != first[3] or length > size or length == 0:
+                break
+            if total + length > MAX_GSO_BYTES:
+                break
+            count += 1
+            total += length
+            k += 1
+            if length < size:
+                break
+        return count
+
+    def _send_one(self, item: tuple[Buffer, Any, tuple[Any, ...], str | None], v6: bool,
+                  first_error: int | None) -> tuple[int, bool]:
+        """Send one datagram without GSO; returns (sent 0/1, stop the batch)."""
+        payload, endpoint, address, local = item
+        code: int | None = first_error
+        try:
+            self._sock.sendmsg([payload], _source_cmsg(local, v6), 0, address)
+            return 1, False
+        except (BlockingIOError, InterruptedError):
+            self._count("send:EAGAIN")
+            return 0, True
+        except OSError as exc:
+            code = exc.errno
+        if local is not None and code in SOURCE_GONE:
+            try:
+                self._sock.sendmsg([payload], [], 0, address)
+                self.lost_sources.append(endpoint)
+                return 1, False
+            except (BlockingIOError, InterruptedError):
+                self._count("send:EAGAIN")
+                return 0, True
+            except OSError as exc:
+                code = exc.errno
+        self._count(f"send:{_errname(code)}")
+        return 0, False
+
+
+def _source_cmsg(local: str | None, v6: bool) -> list[tuple[int, int, bytes]]:
+    if not local:
+        return []
+    try:
+        packed = ipaddress.ip_address(local).packed
+    except ValueError:
+        return []
+    if v6 and len(packed) == 16:
+        return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0))]
+    if not v6 and len(packed) == 4:
+        return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, packed, bytes(4)))]
+    return []
+
+
+# ---------------------------------------------------------------------------- TUN
+
+
+class _Super:
+    """A TCP super-packet being cut: the packet, where its TCP header is, the segment size."""
+
+    __slots__ = ("packet", "l4", "header", "mss", "next_offset", "index")
+
+    def __init__(self, packet: bytes, l4: int, header: int, mss: int) -> None:
+        self.packet = packet
+        self.l4 = l4
+        self.header = header
+        self.mss = mss
+        self.next_offset = header
+        self.index = 0
+
+
+def complete_checksum(packet: bytearray | memoryview, start: int, offset: int) -> bool:
+    """Finish a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM) in place; False if out of range.
+
+    The field at ``start + offset`` holds the pseudo-header sum; the checksum is over
+    ``packet[start:]`` with it included. A UDP result of 0 is sent as 0xFFFF.
+    """
+    size = len(packet)
+    where = start + offset
+    if start >= size or where + 2 > size:
+        return False
+    value = (~checksum(packet[start:size])) & 0xFFFF
+    if value == 0 and offset == 6:
+        value = 0xFFFF
+    struct.pack_into("!H", packet, where, value)
+    return True
+
+
+def parse_super(packet: bytes, hdr: tuple[int, int, int, int, int, int], mtu: int) -> _Super | None:
+    """Where the TCP header of a GSO super-packet is, and its segment size; None if malformed."""
+    flags, gso_type, _hdr_len, gso_size, csum_start, _csum_offset = hdr
+    kind = gso_type & ~GSO_ECN
+    size = len(packet)
+    if size < 20:
+        return None
+    version = packet[0] >> 4
+    if kind == GSO_TCPV4 and version == 4:
+        ihl = (packet[0] & 15) * 4
+        if ihl < 20 or packet[9] != 6:
+            return None
+        l4 = csum_start if flags & VNET_F_NEEDS_CSUM and csum_start >= ihl else ihl
+    elif kind == GSO_TCPV6 and version == 6:
+        l4 = csum_start if flags & VNET_F_NEEDS_CSUM and csum_start >= 40 else 40
+    else:
+        return None
+    if l4 + 20 > size:
+        return None
+    header = l4 + (packet[l4 + 12] >> 4) * 4
+    if header < l4 + 20 or header > size:
+        return None
+    mss = gso_size if gso_size else mtu - header
+    mss = min(mss, mtu - header)
+    if mss <= 0:
+        return None
+    return _Super(packet, l4, header, mss)
+
+
+def cut_segment(work: _Super, out: bytearray | memoryview) -> int:
+    """Write the next segment of ``work`` into ``out``; returns its length (0 if out is short)."""
+    packet = work.packet
+    l4 = work.l4
+    header = work.header
+    start = work.next_offset
+    end = min(start + work.mss, len(packet))
+    last = end >= len(packet)
+    size = header + end - start
+    if size > len(out):
+        return 0
+    out[:header] = packet[:header]
+    out[header:size] = packet[start:end]
+    k = work.index
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 15) * 4
+        struct.pack_into("!H", out, 2, size)
+        ident = (struct.unpack_from("!H", packet, 4)[0] + k) & 0xFFFF
+        struct.pack_into("!H", out, 4, ident)
+        struct.pack_into("!H", out, 10, 0)
+        struct.pack_into("!H", out, 10, (~checksum(out[:ihl])) & 0xFFFF)
+    else:
+        struct.pack_into("!H", out, 4, size - 40)
+    seq = (struct.unpack_from("!I", packet, l4 + 4)[0] + (start - header)) & 0xFFFFFFFF
+    struct.pack_into("!I", out, l4 + 4, seq)
+    tcp_flags = packet[l4 + 13]
+    if not last:
+        tcp_flags &= ~0x09  # FIN, PSH only on the last segment
+    if k:
+        tcp_flags &= ~0x80  # CWR only on the first
+    out[l4 + 13] = tcp_flags
+    struct.pack_into("!H", out, l4 + 16, 0)
+    pseudo = _pseudo_sum(out, version, 6, size - l4)
+    struct.pack_into("!H", out, l4 + 16, (~checksum(out[l4:size], pseudo)) & 0xFFFF)
+    work.next_offset = end
+    work.index = k + 1
+    return size
+
+
+class TunBatch:
+    """Batch read/write on one TUN fd (see the module docstring for the contract)."""
+
+    def __init__(self, fd: int, *, vnet_hdr: bool = True) -> None:
+        self.fd = fd
+        self.vnet_hdr = vnet_hdr
+        self.errors: dict[str, int] = {}
+        self._work: _Super | None = None
+        self._header = bytearray(VNET_HDR_LEN)
+        self._overflow = bytearray(SUPER_PACKET)
+
+    @property
+    def pending(self) -> int:
+        """Segments of a super-packet cut but not handed out yet."""
+        work = self._work
+        if work is None:
+            return 0
+        return -(-(len(work.packet) - work.next_offset) // work.mss)
+
+    def _count(self, key: str) -> None:
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def _drain(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int, count: int) -> int:
+        work = self._work
+        while work is not None and count < len(bufs):
+            size = cut_segment(work, memoryview(bufs[count])[headroom:])
+            if size == 0:
+                self._count("read:too_big")
+                self._work = work = None
+                break
+            lengths[count] = size
+            count += 1
+            if work.next_offset >= len(work.packet):
+                self._work = work = None
+        return count
+
+    def read(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int, mtu: int) -> int:
+        """Read packets into ``bufs[i][headroom:]`` until EAGAIN or the batch is full."""
+        n = len(bufs)
+        if len(lengths) < n:
+            raise ValueError("lengths is shorter than bufs")
+        count = self._drain(bufs, lengths, headroom, 0)
+        while count < n and self._work is None:
+            slot = memoryview(bufs[count])[headroom:]
+            room = len(slot)
+            try:
+                if self.vnet_hdr:
+                    got = os.readv(self.fd, [self._header, slot, self._overflow])
+                else:
+                    got = os.readv(self.fd, [slot])
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                if count:
+                    break
+                raise
+            if not self.vnet_hdr:
+                lengths[count] = got
+                count += 1
+                continue
+            if got < VNET_HDR_LEN:
+                self._count("read:short")
+                continue
+            size = got - VNET_HDR_LEN
+            hdr = _VNET.unpack(self._header)
+            flags, gso_type, _, _, csum_start, csum_offset = hdr
+            if gso_type & ~GSO_ECN == GSO_NONE:
+                if size > room:
+                    self._count("read:too_big")
+                    continue
+                if flags & VNET_F_NEEDS_CSUM and not complete_checksum(slot[:size], csum_start, csum_offset):
+                    self._count("read:bad_csum")
+                    continue
+                lengths[count] = size
+                count += 1
+                continue
+            head = min(size, room)
+            packet = bytes(slot[:head]) + bytes(self._overflow[: size - head])
+            work = parse_super(packet, hdr, mtu)
+            if work is None:
+                self._count("read:bad_gso")
+                continue
+            self._work = work
+            count = self._drain(bufs, lengths, headroom, count)
+        return count
+
+    def write(self, packets: Sequence[Buffer]) -> int:
+        """Write each packet (behind a zeroed virtio-net header if on); returns how many went."""
+        written = 0
+        for packet in packets:
+            try:
+                if self.vnet_hdr:
+                    os.writev(self.fd, [_ZERO_VNET, packet])
+                else:
+                    os.write(self.fd, packet)
+                written += 1
+            except OSError as exc:
+                if exc.errno in TUN_GONE:
+                    raise
+                self._count(f"write:{_errname(exc.errno)}")
+        return written
