@@ -195,7 +195,7 @@ class UdpBatch:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                 local = socket.inet_ntoa(_IN_PKTINFO.unpack_from(data)[1])
             elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
-                local = str(ipaddress.IPv6Address(_IN6_PKTINFO.unpack_from(data)[0]))
+                local = socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack_from(data)[0])
             elif level == SOL_UDP and kind == UDP_GRO:
                 segment = int.from_bytes(data[:4], "little")
         host: str = address[0].split("%", 1)[0]
