@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 
 from crypto.backend import load as load_backend
+from tunnel.datapath import load as load_datapath
 from tunnel.constants import (
     INITIATION_SIZE,
     REJECT_AFTER_TIME,
@@ -25,8 +26,10 @@ from .wgpair import Pair, ipv4_packet, ipv6_packet
 
 @pytest.fixture
 def pair(backend: ModuleType) -> Pair:
-    """Two engines using the transport implementation under test (see conftest ``backend``)."""
-    return Pair(cipher=backend.TransportCipher)
+    """Two engines using the implementation under test (see conftest ``backend``): the Cython
+    transport with the Cython batch loops, or the pure-Python references of both."""
+    native = backend.__name__ == "crypto._transport"
+    return Pair(cipher=backend.TransportCipher, datapath=load_datapath("cython" if native else "pure"))
 
 
 def kinds(sent: list[tuple[bytes, Endpoint]]) -> list[int]:

@@ -54,6 +54,7 @@ class Pair:
         self,
         cipher: Callable[..., object] | None = None,
         psk: bytes | None = None,
+        datapath: object | None = None,
         mtu: int = 1420,
     ) -> None:
         self.now = 1000.0
@@ -66,6 +67,8 @@ class Pair:
         kwargs = {"mtu": mtu, "wall_offset": WALL - self.now, "random": rng}
         if cipher is not None:
             kwargs["cipher"] = cipher
+        if datapath is not None:
+            kwargs["datapath"] = datapath
         self.a = Side("a", Device(ka, **kwargs), Endpoint("192.0.2.1", 51820))  # type: ignore[arg-type]
         self.b = Side("b", Device(kb, **kwargs), Endpoint("192.0.2.2", 51821))  # type: ignore[arg-type]
         for side, other, v4, v6 in ((self.a, self.b, "10.0.0.2/32", "fd00::2/128"),

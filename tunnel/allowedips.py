@@ -236,7 +236,7 @@ class AllowedIPs(Generic[T]):
     the given peer.
     """
 
-    __slots__ = ("_hosts", "_root4", "_root6", "_by_peer", "_count")
+    __slots__ = ("_hosts", "_root4", "_root6", "_by_peer", "_count", "version")
 
     def __init__(self) -> None:
         # Host routes (/32, /128) by address; 4- and 16-byte keys never collide.
@@ -246,6 +246,8 @@ class AllowedIPs(Generic[T]):
         # id(peer) -> (peer, its entries in insertion order). Holding the peer keeps id() valid.
         self._by_peer: dict[int, tuple[T, dict[Entry, None]]] = {}
         self._count = 0
+        # Bumped on every change, so a compiled copy (tunnel.datapath.RouteTable) knows it is stale.
+        self.version = 0
 
     # --- mutation ---------------------------------------------------------------------------
 
@@ -258,6 +260,7 @@ class AllowedIPs(Generic[T]):
         """Route ``addr/cidr`` to ``peer``; ``addr`` is 4 or 16 raw bytes. Raises ValueError."""
         if peer is None:
             raise ValueError("peer must not be None")
+        self.version += 1
         size = len(addr)
         if size == 4:
             node = self._root4
@@ -325,6 +328,7 @@ class AllowedIPs(Generic[T]):
         record = self._by_peer.get(id(peer))
         if record is None or key not in record[1]:
             return False
+        self.version += 1
         self._unlink(key)
         self._forget(peer, key)
         self._count -= 1
@@ -336,12 +340,14 @@ class AllowedIPs(Generic[T]):
         record = self._by_peer.pop(id(peer), None)
         if record is None:
             return
+        self.version += 1
         for key in record[1]:
             self._unlink(key)
         self._count -= len(record[1])
 
     def clear(self) -> None:
         """Drop every entry of every peer."""
+        self.version += 1
         self._hosts = {}
         self._root4 = _Node(0, b"")
         self._root6 = _Node(0, b"")
@@ -396,6 +402,10 @@ class AllowedIPs(Generic[T]):
         if record is None:
             return []
         return list(record[1])
+
+    def owners(self) -> list[tuple[T, list[Entry]]]:
+        """Every peer with its entries (for compiling the table into a native lookup)."""
+        return [(peer, list(entries)) for peer, entries in self._by_peer.values()]
 
     def networks(self, peer: T) -> list[str]:
         """``entries(peer)`` as text: ``"10.0.0.0/24"``, ``"fd00::/64"``."""

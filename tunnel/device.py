@@ -23,6 +23,8 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
 
 from crypto import noise, tai64n
 from crypto.backend import HEADROOM, OK, REASONS, TAG_SIZE, TransportCipher
@@ -38,7 +40,6 @@ from tunnel.constants import (
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
-    MESSAGE_TRANSPORT,
     PADDING_MULTIPLE,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
@@ -51,8 +52,9 @@ from tunnel.constants import (
     UNDER_LOAD_HOLD,
     ZERO_KEYS_AFTER,
 )
+from tunnel.datapath import select as select_datapath
 from tunnel.endpoint import Endpoint
-from tunnel.messages import Drop, classify, inner_packet_length, receiver_index
+from tunnel.messages import Drop
 from tunnel.peer import Keypair, Peer
 from tunnel.ratelimiter import InitiationLimiter, RateLimiter
 from tunnel.timers import TimerQueue
@@ -91,6 +93,7 @@ class Device:
         wall_offset: float = 0.0,
         random: Callable[[int], bytes] = os.urandom,
         cipher: Callable[[bytes, bytes, int], TransportCipher] | None = None,
+        datapath: ModuleType | None = None,
     ) -> None:
         self.mtu = mtu
         # The transport implementation (Cython or the pure-Python reference); tests pick both.
@@ -106,6 +109,12 @@ class Device:
         self._initiation_limiters: dict[Peer, InitiationLimiter] = {}
         self._index: dict[int, Peer | Keypair] = {}
         self._timers = TimerQueue()
+        # Peers by slot (small ints the native route table returns), and the compiled table.
+        self._slots: list[Peer | None] = []
+        self._free_slots: list[int] = []
+        self._datapath = datapath if datapath is not None else select_datapath()[1]
+        self._route_table: Any = None
+        self._route_version = -1
         self._handshake_second = 0.0
         self._handshakes_this_second = 0
         self._under_load_until = -1.0
@@ -144,6 +153,11 @@ class Device:
             peer = Peer(public_key, noise.Handshake(public_key), CookieGenerator(public_key))
             self.peers[public_key] = peer
             self._initiation_limiters[peer] = InitiationLimiter()
+            peer.slot = self._free_slots.pop() if self._free_slots else len(self._slots)
+            if peer.slot == len(self._slots):
+                self._slots.append(peer)
+            else:
+                self._slots[peer.slot] = peer
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
@@ -153,6 +167,9 @@ class Device:
         self._expire_sessions(peer)
         self.allowed_ips.remove_peer(peer)
         self._initiation_limiters.pop(peer, None)
+        self._slots[peer.slot] = None
+        self._free_slots.append(peer.slot)
+        self._route_version = -1  # the slot may be reused: recompile
 
     def set_preshared_key(self, peer: Peer, key: bytes | None) -> None:
         peer.handshake.preshared_key = key if key is not None else noise.ZERO_KEY
@@ -184,24 +201,33 @@ class Device:
         in place and returned as views; packets waiting for a handshake are copied.
         """
         out = Output()
-        groups: dict[Peer, list[int]] = {}
-        mtu = self.mtu
-        for i in range(len(bufs)):
-            n = lengths[i]
-            if n > mtu:
-                self.drops[Drop.TOO_BIG] += 1
-                continue
-            peer = self.allowed_ips.lookup_dst(bufs[i], HEADROOM) if n else None
-            if peer is None:
-                self.drops[Drop.NO_ROUTE] += 1
-                continue
-            groups.setdefault(peer, []).append(i)
-        for peer, indices in groups.items():
+        groups, no_route, too_big = self._datapath.route_batch(self._routes(), bufs, lengths, HEADROOM, self.mtu)
+        if no_route:
+            self.drops[Drop.NO_ROUTE] += no_route
+        if too_big:
+            self.drops[Drop.TOO_BIG] += too_big
+        slots = self._slots
+        whole = len(groups) == 1
+        for slot, indices in groups.items():
+            peer = slots[slot]
+            assert peer is not None
             if peer.endpoint is None:
                 self.drops[Drop.NO_ENDPOINT] += len(indices)
                 continue
-            self._send_packets(peer, [bufs[i] for i in indices], [lengths[i] for i in indices], now, out)
+            if whole and len(indices) == len(bufs):  # the common case: one flow, no copy of lists
+                self._send_packets(peer, list(bufs), list(lengths), now, out)
+            else:
+                self._send_packets(peer, [bufs[i] for i in indices], [lengths[i] for i in indices], now, out)
         return out
+
+    def _routes(self) -> Any:
+        """The compiled route table, recompiled when allowed-IPs changed since the last use."""
+        allowed = self.allowed_ips
+        if self._route_version != allowed.version:
+            entries = [(addr, cidr, peer.slot) for peer, prefixes in allowed.owners() for addr, cidr in prefixes]
+            self._route_table = self._datapath.RouteTable(entries)
+            self._route_version = allowed.version
+        return self._route_table
 
     def _sending_keypair(self, peer: Peer, now: float) -> Keypair | None:
         keypair = peer.current
@@ -220,9 +246,10 @@ class Device:
             had_data = any(lengths)
             sealed = keypair.cipher.seal_batch(bufs, lengths, self.mtu)
             endpoint = peer.endpoint
+            datagrams = out.datagrams
             for i in range(sealed):
-                peer.tx_bytes += lengths[i]
-                out.datagrams.append((memoryview(bufs[i])[: lengths[i]], endpoint))
+                datagrams.append((memoryview(bufs[i])[: lengths[i]], endpoint))
+            peer.tx_bytes += sum(lengths[:sealed])
             if sealed:
                 if had_data:
                     self._timer_data_sent(peer, now)
@@ -326,22 +353,19 @@ class Device:
         :attr:`drops`; nothing raises on peer input.
         """
         out = Output()
-        groups: dict[Keypair, list[int]] = {}
-        for i in range(len(bufs)):
-            view = memoryview(bufs[i])[: lengths[i]]
-            kind = classify(view)
-            if isinstance(kind, str):
-                self.drops[kind] += 1
-            elif kind == MESSAGE_TRANSPORT:
-                entry = self._index.get(receiver_index(view))
-                if isinstance(entry, Keypair):
-                    groups.setdefault(entry, []).append(i)
-                else:
-                    self.drops[Drop.UNKNOWN_RECEIVER] += 1
+        transport, handshakes, drops = self._datapath.classify_batch(bufs, lengths)
+        for reason, count in drops.items():
+            self.drops[reason] += count
+        for i in handshakes:
+            buf = bufs[i]
+            self._receive_handshake(buf[0], memoryview(buf)[: lengths[i]], sources[i], now, out)
+        index = self._index
+        for receiver, indices in transport.items():
+            entry = index.get(receiver)
+            if isinstance(entry, Keypair):
+                self._receive_transport(entry, bufs, lengths, sources, indices, now, out)
             else:
-                self._receive_handshake(kind, view, sources[i], now, out)
-        for keypair, indices in groups.items():
-            self._receive_transport(keypair, bufs, lengths, sources, indices, now, out)
+                self.drops[Drop.UNKNOWN_RECEIVER] += len(indices)
         return out
 
     def _under_load(self, now: float) -> bool:
@@ -494,11 +518,14 @@ class Device:
         if now - keypair.created >= REJECT_AFTER_TIME:
             self.drops[Drop.KEYPAIR_EXPIRED] += len(indices)
             return
-        sub_bufs = [bufs[i] for i in indices]
-        sub_lengths = [lengths[i] for i in indices]
+        if len(indices) == len(bufs):
+            sub_bufs, sub_lengths = list(bufs), list(lengths)
+        else:
+            sub_bufs, sub_lengths = [bufs[i] for i in indices], [lengths[i] for i in indices]
         wire_lengths = list(sub_lengths)
         results = [0] * len(indices)
-        if keypair.cipher.open_batch(sub_bufs, sub_lengths, results) == 0:
+        opened = keypair.cipher.open_batch(sub_bufs, sub_lengths, results)
+        if opened == 0:
             for code in results:
                 self.drops[REASONS[code]] += 1
             return
@@ -506,27 +533,26 @@ class Device:
             self._drop_keypair(peer.previous)
             peer.previous, peer.current, peer.next = peer.current, keypair, None
             self._flush_staged(peer, now, out)
-        data = False
-        last_ok = 0
-        for j, code in enumerate(results):
-            if code != OK:
-                self.drops[REASONS[code]] += 1
-                continue
-            last_ok = j
-            peer.rx_bytes += wire_lengths[j]
-            size = sub_lengths[j]
-            if size == 0:
-                continue  # keepalive
-            buf = sub_bufs[j]
-            length = inner_packet_length(buf, HEADROOM, size)
-            if length < 0:
-                self.drops[Drop.INVALID_INNER_PACKET] += 1
-                continue
-            if self.allowed_ips.lookup_src(buf, HEADROOM) is not peer:
-                self.drops[Drop.DISALLOWED_SOURCE] += 1
-                continue
-            data = True
-            out.packets.append(memoryview(buf)[HEADROOM : HEADROOM + length])
+        if opened == len(results):
+            last_ok = len(results) - 1
+            peer.rx_bytes += sum(wire_lengths)
+        else:
+            last_ok = 0
+            for j, code in enumerate(results):
+                if code == OK:
+                    last_ok = j
+                    peer.rx_bytes += wire_lengths[j]
+                else:
+                    self.drops[REASONS[code]] += 1
+        packets, keepalives, invalid, disallowed = self._datapath.accept_batch(
+            self._routes(), peer.slot, sub_bufs, sub_lengths, results, HEADROOM
+        )
+        if invalid:
+            self.drops[Drop.INVALID_INNER_PACKET] += invalid
+        if disallowed:
+            self.drops[Drop.DISALLOWED_SOURCE] += disallowed
+        data = opened > keepalives  # wireguard-go counts data before the allowed-IPs check
+        out.packets.extend(packets)
         peer.endpoint = sources[indices[last_ok]]
         self._timer_any_authenticated_packet_received(peer)
         self._timer_any_authenticated_packet_traversal(peer, now)

@@ -134,7 +134,7 @@ def checksum(data: Buffer, initial: int = 0) -> int:
     view = bytes(data)
     if len(view) & 1:
         view += b"\0"
-    total = initial + sum(struct.unpack(f"!{len(view) // 2}H", view))
+    total: int = initial + sum(struct.unpack(f"!{len(view) // 2}H", view))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
@@ -161,6 +161,7 @@ class UdpBatch:
     def __init__(self, fd: int, *, gso: bool = True, gro: bool = False,
                  make_source: MakeSource | None = None) -> None:
         self._sock = socket.socket(fileno=os.dup(fd))
+        self.fd = fd
         self.family: int = self._sock.family
         self._make: MakeSource = make_source or _tuple_source
         self.gso: bool = gso and probe_udp_gso(fd)
@@ -481,6 +482,7 @@ class TunBatch:
         self.fd = fd
         self.vnet_hdr = vnet_hdr
         self.errors: dict[str, int] = {}
+        self.super_packets = 0  # GSO super-packets cut so far (a statistic)
         self._work: _Super | None = None
         self._header = bytearray(VNET_HDR_LEN)
         self._overflow = bytearray(SUPER_PACKET)
@@ -559,6 +561,7 @@ class TunBatch:
                 self._count("read:bad_gso")
                 continue
             self._work = work
+            self.super_packets += 1
             count = self._drain(bufs, lengths, headroom, count)
         return count
 

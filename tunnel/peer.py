@@ -61,6 +61,7 @@ class Peer:
     last_handshake_wall: float | None = None  # Unix time of the last completed handshake
     rx_bytes: int = 0
     tx_bytes: int = 0
+    slot: int = -1  # index in the device's peer table (what the native route table returns)
 
     @property
     def preshared_key(self) -> bytes:

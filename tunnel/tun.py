@@ -1,8 +1,13 @@
 """The TUN device of the daemon: a non-blocking fd with a batch read/write API.
 
-Created with python-pytun (``IFF_TUN | IFF_NO_PI``: every read is one bare IP packet). The fd
-keeps working when the device is moved to another network namespace (``ip link set IFACE netns
-X``), so nothing here looks the device up by name in our own namespace:
+Created by :func:`tunnel.offload.open_tun` with ``IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`` and the
+TSO/checksum offloads the kernel accepts: a read may then hand us a TCP super-packet of up to
+64 KiB, which the batch I/O (``tunnel._io`` or its pure twin ``tunnel.io_ref``) cuts into packets
+of at most the MTU. What was enabled or refused is logged at verbose. If the kernel refuses the
+virtio-net header the device is a plain TUN (one bare IP packet per read); ``WGPY_NO_OFFLOAD=1``
+forces the plain path, created with python-pytun as before. The fd keeps working when the
+device is moved to another network namespace (``ip link set IFACE netns X``), so nothing here looks the device up by name in our own
+namespace:
 
 * liveness is asked of the fd itself (``TUNGETIFF``): once the device is deleted the kernel
   detaches the file and every read, write or ioctl on it fails with EBADFD;
@@ -10,9 +15,11 @@ X``), so nothing here looks the device up by name in our own namespace:
   currently lives in (``TUNGETDEVNETNS`` hands us that namespace).
 
 Buffer contract (see docs/design.md): :meth:`Tun.read_batch` writes packet ``i`` at
-``bufs[i][HEADROOM:]`` so the engine can seal it in place; :meth:`Tun.write_batch` writes views
-the caller owns and keeps no reference to them. Single-threaded (the event-loop thread), except
-that :func:`socket_in_netns` briefly uses a helper thread of its own.
+``bufs[i][HEADROOM:]`` so the engine can seal it in place; segments of a super-packet that did
+not fit the batch wait in the I/O object (:attr:`Tun.pending`) for the next call, which the owner
+must make even though the fd is no longer readable. :meth:`Tun.write_batch` writes views the
+caller owns (one write per packet, natively) and keeps no reference to them. Single-threaded
+(the event-loop thread), except that :func:`socket_in_netns` briefly uses a helper thread of its own.
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ from collections.abc import Sequence
 import pytun
 
 from crypto.backend import HEADROOM
+from tunnel import offload
 from tunnel.constants import DEFAULT_MTU
 
 log = logging.getLogger(__name__)
+
+IO_NAME, _io = offload.select_io()
 
 TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
 TUNGETDEVNETNS = 0x54E3  # _IO('T', 227), Linux 5.2+
@@ -99,30 +109,60 @@ class Tun:
     be renamed). ``mtu`` is refreshed by :meth:`refresh_mtu`; callers poll it.
     """
 
-    def __init__(self, name: str, mtu: int = DEFAULT_MTU) -> None:
+    def __init__(self, name: str, mtu: int = DEFAULT_MTU, offloads: bool | None = None) -> None:
+        """Create the device (``offloads``: None reads WGPY_NO_OFFLOAD; False forces plain)."""
         if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name in (".", ".."):
             raise ValueError(f"invalid interface name {name!r}")
+        if offloads is None:
+            offloads = os.environ.get("WGPY_NO_OFFLOAD") != "1"
+        self._dev: pytun.TunTapDevice | None = None
+        if offloads:
+            try:
+                fd, info = offload.open_tun(name)
+            except OSError as exc:
+                raise OSError(exc.errno, f"failed to create TUN device {name!r}: {exc.strerror}") from None
+            self.fd: int = fd
+            self.name: str = info.name
+            self.vnet_hdr: bool = info.vnet_hdr
+            log.info("TUN %s (%s I/O)", info.describe(), IO_NAME)
+            for note in info.notes:
+                log.info("TUN %s: %s", info.name, note)
+        else:
+            self._dev = _open_plain(name)
+            self.fd = self._dev.fileno()
+            self.name = self._dev.name
+            self.vnet_hdr = False
+            log.info("TUN %s: plain (offloads disabled by WGPY_NO_OFFLOAD=1, %s I/O)", self.name, IO_NAME)
         try:
-            self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
-        except pytun.Error as exc:
-            args = exc.args
-            code = args[0] if args and isinstance(args[0], int) else errno.EIO
-            message = args[1] if len(args) > 1 else str(exc)
-            raise OSError(code, f"failed to create TUN device {name!r}: {message}") from None
-        try:
-            self._dev.mtu = mtu  # as wireguard-go creates its TUN with its default MTU
-        except pytun.Error as exc:
-            log.debug("cannot set the MTU of %s: %s", name, exc)
-        self.fd: int = self._dev.fileno()
+            offload.set_mtu(self.name, mtu)  # as wireguard-go creates its TUN with its default MTU
+        except OSError as exc:
+            log.debug("cannot set the MTU of %s: %s", self.name, exc)
         os.set_blocking(self.fd, False)
-        self.name: str = self._dev.name
-        self.errors: Counter[str] = Counter()
+        self._io = _io.TunBatch(self.fd, vnet_hdr=self.vnet_hdr)
+        self._errors: Counter[str] = Counter()
         self._own_netns = os.stat("/proc/self/ns/net").st_ino
         self._mtu_sock: socket.socket | None = None
         self._mtu_sock_netns = -1
         self._closed = False
         self.mtu: int = mtu
         self.refresh_mtu()
+
+    @property
+    def errors(self) -> Counter[str]:
+        """Read/write failures and drops so far (``read:too_big``, ``write:EINVAL``, ...)."""
+        total = Counter(self._errors)
+        total.update(self._io.errors)
+        return total
+
+    @property
+    def pending(self) -> int:
+        """Packets cut from a super-packet but not handed out yet: call :meth:`read_batch`."""
+        return int(self._io.pending)
+
+    @property
+    def dropped_too_big(self) -> int:
+        """Packets dropped so far because they did not fit their slot (the MTU grew?)."""
+        return int(self._io.errors.get("read:too_big", 0))
 
     def fileno(self) -> int:
         return self.fd
@@ -196,57 +236,41 @@ class Tun:
 
     # ------------------------------------------------------------------ data path
 
-    def read_batch(self, bufs: Sequence[bytearray], lengths: list[int]) -> int:
+    def read_batch(self, bufs: Sequence[bytearray], lengths: list[int], mtu: int | None = None) -> int:
         """Read up to ``len(bufs)`` packets, packet ``i`` into ``bufs[i][HEADROOM:]``.
 
-        Stops at EAGAIN. ``lengths[i]`` is set for every packet read; returns the count. An
+        Stops at EAGAIN. ``lengths[i]`` is set for every packet read; returns the count. TCP
+        super-packets are cut into packets of at most ``mtu`` bytes (default :attr:`mtu`). An
         error after some packets were read is kept for the next call's first read to report;
-        raises :class:`TunGone` if the device was deleted, OSError for other fatal errors.
+        raises :class:`TunGone` if the device was deleted; other errors are counted.
         """
-        fd = self.fd
-        readv = os.readv
-        count = 0
-        for buf in bufs:
-            try:
-                n = readv(fd, [memoryview(buf)[HEADROOM:]])
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                if count:
-                    break
-                self._raise_read_error(exc)
-                break
-            lengths[count] = n
-            count += 1
-        return count
+        try:
+            return int(self._io.read(bufs, lengths, HEADROOM, mtu or self.mtu))
+        except OSError as exc:
+            self._raise_read_error(exc)
+            return 0
 
     def _raise_read_error(self, exc: OSError) -> None:
         if exc.errno in GONE_ERRNOS and not self.alive():
             raise TunGone(exc.errno or errno.EBADFD, "the TUN device is gone") from exc
         # A packet that did not fit (EFAULT/EINVAL) or a transient error: the kernel dropped it.
-        self.errors[f"read:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+        self._errors[f"read:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
         log.debug("TUN read failed: %s", exc)
 
     def write_batch(self, views: Sequence[bytes | bytearray | memoryview]) -> int:
         """Write each packet; returns how many the kernel took.
 
-        A packet the kernel refuses (not IPv4/IPv6, interface down, queue full) is counted in
-        :attr:`errors` and skipped. Raises :class:`TunGone` if the device was deleted.
+        A packet the kernel refuses (not IPv4/IPv6, queue full) is counted in :attr:`errors` and
+        skipped. Raises :class:`TunGone` if the device was deleted (an error that may mean so on
+        a live device, e.g. EIO while it is down, ends the batch and is counted).
         """
-        fd = self.fd
-        write = os.write
-        written = 0
-        for view in views:
-            try:
-                write(fd, view)
-                written += 1
-            except OSError as exc:
-                if exc.errno in GONE_ERRNOS and not self.alive():
-                    raise TunGone(exc.errno or errno.EBADFD, "the TUN device is gone") from exc
-                self.errors[f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
-        return written
+        try:
+            return int(self._io.write(views))
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS and not self.alive():
+                raise TunGone(exc.errno or errno.EBADFD, "the TUN device is gone") from exc
+            self._errors[f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+            return 0
 
     def close(self) -> None:
         """Close the fd: the kernel deletes the (non-persistent) device, wherever it is."""
@@ -257,6 +281,20 @@ class Tun:
             self._mtu_sock.close()
             self._mtu_sock = None
         try:
-            self._dev.close()
+            if self._dev is not None:
+                self._dev.close()
+            else:
+                os.close(self.fd)
         except Exception:  # already closed by the kernel side; nothing left to release
             log.debug("closing the TUN device failed", exc_info=True)
+
+
+def _open_plain(name: str) -> pytun.TunTapDevice:
+    """The plain path: python-pytun, ``IFF_TUN | IFF_NO_PI``. Raises OSError."""
+    try:
+        return pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+    except pytun.Error as exc:
+        args = exc.args
+        code = args[0] if args and isinstance(args[0], int) else errno.EIO
+        message = args[1] if len(args) > 1 else str(exc)
+        raise OSError(code, f"failed to create TUN device {name!r}: {message}") from None

@@ -1,59 +1,61 @@
 """UDP for the daemon: batch receive/send with the local address of every datagram.
 
-:class:`BatchSocket` is one non-blocking UDP socket. Its two batch methods are the seam where a
-Cython recvmmsg/sendmmsg version will replace the per-datagram loop, so their shape is fixed:
+:class:`BatchSocket` is one non-blocking UDP socket driven by the batch I/O of
+``tunnel.offload.select_io()``: ``tunnel._io`` (Cython: recvmmsg/sendmmsg, UDP GRO on receive,
+UDP GSO on send, GIL released) or, with ``WGPY_PURE=1`` or without the extension,
+``tunnel.io_ref`` (the pure-Python twin). Its two batch methods are:
 
 * ``recv_batch(bufs, lengths, sources) -> count``: datagram ``i`` at ``bufs[i][0:lengths[i]]``
-  from ``sources[i]``, whose ``local`` is the address it was sent to (IP_PKTINFO);
+  from ``sources[i]`` (an :class:`~tunnel.endpoint.Endpoint` whose ``local`` is the address it was
+  sent to, IP_PKTINFO). With GRO a coalesced message is split into consecutive slots; segments
+  that did not fit stay queued (:attr:`BatchSocket.pending`) and come first on the next call,
+  which the owner must make even though the fd is no longer readable.
 * ``send_batch(datagrams) -> count``: each datagram leaves from ``endpoint.local`` when set
-  (sticky source). When sending from it fails (the address is gone: EINVAL, EADDRNOTAVAIL or
-  ENETUNREACH) the datagram is retried once from any address and, if that works, the endpoint
-  is appended to :attr:`BatchSocket.lost_sources`, so the owner clears ``local`` on the peer
-  (the peer's next datagram teaches a new one).
+  (sticky source); runs to one destination of one size leave as one GSO message. When sending
+  from the sticky source fails (the address is gone: EINVAL, EADDRNOTAVAIL or ENETUNREACH) the
+  datagram is retried once from any address and the endpoint is appended to
+  :attr:`BatchSocket.lost_sources`, so the owner clears ``local`` on the peer.
+
+Offloads the kernel refuses (GRO, GSO) are logged once at verbose (INFO) with the reason.
 
 :class:`UdpBind` is what the interface holds: an IPv4 and an IPv6 socket on the same port, as
 wireguard-go binds (the v6 one with IPV6_V6ONLY). Sockets are created, bound and closed here;
-buffers belong to the caller and are never kept.
+buffers belong to the caller and are never kept after a call returns.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import socket
-import struct
 from collections import Counter
 from collections.abc import Sequence
+from operator import itemgetter
 
+from tunnel import offload
 from tunnel.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
 IP_PKTINFO = 8
 IPV6_RECVPKTINFO = 49
-IPV6_PKTINFO = 50
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SO_MARK = 36
 SOCKET_BUFFER = 7 << 20  # as wireguard-go's socketBufferSize
 
-_IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
-_IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex
-_ANC4 = socket.CMSG_SPACE(_IN_PKTINFO.size)
-_ANC6 = socket.CMSG_SPACE(_IN6_PKTINFO.size)
-# A sticky source that is no longer local fails with EINVAL, EADDRNOTAVAIL or (IPv4 with no
-# interface index) ENETUNREACH; a full buffer says nothing about the source address.
-_NOT_SOURCE = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.EPERM, errno.EINTR})
+IO_NAME, _io = offload.select_io()
 
 Payload = bytes | bytearray | memoryview
+_endpoint_of = itemgetter(1)
 
 
 class BatchSocket:
     """One non-blocking UDP socket with IP_PKTINFO (or IPV6_RECVPKTINFO) on.
 
-    ``errors`` counts send failures by errno name; ``lost_sources`` collects endpoints whose
-    sticky source address was gone (the owner drains it after each :meth:`send_batch`).
+    ``errors`` counts receive and send failures by errno name; ``lost_sources`` collects
+    endpoints whose sticky source address was gone (the owner drains it after each
+    :meth:`send_batch`). ``gro`` says whether the kernel accepted UDP_GRO.
     """
 
     def __init__(self, family: int, port: int, fwmark: int = 0) -> None:
@@ -72,108 +74,75 @@ class BatchSocket:
             _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF)
             if fwmark:
                 sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+            fd = sock.fileno()
+            self.gro: bool = bool(_io.enable_udp_gro(fd))
+            self._io = _io.UdpBatch(fd, gso=True, gro=self.gro, make_source=Endpoint)
         except BaseException:
             sock.close()
             raise
         self.sock = sock
         self.port: int = sock.getsockname()[1]
-        self.errors: Counter[str] = Counter()
         self.lost_sources: list[Endpoint] = []
+        kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+        if not self.gro:
+            log.info("%s UDP GRO (UDP_GRO) refused by the kernel: one datagram per message", kind)
+        self._fallbacks_logged = 0
+        self._log_fallbacks()
+        log.debug("%s UDP socket on port %d: %s I/O, gso=%s gro=%s", kind, self.port, IO_NAME,
+                  self._io.gso, self.gro)
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def pending(self) -> int:
+        """Datagrams received (GRO) but not handed out yet: call :meth:`recv_batch` again."""
+        return int(self._io.pending)
+
+    @property
+    def errors(self) -> Counter[str]:
+        """Failures so far by ``recv:ERRNO`` / ``send:ERRNO`` (a fresh Counter)."""
+        return Counter(self._io.errors)
 
     def set_mark(self, mark: int) -> None:
         """SO_MARK (0 clears it); needs CAP_NET_ADMIN. Raises OSError."""
         self.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
 
     def close(self) -> None:
+        self._io.close()
         self.sock.close()
 
-    # ------------------------------------------------------------------ receive
+    def _log_fallbacks(self) -> None:
+        fallbacks = self._io.fallbacks
+        while self._fallbacks_logged < len(fallbacks):
+            log.info("UDP port %d: %s", self.port, fallbacks[self._fallbacks_logged])
+            self._fallbacks_logged += 1
+
+    # ------------------------------------------------------------------ data path
 
     def recv_batch(self, bufs: Sequence[bytearray], lengths: list[int], sources: list[Endpoint]) -> int:
         """Receive until EAGAIN or ``len(bufs)`` datagrams; returns the count.
 
         ``lengths`` and ``sources`` must have ``len(bufs)`` slots; slot ``i`` is set for each
         datagram. A datagram longer than its buffer is truncated (and will fail authentication).
+        Errors are counted, never raised (except a wrong call: ValueError).
         """
-        recvmsg_into = self.sock.recvmsg_into
-        v6 = self.family == socket.AF_INET6
-        anc_size = _ANC6 if v6 else _ANC4
-        count = 0
-        for buf in bufs:
-            try:
-                n, ancdata, _flags, address = recvmsg_into([buf], anc_size)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ECONNREFUSED from an earlier ICMP error: not fatal
-                self.errors[f"recv:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
-                if count:
-                    break
-                continue
-            local: str | None = None
-            for level, kind, data in ancdata:
-                if v6 and level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
-                    addr6, _ = _IN6_PKTINFO.unpack_from(data)
-                    local = str(ipaddress.IPv6Address(addr6))
-                elif not v6 and level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-                    _, spec_dst, _ = _IN_PKTINFO.unpack_from(data)
-                    local = socket.inet_ntoa(spec_dst)
-            host: str = address[0]
-            if v6 and "%" in host:
-                host = host.split("%", 1)[0]
-            lengths[count] = n
-            sources[count] = Endpoint(host, address[1], local)
-            count += 1
-        return count
-
-    # ------------------------------------------------------------------ send
+        return int(self._io.recv(bufs, lengths, sources))
 
     def send_batch(self, datagrams: Sequence[tuple[Payload, Endpoint]]) -> int:
         """Send each datagram to its endpoint, from ``endpoint.local`` when set; returns the count.
 
-        Failures (EAGAIN with a full buffer, unreachable networks, firewall) drop that datagram
-        and are counted in :attr:`errors`; nothing raises.
+        Failures (a full buffer, unreachable networks, firewall) drop datagrams and are counted in
+        :attr:`errors`; nothing raises. The payloads are only borrowed for the call.
         """
-        sendmsg = self.sock.sendmsg
-        v6 = self.family == socket.AF_INET6
-        sent = 0
-        for data, endpoint in datagrams:
-            address: tuple[str, int] | tuple[str, int, int, int]
-            address = (endpoint.ip, endpoint.port, 0, 0) if v6 else (endpoint.ip, endpoint.port)
-            ancdata = _source_cmsg(endpoint.local, v6) if endpoint.local else []
-            try:
-                sendmsg([data], ancdata, 0, address)
-                sent += 1
-                continue
-            except OSError as exc:
-                code = exc.errno
-                if not ancdata or code in _NOT_SOURCE:
-                    self.errors[f"send:{errno.errorcode.get(code or 0, code)}"] += 1
-                    continue
-            # The sticky source address may have disappeared: let the route pick one instead.
-            try:
-                sendmsg([data], [], 0, address)
-                sent += 1
-                self.lost_sources.append(endpoint)
-            except OSError as exc:
-                self.errors[f"send:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+        sent = int(self._io.send(datagrams))
+        lost = self._io.lost_sources
+        if lost:
+            self.lost_sources.extend(lost)
+            lost.clear()
+        if len(self._io.fallbacks) != self._fallbacks_logged:
+            self._log_fallbacks()
         return sent
-
-
-def _source_cmsg(local: str, v6: bool) -> list[tuple[int, int, bytes]]:
-    try:
-        packed = ipaddress.ip_address(local).packed
-    except ValueError:
-        return []
-    if v6:
-        if len(packed) != 16:
-            return []
-        return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0))]
-    if len(packed) != 4:
-        return []
-    return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, packed, bytes(4)))]
 
 
 def _set_buffer(sock: socket.socket, force: int, plain: int) -> None:
@@ -226,6 +195,11 @@ class UdpBind:
             return cls([s for s in (v4, v6) if s is not None])
         raise OSError(errno.EADDRINUSE, "no port free in both IPv4 and IPv6")
 
+    @property
+    def gro(self) -> bool:
+        """True if every socket coalesces with UDP GRO (receive slots may then be small)."""
+        return all(sock.gro for sock in self.sockets)
+
     def set_mark(self, mark: int) -> None:
         for sock in self.sockets:
             sock.set_mark(mark)
@@ -234,9 +208,16 @@ class UdpBind:
         """Send each datagram on the socket of its endpoint's family; returns the count sent."""
         v4 = self.v4
         v6 = self.v6
-        if v6 is None or (v4 is not None and not any(e.is_ipv6 for _, e in datagrams)):
+        if v6 is None:
             return v4.send_batch(datagrams) if v4 is not None else 0
-        if v4 is None or all(e.is_ipv6 for _, e in datagrams):
+        if v4 is None:
+            return v6.send_batch(datagrams)
+        # A batch usually goes to one or a few endpoints: look at each distinct one once.
+        endpoints = set(map(_endpoint_of, datagrams))
+        families = {e.is_ipv6 for e in endpoints}
+        if families == {False}:
+            return v4.send_batch(datagrams)
+        if families == {True}:
             return v6.send_batch(datagrams)
         return v4.send_batch([d for d in datagrams if not d[1].is_ipv6]) + v6.send_batch(
             [d for d in datagrams if d[1].is_ipv6]

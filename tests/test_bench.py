@@ -1,0 +1,236 @@
+"""``wg-py bench``: the option parsing, the parsers of /proc and tool output, the statistics, the
+report and the PNG writer (pure functions), plus one short smoke run in namespaces.
+
+Nothing here asserts on speed: the smoke run only checks that traffic flowed and that the
+files were written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tunnel import bench
+from tunnel.netns import missing_requirements
+
+# ---- options -------------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    opts = bench.parse_args([])
+    assert (opts.rounds, opts.time, opts.peers, opts.chart) == (3, 5, 10_000, True)
+    assert opts.only == list(bench.CONTENDERS)
+    assert opts.json_path is None
+
+
+def test_quick_and_overrides() -> None:
+    opts = bench.parse_args(["--quick", "--time", "2", "--no-chart", "--json", "/tmp/x.json"])
+    assert (opts.rounds, opts.time, opts.peers, opts.chart) == (1, 2, 500, False)
+    assert opts.json_path == Path("/tmp/x.json")
+
+
+def test_only_keeps_the_canonical_order() -> None:
+    assert bench.parse_args(["--only", "kvxlan, veth"]).only == ["veth", "kvxlan"]
+
+
+@pytest.mark.parametrize("argv", [["--only", "nope"], ["--rounds", "0"], ["--peers", "-1"],
+                                  ["--time", "x"], ["--bogus"]])
+def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(argv) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+# ---- parsers -------------------------------------------------------------------------------------
+
+PING = """PING 10.201.0.2 (10.201.0.2) 56(84) bytes of data.
+64 bytes from 10.201.0.2: icmp_seq=1 ttl=64 time=0.512 ms
+64 bytes from 10.201.0.2: icmp_seq=2 ttl=64 time=0.101 ms
+From 10.201.0.1 icmp_seq=3 Destination Host Unreachable
+64 bytes from 10.201.0.2: icmp_seq=4 ttl=64 time=12.0 ms
+
+--- 10.201.0.2 ping statistics ---
+rtt min/avg/max/mdev = 0.101/4.204/12.000/5.510 ms
+"""
+
+
+def test_parse_ping_takes_each_reply_only() -> None:
+    assert bench.parse_ping(PING) == [0.512, 0.101, 12.0]
+    assert bench.parse_ping("") == []
+
+
+def test_proc_cpu_ticks_survives_odd_command_names() -> None:
+    # pid (comm) state ppid ... field 14 utime, 15 stime; the name holds ") (" and spaces
+    rest = ["S"] + [str(n) for n in range(4, 14)] + ["700", "45"] + ["0"] * 30
+    line = "4711 (wg) (py x) " + " ".join(rest)
+    assert bench.proc_cpu_ticks(line) == 745
+
+
+def test_system_busy_ticks_leaves_idle_and_iowait_out() -> None:
+    text = "cpu  100 5 50 9000 300 7 8 2 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+    assert bench.system_busy_ticks(text) == 100 + 5 + 50 + 7 + 8 + 2
+    with pytest.raises(ValueError):
+        bench.system_busy_ticks("intr 1 2 3\n")
+
+
+def test_status_kib() -> None:
+    text = "Name:\twg-py\nVmHWM:\t   36400 kB\nVmRSS:\t   30000 kB\n"
+    assert bench.status_kib(text, "VmHWM") == 36400
+    assert bench.status_kib(text, "VmRSS") == 30000
+    assert bench.status_kib(text, "VmSwap") == 0
+
+
+def test_iperf3_figures() -> None:
+    tcp = {"end": {"sum_sent": {"bits_per_second": 2e9, "bytes": 10},
+                   "sum_received": {"bits_per_second": 1.5e9, "bytes": 937_500_000}}}
+    assert bench.tcp_figures(tcp) == (1.5e9, 937_500_000)
+    udp = {"end": {"sum": {"packets": 10_500, "lost_packets": 500, "seconds": 2.0,
+                           "bits_per_second": 1.0}}}
+    assert bench.udp_received_pps(udp) == 5000.0
+
+
+def test_per_gigabyte() -> None:
+    assert bench.per_gigabyte(3.0, 1_500_000_000) == pytest.approx(2.0)
+    assert bench.per_gigabyte(1.0, 0) is None
+
+
+# ---- statistics and report -----------------------------------------------------------------------
+
+
+def test_median_ignores_missing_rounds() -> None:
+    assert bench.median([3.0, None, 1.0, 2.0]) == 2.0
+    assert bench.median([None, None]) is None
+    assert bench.median([1.0, 4.0]) == 2.5
+
+
+SAMPLES: dict[str, dict[str, list[float | None]]] = {
+    "veth": {"tcp1_gbps": [10.0, 9.0, 11.0], "ping_median_ms": [0.05, 0.05, 0.05],
+             "cpu_tunnel_s_per_gb": [None, None, None]},
+    "wgpy": {"tcp1_gbps": [1.0, 2.0, 1.5], "ping_median_ms": [0.4, 0.3, 0.5]},
+    "wggo": {"tcp1_gbps": [0.3, 0.35, 0.4], "ping_median_ms": [0.5, 0.5, 0.5]},
+    "wgpy-vxlan": {"tcp1_gbps": [0.1, None, 0.2]},
+    "kvxlan": {"tcp1_gbps": [5.0, 5.0, 6.0]},
+}
+
+
+def test_summarize_and_ratios() -> None:
+    summary = bench.summarize(SAMPLES)
+    assert summary["veth"] == {"tcp1_gbps": 10.0, "ping_median_ms": 0.05}
+    assert summary["wgpy-vxlan"]["tcp1_gbps"] == pytest.approx(0.15)
+    assert bench.ratio(summary, "tcp1_gbps", "wgpy", "wggo") == pytest.approx(1.5 / 0.35)
+    assert bench.ratio(summary, "udp64_kpps", "wgpy", "wggo") is None
+    assert bench.ratio(summary, "tcp1_gbps", "wgpy", "absent") is None
+    assert bench.ratio({"a": {"m": 1.0}, "b": {"m": 0.0}}, "m", "a", "b") is None
+
+
+def test_targets_met_not_met_and_unmeasured() -> None:
+    summary = bench.summarize(SAMPLES)
+    by_metric = {(t["contender"], t["metric"]): t for t in bench.evaluate_targets(summary)}
+    assert by_metric[("wgpy", "tcp1_gbps")]["met"] is True  # 1.5 / 0.35 = 4.3
+    assert by_metric[("wgpy-vxlan", "tcp1_gbps")]["met"] is False  # 0.15 / 5
+    assert by_metric[("wgpy", "ping_median_ms")]["met"] is True  # 0.4 / 0.5
+    summary["wgpy"]["ping_median_ms"] = 0.6
+    assert [t["met"] for t in bench.evaluate_targets(summary)][2] is False
+    del summary["wggo"]
+    assert [t["met"] for t in bench.evaluate_targets(summary)][0] is None
+
+
+def test_render_table() -> None:
+    summary = bench.summarize(SAMPLES)
+    text = bench.render_table(summary, list(bench.CONTENDERS))
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["metric", "unit"]
+    assert "wgpy/wggo" in lines[0] and "wgpy-vxlan/kvxlan" in lines[0]
+    tcp = next(line for line in lines if line.startswith("TCP 1 stream"))
+    assert tcp.split()[-2:] == ["4.29x", "0.03x"]
+    assert "UDP 64 B" not in text  # no contender measured it
+    assert "ratio to raw veth" in text
+    assert "target: wg-py WireGuard >= 4x wireguard-go, TCP 1 stream: 4.29x -> met" in text
+    assert "0.4x kernel vxlan, TCP 1 stream: 0.03x -> NOT MET" in text
+    # a subset: no reference columns it cannot fill, targets not measured
+    subset = {k: v for k, v in summary.items() if k in ("wgpy", "kvxlan")}
+    sub = bench.render_table(subset, ["wgpy", "kvxlan"])
+    assert "/" not in sub.splitlines()[0] and "not measured" in sub
+
+
+# ---- PNG -----------------------------------------------------------------------------------------
+
+
+def _png_chunks(data: bytes) -> dict[bytes, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks: dict[bytes, bytes] = {}
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body)
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + length
+    return chunks
+
+
+def test_png_chart_is_a_valid_png_with_bars() -> None:
+    summary = bench.summarize(SAMPLES)
+    data = bench.png_chart(summary, list(bench.CONTENDERS))
+    chunks = _png_chunks(data)
+    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, color) == (8, 2) and b"IEND" in chunks
+    raw = zlib.decompress(chunks[b"IDAT"])
+    assert len(raw) == height * (1 + 3 * width)
+    colors = {bytes(raw[i : i + 3]) for r in range(height)
+              for i in range(r * (1 + 3 * width) + 1, (r + 1) * (1 + 3 * width), 3)}
+    for contender in ("wgpy", "wggo", "kvxlan"):
+        assert bytes(bench._COLORS[contender]) in colors
+
+
+def test_every_label_character_has_a_glyph() -> None:
+    text = " ".join([*bench.CONTENDERS.values(), *(m.label + m.unit for m in bench.METRICS),
+                     "higher better lower better 0123456789 n/a (x)"])
+    assert {c for c in text.upper()} <= set(bench._GLYPHS)
+    assert all(len(g) == 5 and all(len(row) == 3 for row in g) for g in bench._GLYPHS.values())
+
+
+def test_write_results_json_and_png(tmp_path: Path) -> None:
+    summary = bench.summarize(SAMPLES)
+    doc = {"summary": summary, "order": ["wgpy", "wggo"], "samples": SAMPLES}
+    opts = bench.Options(json_path=tmp_path / "out" / "r.json")
+    written = bench.write_results(doc, opts)
+    assert written == [tmp_path / "out" / "r.json", tmp_path / "out" / "r.png"]
+    assert json.loads(written[0].read_text())["summary"]["wgpy"]["tcp1_gbps"] == 1.5
+    assert written[1].read_bytes().startswith(b"\x89PNG")
+    opts.chart = False
+    assert bench.write_results(doc, opts) == [tmp_path / "out" / "r.json"]
+
+
+# ---- the real thing, tiny ------------------------------------------------------------------------
+
+_MISSING = missing_requirements(("ip", "wg", "ping", "ss", "iperf3"))
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
+def test_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """veth and wg-py, one round of one second each, 20 peers: about 20 s."""
+    out = tmp_path / "bench.json"
+    code = bench.main(["--quick", "--only", "veth,wgpy", "--peers", "20", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    doc = json.loads(out.read_text())
+    assert doc["order"] == ["veth", "wgpy"]
+    for name in ("veth", "wgpy"):
+        assert doc["summary"][name]["tcp1_gbps"] > 0
+        assert doc["summary"][name]["ping_median_ms"] > 0
+    assert doc["summary"]["wgpy"]["rss_peers_mib"] > 0
+    assert doc["contenders"]["wgpy"]["mtu"] == bench.WG_MTU
+    assert "[1/1] wgpy tcp x1" in printed and "target:" in printed
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                    timeout=10).stdout
+    assert f"wgb{os.getpid() % 100000}" not in leftover
