@@ -10,13 +10,13 @@ from types import ModuleType
 import pytest
 
 from crypto.backend import load as load_backend
-from tunnel.datapath import load as load_datapath
 from tunnel.constants import (
     INITIATION_SIZE,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
+from tunnel.datapath import load as load_datapath
 from tunnel.device import packet_buffer
 from tunnel.endpoint import Endpoint
 from tunnel.messages import Drop

@@ -6,8 +6,8 @@ TSO/checksum offloads the kernel accepts: a read may then hand us a TCP super-pa
 of at most the MTU. What was enabled or refused is logged at verbose. If the kernel refuses the
 virtio-net header the device is a plain TUN (one bare IP packet per read); ``WGPY_NO_OFFLOAD=1``
 forces the plain path, created with python-pytun as before. The fd keeps working when the
-device is moved to another network namespace (``ip link set IFACE netns X``), so nothing here looks the device up by name in our own
-namespace:
+device is moved to another network namespace (``ip link set IFACE netns X``), so nothing here
+looks the device up by name in our own namespace:
 
 * liveness is asked of the fd itself (``TUNGETIFF``): once the device is deleted the kernel
   detaches the file and every read, write or ioctl on it fails with EBADFD;
