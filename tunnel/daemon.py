@@ -8,8 +8,9 @@ reason printed if anything failed). ``-f`` stays in the foreground.
 The daemon exits 0, removing its socket, when the TUN device is deleted, when its socket file is
 removed or replaced, and on SIGTERM/SIGINT. LOG_LEVEL is read as wireguard-go reads it:
 ``error`` (the default), ``verbose``, ``debug`` (ours: verbose = INFO, debug adds per-packet
-DEBUG messages) and ``silent``. Logs go to stdout, which a daemonized child keeps (as
-wireguard-go does) unless the level is silent.
+DEBUG messages) and ``silent``. Logs go to stdout. A daemonized child keeps stdout and stderr
+only when LOG_LEVEL is set and not silent; otherwise all three of its standard fds are
+/dev/null, as wireguard-go does (stdin is /dev/null in every case).
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def parse_args(args: Sequence[str]) -> Options | None:
 
 
 def setup_logging(name: str) -> int | None:
-    """Configure the ``tunnel`` logger from LOG_LEVEL; returns the level (None: silent)."""
+    """Configure the ``tunnel`` logger from LOG_LEVEL; returns the level (None: silent).
+
+    An unset LOG_LEVEL means ``error`` (a daemonized child then has no stdout to log to).
+    """
     level = _LEVELS.get(os.environ.get("LOG_LEVEL", "error").lower(), logging.ERROR)
     logger = logging.getLogger("tunnel")
     logger.handlers.clear()
@@ -108,7 +112,8 @@ def main(args: list[str]) -> int:
     log.info("device %s started (MTU %d, UDP port %d)", name, tun.mtu, interface.listen_port)
     if options.foreground:
         return _run(interface, uapi_sock, None)
-    return _daemonize(interface, uapi_sock, quiet=level is None)
+    quiet = level is None or not os.environ.get("LOG_LEVEL")
+    return _daemonize(interface, uapi_sock, quiet=quiet)
 
 
 def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
@@ -170,7 +175,13 @@ def _run(interface: Interface, uapi_sock: socket.socket, ready_fd: int | None) -
 async def _serve(interface: Interface, uapi_sock: socket.socket, ready_fd: int | None) -> int:
     loop = asyncio.get_running_loop()
     name = interface.name
-    server = UapiServer(uapi_sock, socket_path(name), interface)
+    try:
+        server = UapiServer(uapi_sock, socket_path(name), interface)
+    except FileNotFoundError:  # the socket file was removed before we got here: that is an exit
+        log.info("shutting down: the UAPI socket was removed")
+        uapi_sock.close()
+        interface.close()
+        return 0
     stop = asyncio.Event()
     reason = ["stopped"]
 

@@ -13,10 +13,15 @@ It also implements the UAPI configuration protocol (:class:`tunnel.uapi.UapiTarg
 UAPI server. Time: ``time.monotonic()`` is the engine's ``now``; ``device.wall_offset`` turns it
 into Unix time and is refreshed by :meth:`housekeeping`.
 
-Buffers are allocated here once per interface and reused for every batch: an Output's views
-point into them and are consumed before the next read. Everything runs on the loop thread; a
-bad packet or a bug hit by one batch is logged (debug), counted in :attr:`errors` and the loop
-goes on.
+Buffers are allocated here per interface and reused for every batch: an Output's views point
+into them and are consumed before the next read. TUN slots hold one MTU-sized packet (TSO
+super-packets are cut to the MTU by the batch I/O; the slots are reallocated when the MTU
+changes, and a packet that did not fit makes us look at the MTU again at once); UDP slots hold
+one datagram of up to ``max(MTU, 9000)`` plus overhead when UDP GRO coalesces, else 64 KiB.
+Leftover GRO/TSO segments do not make an fd readable again, so each readable callback reads
+again (at most ``MAX_ROUNDS`` batches) while a batch came back full or segments are pending.
+Everything runs on the loop thread; a bad packet or a bug hit by one batch is logged (debug),
+counted in :attr:`errors` and the loop goes on.
 """
 
 from __future__ import annotations
@@ -42,9 +47,12 @@ log = logging.getLogger(__name__)
 
 TUN_BATCH = 64
 UDP_BATCH = 64
+MAX_ROUNDS = 8  # batches per readable callback (leftover segments do not wake the loop)
 MAX_PACKET = 65535  # the largest IP packet (and UDP datagram) there is
-TUN_BUFFER = HEADROOM + MAX_PACKET + PADDING_MULTIPLE + TAG_SIZE
-UDP_BUFFER = MAX_PACKET + 1
+TUN_BUFFER = HEADROOM + MAX_PACKET + PADDING_MULTIPLE + TAG_SIZE  # a plain TUN: any size
+UDP_BUFFER = MAX_PACKET + 1  # without GRO: any datagram
+MESSAGE_OVERHEAD = 32  # transport header (16) and tag (16) around a padded packet
+PEER_MTU_ROOM = 9000  # with GRO: room for datagrams of peers with an MTU up to this (jumbo)
 MTU_RECHECK = 0.1  # at most this often when a packet bigger than the known MTU shows up
 
 _UNSET: Final = object()
@@ -71,15 +79,42 @@ class Interface:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._mtu_checked = 0.0
-        self._tun_bufs = [bytearray(TUN_BUFFER) for _ in range(TUN_BATCH)]
+        self._tun_bufs: list[bytearray] = []
         self._tun_lengths = [0] * TUN_BATCH
-        self._udp_bufs = [bytearray(UDP_BUFFER) for _ in range(UDP_BATCH)]
+        self._tun_too_big = 0
+        self._udp_bufs: list[bytearray] = []
         self._udp_lengths = [0] * UDP_BATCH
         self._udp_sources = [_PLACEHOLDER] * UDP_BATCH
+        self._size_tun_buffers()
+        self._size_udp_buffers()
 
     @property
     def name(self) -> str:
         return self.tun.name
+
+    # ------------------------------------------------------------------ buffers
+
+    def tun_slot_size(self) -> int:
+        """Bytes per TUN slot: headroom, one MTU-sized packet, padding and tag."""
+        if not self.tun.vnet_hdr:
+            return TUN_BUFFER  # a plain read cannot tell a truncated packet: room for any
+        return HEADROOM + self.device.mtu + PADDING_MULTIPLE + TAG_SIZE
+
+    def udp_slot_size(self) -> int:
+        """Bytes per UDP slot: one datagram (GRO segments are copied in one per slot)."""
+        if self.bind is None or not self.bind.gro:
+            return UDP_BUFFER
+        return min(UDP_BUFFER, max(self.device.mtu, PEER_MTU_ROOM) + PADDING_MULTIPLE + MESSAGE_OVERHEAD)
+
+    def _size_tun_buffers(self) -> None:
+        size = self.tun_slot_size()
+        if not self._tun_bufs or len(self._tun_bufs[0]) != size:
+            self._tun_bufs = [bytearray(size) for _ in range(TUN_BATCH)]
+
+    def _size_udp_buffers(self) -> None:
+        size = self.udp_slot_size()
+        if not self._udp_bufs or len(self._udp_bufs[0]) != size:
+            self._udp_bufs = [bytearray(size) for _ in range(UDP_BATCH)]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,6 +184,8 @@ class Interface:
         if mtu != self.device.mtu:
             log.info("MTU of %s is now %d", self.name, mtu)
             self.device.mtu = min(mtu, MAX_PACKET)
+            self._size_tun_buffers()  # the caller's batch still holds the old list: fine
+            self._size_udp_buffers()
 
     # ------------------------------------------------------------------ sockets
 
@@ -169,6 +206,7 @@ class Interface:
             self._unwatch(old)
             old.close()
         self._watch(new)
+        self._size_udp_buffers()
         log.info("UDP bound to port %d", new.port)
 
     @property
@@ -196,51 +234,65 @@ class Interface:
     # ------------------------------------------------------------------ data path
 
     def _on_tun_readable(self) -> None:
-        try:
-            n = self.tun.read_batch(self._tun_bufs, self._tun_lengths)
-        except TunGone:
-            self._stop("the TUN device was deleted")
-            return
-        except OSError as exc:
-            self.errors["tun_read"] += 1
-            log.debug("TUN read: %s", exc)
-            return
-        if not n:
-            return
-        bufs, lengths = self._tun_bufs, self._tun_lengths
-        if n < TUN_BATCH:
-            bufs, lengths = bufs[:n], lengths[:n]
-        now = time.monotonic()
+        tun = self.tun
         device = self.device
-        try:
-            if max(lengths) > device.mtu and now - self._mtu_checked >= MTU_RECHECK:
-                self._refresh_mtu()  # the MTU may have been raised since we last looked
-            self._transmit(device.send_batch(bufs, lengths, now))
-        except Exception:
-            self.errors["send_batch"] += 1
-            log.debug("outbound batch failed", exc_info=True)
+        for _ in range(MAX_ROUNDS):
+            bufs, lengths = self._tun_bufs, self._tun_lengths
+            try:
+                n = tun.read_batch(bufs, lengths, device.mtu)
+            except TunGone:
+                self._stop("the TUN device was deleted")
+                return
+            except OSError as exc:
+                self.errors["tun_read"] += 1
+                log.debug("TUN read: %s", exc)
+                break
+            too_big = tun.dropped_too_big
+            if too_big != self._tun_too_big:  # a packet did not fit: the MTU may have grown
+                self._tun_too_big = too_big
+                if time.monotonic() - self._mtu_checked >= MTU_RECHECK:
+                    self._refresh_mtu()
+            if not n:
+                break
+            if n < TUN_BATCH:
+                bufs, lengths = bufs[:n], lengths[:n]
+            now = time.monotonic()
+            try:
+                if max(lengths) > device.mtu and now - self._mtu_checked >= MTU_RECHECK:
+                    self._refresh_mtu()  # the MTU may have been raised since we last looked
+                self._transmit(device.send_batch(bufs, lengths, now))
+            except Exception:
+                self.errors["send_batch"] += 1
+                log.debug("outbound batch failed", exc_info=True)
+            if n < TUN_BATCH and not tun.pending:
+                break
         self._rearm()
 
     def _on_udp_readable(self, sock: BatchSocket) -> None:
-        bufs, lengths, sources = self._udp_bufs, self._udp_lengths, self._udp_sources
-        try:
-            n = sock.recv_batch(bufs, lengths, sources)
-        except Exception:
-            self.errors["udp_read"] += 1
-            log.debug("UDP read failed", exc_info=True)
-            return
-        if not n:
-            return
-        now = time.monotonic()
-        try:
-            if n < UDP_BATCH:
-                out = self.device.receive_batch(bufs[:n], lengths[:n], sources[:n], now)
-            else:
-                out = self.device.receive_batch(bufs, lengths, sources, now)
-            self._transmit(out)
-        except Exception:
-            self.errors["receive_batch"] += 1
-            log.debug("inbound batch failed", exc_info=True)
+        lengths, sources = self._udp_lengths, self._udp_sources
+        device = self.device
+        for _ in range(MAX_ROUNDS):
+            bufs = self._udp_bufs
+            try:
+                n = sock.recv_batch(bufs, lengths, sources)
+            except Exception:
+                self.errors["udp_read"] += 1
+                log.debug("UDP read failed", exc_info=True)
+                break
+            if not n:
+                break
+            now = time.monotonic()
+            try:
+                if n < UDP_BATCH:
+                    out = device.receive_batch(bufs[:n], lengths[:n], sources[:n], now)
+                else:
+                    out = device.receive_batch(bufs, lengths, sources, now)
+                self._transmit(out)
+            except Exception:
+                self.errors["receive_batch"] += 1
+                log.debug("inbound batch failed", exc_info=True)
+            if n < UDP_BATCH and not sock.pending:
+                break
         self._rearm()
 
     def _transmit(self, out: Output) -> None:
