@@ -269,3 +269,48 @@ def test_cipher_interop_between_backends() -> None:
     mixed.handshake()
     mixed.send(mixed.b, ipv6_packet("fd00::2", "fd00::1"))
     assert mixed.a.delivered == [ipv6_packet("fd00::2", "fd00::1")]
+
+
+def test_responder_session_confirmed_by_first_data(pair: Pair) -> None:
+    pair.send(pair.a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    # b answered the initiation; its keypair became current only when a's data arrived under it
+    assert pair.peer_ba.next is None and pair.peer_ba.current is not None
+    assert not pair.peer_ba.current.is_initiator
+
+
+def test_initiator_rekeys_on_receive_after_165_s(pair: Pair) -> None:
+    pair.handshake()
+    first = pair.peer_ab.current
+    pair.now += 166  # no timers: only b's packet arrives now
+    before = len(pair.a.sent)
+    pair.send(pair.b, ipv4_packet("10.0.0.2", "10.0.0.1"))
+    assert 1 in kinds(pair.a.sent[before:])  # a's new initiation
+    assert pair.peer_ab.current is not first
+
+
+def test_rekey_after_messages(pair: Pair, backend: ModuleType) -> None:
+    pair.handshake()
+    keypair = pair.peer_ab.current
+    assert keypair is not None
+    send, receive = pair.session_keys[id(keypair.cipher)]
+    # The same session, with the send counter just below REKEY_AFTER_MESSAGES (2^60).
+    keypair.cipher = backend.TransportCipher(send, receive, keypair.remote_index, send_counter=(1 << 60) - 1)
+    pair.now += 6  # past the REKEY_TIMEOUT rate limit on initiations
+    before = len(pair.a.sent)
+    pair.send(pair.a, ipv4_packet("10.0.0.1", "10.0.0.2"), ipv4_packet("10.0.0.1", "10.0.0.2"))
+    assert kinds(pair.a.sent[before:])[:3] == [4, 4, 1]  # both sent, then a new handshake begins
+    assert pair.peer_ab.current is not keypair  # and completed
+
+
+def test_reject_after_messages(pair: Pair, backend: ModuleType) -> None:
+    pair.handshake()
+    keypair = pair.peer_ab.current
+    assert keypair is not None
+    send, receive = pair.session_keys[id(keypair.cipher)]
+    limit = (1 << 64) - (1 << 13) - 1
+    keypair.cipher = backend.TransportCipher(send, receive, keypair.remote_index, send_counter=limit)
+    pair.b.lossy = True
+    before = len(pair.a.sent)
+    pair.send(pair.a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    assert 4 not in kinds(pair.a.sent[before:])  # never sent at or past the limit: staged instead
+    assert pair.peer_ab.staged

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from crypto import keys
+from crypto.backend import TransportCipher
 from tunnel.device import Device, Output, packet_buffer
 from tunnel.endpoint import Endpoint
 
@@ -65,8 +66,16 @@ class Pair:
 
         ka, kb = keys.generate_private(), keys.generate_private()
         kwargs = {"mtu": mtu, "wall_offset": WALL - self.now, "random": rng}
-        if cipher is not None:
-            kwargs["cipher"] = cipher
+        base = cipher if cipher is not None else TransportCipher
+        # Remember each session's keys so tests can rebuild a cipher (e.g. near a counter limit).
+        self.session_keys: dict[int, tuple[bytes, bytes]] = {}
+
+        def recording_cipher(send: bytes, receive: bytes, index: int) -> object:
+            made = base(send, receive, index)
+            self.session_keys[id(made)] = (send, receive)
+            return made
+
+        kwargs["cipher"] = recording_cipher
         if datapath is not None:
             kwargs["datapath"] = datapath
         self.a = Side("a", Device(ka, **kwargs), Endpoint("192.0.2.1", 51820))  # type: ignore[arg-type]
