@@ -24,7 +24,7 @@ from tunnel.config import (
     strip,
     to_uapi_set,
 )
-from tunnel.uapi import UapiSession
+from tunnel.uapi_session import UapiSession
 
 K_PRIV = to_base64(PRIV_A)
 K_B = to_base64(PUB_B)

@@ -27,12 +27,12 @@ from tunnel.uapi import (
     GET_CHUNK,
     PeerInfo,
     UapiError,
-    UapiSession,
     UapiTarget,
     apply_set,
     parse_set,
     render_get,
 )
+from tunnel.uapi_session import UapiSession
 
 Prefix = tuple[bytes, int]
 

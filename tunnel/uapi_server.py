@@ -1,6 +1,6 @@
 """The UAPI socket: ``/var/run/wireguard/IFACE.sock``, an asyncio unix stream server.
 
-Framing and semantics live in :mod:`tunnel.uapi` (sans-I/O :class:`~tunnel.uapi.UapiSession`);
+Framing and semantics live in :mod:`tunnel.uapi` (sans-I/O :class:`~tunnel.uapi_session.UapiSession`);
 this module owns the socket file: created under umask 077 in a 0755 directory, a stale socket
 (exists but refuses connections) replaced, a live one refused. :meth:`UapiServer.intact` tells
 the daemon whether the file is still ours (same inode), as wireguard-go's watcher does, so that
@@ -22,7 +22,8 @@ import socket
 import stat
 from typing import Protocol
 
-from tunnel.uapi import UapiSession, UapiTarget
+from tunnel.uapi import UapiTarget
+from tunnel.uapi_session import UapiSession
 
 log = logging.getLogger(__name__)
 
