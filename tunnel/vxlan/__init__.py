@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .arp import NeighbourTable, build_arp_reply, parse_arp
 from .config import VxlanConfig, format_mac, parse_mac
-from .engine import Datagram, TxResult, VxlanEngine
+from .engine import Datagram, TxPlan, TxResult, VxlanEngine
 from .fdb import ZERO_MAC, Fdb, FdbEntry, FdbFullError, Remote
 from .flow import flow_hash, scale_port, source_port
 from .header import (
@@ -35,6 +35,7 @@ __all__ = [
     "FdbFullError",
     "NeighbourTable",
     "Remote",
+    "TxPlan",
     "TxResult",
     "VxlanConfig",
     "VxlanEngine",

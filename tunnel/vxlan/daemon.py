@@ -10,13 +10,19 @@ fd, or the periodic ifindex check), then closes everything: the TAP goes with it
 control socket file is removed. :func:`start` adds the daemonizing double fork: the parent
 exits 0 only once ``open`` succeeded in the daemon, else prints the reason and exits 1.
 
-Data path (all on the loop thread, in small functions so a recvmmsg/Cython path can replace
-them): the TAP reader reads up to ``BATCH`` frames until EAGAIN into preallocated buffers with
-``HEADROOM`` (8) bytes in front, calls ``transmit_batch`` and sends the datagrams; the UDP
-reader does the same with ``recvfrom_into`` and ``receive_batch`` and writes the frames to the
-TAP. Buffers are reused once the batch is sent (the engine keeps no references). An exception
-in a batch is logged and counted (``rx_exception``/``tx_exception``) and never stops the
-daemon. Shell-side drops join the engine's ``drops`` counter: ``tx_error``,
+Data path (all on the loop thread, one batch per readiness callback, no Python object per
+packet on the hot path): the TAP reader reads up to ``BATCH`` frames until EAGAIN with
+``fast.TapBatch.read`` (a C read loop, GIL released) into preallocated ``bytearray``s with
+``HEADROOM`` (8) bytes in front, ``VxlanEngine.transmit_bufs`` checks them, hashes the source
+ports and plans the sends (one FDB lookup per destination MAC per batch), and the sender sends
+the whole plan (``RawSender``: one sendmmsg on the raw socket with natively built UDP/VXLAN
+headers and IPv4 checksums; ``UdpSender``: ``UdpBatch.send`` with UDP GSO). The UDP reader
+receives with ``UdpBatch.recv`` (recvmmsg), ``VxlanEngine.receive_bufs`` applies the receive
+rules natively and learns once per run, and ``TapBatch.write`` writes the accepted frames in one
+C loop. ``tunnel.vxlan.fast`` and ``tunnel.offload.select_io`` pick the Cython modules or their
+pure twins (``WGPY_PURE=1``). Buffers are reused once the batch is sent (the engine keeps no
+references). An exception in a batch is logged and counted (``rx_exception``/``tx_exception``)
+and never stops the daemon. Shell-side drops join the engine's ``drops`` counter: ``tx_error``,
 ``tx_buffer_full``, ``rx_error``, ``device_down`` (TAP written while down), ``tap_write_error``.
 """
 
@@ -35,15 +41,19 @@ import socket
 import stat
 import sys
 import time
+from array import array
 from dataclasses import replace
 from typing import Any
 
 import pytun
 
+from tunnel.offload import select_io
+
 from .config import VxlanConfig
 from .control import handle_request, is_alive, socket_path
 from .engine import VxlanEngine
-from .header import tap_mtu
+from .fast import select as select_fast
+from .header import VXLAN_HLEN, tap_mtu
 from .sockets import Sender, ifindex, make_sender, open_receiver
 
 log = logging.getLogger("wg-py.vxlan")
@@ -78,9 +88,18 @@ class VxlanDaemon:
         self._control_ino = 0
         self._stopping: asyncio.Event | None = None
         self.stop_reason = ""
-        self._tx_views = [memoryview(bytearray(HEADROOM + BUFSIZE)) for _ in range(BATCH)]
-        self._tx_tails = [[v[HEADROOM:]] for v in self._tx_views]
-        self._rx_views = [memoryview(bytearray(BUFSIZE)) for _ in range(BATCH)]
+        self.fast_name, self.fast = select_fast()
+        self.io_name, self.io = select_io()
+        self.tap_io: Any = None
+        self.udp_io: Any = None
+        self._tx_bufs = [bytearray(HEADROOM + BUFSIZE) for _ in range(BATCH)]
+        self._tx_lengths = [0] * BATCH
+        self._tx_verdicts = bytearray(BATCH)
+        self._tx_sports = array("H", bytes(2 * BATCH))
+        self._rx_bufs = [bytearray(BUFSIZE) for _ in range(BATCH)]
+        self._rx_lengths = [0] * BATCH
+        self._rx_sources: list[Any] = [None] * BATCH
+        self._rx_verdicts = bytearray(BATCH)
 
     # ---- setup / teardown ----------------------------------------------------------------
 
@@ -114,6 +133,7 @@ class VxlanDaemon:
         flags = fcntl.fcntl(self.tap_fd, fcntl.F_GETFL)
         fcntl.fcntl(self.tap_fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self.tap_index = socket.if_nametoindex(name)
+        self.tap_io = self.fast.TapBatch(self.tap_fd)
         try:
             if lower_mtu:
                 self.tap.mtu = tap_mtu(lower_mtu, cfg.ipv6)
@@ -128,8 +148,12 @@ class VxlanDaemon:
             if exc.errno == errno.EADDRINUSE:
                 hint = " (a kernel vxlan device with this dstport in this namespace?)"
             raise DaemonError(f"cannot bind UDP port {cfg.dstport}: {exc.strerror}{hint}") from None
-        self.sender = make_sender(cfg, self.udp)
-        self.engine = VxlanEngine(self.config, time.monotonic())
+        self.udp_io = self.io.UdpBatch(self.udp.fileno(), gso=True, gro=False,
+                                       make_source=_source_ip)
+        for note in self.udp_io.fallbacks:
+            log.debug("%s: %s", name, note)
+        self.sender = make_sender(cfg, self.udp, self.udp_io, self.fast)
+        self.engine = VxlanEngine(self.config, time.monotonic(), self.fast)
         self.engine.set_own_mac(own_mac)
         self._open_control(path)
 
@@ -166,9 +190,13 @@ class VxlanDaemon:
         if self.sender is not None:
             self.sender.close()
             self.sender = None
+        if self.udp_io is not None:
+            self.udp_io.close()
+            self.udp_io = None
         if self.udp is not None:
             self.udp.close()
             self.udp = None
+        self.tap_io = None
         if self.tap is not None:
             with contextlib.suppress(Exception):
                 self.tap.close()
@@ -206,8 +234,9 @@ class VxlanDaemon:
             asyncio.ensure_future(self._every(AGE_INTERVAL, self._age)),
             asyncio.ensure_future(self._every(LINK_CHECK_INTERVAL, self._check_link)),
         ]
-        log.info("%s: vni %d dstport %d up (sender %s, mtu %d)", self.name, self.config.vni,
-                 self.config.dstport, self.sender.mode if self.sender else "?", self.mtu)
+        log.info("%s: vni %d dstport %d up (sender %s, mtu %d, datapath %s, io %s)", self.name,
+                 self.config.vni, self.config.dstport, self.sender.mode if self.sender else "?",
+                 self.mtu, self.fast_name, self.io_name)
         try:
             await self._stopping.wait()
         finally:
@@ -247,89 +276,75 @@ class VxlanDaemon:
     # ---- data path -----------------------------------------------------------------------
 
     def _on_tap_readable(self) -> None:
-        frames = self._read_tap()
-        if frames:
-            self._transmit(frames)
+        try:
+            count = self.tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM)
+        except OSError as exc:
+            self.stop(f"TAP device gone ({exc.strerror})")
+            return
+        if count:
+            self._transmit(count)
 
-    def _read_tap(self) -> list[memoryview]:
-        """Read frames until EAGAIN (at most BATCH); each is ``view[:HEADROOM + n]``."""
-        fd = self.tap_fd
-        frames = []
-        readv = os.readv
-        for view, tail in zip(self._tx_views, self._tx_tails, strict=True):
-            try:
-                n = readv(fd, tail)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self.stop(f"TAP device gone ({exc.strerror})")
-                break
-            frames.append(view[: HEADROOM + n])
-        return frames
-
-    def _transmit(self, frames: list[memoryview]) -> None:
+    def _transmit(self, count: int) -> None:
+        """Plan and send the ``count`` frames just read into the TX buffers."""
         engine = self.engine
         sender = self.sender
         assert engine is not None and sender is not None
+        bufs, lengths = self._tx_bufs, self._tx_lengths
+        verdicts, sports = self._tx_verdicts, self._tx_sports
         try:
-            result = engine.transmit_batch(frames, time.monotonic(), HEADROOM)
+            plan = engine.transmit_bufs(bufs, lengths, count, time.monotonic(), HEADROOM,
+                                        verdicts, sports)
+            if plan.local:
+                self.tap_io.write_frames(plan.local)
+                self._tap_errors()
+            if not plan.items:
+                return
+            _sent, full, errors = sender.send_batch(bufs, lengths, HEADROOM, verdicts, sports,
+                                                    plan.items)
         except Exception:
             log.exception("%s: transmit batch failed", self.name)
-            engine.drops["tx_exception"] += len(frames)
+            engine.drops["tx_exception"] += count
             return
-        send = sender.send
-        for payload, addr, sport in result.datagrams:
-            try:
-                send(payload, addr, sport)
-            except BlockingIOError:
-                engine.drops["tx_buffer_full"] += 1
-            except OSError as exc:
-                engine.drops["tx_error"] += 1
-                log.debug("%s: send to %s: %s", self.name, addr, exc)
-        if result.local:
-            self._write_tap(result.local)
+        if full:
+            engine.drops["tx_buffer_full"] += full
+        if errors:
+            engine.drops["tx_error"] += errors
 
     def _on_udp_readable(self) -> None:
-        items = self._read_udp()
-        if not items:
-            return
         engine = self.engine
         assert engine is not None
+        bufs, lengths, sources = self._rx_bufs, self._rx_lengths, self._rx_sources
+        count = self.udp_io.recv(bufs, lengths, sources)
+        if self.udp_io.errors:
+            self._udp_errors()
+        if not count:
+            return
+        verdicts = self._rx_verdicts
         try:
-            frames = engine.receive_batch(items, time.monotonic())
+            delivered = engine.receive_bufs(bufs, lengths, sources, count, time.monotonic(),
+                                            verdicts)
+            if delivered:
+                self.tap_io.write(bufs, lengths, VXLAN_HLEN, verdicts, count)
+                if self.tap_io.errors:
+                    self._tap_errors()
         except Exception:
             log.exception("%s: receive batch failed", self.name)
-            engine.drops["rx_exception"] += len(items)
-            return
-        if frames:
-            self._write_tap(frames)
+            engine.drops["rx_exception"] += count
 
-    def _read_udp(self) -> list[tuple[memoryview, Any]]:
-        """Read datagrams until EAGAIN (at most BATCH): ``(view[:n], source address)``."""
-        assert self.udp is not None and self.engine is not None
-        recv = self.udp.recvfrom_into
-        items = []
-        for view in self._rx_views:
-            try:
-                n, src = recv(view)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.engine.drops["rx_error"] += 1
-                continue
-            items.append((view[:n], src))
-        return items
+    def _udp_errors(self) -> None:
+        """Move the UdpBatch's receive error counts into ``drops["rx_error"]``."""
+        assert self.engine is not None
+        errors = self.udp_io.errors
+        for key in [k for k in errors if k.startswith("recv")]:
+            self.engine.drops["rx_error"] += errors.pop(key)
 
-    def _write_tap(self, frames: list[memoryview] | list[bytes]) -> None:
-        fd = self.tap_fd
-        write = os.write
-        for frame in frames:
-            try:
-                write(fd, frame)
-            except OSError as exc:
-                assert self.engine is not None
-                reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
-                self.engine.drops[reason] += 1
+    def _tap_errors(self) -> None:
+        """Move the TapBatch's write error counts into the drops (EIO: the device is down)."""
+        assert self.engine is not None
+        errors = self.tap_io.errors
+        for name in list(errors):
+            reason = "device_down" if name == "EIO" else "tap_write_error"
+            self.engine.drops[reason] += errors.pop(name)
 
     # ---- control -------------------------------------------------------------------------
 
@@ -341,6 +356,8 @@ class VxlanDaemon:
             "ifindex": self.tap_index,
             "mtu": self.mtu,
             "sender": sender,
+            "datapath": self.fast_name,
+            "io": self.io_name,
             "source_port": "hashed" if sender == "raw" else f"fixed {self.config.dstport}",
         }
 
@@ -362,6 +379,11 @@ class VxlanDaemon:
             log.exception("%s: control request failed", self.name)
         finally:
             writer.close()
+
+
+def _source_ip(ip: str, port: int, local: str | None) -> str:
+    """UdpBatch's ``make_source``: the engine learns the outer source address only."""
+    return ip
 
 
 def _json_line(obj: Any) -> bytes:

@@ -11,6 +11,13 @@ The shell (TAP device + UDP socket bound to ``dstport``) drives it:
 
 Batch forms (``receive_batch``, ``transmit_batch``) do the same over many packets per call.
 
+The shell's data path uses the buffer-batch forms instead (``receive_bufs``, ``transmit_bufs``):
+they take the shell's preallocated ``bytearray``s with lengths and a verdict byte per packet,
+and hand the per-packet loops to ``tunnel.vxlan.fast`` (Cython, or its pure twin with
+``WGPY_PURE=1``): the header checks, the source-port hash and the run detection are native; the
+engine learns once per run of frames from one (source MAC, outer source) and looks the FDB up
+once per destination MAC per batch. Same rules, drops and counters as the per-packet forms.
+
 Buffer contract (docs/design.md; outer IP/UDP are the kernel socket's, so the VXLAN headroom
 is ``VXLAN_HLEN`` = 8 bytes):
 
@@ -47,9 +54,11 @@ like any frame, since our table is learned from traffic.
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, TypeAlias
 
 from .arp import (
@@ -61,7 +70,8 @@ from .arp import (
     parse_arp,
 )
 from .config import VxlanConfig, format_mac, parse_mac
-from .fdb import DROP_STATIC_CONFLICT, ZERO_MAC, Fdb
+from .fast import select as select_fast
+from .fdb import DROP_STATIC_CONFLICT, ZERO_MAC, Fdb, FdbEntry, Remote
 from .flow import flow_hash, scale_port
 from .header import ETH_HLEN, MIN_DATAGRAM, VXLAN_HLEN, check_header, encode_header
 
@@ -88,11 +98,26 @@ class TxResult:
     local: list[bytes] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class TxPlan:
+    """What ``transmit_bufs`` decided for a batch: ``items`` ``(start, end, remote)`` send the
+    sendable frames of ``bufs[start:end]`` (verdict ``TX_OK``/``TX_ARP``) to ``remote`` (one
+    item per remote of a run's FDB entry); ``local`` are frames for the TAP (proxy-ARP
+    replies, new bytes)."""
+
+    items: list[tuple[int, int, Remote]] = field(default_factory=list)
+    local: list[bytes] = field(default_factory=list)
+
+
 class VxlanEngine:
     """One VXLAN device's data path. Single-threaded; every method takes ``now`` explicitly
     (a monotonic clock in seconds) and never reads a clock itself."""
 
-    def __init__(self, config: VxlanConfig, now: float = 0.0) -> None:
+    def __init__(
+        self, config: VxlanConfig, now: float = 0.0, fast: ModuleType | None = None
+    ) -> None:
+        #: the per-packet loops of the buffer-batch forms (tunnel.vxlan._fast or fast_ref)
+        self.fast = fast if fast is not None else select_fast()[1]
         self.fdb = Fdb(config.vni, config.dstport, config.ageing, config.maxaddress)
         self.neigh = NeighbourTable(config.neigh_max, config.ageing)
         self.drops: Counter[str] = Counter()
@@ -165,6 +190,53 @@ class VxlanEngine:
                 out.append(frame)
         return out
 
+    def receive_bufs(
+        self, bufs: Sequence[bytearray], lengths: Sequence[int], sources: Sequence[Any],
+        count: int, now: float, verdicts: bytearray,
+    ) -> int:
+        """``receive`` over the shell's batch: datagram ``i`` is ``bufs[i][:lengths[i]]`` from
+        outer source address ``sources[i]`` (canonical IP text, learned as is). Sets
+        ``verdicts[i]`` to 0 (deliver ``bufs[i][8:lengths[i]]``) or an ``RX_*`` drop code;
+        returns how many are delivered. Drops and counters as ``receive``."""
+        fast = self.fast
+        runs: list[int] = []
+        accepted: int
+        nbytes: int
+        accepted, nbytes = fast.decap_batch(
+            bufs, lengths, count, self._vni, self._own_mac or b"", self._learning, sources,
+            verdicts, runs)
+        if accepted < count:
+            reasons = fast.RX_REASONS
+            for code in range(1, len(reasons)):
+                dropped = verdicts.count(code, 0, count)
+                if dropped:
+                    self.drops[reasons[code]] += dropped
+        if runs:
+            learn = self.fdb.learn
+            runs.append(count)
+            for k in range(len(runs) - 1):
+                start = runs[k]
+                reason = learn(bytes(bufs[start][14:20]), sources[start], now)
+                if reason is None:
+                    continue
+                end = runs[k + 1]
+                frames = [i for i in range(start, end) if verdicts[i] == 0]
+                self.drops[reason] += len(frames)
+                if reason == DROP_STATIC_CONFLICT:
+                    conflict = fast.RX_STATIC_CONFLICT
+                    for i in frames:
+                        verdicts[i] = conflict
+                        accepted -= 1
+                        nbytes -= lengths[i] - VXLAN_HLEN
+        if self._proxy:
+            for i in range(count):
+                if verdicts[i] == 0:
+                    view = memoryview(bufs[i])[: lengths[i]]
+                    self._snoop_neighbour(view, bytes(view[14:20]), now)
+        self.rx_packets += accepted
+        self.rx_bytes += nbytes
+        return accepted
+
     def _snoop_neighbour(self, view: memoryview, smac: bytes, now: float) -> None:
         """Learn IPv4 -> MAC bindings for proxy ARP from a received inner frame."""
         ethertype = view[20:22]
@@ -195,6 +267,51 @@ class VxlanEngine:
         for frame in frames:
             self._transmit_into(frame, headroom, now, out, local)
         return result
+
+    def transmit_bufs(
+        self, bufs: Sequence[bytearray], lengths: Sequence[int], count: int, now: float,
+        headroom: int, verdicts: bytearray, sports: array[int],
+    ) -> TxPlan:
+        """``transmit`` over the shell's batch: frame ``i`` is
+        ``bufs[i][headroom:headroom+lengths[i]]``. Fills ``verdicts[i]`` (``TX_OK``/``TX_ARP``:
+        sendable; ``TX_TOO_SHORT``; ``TX_DONE``: answered by proxy ARP) and ``sports[i]`` (the
+        hashed outer source port), and returns the plan. Nothing is written into ``bufs``: the
+        sender builds the headers (see ``tunnel.vxlan.fast_ref``). Drops and counters as
+        ``transmit``."""
+        fast = self.fast
+        runs: list[tuple[int, int, int, int]] = []
+        ok: int = fast.scan_tx(bufs, lengths, count, headroom, self._seed, self._port_min,
+                          self._port_max, self._proxy, verdicts, sports, runs)
+        if ok < count:
+            self.drops[DROP_TX_TOO_SHORT] += count - ok
+        plan = TxPlan()
+        items = plan.items
+        lookup = self.fdb.lookup
+        tx_arp = fast.TX_ARP
+        memo: dict[bytes, FdbEntry | None] = {}
+        for start, end, frames, nbytes in runs:
+            buf = bufs[start]
+            if verdicts[start] == tx_arp and self._proxy_arp(
+                memoryview(buf)[: headroom + lengths[start]], headroom, plan.local
+            ):
+                verdicts[start] = fast.TX_DONE
+                continue
+            mac = bytes(buf[headroom : headroom + 6])
+            if mac in memo:
+                entry = memo[mac]
+            else:
+                entry = memo[mac] = lookup(mac, now)
+            if entry is None:
+                self.drops[DROP_NO_TX_TARGET] += frames
+                continue
+            for remote in entry.remotes:
+                if remote.ip in _ANY_ADDRESSES:
+                    self.drops[DROP_NO_REMOTE_ADDRESS] += frames
+                    continue
+                items.append((start, end, remote))
+                self.tx_packets += frames
+                self.tx_bytes += nbytes
+        return plan
 
     def _transmit_into(
         self, frame: Buffer, h: int, now: float, out: list[Datagram], local: list[bytes]

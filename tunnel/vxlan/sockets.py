@@ -17,9 +17,18 @@ namespace; a one-instruction BPF filter (``ret #0``) keeps its receive queue emp
 ``WGPY_VXLAN_SENDER=udp`` asks for it: it sends from the receiving socket, so the source port
 is fixed to ``dstport``; the kernel receiver does not check the source port, so interop holds.
 
+Batches. The daemon's data path calls ``sender.send_batch(bufs, lengths, headroom, verdicts,
+sports, items)`` once per batch with the engine's ``TxPlan.items``: :class:`RawSender` hands it
+to ``fast.RawBatch`` (one sendmmsg; the UDP and VXLAN headers, with the IPv4 checksum, built
+natively per message, the frames sent in place), :class:`UdpSender` writes the VXLAN headers in
+the headroom and sends through ``UdpBatch.send`` (sendmmsg, UDP GSO for runs of equal-sized
+datagrams to one remote). Both return ``(sent, dropped_full, errors)`` and never raise for a
+per-datagram error.
+
 Who calls what: the daemon builds the sockets once (``open_receiver``, ``make_sender``), then
-calls ``sender.send(payload, (ip, port), sport)`` per datagram from the event loop thread.
-``send`` raises ``OSError`` on a failed send (the caller counts it). Buffers are only read.
+calls ``send_batch`` (or ``send(payload, (ip, port), sport)`` for one datagram, which raises
+``OSError`` on a failed send) from the event loop thread. Buffers are only read, except the
+VXLAN header the UDP sender writes in their headroom.
 """
 
 from __future__ import annotations
@@ -29,9 +38,14 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import Protocol, TypeAlias
+from array import array
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, Protocol, TypeAlias
 
 from .config import VxlanConfig
+from .fast import select as select_fast
+from .fdb import Remote
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -50,7 +64,15 @@ class Sender(Protocol):
 
     def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None: ...
 
+    def send_batch(
+        self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
+        verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
+    ) -> tuple[int, int, int]: ...
+
     def close(self) -> None: ...
+
+
+_SENDABLE = (0, 2)  # fast.TX_OK, fast.TX_ARP
 
 
 def family_of(config: VxlanConfig) -> socket.AddressFamily:
@@ -126,14 +148,69 @@ class UdpSender:
 
     mode = "udp"
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, batch: Any = None,
+                 fast: ModuleType | None = None) -> None:
+        """``batch``: a ``UdpBatch`` on ``sock`` (tunnel._io or tunnel.io_ref) for
+        ``send_batch``; ``fast``: the VXLAN loops module (default: ``fast.select()``)."""
         self._sendto = sock.sendto
+        self.batch = batch
+        self.fast = fast if fast is not None else select_fast()[1]
+        self._addresses: dict[Remote, tuple[str, int, None]] = {}
 
     def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None:
         self._sendto(payload, addr)
 
+    def send_batch(
+        self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
+        verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
+    ) -> tuple[int, int, int]:
+        """Write the VXLAN headers into the headroom and send through ``UdpBatch`` (see the
+        module doc); the source port is the socket's (``sports`` unused)."""
+        assert self.batch is not None, "UdpSender.send_batch needs a UdpBatch"
+        sent = full = errors = 0
+        datagrams: list[tuple[memoryview, tuple[str, int, None]]] = []
+        written_vni = -1
+        write_headers = self.fast.write_headers
+        for start, end, remote in items:
+            if remote.vni != written_vni and datagrams:
+                s, f, e = self._flush(datagrams)
+                sent, full, errors = sent + s, full + f, errors + e
+                datagrams = []
+                if f:
+                    break
+            written_vni = remote.vni
+            write_headers(bufs, verdicts, start, end, headroom, remote.vni)
+            address = self._addresses.get(remote)
+            if address is None:
+                if len(self._addresses) > 4096:
+                    self._addresses.clear()
+                address = self._addresses[remote] = (remote.ip, remote.port, None)
+            low = headroom - 8
+            for i in range(start, end):
+                if verdicts[i] in _SENDABLE:
+                    datagrams.append((memoryview(bufs[i])[low : headroom + lengths[i]], address))
+        if datagrams:
+            s, f, e = self._flush(datagrams)
+            sent, full, errors = sent + s, full + f, errors + e
+        return sent, full, errors
+
+    def _flush(self, datagrams: list[tuple[memoryview, tuple[str, int, None]]]) -> tuple[int, int, int]:
+        batch = self.batch
+        before = _failures(batch.errors)
+        sent = int(batch.send(datagrams))
+        errors = _failures(batch.errors) - before
+        full = max(0, len(datagrams) - sent - errors)
+        for view, _ in datagrams:
+            view.release()
+        return sent, full, errors
+
     def close(self) -> None:
         """The socket belongs to the receiver; nothing to close here."""
+
+
+def _failures(errors: dict[str, int]) -> int:
+    """Failed sends counted by a UdpBatch, not counting a full buffer (EAGAIN)."""
+    return sum(v for k, v in errors.items() if k.startswith("send") and k != "send:EAGAIN")
 
 
 def _attach_drop_all(sock: socket.socket) -> None:
@@ -148,7 +225,8 @@ class RawSender:
 
     mode = "raw"
 
-    def __init__(self, config: VxlanConfig) -> None:
+    def __init__(self, config: VxlanConfig, fast: ModuleType | None = None) -> None:
+        self.fast = fast if fast is not None else select_fast()[1]
         self.ipv6 = config.ipv6
         self.udpcsum = config.udpcsum
         self.local = config.local
@@ -171,9 +249,45 @@ class RawSender:
         self._sendmsg = self.sock.sendmsg
         # IPv4 pseudo-header partial sums (mod 0xFFFF) per destination, without the length
         self._pseudo: dict[str, int] = {}
+        self._batch = self.fast.RawBatch(self.sock.fileno(), udpcsum=config.udpcsum)
+        # Remote -> fast.Dest (None: unusable from this socket, e.g. the other family)
+        self._dests: dict[Remote, Any] = {}
 
     def close(self) -> None:
+        self._batch.close()
         self.sock.close()
+
+    def _dest(self, remote: Remote) -> Any:
+        dest = self._dests.get(remote)
+        if dest is None and remote not in self._dests:
+            try:
+                pseudo = 0 if self.ipv6 else self._pseudo_sum(remote.ip) % 0xFFFF
+                dest = self.fast.Dest(remote.ip, remote.port, remote.vni, pseudo)
+                if dest.ipv6 != self.ipv6:
+                    dest = None
+            except (OSError, ValueError):
+                dest = None
+            if len(self._dests) > 4096:
+                self._dests.clear()
+            self._dests[remote] = dest
+        return dest
+
+    def send_batch(
+        self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
+        verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
+    ) -> tuple[int, int, int]:
+        """One ``RawBatch.send`` for the whole plan (see the module doc). A remote this
+        socket cannot reach (the other address family, not an address) counts as errors."""
+        native = []
+        errors = 0
+        for start, end, remote in items:
+            dest = self._dest(remote)
+            if dest is None:
+                errors += sum(1 for i in range(start, end) if verdicts[i] in _SENDABLE)
+            else:
+                native.append((start, end, dest))
+        sent, full, failed = self._batch.send(bufs, lengths, headroom, verdicts, sports, native)
+        return sent, full, failed + errors
 
     def _source_for(self, dst: str) -> str:
         """The source address the kernel will use towards ``dst`` (``local`` if given)."""
@@ -220,11 +334,13 @@ def udp_checksum(pseudo: int, sport: int, dport: int, length: int, payload: Buff
     return 0xFFFF - total if total else 0xFFFF
 
 
-def make_sender(config: VxlanConfig, receiver: socket.socket) -> Sender:
-    """A :class:`RawSender` when possible (see module doc), else a :class:`UdpSender`."""
+def make_sender(config: VxlanConfig, receiver: socket.socket, batch: Any = None,
+                fast: ModuleType | None = None) -> Sender:
+    """A :class:`RawSender` when possible (see module doc), else a :class:`UdpSender` on
+    ``receiver`` (``batch``: its ``UdpBatch``)."""
     if os.environ.get("WGPY_VXLAN_SENDER", "raw") != "udp":
         try:
-            return RawSender(config)
+            return RawSender(config, fast)
         except OSError:
             pass
-    return UdpSender(receiver)
+    return UdpSender(receiver, batch, fast)
