@@ -11,33 +11,13 @@ extension declares the same signatures).
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
 from typing import TYPE_CHECKING
 
-_MODULES = {"cython": "crypto._transport", "pure": "crypto.transport"}
+from crypto.native import Implementations
 
-
-def load(name: str) -> ModuleType:
-    """Import and return the implementation called ``name`` ("cython" or "pure").
-
-    Raises ImportError if the Cython extension is asked for but not built.
-    """
-    try:
-        module = _MODULES[name]
-    except KeyError:
-        raise ValueError(f"unknown transport backend {name!r}; use one of {sorted(_MODULES)}") from None
-    return importlib.import_module(module)
-
-
-def _select() -> tuple[str, ModuleType]:
-    if os.environ.get("WGPY_PURE") != "1":
-        try:
-            return "cython", load("cython")
-        except ImportError:
-            pass
-    return "pure", load("pure")
+_PAIR = Implementations(cython="crypto._transport", pure="crypto.transport")
+load = _PAIR.load
+_select = _PAIR.select
 
 
 if TYPE_CHECKING:

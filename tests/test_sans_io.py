@@ -10,7 +10,7 @@ CORE = [
     "crypto.backend", "crypto.transport", "crypto.replay",
     "tunnel.constants", "tunnel.messages", "tunnel.allowedips", "tunnel.ratelimiter",
     "tunnel.peer", "tunnel.device", "tunnel.endpoint", "tunnel.uapi", "tunnel.config",
-    "tunnel.datapath", "tunnel.datapath_ref", "tunnel._datapath", "tunnel.uapi_session",
+    "tunnel.datapath", "tunnel.datapath_ref", "tunnel._datapath", "tunnel.uapi_session", "crypto.native",
     "tunnel.vxlan.engine", "tunnel.vxlan.fdb",
 ]
 

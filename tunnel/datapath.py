@@ -6,22 +6,8 @@ does for the transport cipher. Both modules expose the same names.
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
+from crypto.native import Implementations
 
-_MODULES = {"cython": "tunnel._datapath", "pure": "tunnel.datapath_ref"}
-
-
-def load(name: str) -> ModuleType:
-    """The implementation called ``name`` ("cython" or "pure"); ImportError if not built."""
-    return importlib.import_module(_MODULES[name])
-
-
-def select() -> tuple[str, ModuleType]:
-    if os.environ.get("WGPY_PURE") != "1":
-        try:
-            return "cython", load("cython")
-        except ImportError:
-            pass
-    return "pure", load("pure")
+_PAIR = Implementations(cython="tunnel._datapath", pure="tunnel.datapath_ref")
+load = _PAIR.load
+select = _PAIR.select
