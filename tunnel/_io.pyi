@@ -43,9 +43,16 @@ class UdpBatch:
 class TunBatch:
     fd: int
     vnet_hdr: bool
+    gro: bool
+    coalesced: int
+    fallbacks: list[str]
     errors: dict[str, int]
     super_packets: int
-    def __init__(self, fd: int, *, vnet_hdr: bool = True) -> None: ...
+    hold_oversized: bool
+    def __init__(self, fd: int, *, vnet_hdr: bool = True, gro: bool = False,
+                 hold_oversized: bool = False) -> None: ...
+    @property
+    def needed(self) -> int: ...
     @property
     def pending(self) -> int: ...
     def read(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int, mtu: int) -> int: ...

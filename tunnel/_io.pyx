@@ -17,7 +17,7 @@ one). Single-threaded: one event loop owns an object; a second thread gets Runti
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, EINTR, EINVAL, errno
 from libc.stdint cimport uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
@@ -333,6 +333,101 @@ cdef extern from *:
         return size;
     }
 
+    /* --- TCP coalescing on the way into the TUN device (GRO) ------------------------------ */
+
+    typedef struct {
+        int version;       /* 4 or 6; 0: not a data segment we coalesce */
+        size_t l4;         /* IP header bytes */
+        size_t header;     /* IP + TCP header bytes */
+        size_t payload;    /* TCP payload bytes */
+    } wgpy_tcpinfo;
+
+    /* A plain TCP data segment: no IP options or extension headers, not a fragment, lengths
+       consistent, flags ACK (maybe PSH) and nothing else, a non-empty payload. */
+    static void wgpy_tcp_info(const unsigned char *p, size_t len, wgpy_tcpinfo *t) {
+        size_t l4, header;
+        t->version = 0;
+        if (len < 40 || len > 65535)
+            return;
+        if (p[0] == 0x45) {
+            if (p[9] != 6 || wgpy_get16(p + 2) != len || (wgpy_get16(p + 6) & 0x3FFF))
+                return;
+            l4 = 20;
+        } else if ((p[0] >> 4) == 6) {
+            if (len < 60 || p[6] != 6 || wgpy_get16(p + 4) + 40 != len)
+                return;
+            l4 = 40;
+        } else {
+            return;
+        }
+        header = l4 + (size_t)(p[l4 + 12] >> 4) * 4;
+        if (header < l4 + 20 || header >= len)
+            return;
+        if ((p[l4 + 13] & ~0x08) != 0x10)
+            return;
+        t->version = p[0] >> 4;
+        t->l4 = l4;
+        t->header = header;
+        t->payload = len - header;
+    }
+
+    /* May segment q follow prev in the run that starts with first? Same addresses, ports, IP
+       and TCP header fields (TOS, TTL, DF / traffic class, flow label, hop limit; ack, flags
+       byte 12, window, urgent pointer, options), no larger payload, and the next sequence. */
+    static int wgpy_tcp_follows(const unsigned char *first, const wgpy_tcpinfo *tf,
+                                const unsigned char *prev, const wgpy_tcpinfo *tp,
+                                const unsigned char *q, const wgpy_tcpinfo *tq) {
+        size_t l4 = tf->l4;
+        if (tq->version != tf->version || tq->header != tf->header || tq->payload > tf->payload)
+            return 0;
+        if (tf->version == 4) {
+            if (q[1] != first[1] || ((q[6] ^ first[6]) & 0x40) || q[8] != first[8]
+                    || memcmp(q + 12, first + 12, 8))
+                return 0;
+        } else if (memcmp(q, first, 4) || q[7] != first[7] || memcmp(q + 8, first + 8, 32)) {
+            return 0;
+        }
+        if (memcmp(q + l4, first + l4, 4) || memcmp(q + l4 + 8, first + l4 + 8, 5)
+                || memcmp(q + l4 + 14, first + l4 + 14, 2) || memcmp(q + l4 + 18, first + l4 + 18, 2)
+                || memcmp(q + l4 + 20, first + l4 + 20, tf->header - l4 - 20))
+            return 0;
+        return wgpy_get32(q + l4 + 4) == (uint32_t)(wgpy_get32(prev + l4 + 4) + (uint32_t)tp->payload);
+    }
+
+    /* The header of a super-packet of length total: first's IP and TCP headers with the IP
+       length (and IPv4 header checksum) rewritten, PSH from the last segment, and the TCP
+       checksum left partial (pseudo-header sum) for the kernel; vnet gets the virtio-net header
+       (NEEDS_CSUM, TCPV4/TCPV6, gso_size = the first segment's payload). */
+    static void wgpy_tcp_super(unsigned char *out, unsigned char *vnet, const unsigned char *first,
+                               const wgpy_tcpinfo *tf, const unsigned char *last, size_t total) {
+        size_t l4 = tf->l4;
+        uint32_t pseudo;
+        uint16_t v;
+        memcpy(out, first, tf->header);
+        if (tf->version == 4) {
+            wgpy_put16(out + 2, (uint32_t)total);
+            wgpy_put16(out + 10, 0);
+            wgpy_put16(out + 10, (~wgpy_sum(out, 20, 0)) & 0xFFFF);
+            pseudo = wgpy_sum(out + 12, 8, 6 + (uint32_t)(total - l4));
+        } else {
+            wgpy_put16(out + 4, (uint32_t)(total - 40));
+            pseudo = wgpy_sum(out + 8, 32, 6 + (uint32_t)(total - l4));
+        }
+        out[l4 + 13] |= last[l4 + 13] & 0x08;
+        wgpy_put16(out + l4 + 16, pseudo);
+        memset(vnet, 0, 10);
+        vnet[0] = 1;
+        vnet[1] = tf->version == 4 ? 1 : 4;
+        v = (uint16_t)tf->header;
+        memcpy(vnet + 2, &v, 2);
+        v = (uint16_t)tf->payload;
+        memcpy(vnet + 4, &v, 2);
+        v = (uint16_t)l4;
+        memcpy(vnet + 6, &v, 2);
+        v = 16;
+        memcpy(vnet + 8, &v, 2);
+    }
+
     /* EBADFD, EBADF, EIO, ENXIO, ENODEV: the device behind a TUN fd is (or may be) gone. */
     static int wgpy_tun_gone(int code) {
         return code == EBADFD || code == EBADF || code == EIO || code == ENXIO || code == ENODEV;
@@ -376,6 +471,11 @@ cdef extern from *:
         size_t len
         size_t next
         size_t mss
+    ctypedef struct wgpy_tcpinfo:
+        int version
+        size_t l4
+        size_t header
+        size_t payload
 
     enum:
         SOL_UDP
@@ -404,6 +504,12 @@ cdef extern from *:
                          const unsigned char *hdr, size_t mtu) nogil
     size_t wgpy_cut(wgpy_super *w, unsigned char *out, size_t room) nogil
     int wgpy_socket_family(int fd) nogil
+    void wgpy_tcp_info(const unsigned char *p, size_t len, wgpy_tcpinfo *t) nogil
+    int wgpy_tcp_follows(const unsigned char *first, const wgpy_tcpinfo *tf,
+                         const unsigned char *prev, const wgpy_tcpinfo *tp,
+                         const unsigned char *q, const wgpy_tcpinfo *tq) nogil
+    void wgpy_tcp_super(unsigned char *out, unsigned char *vnet, const unsigned char *first,
+                        const wgpy_tcpinfo *tf, const unsigned char *last, size_t total) nogil
     int wgpy_tun_gone(int code) nogil
 
 
@@ -428,6 +534,8 @@ cdef enum:
     C_MAX_SEGMENTS = 64
     C_MAX_GSO_BYTES = 65000
     C_VNET = 10
+    C_GRO_SEGMENTS = 64       # segments per coalesced TUN write
+    C_GRO_BYTES = 65535       # the largest IP packet
     MAX_BATCH = 1024          # UIO_MAXIOV: the most messages one recvmmsg/sendmmsg takes
 
 
@@ -973,11 +1081,20 @@ cdef class TunBatch:
     cdef readonly bint vnet_hdr
     cdef readonly dict errors
     cdef readonly long super_packets
+    cdef readonly bint gro
+    cdef readonly long coalesced
+    cdef readonly list fallbacks
+    cdef int _gro_refused
+    cdef unsigned char _shdr[128]
+    cdef unsigned char _svnet[C_VNET]
     cdef bint _busy
     cdef unsigned char *_scratch     # one super-packet: 2 x 64 KiB (slot head + overflow)
     cdef unsigned char _hdr[C_VNET]
     cdef wgpy_super _work
     cdef bint _has_work
+    cdef readonly bint hold_oversized
+    cdef bint _has_big              # an oversized packet held in the scratch (hold_oversized)
+    cdef Py_ssize_t _big_len
     cdef Py_buffer *_views
     cdef Py_ssize_t *_lens
     cdef int *_codes
@@ -988,9 +1105,17 @@ cdef class TunBatch:
     cdef int _bad_gso
     cdef int _bad_csum
 
-    def __cinit__(self, int fd, *, bint vnet_hdr=True) -> None:
+    def __cinit__(self, int fd, *, bint vnet_hdr=True, bint gro=False,
+                  bint hold_oversized=False) -> None:
         self.fd = fd
+        self.hold_oversized = hold_oversized and vnet_hdr
+        self._has_big = False
+        self._big_len = 0
         self.vnet_hdr = vnet_hdr
+        self.gro = gro and vnet_hdr
+        self.coalesced = 0
+        self.fallbacks = []
+        self._gro_refused = 0
         self.errors = {}
         self.super_packets = 0
         self._busy = False
@@ -1011,10 +1136,17 @@ cdef class TunBatch:
 
     @property
     def pending(self) -> int:
-        """Segments of a super-packet cut but not handed out yet."""
+        """Segments of a super-packet cut but not handed out yet (or 1: a held packet)."""
+        if self._has_big:
+            return 1
         if not self._has_work:
             return 0
         return (self._work.len - self._work.next + self._work.mss - 1) // self._work.mss
+
+    @property
+    def needed(self) -> int:
+        """Bytes (after the headroom) the held oversized packet needs in a slot; 0 if none."""
+        return self._big_len if self._has_big else 0
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
         if n <= self._cap:
@@ -1093,12 +1225,22 @@ cdef class TunBatch:
 
     cdef Py_ssize_t _read_nogil(self, Py_ssize_t n, Py_ssize_t headroom, Py_ssize_t mtu,
                                 int *err) noexcept nogil:
-        cdef Py_ssize_t count = self._drain(0, n, headroom)
+        cdef Py_ssize_t count = 0
         cdef iovec iov[3]
         cdef ssize_t got
         cdef Py_ssize_t room, size, head
         cdef unsigned char *slot
         cdef uint16_t csum_start, csum_offset
+        if self._has_big:
+            # The packet held last time: now it fits, or it is dropped (never held twice).
+            self._has_big = False
+            if self._big_len <= self._views[0].len - headroom:
+                memcpy(<unsigned char *>self._views[0].buf + headroom, self._scratch, self._big_len)
+                self._lens[0] = self._big_len
+                count = 1
+            else:
+                self._too_big += 1
+        count = self._drain(count, n, headroom)
         while count < n and not self._has_work:
             slot = <unsigned char *>self._views[count].buf + headroom
             room = self._views[count].len - headroom
@@ -1130,6 +1272,12 @@ cdef class TunBatch:
             size = got - C_VNET
             if (self._hdr[1] & 0x7F) == 0:
                 if size > room:
+                    if self.hold_oversized:
+                        # Keep it (contiguous in the scratch) for a call with larger slots.
+                        memcpy(self._scratch, slot, room)
+                        self._big_len = size
+                        self._has_big = True
+                        break
                     self._too_big += 1
                     continue
                 if self._hdr[0] & 1:
@@ -1153,7 +1301,11 @@ cdef class TunBatch:
         return count
 
     def write(self, packets not None) -> int:
-        """Write each packet (behind a zeroed virtio-net header if on); returns how many went."""
+        """Write each packet (behind a zeroed virtio-net header if on); returns how many went.
+
+        With ``gro`` on, runs of consecutive TCP segments of one flow leave as one super-packet
+        (one writev: header, then each segment's payload in place; see io_ref.coalesce_run).
+        """
         cdef Py_ssize_t n = len(packets)
         cdef Py_ssize_t i, pinned = 0, written = 0, done = 0
         cdef int code
@@ -1167,6 +1319,11 @@ cdef class TunBatch:
                 pinned = i + 1
             with nogil:
                 done = self._write_nogil(n)
+            if self._gro_refused:
+                self.fallbacks.append(
+                    f"TUN GRO (coalesced TCP writes) refused by the kernel "
+                    f"({_errname(self._gro_refused)}): writing packets one by one")
+                self._gro_refused = 0
             for i in range(done):
                 code = self._codes[i]
                 if code == 0:
@@ -1180,16 +1337,78 @@ cdef class TunBatch:
             release_views(self._views, pinned)
             self._busy = False
 
+    cdef Py_ssize_t _run(self, Py_ssize_t i, Py_ssize_t n, wgpy_tcpinfo *tf, size_t *total) noexcept nogil:
+        """How many packets from i on coalesce into one TCP super-packet (1: none)."""
+        cdef wgpy_tcpinfo tp, tq
+        cdef const unsigned char *first = <const unsigned char *>self._views[i].buf
+        cdef const unsigned char *prev = first
+        cdef const unsigned char *q
+        cdef Py_ssize_t k = i + 1, count = 1
+        cdef size_t size = <size_t>self._views[i].len
+        wgpy_tcp_info(first, size, tf)
+        if tf.version == 0 or first[tf.l4 + 13] & 0x08:
+            return 1
+        tp = tf[0]
+        while k < n and count < C_GRO_SEGMENTS:
+            q = <const unsigned char *>self._views[k].buf
+            wgpy_tcp_info(q, <size_t>self._views[k].len, &tq)
+            if tq.version == 0 or not wgpy_tcp_follows(first, tf, prev, &tp, q, &tq):
+                break
+            if size + tq.payload > C_GRO_BYTES:
+                break
+            size += tq.payload
+            count += 1
+            k += 1
+            if tq.payload < tf.payload or q[tf.l4 + 13] & 0x08:
+                break
+            prev = q
+            tp = tq
+        total[0] = size
+        return count
+
     cdef Py_ssize_t _write_nogil(self, Py_ssize_t n) noexcept nogil:
-        cdef iovec iov[2]
+        cdef iovec iov[C_GRO_SEGMENTS + 2]
         cdef unsigned char zero[C_VNET]
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i = 0, k, count
         cdef ssize_t r
         cdef int code
+        cdef wgpy_tcpinfo tf
+        cdef size_t total = 0
         memset(zero, 0, C_VNET)
-        iov[0].iov_base = zero
-        iov[0].iov_len = C_VNET
-        for i in range(n):
+        while i < n:
+            if self.gro and n - i > 1:
+                count = self._run(i, n, &tf, &total)
+                if count > 1:
+                    wgpy_tcp_super(self._shdr, self._svnet, <const unsigned char *>self._views[i].buf,
+                                   &tf, <const unsigned char *>self._views[i + count - 1].buf, total)
+                    iov[0].iov_base = self._svnet
+                    iov[0].iov_len = C_VNET
+                    iov[1].iov_base = self._shdr
+                    iov[1].iov_len = tf.header
+                    for k in range(count):
+                        iov[2 + k].iov_base = <unsigned char *>self._views[i + k].buf + tf.header
+                        iov[2 + k].iov_len = <size_t>self._views[i + k].len - tf.header
+                    while True:
+                        r = writev(self.fd, iov, <int>(count + 2))
+                        if r < 0 and errno == EINTR:
+                            continue
+                        break
+                    code = errno if r < 0 else 0
+                    if code == EINVAL:
+                        # The kernel does not take our super-packets: write packets one by one.
+                        self.gro = False
+                        self._gro_refused = code
+                        continue
+                    for k in range(count):
+                        self._codes[i + k] = code
+                    i += count
+                    if code == 0:
+                        self.coalesced += 1
+                    elif wgpy_tun_gone(code):
+                        return i
+                    continue
+            iov[0].iov_base = zero
+            iov[0].iov_len = C_VNET
             iov[1].iov_base = self._views[i].buf
             iov[1].iov_len = self._views[i].len
             while True:
@@ -1202,6 +1421,7 @@ cdef class TunBatch:
                 break
             code = errno if r < 0 else 0
             self._codes[i] = code
+            i += 1
             if code and wgpy_tun_gone(code):
-                return i + 1
+                return i
         return n

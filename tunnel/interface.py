@@ -16,8 +16,10 @@ into Unix time and is refreshed by :meth:`housekeeping`.
 Buffers are allocated here per interface and reused for every batch: an Output's views point
 into them and are consumed before the next read. TUN slots hold one MTU-sized packet (TSO
 super-packets are cut to the MTU by the batch I/O; the slots are reallocated when the MTU
-changes, and a packet that did not fit makes us look at the MTU again at once); UDP slots hold
-one datagram of up to ``max(MTU, 9000)`` plus overhead when UDP GRO coalesces, else 64 KiB.
+changes, and a packet that did not fit is held by the I/O while we look at the MTU again and
+grow the slots); UDP slots hold one datagram of up to ``max(MTU, 9000)`` plus overhead when UDP
+GRO coalesces, else 64 KiB, and grow to 64 KiB for good once a datagram fills a slot (a peer
+with a larger MTU).
 Leftover GRO/TSO segments do not make an fd readable again, so each readable callback reads
 again (at most ``MAX_ROUNDS`` batches) while a batch came back full or segments are pending.
 Everything runs on the loop thread; a bad packet or a bug hit by one batch is logged (debug),
@@ -83,6 +85,7 @@ class Interface:
         self._tun_lengths = [0] * TUN_BATCH
         self._tun_too_big = 0
         self._udp_bufs: list[bytearray] = []
+        self._udp_full_size = False  # a datagram filled a slot: use 64 KiB slots from now on
         self._udp_lengths = [0] * UDP_BATCH
         self._udp_sources = [_PLACEHOLDER] * UDP_BATCH
         self._size_tun_buffers()
@@ -94,20 +97,20 @@ class Interface:
 
     # ------------------------------------------------------------------ buffers
 
-    def tun_slot_size(self) -> int:
-        """Bytes per TUN slot: headroom, one MTU-sized packet, padding and tag."""
+    def tun_slot_size(self, packet: int = 0) -> int:
+        """Bytes per TUN slot: headroom, one MTU-sized (or ``packet``-sized) packet, padding, tag."""
         if not self.tun.vnet_hdr:
             return TUN_BUFFER  # a plain read cannot tell a truncated packet: room for any
-        return HEADROOM + self.device.mtu + PADDING_MULTIPLE + TAG_SIZE
+        return HEADROOM + max(self.device.mtu, packet) + PADDING_MULTIPLE + TAG_SIZE
 
     def udp_slot_size(self) -> int:
         """Bytes per UDP slot: one datagram (GRO segments are copied in one per slot)."""
-        if self.bind is None or not self.bind.gro:
+        if self.bind is None or not self.bind.gro or self._udp_full_size:
             return UDP_BUFFER
         return min(UDP_BUFFER, max(self.device.mtu, PEER_MTU_ROOM) + PADDING_MULTIPLE + MESSAGE_OVERHEAD)
 
-    def _size_tun_buffers(self) -> None:
-        size = self.tun_slot_size()
+    def _size_tun_buffers(self, packet: int = 0) -> None:
+        size = self.tun_slot_size(packet)
         if not self._tun_bufs or len(self._tun_bufs[0]) != size:
             self._tun_bufs = [bytearray(size) for _ in range(TUN_BATCH)]
 
@@ -236,6 +239,7 @@ class Interface:
     def _on_tun_readable(self) -> None:
         tun = self.tun
         device = self.device
+        io_errors = tun.io_errors
         for _ in range(MAX_ROUNDS):
             bufs, lengths = self._tun_bufs, self._tun_lengths
             try:
@@ -247,12 +251,19 @@ class Interface:
                 self.errors["tun_read"] += 1
                 log.debug("TUN read: %s", exc)
                 break
-            too_big = tun.dropped_too_big
+            if n < TUN_BATCH and tun.needed:
+                # A packet larger than the slots is held (the MTU was raised, most likely):
+                # grow the slots now; the next round delivers it.
+                self._refresh_mtu()
+                self._size_tun_buffers(tun.needed)
+            too_big = io_errors.get("read:too_big", 0) if io_errors else 0
             if too_big != self._tun_too_big:  # a packet did not fit: the MTU may have grown
                 self._tun_too_big = too_big
                 if time.monotonic() - self._mtu_checked >= MTU_RECHECK:
                     self._refresh_mtu()
             if not n:
+                if tun.pending:
+                    continue
                 break
             if n < TUN_BATCH:
                 bufs, lengths = bufs[:n], lengths[:n]
@@ -291,6 +302,11 @@ class Interface:
             except Exception:
                 self.errors["receive_batch"] += 1
                 log.debug("inbound batch failed", exc_info=True)
+            if not self._udp_full_size and max(lengths[:n]) >= len(bufs[0]):
+                # Possibly truncated: a peer sends datagrams larger than our slots.
+                log.info("a datagram filled a %d-byte slot: using 64 KiB slots", len(bufs[0]))
+                self._udp_full_size = True
+                self._size_udp_buffers()
             if n < UDP_BATCH and not sock.pending:
                 break
         self._rearm()
@@ -300,9 +316,8 @@ class Interface:
         if out.datagrams and self.bind is not None:
             bind = self.bind
             bind.send_batch(out.datagrams)
-            lost = bind.take_lost_sources()
-            if lost:
-                self._forget_sources(lost)
+            if bind.lost_sources:
+                self._forget_sources(bind.take_lost_sources())
         if out.packets:
             try:
                 self.tun.write_batch(out.packets)

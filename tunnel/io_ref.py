@@ -38,9 +38,21 @@ TUN (:class:`TunBatch`, one per TUN fd opened with IFF_NO_PI, optionally IFF_VNE
   and PSH on the last only, CWR on the first only) and TCP checksums rewritten; a packet with
   NEEDS_CSUM gets its partial checksum completed. Segments that do not fit the batch stay in the
   object's scratch (:attr:`TunBatch.pending`) and come first on the next call. A packet larger
-  than its slot (without GSO) or a super-packet that cannot be parsed is dropped and counted.
+  than its slot (without GSO) or a super-packet that cannot be parsed is dropped and counted;
+  with ``TunBatch(fd, hold_oversized=True)`` (virtio-net header only) a packet larger than its
+  slot is instead held, the batch ends, and :attr:`TunBatch.needed` says how many bytes (after
+  the headroom) it needs: the next call delivers it first if slot 0 is large enough, else drops
+  and counts it (a packet is held once). :attr:`TunBatch.pending` counts it.
 * ``write(packets) -> count``: one ``writev`` per packet, behind a zeroed virtio-net header when
   the device has one. Packets the kernel refuses are counted in :attr:`TunBatch.errors`.
+  With ``TunBatch(fd, vnet_hdr=True, gro=True)`` runs of consecutive TCP segments of one flow
+  (see :func:`coalesce_run`: same addresses, ports and header fields, consecutive sequence
+  numbers, ACK and maybe PSH only, equal payload sizes but a shorter or PSH last one, at most 64
+  segments and 65,535 bytes) leave as one TCP super-packet (GSO TCPV4/TCPV6, partial checksum)
+  in one ``writev`` of the rewritten header and each segment's payload in place (no copy); the
+  count still counts the packets. :attr:`TunBatch.coalesced` counts super-packets written; if
+  the kernel refuses one (EINVAL), GRO is turned off, a line is appended to
+  :attr:`TunBatch.fallbacks` and the packets go one by one.
 
 Read errors other than EAGAIN/EINTR raise OSError when nothing was read yet (else the batch
 ends and the next call meets the error); write errors that mean the device is gone (EBADFD,
@@ -77,6 +89,8 @@ GSO_ECN = 0x80
 
 MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
+GRO_SEGMENTS = 64  # segments per coalesced TUN write
+GRO_BYTES = 65535  # the largest IP packet
 GRO_MESSAGE = 65536  # scratch bytes per coalesced message: the largest UDP payload fits
 SUPER_PACKET = 65536  # scratch for one TUN super-packet
 
@@ -475,12 +489,119 @@ def cut_segment(work: _Super, out: bytearray | memoryview) -> int:
     return size
 
 
+class TcpInfo:
+    """Where a plain TCP data segment's parts are (see :func:`tcp_info`)."""
+
+    __slots__ = ("version", "l4", "header", "payload")
+
+    def __init__(self, version: int, l4: int, header: int, payload: int) -> None:
+        self.version = version
+        self.l4 = l4
+        self.header = header
+        self.payload = payload
+
+
+def tcp_info(packet: Buffer) -> TcpInfo | None:
+    """A TCP data segment we may coalesce: IPv4 without options (not a fragment) or IPv6
+    without extension headers, lengths consistent, flags ACK and maybe PSH only, a payload."""
+    size = len(packet)
+    if size < 40 or size > GRO_BYTES:
+        return None
+    if packet[0] == 0x45:
+        if packet[9] != 6 or struct.unpack_from("!H", packet, 2)[0] != size:
+            return None
+        if struct.unpack_from("!H", packet, 6)[0] & 0x3FFF:
+            return None
+        l4 = 20
+    elif packet[0] >> 4 == 6:
+        if size < 60 or packet[6] != 6 or struct.unpack_from("!H", packet, 4)[0] + 40 != size:
+            return None
+        l4 = 40
+    else:
+        return None
+    header = l4 + (packet[l4 + 12] >> 4) * 4
+    if header < l4 + 20 or header >= size:
+        return None
+    if packet[l4 + 13] & ~0x08 != 0x10:
+        return None
+    return TcpInfo(packet[0] >> 4, l4, header, size - header)
+
+
+def tcp_follows(first: Buffer, tf: TcpInfo, prev: Buffer, tp: TcpInfo, q: Buffer, tq: TcpInfo) -> bool:
+    """May segment ``q`` follow ``prev`` in the run that starts with ``first``?"""
+    if tq.version != tf.version or tq.header != tf.header or tq.payload > tf.payload:
+        return False
+    f, p, n = bytes(first[: tf.header]), bytes(prev[: tf.header]), bytes(q[: tq.header])
+    if tf.version == 4:
+        if n[1] != f[1] or (n[6] ^ f[6]) & 0x40 or n[8] != f[8] or n[12:20] != f[12:20]:
+            return False
+    elif n[0:4] != f[0:4] or n[7] != f[7] or n[8:40] != f[8:40]:
+        return False
+    l4 = tf.l4
+    if (n[l4:l4 + 4] != f[l4:l4 + 4] or n[l4 + 8:l4 + 13] != f[l4 + 8:l4 + 13]
+            or n[l4 + 14:l4 + 16] != f[l4 + 14:l4 + 16] or n[l4 + 18:] != f[l4 + 18:]):
+        return False
+    seq_prev = struct.unpack_from("!I", p, l4 + 4)[0]
+    return bool(struct.unpack_from("!I", n, l4 + 4)[0] == (seq_prev + tp.payload) & 0xFFFFFFFF)
+
+
+def coalesce_run(packets: Sequence[Buffer], start: int) -> tuple[int, int, TcpInfo | None]:
+    """``(count, total length, info of the first)`` of the run of segments from ``start`` that
+    coalesce into one super-packet; count 1 means none (write the packet as it is)."""
+    first = packets[start]
+    tf = tcp_info(first)
+    if tf is None or first[tf.l4 + 13] & 0x08:
+        return 1, len(first), tf
+    prev, tp = first, tf
+    size = len(first)
+    count = 1
+    k = start + 1
+    while k < len(packets) and count < GRO_SEGMENTS:
+        q = packets[k]
+        tq = tcp_info(q)
+        if tq is None or not tcp_follows(first, tf, prev, tp, q, tq):
+            break
+        if size + tq.payload > GRO_BYTES:
+            break
+        size += tq.payload
+        count += 1
+        k += 1
+        if tq.payload < tf.payload or q[tf.l4 + 13] & 0x08:
+            break
+        prev, tp = q, tq
+    return count, size, tf
+
+
+def super_header(first: Buffer, tf: TcpInfo, last: Buffer, total: int) -> tuple[bytes, bytearray]:
+    """``(virtio-net header, IP+TCP header)`` of the super-packet of a run (see module doc)."""
+    out = bytearray(first[: tf.header])
+    l4 = tf.l4
+    if tf.version == 4:
+        struct.pack_into("!H", out, 2, total)
+        struct.pack_into("!H", out, 10, 0)
+        struct.pack_into("!H", out, 10, (~checksum(out[:20])) & 0xFFFF)
+    else:
+        struct.pack_into("!H", out, 4, total - 40)
+    pseudo = _pseudo_sum(out, tf.version, 6, total - l4)
+    out[l4 + 13] |= last[l4 + 13] & 0x08
+    struct.pack_into("!H", out, l4 + 16, pseudo)
+    vnet = _VNET.pack(VNET_F_NEEDS_CSUM, GSO_TCPV4 if tf.version == 4 else GSO_TCPV6, tf.header,
+                      tf.payload, l4, 16)
+    return vnet, out
+
+
 class TunBatch:
     """Batch read/write on one TUN fd (see the module docstring for the contract)."""
 
-    def __init__(self, fd: int, *, vnet_hdr: bool = True) -> None:
+    def __init__(self, fd: int, *, vnet_hdr: bool = True, gro: bool = False,
+                 hold_oversized: bool = False) -> None:
         self.fd = fd
+        self.hold_oversized = hold_oversized and vnet_hdr
+        self._big: bytes | None = None
         self.vnet_hdr = vnet_hdr
+        self.gro = gro and vnet_hdr
+        self.coalesced = 0  # super-packets written so far (a statistic)
+        self.fallbacks: list[str] = []
         self.errors: dict[str, int] = {}
         self.super_packets = 0  # GSO super-packets cut so far (a statistic)
         self._work: _Super | None = None
@@ -489,11 +610,18 @@ class TunBatch:
 
     @property
     def pending(self) -> int:
-        """Segments of a super-packet cut but not handed out yet."""
+        """Segments of a super-packet cut but not handed out yet (or 1: a held packet)."""
+        if self._big is not None:
+            return 1
         work = self._work
         if work is None:
             return 0
         return -(-(len(work.packet) - work.next_offset) // work.mss)
+
+    @property
+    def needed(self) -> int:
+        """Bytes (after the headroom) the held oversized packet needs in a slot; 0 if none."""
+        return 0 if self._big is None else len(self._big)
 
     def _count(self, key: str) -> None:
         self.errors[key] = self.errors.get(key, 0) + 1
@@ -517,7 +645,16 @@ class TunBatch:
         n = len(bufs)
         if len(lengths) < n:
             raise ValueError("lengths is shorter than bufs")
-        count = self._drain(bufs, lengths, headroom, 0)
+        count = 0
+        big, self._big = self._big, None
+        if big is not None:  # held last time: deliver it if it fits now, else drop it
+            if len(big) <= len(bufs[0]) - headroom:
+                bufs[0][headroom:headroom + len(big)] = big
+                lengths[0] = len(big)
+                count = 1
+            else:
+                self._count("read:too_big")
+        count = self._drain(bufs, lengths, headroom, count)
         while count < n and self._work is None:
             slot = memoryview(bufs[count])[headroom:]
             room = len(slot)
@@ -546,6 +683,9 @@ class TunBatch:
             flags, gso_type, _, _, csum_start, csum_offset = hdr
             if gso_type & ~GSO_ECN == GSO_NONE:
                 if size > room:
+                    if self.hold_oversized:
+                        self._big = bytes(slot) + bytes(self._overflow[: size - room])
+                        break
                     self._count("read:too_big")
                     continue
                 if flags & VNET_F_NEEDS_CSUM and not complete_checksum(slot[:size], csum_start, csum_offset):
@@ -566,9 +706,37 @@ class TunBatch:
         return count
 
     def write(self, packets: Sequence[Buffer]) -> int:
-        """Write each packet (behind a zeroed virtio-net header if on); returns how many went."""
+        """Write each packet (behind a zeroed virtio-net header if on); returns how many went.
+
+        With ``gro`` on, runs found by :func:`coalesce_run` leave as one super-packet each."""
         written = 0
-        for packet in packets:
+        index = 0
+        total = len(packets)
+        while index < total:
+            if self.gro and total - index > 1:
+                count, size, tf = coalesce_run(packets, index)
+                if count > 1 and tf is not None:
+                    run = packets[index:index + count]
+                    vnet, header = super_header(run[0], tf, run[-1], size)
+                    try:
+                        os.writev(self.fd, [vnet, header, *(memoryview(p)[tf.header:] for p in run)])
+                        written += count
+                        self.coalesced += 1
+                    except OSError as exc:
+                        if exc.errno == errno.EINVAL:
+                            self.gro = False
+                            self.fallbacks.append(
+                                "TUN GRO (coalesced TCP writes) refused by the kernel "
+                                f"({_errname(exc.errno)}): writing packets one by one")
+                            continue
+                        if exc.errno in TUN_GONE:
+                            raise
+                        for _ in range(count):
+                            self._count(f"write:{_errname(exc.errno)}")
+                    index += count
+                    continue
+            packet = packets[index]
+            index += 1
             try:
                 if self.vnet_hdr:
                     os.writev(self.fd, [_ZERO_VNET, packet])

@@ -3,7 +3,9 @@
 Created by :func:`tunnel.offload.open_tun` with ``IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`` and the
 TSO/checksum offloads the kernel accepts: a read may then hand us a TCP super-packet of up to
 64 KiB, which the batch I/O (``tunnel._io`` or its pure twin ``tunnel.io_ref``) cuts into packets
-of at most the MTU. What was enabled or refused is logged at verbose. If the kernel refuses the
+of at most the MTU; on the way in, consecutive TCP segments of one flow are written as one
+super-packet (TUN GRO; ``WGPY_NO_TUN_GRO=1`` turns it off). What was enabled or refused is
+logged at verbose. If the kernel refuses the
 virtio-net header the device is a plain TUN (one bare IP packet per read); ``WGPY_NO_OFFLOAD=1``
 forces the plain path, created with python-pytun as before. The fd keeps working when the
 device is moved to another network namespace (``ip link set IFACE netns X``), so nothing here
@@ -138,7 +140,13 @@ class Tun:
         except OSError as exc:
             log.debug("cannot set the MTU of %s: %s", self.name, exc)
         os.set_blocking(self.fd, False)
-        self._io = _io.TunBatch(self.fd, vnet_hdr=self.vnet_hdr)
+        # TUN GRO: consecutive TCP segments are written as one super-packet (WGPY_NO_TUN_GRO=1
+        # turns it off); needs the virtio-net header.
+        gro = self.vnet_hdr and os.environ.get("WGPY_NO_TUN_GRO") != "1"
+        # A packet larger than its slot (the MTU was raised) is held for a call with larger
+        # slots instead of being dropped (see :attr:`needed`).
+        self._io = _io.TunBatch(self.fd, vnet_hdr=self.vnet_hdr, gro=gro, hold_oversized=self.vnet_hdr)
+        self._fallbacks_logged = 0
         self._errors: Counter[str] = Counter()
         self._own_netns = os.stat("/proc/self/ns/net").st_ino
         self._mtu_sock: socket.socket | None = None
@@ -163,6 +171,22 @@ class Tun:
     def dropped_too_big(self) -> int:
         """Packets dropped so far because they did not fit their slot (the MTU grew?)."""
         return int(self._io.errors.get("read:too_big", 0))
+
+    @property
+    def needed(self) -> int:
+        """Bytes (after the headroom) a held packet needs: grow the slots and read again."""
+        return int(self._io.needed)
+
+    @property
+    def io_errors(self) -> dict[str, int]:
+        """The batch I/O's own error dict (a live view, read-only to callers: a cheap poll)."""
+        errors: dict[str, int] = self._io.errors
+        return errors
+
+    @property
+    def coalesced(self) -> int:
+        """Super-packets written so far by TUN GRO (a statistic)."""
+        return int(getattr(self._io, "coalesced", 0))
 
     def fileno(self) -> int:
         return self.fd
@@ -265,7 +289,12 @@ class Tun:
         a live device, e.g. EIO while it is down, ends the batch and is counted).
         """
         try:
-            return int(self._io.write(views))
+            written = int(self._io.write(views))
+            if len(self._io.fallbacks) != self._fallbacks_logged:
+                for line in self._io.fallbacks[self._fallbacks_logged:]:
+                    log.info("TUN %s: %s", self.name, line)
+                self._fallbacks_logged = len(self._io.fallbacks)
+            return written
         except OSError as exc:
             if exc.errno in GONE_ERRNOS and not self.alive():
                 raise TunGone(exc.errno or errno.EBADFD, "the TUN device is gone") from exc

@@ -169,6 +169,9 @@ class UdpBind:
         self.v4 = next((s for s in sockets if s.family == socket.AF_INET), None)
         self.v6 = next((s for s in sockets if s.family == socket.AF_INET6), None)
         self.port = sockets[0].port
+        self.lost_sources: list[Endpoint] = []
+        for sock in sockets:  # one list for all: the owner checks a single attribute per batch
+            sock.lost_sources = self.lost_sources
 
     @classmethod
     def open(cls, port: int, fwmark: int = 0, attempts: int = 100) -> UdpBind:
@@ -212,9 +215,15 @@ class UdpBind:
             return v4.send_batch(datagrams) if v4 is not None else 0
         if v4 is None:
             return v6.send_batch(datagrams)
-        # A batch usually goes to one or a few endpoints: look at each distinct one once.
-        endpoints = set(map(_endpoint_of, datagrams))
-        families = {e.is_ipv6 for e in endpoints}
+        # A batch usually goes to one endpoint object: compare identities (hashing a dataclass
+        # costs more), then look at each distinct endpoint once.
+        endpoints = list(map(_endpoint_of, datagrams))
+        first = endpoints[0] if endpoints else None
+        if first is None or endpoints.count(first) == len(endpoints):
+            if first is not None and first.is_ipv6:
+                return v6.send_batch(datagrams)
+            return v4.send_batch(datagrams)
+        families = {e.is_ipv6 for e in {id(e): e for e in endpoints}.values()}
         if families == {False}:
             return v4.send_batch(datagrams)
         if families == {True}:
@@ -224,12 +233,14 @@ class UdpBind:
         )
 
     def take_lost_sources(self) -> list[Endpoint]:
-        """The endpoints whose sticky source was gone since the last call (and forget them)."""
-        lost: list[Endpoint] = []
-        for sock in self.sockets:
-            if sock.lost_sources:
-                lost.extend(sock.lost_sources)
-                sock.lost_sources.clear()
+        """The endpoints whose sticky source was gone since the last call (and forget them).
+
+        :attr:`lost_sources` (shared by the sockets) is non-empty exactly when this has work.
+        """
+        if not self.lost_sources:
+            return []
+        lost = list(self.lost_sources)
+        self.lost_sources.clear()
         return lost
 
     def errors(self) -> Counter[str]:
