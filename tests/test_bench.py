@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tunnel import bench
+from tunnel import benchreport as report
 from tunnel.netns import missing_requirements
 
 # ---- options -------------------------------------------------------------------------------------
@@ -25,7 +26,7 @@ from tunnel.netns import missing_requirements
 def test_defaults() -> None:
     opts = bench.parse_args([])
     assert (opts.rounds, opts.time, opts.peers, opts.chart) == (3, 5, 10_000, True)
-    assert opts.only == list(bench.CONTENDERS)
+    assert opts.only == list(report.CONTENDERS)
     assert opts.json_path is None
 
 
@@ -60,52 +61,52 @@ rtt min/avg/max/mdev = 0.101/4.204/12.000/5.510 ms
 
 
 def test_parse_ping_takes_each_reply_only() -> None:
-    assert bench.parse_ping(PING) == [0.512, 0.101, 12.0]
-    assert bench.parse_ping("") == []
+    assert report.parse_ping(PING) == [0.512, 0.101, 12.0]
+    assert report.parse_ping("") == []
 
 
 def test_proc_cpu_ticks_survives_odd_command_names() -> None:
     # pid (comm) state ppid ... field 14 utime, 15 stime; the name holds ") (" and spaces
     rest = ["S"] + [str(n) for n in range(4, 14)] + ["700", "45"] + ["0"] * 30
     line = "4711 (wg) (py x) " + " ".join(rest)
-    assert bench.proc_cpu_ticks(line) == 745
+    assert report.proc_cpu_ticks(line) == 745
 
 
 def test_system_busy_ticks_leaves_idle_and_iowait_out() -> None:
     text = "cpu  100 5 50 9000 300 7 8 2 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
-    assert bench.system_busy_ticks(text) == 100 + 5 + 50 + 7 + 8 + 2
+    assert report.system_busy_ticks(text) == 100 + 5 + 50 + 7 + 8 + 2
     with pytest.raises(ValueError):
-        bench.system_busy_ticks("intr 1 2 3\n")
+        report.system_busy_ticks("intr 1 2 3\n")
 
 
 def test_status_kib() -> None:
     text = "Name:\twg-py\nVmHWM:\t   36400 kB\nVmRSS:\t   30000 kB\n"
-    assert bench.status_kib(text, "VmHWM") == 36400
-    assert bench.status_kib(text, "VmRSS") == 30000
-    assert bench.status_kib(text, "VmSwap") == 0
+    assert report.status_kib(text, "VmHWM") == 36400
+    assert report.status_kib(text, "VmRSS") == 30000
+    assert report.status_kib(text, "VmSwap") == 0
 
 
 def test_iperf3_figures() -> None:
     tcp = {"end": {"sum_sent": {"bits_per_second": 2e9, "bytes": 10},
                    "sum_received": {"bits_per_second": 1.5e9, "bytes": 937_500_000}}}
-    assert bench.tcp_figures(tcp) == (1.5e9, 937_500_000)
+    assert report.tcp_figures(tcp) == (1.5e9, 937_500_000)
     udp = {"end": {"sum": {"packets": 10_500, "lost_packets": 500, "seconds": 2.0,
                            "bits_per_second": 1.0}}}
-    assert bench.udp_received_pps(udp) == 5000.0
+    assert report.udp_received_pps(udp) == 5000.0
 
 
 def test_per_gigabyte() -> None:
-    assert bench.per_gigabyte(3.0, 1_500_000_000) == pytest.approx(2.0)
-    assert bench.per_gigabyte(1.0, 0) is None
+    assert report.per_gigabyte(3.0, 1_500_000_000) == pytest.approx(2.0)
+    assert report.per_gigabyte(1.0, 0) is None
 
 
 # ---- statistics and report -----------------------------------------------------------------------
 
 
 def test_median_ignores_missing_rounds() -> None:
-    assert bench.median([3.0, None, 1.0, 2.0]) == 2.0
-    assert bench.median([None, None]) is None
-    assert bench.median([1.0, 4.0]) == 2.5
+    assert report.median([3.0, None, 1.0, 2.0]) == 2.0
+    assert report.median([None, None]) is None
+    assert report.median([1.0, 4.0]) == 2.5
 
 
 SAMPLES: dict[str, dict[str, list[float | None]]] = {
@@ -119,30 +120,30 @@ SAMPLES: dict[str, dict[str, list[float | None]]] = {
 
 
 def test_summarize_and_ratios() -> None:
-    summary = bench.summarize(SAMPLES)
+    summary = report.summarize(SAMPLES)
     assert summary["veth"] == {"tcp1_gbps": 10.0, "ping_median_ms": 0.05}
     assert summary["wgpy-vxlan"]["tcp1_gbps"] == pytest.approx(0.15)
-    assert bench.ratio(summary, "tcp1_gbps", "wgpy", "wggo") == pytest.approx(1.5 / 0.35)
-    assert bench.ratio(summary, "udp64_kpps", "wgpy", "wggo") is None
-    assert bench.ratio(summary, "tcp1_gbps", "wgpy", "absent") is None
-    assert bench.ratio({"a": {"m": 1.0}, "b": {"m": 0.0}}, "m", "a", "b") is None
+    assert report.ratio(summary, "tcp1_gbps", "wgpy", "wggo") == pytest.approx(1.5 / 0.35)
+    assert report.ratio(summary, "udp64_kpps", "wgpy", "wggo") is None
+    assert report.ratio(summary, "tcp1_gbps", "wgpy", "absent") is None
+    assert report.ratio({"a": {"m": 1.0}, "b": {"m": 0.0}}, "m", "a", "b") is None
 
 
 def test_targets_met_not_met_and_unmeasured() -> None:
-    summary = bench.summarize(SAMPLES)
-    by_metric = {(t["contender"], t["metric"]): t for t in bench.evaluate_targets(summary)}
+    summary = report.summarize(SAMPLES)
+    by_metric = {(t["contender"], t["metric"]): t for t in report.evaluate_targets(summary)}
     assert by_metric[("wgpy", "tcp1_gbps")]["met"] is True  # 1.5 / 0.35 = 4.3
     assert by_metric[("wgpy-vxlan", "tcp1_gbps")]["met"] is False  # 0.15 / 5
     assert by_metric[("wgpy", "ping_median_ms")]["met"] is True  # 0.4 / 0.5
     summary["wgpy"]["ping_median_ms"] = 0.6
-    assert [t["met"] for t in bench.evaluate_targets(summary)][2] is False
+    assert [t["met"] for t in report.evaluate_targets(summary)][2] is False
     del summary["wggo"]
-    assert [t["met"] for t in bench.evaluate_targets(summary)][0] is None
+    assert [t["met"] for t in report.evaluate_targets(summary)][0] is None
 
 
 def test_render_table() -> None:
-    summary = bench.summarize(SAMPLES)
-    text = bench.render_table(summary, list(bench.CONTENDERS))
+    summary = report.summarize(SAMPLES)
+    text = report.render_table(summary, list(report.CONTENDERS))
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["metric", "unit"]
     assert "wgpy/wggo" in lines[0] and "wgpy-vxlan/kvxlan" in lines[0]
@@ -154,7 +155,7 @@ def test_render_table() -> None:
     assert "0.4x kernel vxlan, TCP 1 stream: 0.03x -> NOT MET" in text
     # a subset: no reference columns it cannot fill, targets not measured
     subset = {k: v for k, v in summary.items() if k in ("wgpy", "kvxlan")}
-    sub = bench.render_table(subset, ["wgpy", "kvxlan"])
+    sub = report.render_table(subset, ["wgpy", "kvxlan"])
     assert "/" not in sub.splitlines()[0] and "not measured" in sub
 
 
@@ -176,8 +177,8 @@ def _png_chunks(data: bytes) -> dict[bytes, bytes]:
 
 
 def test_png_chart_is_a_valid_png_with_bars() -> None:
-    summary = bench.summarize(SAMPLES)
-    data = bench.png_chart(summary, list(bench.CONTENDERS))
+    summary = report.summarize(SAMPLES)
+    data = report.png_chart(summary, list(report.CONTENDERS))
     chunks = _png_chunks(data)
     width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
     assert (depth, color) == (8, 2) and b"IEND" in chunks
@@ -186,18 +187,18 @@ def test_png_chart_is_a_valid_png_with_bars() -> None:
     colors = {bytes(raw[i : i + 3]) for r in range(height)
               for i in range(r * (1 + 3 * width) + 1, (r + 1) * (1 + 3 * width), 3)}
     for contender in ("wgpy", "wggo", "kvxlan"):
-        assert bytes(bench._COLORS[contender]) in colors
+        assert bytes(report._COLORS[contender]) in colors
 
 
 def test_every_label_character_has_a_glyph() -> None:
-    text = " ".join([*bench.CONTENDERS.values(), *(m.label + m.unit for m in bench.METRICS),
+    text = " ".join([*report.CONTENDERS.values(), *(m.label + m.unit for m in report.METRICS),
                      "higher better lower better 0123456789 n/a (x)"])
-    assert {c for c in text.upper()} <= set(bench._GLYPHS)
-    assert all(len(g) == 5 and all(len(row) == 3 for row in g) for g in bench._GLYPHS.values())
+    assert {c for c in text.upper()} <= set(report._GLYPHS)
+    assert all(len(g) == 5 and all(len(row) == 3 for row in g) for g in report._GLYPHS.values())
 
 
 def test_write_results_json_and_png(tmp_path: Path) -> None:
-    summary = bench.summarize(SAMPLES)
+    summary = report.summarize(SAMPLES)
     doc = {"summary": summary, "order": ["wgpy", "wggo"], "samples": SAMPLES}
     opts = bench.Options(json_path=tmp_path / "out" / "r.json")
     written = bench.write_results(doc, opts)
