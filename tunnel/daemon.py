@@ -97,7 +97,7 @@ def main(args: list[str]) -> int:
         return 1
     name = tun.name
     try:
-        uapi_sock = listen_socket(name)
+        uapi_sock, uapi_inode = listen_socket(name)
     except OSError as exc:
         tun.close()
         print(f"wg-py: failed to open UAPI socket {socket_path(name)}: {exc}", file=sys.stderr)
@@ -111,9 +111,9 @@ def main(args: list[str]) -> int:
         return 1
     log.info("device %s started (MTU %d, UDP port %d)", name, tun.mtu, interface.listen_port)
     if options.foreground:
-        return _run(interface, uapi_sock, None)
+        return _run(interface, uapi_sock, uapi_inode, None)
     quiet = level is None or not os.environ.get("LOG_LEVEL")
-    return _daemonize(interface, uapi_sock, quiet=quiet)
+    return _daemonize(interface, uapi_sock, uapi_inode, quiet=quiet)
 
 
 def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
@@ -123,7 +123,7 @@ def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
     interface.close()
 
 
-def _daemonize(interface: Interface, uapi_sock: socket.socket, quiet: bool) -> int:
+def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, quiet: bool) -> int:
     """Double fork; the original process returns 0 once the grandchild reports it is running."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -156,7 +156,7 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, quiet: bool) -> i
             os.dup2(null, 1)
             os.dup2(null, 2)
         os.close(null)
-        code = _run(interface, uapi_sock, ready_w)
+        code = _run(interface, uapi_sock, uapi_inode, ready_w)
     except BaseException:
         log.exception("daemon failed")
         code = 1
@@ -165,23 +165,17 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, quiet: bool) -> i
     os._exit(code)
 
 
-def _run(interface: Interface, uapi_sock: socket.socket, ready_fd: int | None) -> int:
+def _run(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(interface, uapi_sock, ready_fd))
+        return runner.run(_serve(interface, uapi_sock, uapi_inode, ready_fd))
 
 
-async def _serve(interface: Interface, uapi_sock: socket.socket, ready_fd: int | None) -> int:
+async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None) -> int:
     loop = asyncio.get_running_loop()
     name = interface.name
-    try:
-        server = UapiServer(uapi_sock, socket_path(name), interface)
-    except FileNotFoundError:  # the socket file was removed before we got here: that is an exit
-        log.info("shutting down: the UAPI socket was removed")
-        uapi_sock.close()
-        interface.close()
-        return 0
+    server = UapiServer(uapi_sock, socket_path(name), uapi_inode, interface)
     stop = asyncio.Event()
     reason = ["stopped"]
 

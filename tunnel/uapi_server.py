@@ -48,8 +48,9 @@ def socket_path(name: str, directory: str = SOCKET_DIR) -> str:
     return os.path.join(directory, f"{name}.sock")
 
 
-def listen_socket(name: str, directory: str = SOCKET_DIR) -> socket.socket:
-    """Create, bind and listen on the interface's UAPI socket; returns it (blocking mode).
+def listen_socket(name: str, directory: str = SOCKET_DIR) -> tuple[socket.socket, int]:
+    """Create, bind and listen on the interface's UAPI socket; returns it (blocking mode) and the
+    inode of the socket file as created, so a later removal or replacement can be told apart.
 
     Raises OSError(EADDRINUSE) if another process answers on that path.
     """
@@ -76,23 +77,24 @@ def listen_socket(name: str, directory: str = SOCKET_DIR) -> socket.socket:
     old_umask = os.umask(0o077)
     try:
         sock.bind(path)
+        inode = os.stat(path).st_ino
         sock.listen(16)
     except BaseException:
         sock.close()
         raise
     finally:
         os.umask(old_umask)
-    return sock
+    return sock, inode
 
 
 class UapiServer:
     """Serves UAPI connections for one interface on an already bound listening socket."""
 
-    def __init__(self, sock: socket.socket, path: str, host: UapiHost) -> None:
+    def __init__(self, sock: socket.socket, path: str, inode: int, host: UapiHost) -> None:
         self.sock = sock
         self.path = path
         self.host = host
-        self._inode = os.stat(path).st_ino
+        self._inode = inode  # of the file listen_socket created
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
