@@ -142,6 +142,8 @@ def test_seed_kernel_interop_ping_and_iperf3(lab: Lab) -> None:
     pure = __import__("os").environ.get("WGPY_PURE") == "1"
     assert info["datapath"] == "pure" if pure else info["datapath"] in ("cython", "pure")
     assert info["config"]["vni"] == 42 and info["config"]["remote"] == "10.99.0.1"
+    # TAP offloads on (this kernel offers IFF_VNET_HDR and TUNSETOFFLOAD on a TAP)
+    assert "tso4" in info["offloads"] and "gro" in info["offloads"]
 
     assert ping_ok(lab, b, VXLAN_ADDR_K)
     assert ping_ok(lab, a, VXLAN_ADDR_W)
@@ -177,6 +179,30 @@ def test_udp_fallback_sender_interop(lab: Lab) -> None:
     stats = show(lab, b)["stats"]
     assert stats["rx_packets"] > 100 and stats["tx_packets"] > 100
     assert not stats["drops"].get("tx_error")
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_tap_offloads_and_their_fallback(lab: Lab, plain: bool) -> None:
+    """With TSO on the TAP, TCP crosses to the kernel as super-frames cut natively (and back,
+    coalesced); WGPY_NO_OFFLOAD=1 forces the plain TAP and ``show`` says so."""
+    a, b = underlay_pair(lab, "10.99.5.1/24", "10.99.5.2/24")
+    kernel_vxlan(lab, a, "id 42 dstport 4789 remote 10.99.5.2 local 10.99.5.1 dev eth0",
+                 f"{VXLAN_ADDR_K}/24")
+    wgpy_vxlan(lab, b, "id 42 dstport 4789 remote 10.99.5.1 local 10.99.5.2 dev eth0",
+               f"{VXLAN_ADDR_W}/24", extra={"WGPY_NO_OFFLOAD": "1"} if plain else None)
+    info = show(lab, b)
+    if plain:
+        assert info["offloads"] == "none (WGPY_NO_OFFLOAD=1)"
+    else:
+        assert info["offloads"].startswith("csum") and "gro" in info["offloads"]
+    assert ping_ok(lab, b, VXLAN_ADDR_K)
+    tx_csum_off(lab, a)
+    for reverse in (False, True):
+        result = lab.iperf3(a, b, VXLAN_ADDR_K, seconds=2, reverse=reverse)
+        assert iperf3_bits_per_second(result) > 0
+    stats = show(lab, b)["stats"]
+    assert stats["rx_packets"] > 100 and stats["tx_packets"] > 100
+    assert not any(k.startswith("tap_") or k.endswith("exception") for k in stats["drops"])
 
 
 def test_fdb_commands_and_lifecycle(lab: Lab) -> None:

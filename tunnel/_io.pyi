@@ -49,8 +49,10 @@ class TunBatch:
     errors: dict[str, int]
     super_packets: int
     hold_oversized: bool
+    l2: int
+    verify: bool
     def __init__(self, fd: int, *, vnet_hdr: bool = True, gro: bool = False,
-                 hold_oversized: bool = False) -> None: ...
+                 hold_oversized: bool = False, l2: int = 0, verify: bool = False) -> None: ...
     @property
     def needed(self) -> int: ...
     @property

@@ -428,6 +428,32 @@ cdef extern from *:
         memcpy(vnet + 8, &v, 2);
     }
 
+    /* The IP packet of a frame behind an l2-byte link header (0: none; 14: Ethernet, whose
+       EtherType must match the IP version); NULL if there is none. */
+    static const unsigned char *wgpy_l3(const unsigned char *p, size_t len, size_t l2) {
+        uint32_t type;
+        if (l2 == 0)
+            return p;
+        if (len < l2 + 20)
+            return NULL;
+        type = wgpy_get16(p + l2 - 2);
+        if ((type == 0x0800 && (p[l2] >> 4) == 4) || (type == 0x86DD && (p[l2] >> 4) == 6))
+            return p + l2;
+        return NULL;
+    }
+
+    /* Is the TCP checksum of a TCP packet (no IP options / extension headers: t from
+       wgpy_tcp_info) right? */
+    static int wgpy_tcp_csum_ok(const unsigned char *p, const wgpy_tcpinfo *t) {
+        size_t len = t->header + t->payload;
+        uint32_t pseudo;
+        if (t->version == 4)
+            pseudo = wgpy_sum(p + 12, 8, 6 + (uint32_t)(len - t->l4));
+        else
+            pseudo = wgpy_sum(p + 8, 32, 6 + (uint32_t)(len - t->l4));
+        return wgpy_sum(p + t->l4, len - t->l4, pseudo) == 0xFFFF;
+    }
+
     /* EBADFD, EBADF, EIO, ENXIO, ENODEV: the device behind a TUN fd is (or may be) gone. */
     static int wgpy_tun_gone(int code) {
         return code == EBADFD || code == EBADF || code == EIO || code == ENXIO || code == ENODEV;
@@ -468,6 +494,7 @@ cdef extern from *:
         int local_family
         unsigned char local[16]
     ctypedef struct wgpy_super:
+        const unsigned char *pkt
         size_t len
         size_t next
         size_t mss
@@ -511,6 +538,8 @@ cdef extern from *:
     void wgpy_tcp_super(unsigned char *out, unsigned char *vnet, const unsigned char *first,
                         const wgpy_tcpinfo *tf, const unsigned char *last, size_t total) nogil
     int wgpy_tun_gone(int code) nogil
+    const unsigned char *wgpy_l3(const unsigned char *p, size_t len, size_t l2) nogil
+    int wgpy_tcp_csum_ok(const unsigned char *p, const wgpy_tcpinfo *t) nogil
 
 
 # --- Public constants (identical values in tunnel/io_ref.py) ---
@@ -536,6 +565,7 @@ cdef enum:
     C_VNET = 10
     C_GRO_SEGMENTS = 64       # segments per coalesced TUN write
     C_GRO_BYTES = 65535       # the largest IP packet
+    C_ETH = 14                # an Ethernet header (TunBatch l2 on a TAP)
     MAX_BATCH = 1024          # UIO_MAXIOV: the most messages one recvmmsg/sendmmsg takes
 
 
@@ -1085,7 +1115,9 @@ cdef class TunBatch:
     cdef readonly long coalesced
     cdef readonly list fallbacks
     cdef int _gro_refused
-    cdef unsigned char _shdr[128]
+    cdef unsigned char _shdr[192]
+    cdef readonly int l2
+    cdef readonly bint verify
     cdef unsigned char _svnet[C_VNET]
     cdef bint _busy
     cdef unsigned char *_scratch     # one super-packet: 2 x 64 KiB (slot head + overflow)
@@ -1106,7 +1138,11 @@ cdef class TunBatch:
     cdef int _bad_csum
 
     def __cinit__(self, int fd, *, bint vnet_hdr=True, bint gro=False,
-                  bint hold_oversized=False) -> None:
+                  bint hold_oversized=False, int l2=0, bint verify=False) -> None:
+        if l2 != 0 and l2 != C_ETH:
+            raise ValueError("l2 must be 0 (TUN) or 14 (TAP: Ethernet)")
+        self.l2 = l2
+        self.verify = verify
         self.fd = fd
         self.hold_oversized = hold_oversized and vnet_hdr
         self._has_big = False
@@ -1209,15 +1245,22 @@ cdef class TunBatch:
             self._busy = False
 
     cdef Py_ssize_t _drain(self, Py_ssize_t count, Py_ssize_t n, Py_ssize_t headroom) noexcept nogil:
-        cdef size_t size
+        cdef size_t size = 0
+        cdef size_t l2 = <size_t>self.l2
+        cdef unsigned char *slot
         while self._has_work and count < n:
-            size = wgpy_cut(&self._work, <unsigned char *>self._views[count].buf + headroom,
-                            self._views[count].len - headroom)
+            slot = <unsigned char *>self._views[count].buf + headroom
+            if <size_t>(self._views[count].len - headroom) > l2:
+                size = wgpy_cut(&self._work, slot + l2, self._views[count].len - headroom - l2)
+            else:
+                size = 0
             if size == 0:
                 self._too_big += 1
                 self._has_work = False
                 break
-            self._lens[count] = size
+            if l2:
+                memcpy(slot, self._scratch, l2)   # the link header of the super-frame
+            self._lens[count] = size + l2
             count += 1
             if self._work.next >= self._work.len:
                 self._has_work = False
@@ -1292,13 +1335,31 @@ cdef class TunBatch:
             # A super-packet: make it contiguous in the scratch (the overflow is already there).
             head = size if size < room else room
             memcpy(self._scratch, slot, head)
-            if not wgpy_parse_super(&self._work, self._scratch, size, self._hdr, mtu):
+            if not self._parse(size, mtu):
                 self._bad_gso += 1
                 continue
             self._has_work = True
             self.super_packets += 1
             count = self._drain(count, n, headroom)
         return count
+
+    cdef int _parse(self, size_t size, size_t mtu) noexcept nogil:
+        """Parse the super-packet (frame, with l2) in the scratch into self._work."""
+        cdef unsigned char hdr[C_VNET]
+        cdef uint16_t start
+        cdef size_t l2 = <size_t>self.l2
+        if l2 == 0:
+            return wgpy_parse_super(&self._work, self._scratch, size, self._hdr, mtu)
+        if wgpy_l3(self._scratch, size, l2) == NULL:
+            return 0
+        memcpy(hdr, self._hdr, C_VNET)
+        if hdr[0] & 1:
+            memcpy(&start, hdr + 6, 2)
+            if start < l2:
+                return 0
+            start = <uint16_t>(start - l2)   # csum_start counts from the frame's start
+            memcpy(hdr + 6, &start, 2)
+        return wgpy_parse_super(&self._work, self._scratch + l2, size - l2, hdr, mtu)
 
     def write(self, packets not None) -> int:
         """Write each packet (behind a zeroed virtio-net header if on); returns how many went.
@@ -1340,19 +1401,31 @@ cdef class TunBatch:
     cdef Py_ssize_t _run(self, Py_ssize_t i, Py_ssize_t n, wgpy_tcpinfo *tf, size_t *total) noexcept nogil:
         """How many packets from i on coalesce into one TCP super-packet (1: none)."""
         cdef wgpy_tcpinfo tp, tq
-        cdef const unsigned char *first = <const unsigned char *>self._views[i].buf
+        cdef size_t l2 = <size_t>self.l2
+        cdef const unsigned char *frame = <const unsigned char *>self._views[i].buf
+        cdef const unsigned char *first = wgpy_l3(frame, <size_t>self._views[i].len, l2)
         cdef const unsigned char *prev = first
         cdef const unsigned char *q
+        cdef const unsigned char *qf
         cdef Py_ssize_t k = i + 1, count = 1
-        cdef size_t size = <size_t>self._views[i].len
+        cdef size_t size = <size_t>self._views[i].len - l2
+        if first == NULL:
+            return 1
         wgpy_tcp_info(first, size, tf)
         if tf.version == 0 or first[tf.l4 + 13] & 0x08:
             return 1
+        if self.verify and not wgpy_tcp_csum_ok(first, tf):
+            return 1
         tp = tf[0]
         while k < n and count < C_GRO_SEGMENTS:
-            q = <const unsigned char *>self._views[k].buf
-            wgpy_tcp_info(q, <size_t>self._views[k].len, &tq)
+            qf = <const unsigned char *>self._views[k].buf
+            q = wgpy_l3(qf, <size_t>self._views[k].len, l2)
+            if q == NULL or (l2 and memcmp(qf, frame, l2)):
+                break
+            wgpy_tcp_info(q, <size_t>self._views[k].len - l2, &tq)
             if tq.version == 0 or not wgpy_tcp_follows(first, tf, prev, &tp, q, &tq):
+                break
+            if self.verify and not wgpy_tcp_csum_ok(q, &tq):
                 break
             if size + tq.payload > C_GRO_BYTES:
                 break
@@ -1374,20 +1447,31 @@ cdef class TunBatch:
         cdef int code
         cdef wgpy_tcpinfo tf
         cdef size_t total = 0
+        cdef size_t l2 = <size_t>self.l2
+        cdef uint16_t v16
         memset(zero, 0, C_VNET)
         while i < n:
             if self.gro and n - i > 1:
                 count = self._run(i, n, &tf, &total)
                 if count > 1:
-                    wgpy_tcp_super(self._shdr, self._svnet, <const unsigned char *>self._views[i].buf,
-                                   &tf, <const unsigned char *>self._views[i + count - 1].buf, total)
+                    wgpy_tcp_super(self._shdr + l2, self._svnet,
+                                   <const unsigned char *>self._views[i].buf + l2, &tf,
+                                   <const unsigned char *>self._views[i + count - 1].buf + l2, total)
+                    if l2:
+                        memcpy(self._shdr, self._views[i].buf, l2)
+                        memcpy(&v16, self._svnet + 2, 2)     # hdr_len
+                        v16 = <uint16_t>(v16 + l2)
+                        memcpy(self._svnet + 2, &v16, 2)
+                        memcpy(&v16, self._svnet + 6, 2)     # csum_start
+                        v16 = <uint16_t>(v16 + l2)
+                        memcpy(self._svnet + 6, &v16, 2)
                     iov[0].iov_base = self._svnet
                     iov[0].iov_len = C_VNET
                     iov[1].iov_base = self._shdr
-                    iov[1].iov_len = tf.header
+                    iov[1].iov_len = l2 + tf.header
                     for k in range(count):
-                        iov[2 + k].iov_base = <unsigned char *>self._views[i + k].buf + tf.header
-                        iov[2 + k].iov_len = <size_t>self._views[i + k].len - tf.header
+                        iov[2 + k].iov_base = <unsigned char *>self._views[i + k].buf + l2 + tf.header
+                        iov[2 + k].iov_len = <size_t>self._views[i + k].len - l2 - tf.header
                     while True:
                         r = writev(self.fd, iov, <int>(count + 2))
                         if r < 0 and errno == EINTR:

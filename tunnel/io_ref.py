@@ -54,6 +54,17 @@ TUN (:class:`TunBatch`, one per TUN fd opened with IFF_NO_PI, optionally IFF_VNE
   the kernel refuses one (EINVAL), GRO is turned off, a line is appended to
   :attr:`TunBatch.fallbacks` and the packets go one by one.
 
+TAP (``TunBatch(fd, l2=14)``, a TAP fd opened with IFF_VNET_HDR, see ``offload.open_tun``):
+every packet is an Ethernet frame. On read, a GSO super-frame's IP packet (after the 14-byte
+Ethernet header, whose EtherType must match the IP version; ``csum_start`` counts from the frame
+start) is cut as above and each segment gets a copy of the Ethernet header; ``mtu`` is the IP MTU
+(segments are at most ``14 + mtu`` bytes). On write with ``gro``, runs of frames with identical
+Ethernet headers whose IP packets coalesce (as above) leave as one super-frame (hdr_len and
+csum_start counting the Ethernet header). With ``verify=True`` a segment joins a run only if its
+TCP checksum is right (a frame that fails is written on its own, for the kernel to judge): for
+payloads no authenticated transport vouches for (VXLAN), so coalescing never turns a bad
+checksum into a trusted partial one.
+
 Read errors other than EAGAIN/EINTR raise OSError when nothing was read yet (else the batch
 ends and the next call meets the error); write errors that mean the device is gone (EBADFD,
 EBADF, EIO, ENXIO, ENODEV) raise OSError. Single-threaded: one event loop owns an object.
@@ -420,6 +431,27 @@ def complete_checksum(packet: bytearray | memoryview, start: int, offset: int) -
     return True
 
 
+def l3_offset(frame: Buffer, l2: int) -> int:
+    """Where the IP packet of a frame behind an ``l2``-byte link header starts (0: no link
+    header; 14: Ethernet, whose EtherType must match the IP version); -1 if there is none."""
+    if l2 == 0:
+        return 0
+    if len(frame) < l2 + 20:
+        return -1
+    kind = (frame[l2 - 2] << 8) | frame[l2 - 1]
+    version = frame[l2] >> 4
+    if (kind == 0x0800 and version == 4) or (kind == 0x86DD and version == 6):
+        return l2
+    return -1
+
+
+def tcp_checksum_ok(packet: Buffer, info: TcpInfo) -> bool:
+    """Is the TCP checksum of ``packet`` (described by :func:`tcp_info`) right?"""
+    size = info.header + info.payload
+    pseudo = _pseudo_sum(packet, info.version, 6, size - info.l4)
+    return checksum(packet[info.l4:size], pseudo) == 0xFFFF
+
+
 def parse_super(packet: bytes, hdr: tuple[int, int, int, int, int, int], mtu: int) -> _Super | None:
     """Where the TCP header of a GSO super-packet is, and its segment size; None if malformed."""
     flags, gso_type, _hdr_len, gso_size, csum_start, _csum_offset = hdr
@@ -545,21 +577,33 @@ def tcp_follows(first: Buffer, tf: TcpInfo, prev: Buffer, tp: TcpInfo, q: Buffer
     return bool(struct.unpack_from("!I", n, l4 + 4)[0] == (seq_prev + tp.payload) & 0xFFFFFFFF)
 
 
-def coalesce_run(packets: Sequence[Buffer], start: int) -> tuple[int, int, TcpInfo | None]:
-    """``(count, total length, info of the first)`` of the run of segments from ``start`` that
-    coalesce into one super-packet; count 1 means none (write the packet as it is)."""
-    first = packets[start]
+def coalesce_run(packets: Sequence[Buffer], start: int, l2: int = 0,
+                 verify: bool = False) -> tuple[int, int, TcpInfo | None]:
+    """``(count, total IP length, info of the first)`` of the run of segments from ``start``
+    that coalesce into one super-packet; count 1 means none (write the packet as it is).
+    ``l2``: link header bytes before each IP packet (identical within a run); ``verify``: only
+    segments with a right TCP checksum join."""
+    frame = packets[start]
+    if l3_offset(frame, l2) < 0:
+        return 1, len(frame), None
+    first = memoryview(frame)[l2:]
     tf = tcp_info(first)
-    if tf is None or first[tf.l4 + 13] & 0x08:
+    if tf is None or first[tf.l4 + 13] & 0x08 or (verify and not tcp_checksum_ok(first, tf)):
         return 1, len(first), tf
+    link = bytes(frame[:l2])
     prev, tp = first, tf
     size = len(first)
     count = 1
     k = start + 1
     while k < len(packets) and count < GRO_SEGMENTS:
-        q = packets[k]
+        qf = packets[k]
+        if l3_offset(qf, l2) < 0 or bytes(qf[:l2]) != link:
+            break
+        q = memoryview(qf)[l2:]
         tq = tcp_info(q)
         if tq is None or not tcp_follows(first, tf, prev, tp, q, tq):
+            break
+        if verify and not tcp_checksum_ok(q, tq):
             break
         if size + tq.payload > GRO_BYTES:
             break
@@ -594,7 +638,11 @@ class TunBatch:
     """Batch read/write on one TUN fd (see the module docstring for the contract)."""
 
     def __init__(self, fd: int, *, vnet_hdr: bool = True, gro: bool = False,
-                 hold_oversized: bool = False) -> None:
+                 hold_oversized: bool = False, l2: int = 0, verify: bool = False) -> None:
+        if l2 not in (0, 14):
+            raise ValueError("l2 must be 0 (TUN) or 14 (TAP: Ethernet)")
+        self.l2 = l2
+        self.verify = verify
         self.fd = fd
         self.hold_oversized = hold_oversized and vnet_hdr
         self._big: bytes | None = None
@@ -605,6 +653,7 @@ class TunBatch:
         self.errors: dict[str, int] = {}
         self.super_packets = 0  # GSO super-packets cut so far (a statistic)
         self._work: _Super | None = None
+        self._link = b""  # the link header of the super-frame being cut
         self._header = bytearray(VNET_HDR_LEN)
         self._overflow = bytearray(SUPER_PACKET)
 
@@ -628,13 +677,16 @@ class TunBatch:
 
     def _drain(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int, count: int) -> int:
         work = self._work
+        l2 = self.l2
         while work is not None and count < len(bufs):
-            size = cut_segment(work, memoryview(bufs[count])[headroom:])
+            slot = memoryview(bufs[count])[headroom:]
+            size = cut_segment(work, slot[l2:]) if len(slot) > l2 else 0
             if size == 0:
                 self._count("read:too_big")
                 self._work = work = None
                 break
-            lengths[count] = size
+            slot[:l2] = self._link
+            lengths[count] = size + l2
             count += 1
             if work.next_offset >= len(work.packet):
                 self._work = work = None
@@ -696,7 +748,7 @@ class TunBatch:
                 continue
             head = min(size, room)
             packet = bytes(slot[:head]) + bytes(self._overflow[: size - head])
-            work = parse_super(packet, hdr, mtu)
+            work = self._parse(packet, hdr, mtu)
             if work is None:
                 self._count("read:bad_gso")
                 continue
@@ -704,6 +756,20 @@ class TunBatch:
             self.super_packets += 1
             count = self._drain(bufs, lengths, headroom, count)
         return count
+
+    def _parse(self, frame: bytes, hdr: tuple[int, int, int, int, int, int], mtu: int) -> _Super | None:
+        l2 = self.l2
+        if l2 == 0:
+            return parse_super(frame, hdr, mtu)
+        if l3_offset(frame, l2) < 0:
+            return None
+        flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = hdr
+        if flags & VNET_F_NEEDS_CSUM:
+            if csum_start < l2:
+                return None
+            csum_start -= l2
+        self._link = frame[:l2]
+        return parse_super(frame[l2:], (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset), mtu)
 
     def write(self, packets: Sequence[Buffer]) -> int:
         """Write each packet (behind a zeroed virtio-net header if on); returns how many went.
@@ -714,12 +780,18 @@ class TunBatch:
         total = len(packets)
         while index < total:
             if self.gro and total - index > 1:
-                count, size, tf = coalesce_run(packets, index)
+                l2 = self.l2
+                count, size, tf = coalesce_run(packets, index, l2, self.verify)
                 if count > 1 and tf is not None:
                     run = packets[index:index + count]
-                    vnet, header = super_header(run[0], tf, run[-1], size)
+                    vnet, header = super_header(memoryview(run[0])[l2:], tf, memoryview(run[-1])[l2:], size)
+                    if l2:
+                        flags, kind, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack(vnet)
+                        vnet = _VNET.pack(flags, kind, hdr_len + l2, gso_size, csum_start + l2, csum_offset)
+                        header = bytearray(run[0][:l2]) + header
+                    start = l2 + tf.header
                     try:
-                        os.writev(self.fd, [vnet, header, *(memoryview(p)[tf.header:] for p in run)])
+                        os.writev(self.fd, [vnet, header, *(memoryview(p)[start:] for p in run)])
                         written += count
                         self.coalesced += 1
                     except OSError as exc:

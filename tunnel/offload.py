@@ -10,6 +10,9 @@ must be set before the device is used, so :func:`open_tun` opens ``/dev/net/tun`
    then nothing: with TSO the kernel hands us TCP super-packets of up to 64 KiB (cut by
    :class:`TunBatch.read`), with CSUM it may leave checksums partial (completed there too).
 
+``open_tun(name, tap=True)`` does the same for a TAP device (IFF_TAP: Ethernet frames; the
+VXLAN daemon's device, read with ``TunBatch(fd, l2=14)``).
+
 What was enabled is returned as a :class:`TunOffload`; each refusal is a line in its ``notes``
 that the caller logs at verbose. The per-packet work is in ``tunnel._io`` (Cython) and
 ``tunnel.io_ref`` (pure Python); :func:`load_io` picks one (``WGPY_PURE=1`` forces the reference).
@@ -34,9 +37,12 @@ TUNGETFEATURES = 0x800454CF
 TUNSETOFFLOAD = 0x400454D0
 TUNGETVNETHDRSZ = 0x800454D7
 TUNSETVNETHDRSZ = 0x400454D8
+SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
+SIOCGIFHWADDR = 0x8927
 
 IFF_TUN = 0x0001
+IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 
@@ -89,15 +95,17 @@ def _set_iff(fd: int, name: str, flags: int) -> str:
 
 
 def open_tun(name: str, *, vnet_hdr: bool = True, offloads: int = DEFAULT_OFFLOADS,
-             mtu: int | None = None) -> tuple[int, TunOffload]:
+             mtu: int | None = None, tap: bool = False) -> tuple[int, TunOffload]:
     """Create TUN device ``name`` (IFF_NO_PI) with as many of the asked offloads as the kernel
     takes; returns ``(fd, what_was_enabled)``. Raises OSError if even a plain TUN fails.
+    ``tap``: a TAP device (Ethernet frames) instead of a TUN device.
 
     ``mtu`` (optional) is set with SIOCSIFMTU in the current network namespace.
     """
     if not name or len(name.encode()) >= IFNAMSIZ or "/" in name:
         raise ValueError(f"invalid interface name {name!r}")
     notes: list[str] = []
+    kind = IFF_TAP if tap else IFF_TUN
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         got_vnet = False
@@ -108,7 +116,7 @@ def open_tun(name: str, *, vnet_hdr: bool = True, offloads: int = DEFAULT_OFFLOA
                 features = 0
             if features & IFF_VNET_HDR:
                 try:
-                    actual = _set_iff(fd, name, IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
+                    actual = _set_iff(fd, name, kind | IFF_NO_PI | IFF_VNET_HDR)
                     got_vnet = True
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
@@ -117,7 +125,7 @@ def open_tun(name: str, *, vnet_hdr: bool = True, offloads: int = DEFAULT_OFFLOA
             else:
                 notes.append("IFF_VNET_HDR not offered by this kernel: plain TUN reads and writes")
         if not got_vnet:
-            actual = _set_iff(fd, name, IFF_TUN | IFF_NO_PI)
+            actual = _set_iff(fd, name, kind | IFF_NO_PI)
         accepted = 0
         if got_vnet:
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
@@ -144,6 +152,20 @@ def set_mtu(name: str, mtu: int) -> None:
     """SIOCSIFMTU on ``name`` in the current network namespace. Raises OSError."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         fcntl.ioctl(sock.fileno(), SIOCSIFMTU, _IFREQ_INT.pack(name.encode(), mtu))
+
+
+def get_mtu(name: str) -> int:
+    """SIOCGIFMTU of ``name`` in the current network namespace. Raises OSError."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        answer = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, _IFREQ_INT.pack(name.encode(), 0))
+    return int(_IFREQ_INT.unpack(answer)[1])
+
+
+def get_hwaddr(name: str) -> bytes:
+    """The 6-byte hardware address of ``name`` (SIOCGIFHWADDR). Raises OSError."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        answer = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", name.encode()))
+    return bytes(answer[18:24])  # struct sockaddr: family (2 bytes), then the address
 
 
 def load_io(name: str) -> ModuleType:

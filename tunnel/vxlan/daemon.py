@@ -10,20 +10,35 @@ fd, or the periodic ifindex check), then closes everything: the TAP goes with it
 control socket file is removed. :func:`start` adds the daemonizing double fork: the parent
 exits 0 only once ``open`` succeeded in the daemon, else prints the reason and exits 1.
 
-Data path (all on the loop thread, one batch per readiness callback, no Python object per
-packet on the hot path): the TAP reader reads up to ``BATCH`` frames until EAGAIN with
-``fast.TapBatch.read`` (a C read loop, GIL released) into preallocated ``bytearray``s with
-``HEADROOM`` (8) bytes in front, ``VxlanEngine.transmit_bufs`` checks them, hashes the source
-ports and plans the sends (one FDB lookup per destination MAC per batch), and the sender sends
-the whole plan (``RawSender``: one sendmmsg on the raw socket with natively built UDP/VXLAN
-headers and IPv4 checksums; ``UdpSender``: ``UdpBatch.send`` with UDP GSO). The UDP reader
-receives with ``UdpBatch.recv`` (recvmmsg), ``VxlanEngine.receive_bufs`` applies the receive
-rules natively and learns once per run, and ``TapBatch.write`` writes the accepted frames in one
-C loop. ``tunnel.vxlan.fast`` and ``tunnel.offload.select_io`` pick the Cython modules or their
-pure twins (``WGPY_PURE=1``). Buffers are reused once the batch is sent (the engine keeps no
+TAP offloads. The TAP is opened by ``tunnel.offload.open_tun(name, tap=True)`` with
+IFF_VNET_HDR and TUNSETOFFLOAD (CSUM, TSO4, TSO6): the local stack then hands us TCP
+super-frames of up to 64 KiB and leaves checksums partial. ``TunBatch(fd, l2=14)`` (the same
+native splitter as the WireGuard TUN, behind the Ethernet header) cuts each super-frame into
+MTU-sized frames with their IP/TCP headers and checksums fixed and completes partial checksums;
+on the way in it coalesces runs of TCP segments of one flow (identical Ethernet headers, see
+``tunnel/io_ref.py``) into one super-frame written with a GSO virtio-net header, each segment's
+TCP checksum verified first (``verify=True``: nothing vouches for a VXLAN payload but its own
+checksum). What the kernel refused is logged and shown as ``offloads`` in ``show``;
+``WGPY_NO_OFFLOAD=1`` opens a plain TAP and uses ``fast.TapBatch`` (frame by frame).
+
+Data path (all on the loop thread, one batch per readiness callback, no Python object per packet
+on the hot path): the TAP reader reads up to ``BATCH`` frames until EAGAIN (cutting
+super-frames; segments that do not fit the batch are sent in the next batch of the same
+callback) into preallocated ``bytearray``s with ``HEADROOM`` (8) bytes in front,
+``VxlanEngine.transmit_bufs`` checks them, hashes the source ports and plans the sends (one FDB
+lookup per destination MAC per batch), and the sender sends the whole plan (``RawSender``: one
+sendmmsg on the raw socket with natively built UDP/VXLAN headers and IPv4 checksums;
+``UdpSender``: ``UdpBatch.send`` with UDP GSO). The UDP reader receives with ``UdpBatch.recv``
+(recvmmsg), ``VxlanEngine.receive_bufs`` applies the receive rules natively and learns once per
+run, and the TAP batch writes the accepted frames in one C loop (coalesced into super-frames
+with offloads; note the list of frame views this builds, one memoryview per accepted frame).
+``tunnel.vxlan.fast`` and ``tunnel.offload.select_io`` pick the Cython modules or their pure
+twins (``WGPY_PURE=1``). Buffers are reused once the batch is sent (the engine keeps no
 references). An exception in a batch is logged and counted (``rx_exception``/``tx_exception``)
 and never stops the daemon. Shell-side drops join the engine's ``drops`` counter: ``tx_error``,
-``tx_buffer_full``, ``rx_error``, ``device_down`` (TAP written while down), ``tap_write_error``.
+``tx_buffer_full``, ``rx_error``, ``device_down`` (TAP written while down), ``tap_write_error``,
+and with offloads ``tap_too_big``, ``tap_bad_gso``, ``tap_bad_csum``, ``tap_short`` (frames the
+TAP batch could not cut).
 """
 
 from __future__ import annotations
@@ -31,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import random
@@ -45,9 +59,7 @@ from array import array
 from dataclasses import replace
 from typing import Any
 
-import pytun
-
-from tunnel.offload import select_io
+from tunnel.offload import TunOffload, get_hwaddr, get_mtu, open_tun, select_io, set_mtu
 
 from .config import VxlanConfig
 from .control import handle_request, is_alive, socket_path
@@ -64,6 +76,8 @@ BUFSIZE = 65536
 AGE_INTERVAL = 10.0
 LINK_CHECK_INTERVAL = 1.0
 READY_TIMEOUT = 30.0
+TAP_ROUNDS = 8  # batches per TAP readiness callback while cut segments are pending
+ETH_HLEN = 14
 
 
 class DaemonError(Exception):
@@ -77,8 +91,9 @@ class VxlanDaemon:
         self.config = replace(config, hash_seed=random.getrandbits(32))
         self.name = config.name
         self.engine: VxlanEngine | None = None
-        self.tap: Any = None
         self.tap_fd = -1
+        self.offload: TunOffload | None = None
+        self.offloads = "none"
         self.tap_index = 0
         self.mtu = 0
         self.udp: socket.socket | None = None
@@ -125,21 +140,13 @@ class VxlanDaemon:
         path = self.control_path
         if is_alive(path):
             raise DaemonError(f"{name}: a wg-py vxlan daemon already runs ({path})")
-        try:
-            self.tap = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
-        except (pytun.Error, OSError) as exc:
-            raise DaemonError(f"{name}: cannot create TAP device: {exc}") from None
-        self.tap_fd = self.tap.fileno()
-        flags = fcntl.fcntl(self.tap_fd, fcntl.F_GETFL)
-        fcntl.fcntl(self.tap_fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        self.tap_index = socket.if_nametoindex(name)
-        self.tap_io = self.fast.TapBatch(self.tap_fd)
+        self._open_tap(name)
         try:
             if lower_mtu:
-                self.tap.mtu = tap_mtu(lower_mtu, cfg.ipv6)
-            self.mtu = int(self.tap.mtu)
-            own_mac = bytes(self.tap.hwaddr)
-        except (pytun.Error, OSError, ValueError) as exc:
+                set_mtu(name, tap_mtu(lower_mtu, cfg.ipv6))
+            self.mtu = get_mtu(name)
+            own_mac = get_hwaddr(name)
+        except (OSError, ValueError) as exc:
             raise DaemonError(f"{name}: cannot configure TAP device: {exc}") from None
         try:
             self.udp = open_receiver(cfg)
@@ -156,6 +163,25 @@ class VxlanDaemon:
         self.engine = VxlanEngine(self.config, time.monotonic(), self.fast)
         self.engine.set_own_mac(own_mac)
         self._open_control(path)
+
+    def _open_tap(self, name: str) -> None:
+        """The TAP device, with offloads unless WGPY_NO_OFFLOAD=1 (see module doc)."""
+        plain = os.environ.get("WGPY_NO_OFFLOAD") == "1"
+        try:
+            self.tap_fd, self.offload = open_tun(name, tap=True, vnet_hdr=not plain)
+        except OSError as exc:
+            raise DaemonError(f"{name}: cannot create TAP device: {exc.strerror or exc}") from None
+        self.tap_index = socket.if_nametoindex(self.offload.name)
+        for note in self.offload.notes:
+            log.info("%s: offload fallback: %s", name, note)
+        if self.offload.vnet_hdr:
+            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=True, gro=True, l2=ETH_HLEN,
+                                           verify=True)
+            self.offloads = self.offload.describe().split("offloads=", 1)[1] + ",gro"
+        else:
+            self.tap_io = self.fast.TapBatch(self.tap_fd)
+            self.offloads = "none (WGPY_NO_OFFLOAD=1)" if plain else "none (no IFF_VNET_HDR)"
+        log.info("%s: TAP offloads: %s", name, self.offloads)
 
     def _open_control(self, path: Any) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -197,10 +223,9 @@ class VxlanDaemon:
             self.udp.close()
             self.udp = None
         self.tap_io = None
-        if self.tap is not None:
-            with contextlib.suppress(Exception):
-                self.tap.close()
-            self.tap = None
+        if self.tap_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.tap_fd)
             self.tap_fd = -1
 
     # ---- running -------------------------------------------------------------------------
@@ -234,9 +259,10 @@ class VxlanDaemon:
             asyncio.ensure_future(self._every(AGE_INTERVAL, self._age)),
             asyncio.ensure_future(self._every(LINK_CHECK_INTERVAL, self._check_link)),
         ]
-        log.info("%s: vni %d dstport %d up (sender %s, mtu %d, datapath %s, io %s)", self.name,
-                 self.config.vni, self.config.dstport, self.sender.mode if self.sender else "?",
-                 self.mtu, self.fast_name, self.io_name)
+        log.info("%s: vni %d dstport %d up (sender %s, mtu %d, datapath %s, io %s, "
+                 "offloads %s)", self.name, self.config.vni, self.config.dstport,
+                 self.sender.mode if self.sender else "?", self.mtu, self.fast_name, self.io_name,
+                 self.offloads)
         try:
             await self._stopping.wait()
         finally:
@@ -276,13 +302,40 @@ class VxlanDaemon:
     # ---- data path -----------------------------------------------------------------------
 
     def _on_tap_readable(self) -> None:
-        try:
-            count = self.tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM)
-        except OSError as exc:
-            self.stop(f"TAP device gone ({exc.strerror})")
-            return
-        if count:
-            self._transmit(count)
+        vnet = self.offload is not None and self.offload.vnet_hdr
+        tap_io = self.tap_io
+        for _ in range(TAP_ROUNDS):
+            try:
+                if vnet:
+                    count = tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM, self.mtu)
+                else:
+                    count = tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM)
+            except OSError as exc:
+                self.stop(f"TAP device gone ({exc.strerror})")
+                return
+            if vnet and tap_io.errors:
+                self._tap_errors()
+            if count:
+                self._transmit(count)
+            if count < BATCH or not vnet or not tap_io.pending:
+                return
+        # still segments of a super-frame in the scratch: finish them on the next loop turn
+        asyncio.get_running_loop().call_soon(self._on_tap_readable)
+
+    def _write_tap(self, frames: list[Any]) -> None:
+        """Write frames (buffers) to the TAP; failures become drops."""
+        assert self.engine is not None
+        if self.offload is not None and self.offload.vnet_hdr:
+            try:
+                self.tap_io.write(frames)
+            except OSError as exc:  # EIO: the device is down; others: it is going away
+                reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
+                self.engine.drops[reason] += len(frames)
+                return
+        else:
+            self.tap_io.write_frames(frames)
+        if self.tap_io.errors:
+            self._tap_errors()
 
     def _transmit(self, count: int) -> None:
         """Plan and send the ``count`` frames just read into the TX buffers."""
@@ -295,8 +348,7 @@ class VxlanDaemon:
             plan = engine.transmit_bufs(bufs, lengths, count, time.monotonic(), HEADROOM,
                                         verdicts, sports)
             if plan.local:
-                self.tap_io.write_frames(plan.local)
-                self._tap_errors()
+                self._write_tap(list(plan.local))
             if not plan.items:
                 return
             _sent, full, errors = sender.send_batch(bufs, lengths, HEADROOM, verdicts, sports,
@@ -323,7 +375,10 @@ class VxlanDaemon:
         try:
             delivered = engine.receive_bufs(bufs, lengths, sources, count, time.monotonic(),
                                             verdicts)
-            if delivered:
+            if delivered and self.offload is not None and self.offload.vnet_hdr:
+                self._write_tap([memoryview(bufs[i])[VXLAN_HLEN:lengths[i]]
+                                 for i in range(count) if verdicts[i] == 0])
+            elif delivered:
                 self.tap_io.write(bufs, lengths, VXLAN_HLEN, verdicts, count)
                 if self.tap_io.errors:
                     self._tap_errors()
@@ -339,11 +394,17 @@ class VxlanDaemon:
             self.engine.drops["rx_error"] += errors.pop(key)
 
     def _tap_errors(self) -> None:
-        """Move the TapBatch's write error counts into the drops (EIO: the device is down)."""
+        """Move the TAP batch's error counts into the drops: write errors (EIO: the device is
+        down) and, with offloads, read-side drops (``read:too_big`` -> ``tap_too_big``, ...)."""
         assert self.engine is not None
         errors = self.tap_io.errors
         for name in list(errors):
-            reason = "device_down" if name == "EIO" else "tap_write_error"
+            if name.startswith("read:"):
+                reason = "tap_" + name[5:]
+            elif name in ("EIO", "write:EIO"):
+                reason = "device_down"
+            else:
+                reason = "tap_write_error"
             self.engine.drops[reason] += errors.pop(name)
 
     # ---- control -------------------------------------------------------------------------
@@ -358,6 +419,7 @@ class VxlanDaemon:
             "sender": sender,
             "datapath": self.fast_name,
             "io": self.io_name,
+            "offloads": self.offloads,
             "source_port": "hashed" if sender == "raw" else f"fixed {self.config.dstport}",
         }
 
