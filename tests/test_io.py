@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import pytest
 
 from tunnel.endpoint import Endpoint
-from tunnel.offload import load_io
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -33,13 +32,6 @@ IPV6_RECVPKTINFO = 49
 
 LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 T = TypeVar("T")
-
-
-@pytest.fixture(params=("cython", "pure"))
-def io(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "cython" and os.environ.get("WGPY_PURE") == "1":
-        pytest.skip("WGPY_PURE=1 disables the Cython backend")
-    return load_io(request.param)
 
 
 def udp_socket(family: int, pktinfo: bool = True) -> socket.socket:

@@ -22,7 +22,6 @@ import pytest
 
 from tests.test_io import in_netns, namespace
 from tunnel import offload
-from tunnel.offload import load_io
 
 VNET = struct.Struct("=BBHHHH")
 NEEDS_CSUM = 1
@@ -32,13 +31,6 @@ SRC4, DST4 = bytes([10, 1, 2, 3]), bytes([10, 9, 8, 7])
 SRC6 = bytes.fromhex("fd000000000000000000000000000001")
 DST6 = bytes.fromhex("fd0000000000000000000000000000ff")
 HEADROOM = 16
-
-
-@pytest.fixture(params=("cython", "pure"))
-def io(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "cython" and os.environ.get("WGPY_PURE") == "1":
-        pytest.skip("WGPY_PURE=1 disables the Cython backend")
-    return load_io(request.param)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import random
 import socket
 import struct
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -24,26 +23,6 @@ from tunnel.offload import load_io
 
 HEADROOM = 16
 GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM = 1, 4, 1
-
-
-@pytest.fixture(params=("cython", "pure"))
-def io(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "cython" and os.environ.get("WGPY_PURE") == "1":
-        pytest.skip("WGPY_PURE=1 disables the Cython backend")
-    return load_io(request.param)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(kernel side, our side) of a datagram socketpair standing in for a TUN fd."""
-    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    for sock in (kernel, ours):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.setblocking(False)
-    yield kernel, ours
-    kernel.close()
-    ours.close()
 
 
 def segment(version: int, payload: bytes, seq: int, flags: int = ACK, *, ident: int = 100,
@@ -98,8 +77,8 @@ def resegment(io: ModuleType, frames: list[bytes], mtu: int) -> list[bytes]:
 
 @pytest.mark.parametrize("version", [4, 6])
 @pytest.mark.parametrize("sizes", [[1368] * 2, [1368] * 10 + [500], [1000] * 64, [1368] * 47 + [7]])
-def test_run_becomes_one_super_packet(io: ModuleType, pair: Any, version: int, sizes: list[int]) -> None:
-    kernel, ours = pair
+def test_run_becomes_one_super_packet(io: ModuleType, device_pair: Any, version: int, sizes: list[int]) -> None:
+    kernel, ours = device_pair
     packets = stream(version, sizes)
     batch = io.TunBatch(ours.fileno(), vnet_hdr=True, gro=True)
     assert batch.write([memoryview(bytearray(p)) for p in packets]) == len(packets)
@@ -130,8 +109,8 @@ def test_run_becomes_one_super_packet(io: ModuleType, pair: Any, version: int, s
 
 
 @pytest.mark.parametrize("version", [4, 6])
-def test_what_does_not_coalesce_goes_as_it_came(io: ModuleType, pair: Any, version: int) -> None:
-    kernel, ours = pair
+def test_what_does_not_coalesce_goes_as_it_came(io: ModuleType, device_pair: Any, version: int) -> None:
+    kernel, ours = device_pair
     a = stream(version, [1000] * 3, seq=1000, last_flags=ACK)
     b = stream(version, [1000] * 3, seq=5000, last_flags=ACK, sport=40001)
     gap = segment(version, b"x" * 1000, 9999)  # not the next sequence number of anything
@@ -145,8 +124,8 @@ def test_what_does_not_coalesce_goes_as_it_came(io: ModuleType, pair: Any, versi
     assert batch.coalesced == 0
 
 
-def test_gro_off_or_plain_device_writes_one_by_one(io: ModuleType, pair: Any) -> None:
-    kernel, ours = pair
+def test_gro_off_or_plain_device_writes_one_by_one(io: ModuleType, device_pair: Any) -> None:
+    kernel, ours = device_pair
     packets = stream(4, [1368] * 5)
     for batch, prefix in ((io.TunBatch(ours.fileno(), vnet_hdr=True), bytes(10)),
                           (io.TunBatch(ours.fileno(), vnet_hdr=False, gro=True), b"")):
@@ -155,11 +134,11 @@ def test_gro_off_or_plain_device_writes_one_by_one(io: ModuleType, pair: Any) ->
         assert drain(kernel) == [prefix + p for p in packets]
 
 
-def test_backends_write_identical_frames(pair: Any) -> None:
+def test_backends_write_identical_frames(device_pair: Any) -> None:
     """A differential check over random mixes of flows, sizes, gaps and flags."""
     if os.environ.get("WGPY_PURE") == "1":
         pytest.skip("WGPY_PURE=1 disables the Cython backend")
-    kernel, ours = pair
+    kernel, ours = device_pair
     rng = random.Random(5)
     results = []
     for name in ("cython", "pure"):
@@ -188,8 +167,8 @@ def test_backends_write_identical_frames(pair: Any) -> None:
 # ------------------------------------------------------------------------ oversized packets held
 
 
-def test_oversized_packet_is_held_until_slots_grow(io: ModuleType, pair: Any) -> None:
-    kernel, ours = pair
+def test_oversized_packet_is_held_until_slots_grow(io: ModuleType, device_pair: Any) -> None:
+    kernel, ours = device_pair
     first = segment(4, bytes(100), 1)
     big = segment(4, bytes(3000), 101)
     after = segment(4, bytes(10), 3101)
@@ -207,8 +186,8 @@ def test_oversized_packet_is_held_until_slots_grow(io: ModuleType, pair: Any) ->
     assert batch.needed == 0 and batch.pending == 0 and batch.errors == {}
 
 
-def test_held_packet_is_dropped_if_slots_stay_small(io: ModuleType, pair: Any) -> None:
-    kernel, ours = pair
+def test_held_packet_is_dropped_if_slots_stay_small(io: ModuleType, device_pair: Any) -> None:
+    kernel, ours = device_pair
     big = segment(6, bytes(3000), 1)
     after = segment(6, bytes(10), 3001)
     for packet in (big, after):

@@ -13,7 +13,6 @@ import os
 import socket
 import struct
 import uuid
-from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
@@ -31,7 +30,6 @@ from tests.test_offload import (
     tcp_packet,
 )
 from tunnel import offload
-from tunnel.offload import load_io
 
 HEADROOM = 8
 DST_MAC = bytes.fromhex("020000000002")
@@ -41,26 +39,6 @@ GSO_TCPV4, GSO_TCPV6 = 1, 4
 
 def eth(version: int, other_mac: bytes = SRC_MAC) -> bytes:
     return DST_MAC + other_mac + (b"\x08\x00" if version == 4 else b"\x86\xdd")
-
-
-@pytest.fixture(params=("cython", "pure"))
-def io(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "cython" and os.environ.get("WGPY_PURE") == "1":
-        pytest.skip("WGPY_PURE=1 disables the Cython backend")
-    return load_io(request.param)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(kernel side, our side) of a datagram socketpair standing in for a TAP fd."""
-    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    for sock in (kernel, ours):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.setblocking(False)
-    yield kernel, ours
-    kernel.close()
-    ours.close()
 
 
 def read_frames(batch: object, slots: int = 64, mtu: int = 1450) -> list[bytes]:
@@ -101,8 +79,8 @@ def segments(version: int, sizes: list[int], seq: int = 0xFFFFFF00) -> list[byte
 @pytest.mark.parametrize("version", [4, 6])
 @pytest.mark.parametrize("slots", [64, 5])
 def test_super_frame_is_cut_behind_the_ethernet_header(
-        io: ModuleType, pair: tuple[socket.socket, socket.socket], version: int, slots: int) -> None:
-    kernel, ours = pair
+        io: ModuleType, device_pair: tuple[socket.socket, socket.socket], version: int, slots: int) -> None:
+    kernel, ours = device_pair
     data = os.urandom(20000)
     mss = 1398 if version == 4 else 1378
     hdr, packet = super_packet(version, data, mss)
@@ -133,8 +111,8 @@ def test_super_frame_is_cut_behind_the_ethernet_header(
     assert joined == data
 
 
-def test_needs_csum_frame_is_completed(io: ModuleType, pair: tuple[socket.socket, socket.socket]) -> None:
-    kernel, ours = pair
+def test_needs_csum_frame_is_completed(io: ModuleType, device_pair: tuple[socket.socket, socket.socket]) -> None:
+    kernel, ours = device_pair
     packet = tcp_packet(4, b"hello vxlan", 1000, ACK | PSH)  # partial checksum
     kernel.send(VNET.pack(NEEDS_CSUM, 0, 0, 0, 14 + 20, 16) + eth(4) + packet)
     [frame] = read_frames(io.TunBatch(ours.fileno(), l2=14))
@@ -144,8 +122,8 @@ def test_needs_csum_frame_is_completed(io: ModuleType, pair: tuple[socket.socket
 
 @pytest.mark.parametrize("ethertype", [b"\x81\x00", b"\x86\xdd"])
 def test_super_frame_with_wrong_ethertype_is_dropped(
-        io: ModuleType, pair: tuple[socket.socket, socket.socket], ethertype: bytes) -> None:
-    kernel, ours = pair
+        io: ModuleType, device_pair: tuple[socket.socket, socket.socket], ethertype: bytes) -> None:
+    kernel, ours = device_pair
     hdr, packet = super_packet(4, os.urandom(5000), 1398)
     flags, kind, hdr_len, gso_size, csum_start, csum_offset = VNET.unpack(hdr)
     kernel.send(VNET.pack(flags, kind, hdr_len + 14, gso_size, csum_start + 14, csum_offset)
@@ -155,9 +133,9 @@ def test_super_frame_with_wrong_ethertype_is_dropped(
     assert batch.errors.get("read:bad_gso") == 1
 
 
-def test_l2_must_be_ethernet_or_nothing(io: ModuleType, pair: tuple[socket.socket, socket.socket]) -> None:
+def test_l2_must_be_ethernet_or_nothing(io: ModuleType, device_pair: tuple[socket.socket, socket.socket]) -> None:
     with pytest.raises(ValueError):
-        io.TunBatch(pair[1].fileno(), l2=4)
+        io.TunBatch(device_pair[1].fileno(), l2=4)
 
 
 # ------------------------------------------------------------------------ write: GRO
@@ -165,8 +143,8 @@ def test_l2_must_be_ethernet_or_nothing(io: ModuleType, pair: tuple[socket.socke
 
 @pytest.mark.parametrize("version", [4, 6])
 def test_frames_of_one_flow_leave_as_one_super_frame(
-        io: ModuleType, pair: tuple[socket.socket, socket.socket], version: int) -> None:
-    kernel, ours = pair
+        io: ModuleType, device_pair: tuple[socket.socket, socket.socket], version: int) -> None:
+    kernel, ours = device_pair
     frames = segments(version, [1380] * 10 + [200])
     batch = io.TunBatch(ours.fileno(), vnet_hdr=True, gro=True, l2=14, verify=True)
     assert batch.write(frames) == len(frames)
@@ -192,8 +170,8 @@ def test_frames_of_one_flow_leave_as_one_super_frame(
 
 
 def test_different_macs_or_bad_checksum_break_the_run(
-        io: ModuleType, pair: tuple[socket.socket, socket.socket]) -> None:
-    kernel, ours = pair
+        io: ModuleType, device_pair: tuple[socket.socket, socket.socket]) -> None:
+    kernel, ours = device_pair
     frames = segments(4, [1000] * 6)
     moved = bytearray(frames[2])
     moved[6:12] = bytes.fromhex("02000000000f")  # another source MAC
@@ -211,8 +189,9 @@ def test_different_macs_or_bad_checksum_break_the_run(
     assert out[2][10:] == frames[3] and out[4][10:] == frames[5]
 
 
-def test_non_ip_frames_are_written_as_they_are(io: ModuleType, pair: tuple[socket.socket, socket.socket]) -> None:
-    kernel, ours = pair
+def test_non_ip_frames_are_written_as_they_are(
+        io: ModuleType, device_pair: tuple[socket.socket, socket.socket]) -> None:
+    kernel, ours = device_pair
     frames = segments(4, [1000] * 3)
     tagged = [DST_MAC + SRC_MAC + b"\x81\x00" + f[14:] for f in frames]  # not IPv4 EtherType
     batch = io.TunBatch(ours.fileno(), vnet_hdr=True, gro=True, l2=14)
