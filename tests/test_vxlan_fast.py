@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.offload import load_io
 from tunnel.vxlan import fast as fast_select
 from tunnel.vxlan import fast_ref
 from tunnel.vxlan.config import VxlanConfig
@@ -29,7 +28,7 @@ from tunnel.vxlan.fdb import Remote
 from tunnel.vxlan.flow import flow_hash as ref_flow_hash
 from tunnel.vxlan.flow import source_port
 from tunnel.vxlan.header import check_header, encode_header
-from tunnel.vxlan.sockets import RawSender, UdpSender
+from tunnel.vxlan.sockets import POOL_SIZE, PoolSender, RawSender, open_pool
 
 IMPLS = ["pure", "cython"]
 
@@ -418,36 +417,163 @@ def test_raw_sender_batch_on_the_wire(impl: ModuleType, family: socket.AddressFa
         receiver.close()
 
 
-@pytest.mark.parametrize("io_name", ["pure", "cython"])
-def test_udp_sender_batch(impl: ModuleType, io_name: str) -> None:
-    try:
-        io = load_io(io_name)
-    except ImportError:
-        pytest.skip(f"{io_name} I/O not built")
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("127.0.0.1", 0))
+UDP_GRO = 104
+
+
+def _receiver(family: socket.AddressFamily, host: str, gro: bool = False) -> socket.socket:
+    receiver = socket.socket(family, socket.SOCK_DGRAM)
+    receiver.bind((host, 0))
     receiver.settimeout(5)
+    if gro:
+        receiver.setsockopt(socket.IPPROTO_UDP, UDP_GRO, 1)
+    return receiver
+
+
+def _scan(impl: ModuleType, frames: list[bytes]) -> tuple[list[bytearray], list[int], bytearray, array[int]]:
+    bufs, lengths = _tx_batch(frames)
+    verdicts = bytearray(len(frames))
+    sports = array("H", bytes(2 * len(frames)))
+    impl.scan_tx(bufs, lengths, len(frames), 8, 1, 40000, 50000, False, verdicts, sports, [])
+    return bufs, lengths, verdicts, sports
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_pool_sender_batch_on_the_wire(impl: ModuleType, family: socket.AddressFamily, host: str) -> None:
+    """Each frame leaves behind its remote's VXLAN header, from the pool socket its hashed port
+    picks (one flow, one source port), in order; a short frame is not sent."""
+    receiver = _receiver(family, host)
+    port = receiver.getsockname()[1]
+    sender = PoolSender(VxlanConfig(vni=42, remote=host, dstport=port), impl)
+    try:
+        assert len(sender.ports) == POOL_SIZE and len(set(sender.ports)) == POOL_SIZE
+        frames = [eth(MAC_B, MAC_A, 0x0800, ipv4_tcp(1, 2) + bytes(100))] * 5 + _frames_for(3)
+        frames.append(b"short")
+        bufs, lengths, verdicts, sports = _scan(impl, frames)
+        items = [(0, 5, Remote(host, port, 42)), (0, 2, Remote(host, port, 9)),
+                 (5, 9, Remote(host, port, 42))]
+        assert sender.send_batch(bufs, lengths, 8, verdicts, sports, items) == (10, 0, 0)
+        got = [receiver.recvfrom(65536) for _ in range(10)]
+        order = [*range(5), 0, 1, 5, 6, 7]
+        vnis = [42] * 5 + [9] * 2 + [42] * 3
+        for (data, src), i, vni in zip(got, order, vnis, strict=True):
+            assert data == encode_header(vni) + frames[i]
+            assert src[1] == sender.ports[sports[i] % POOL_SIZE]
+        assert {src[1] for _, src in got[:5]} == {sender.ports[sports[0] % POOL_SIZE]}
+        # nothing is written into the caller's buffers
+        assert [bytes(b[8 : 8 + n]) for b, n in zip(bufs, lengths, strict=True)] == frames
+        # a remote of the other family cannot be sent to from these sockets: counted, not raised
+        wrong = Remote("10.0.0.1" if family == socket.AF_INET6 else "::1", port, 42)
+        assert sender.send_batch(bufs, lengths, 8, verdicts, sports, [(0, 2, wrong)]) == (0, 0, 2)
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def _gro_messages(receiver: socket.socket, total: int) -> list[tuple[bytes, int]]:
+    """Receive ``total`` bytes as (message, segment size) pairs (0: not coalesced)."""
+    out: list[tuple[bytes, int]] = []
+    got = 0
+    while got < total:
+        data, ancdata, _flags, _src = receiver.recvmsg(65536, socket.CMSG_SPACE(4))
+        size = 0
+        for level, kind, value in ancdata:
+            if level == socket.IPPROTO_UDP and kind == UDP_GRO:
+                size = struct.unpack("=i", value[:4])[0]
+        out.append((data, size))
+        got += len(data)
+    return out
+
+
+def test_gso_batch_sends_runs_as_one_message(impl: ModuleType) -> None:
+    """A run of equal-sized datagrams of one flow to one remote leaves as one GSO message (a
+    GRO receiver on loopback gets it back as one buffer with its segment size); the last of a
+    run may be shorter; a larger one starts a new message."""
+    receiver = _receiver(socket.AF_INET, "127.0.0.1", gro=True)
     port = receiver.getsockname()[1]
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
-    batch = io.UdpBatch(sock.fileno(), gso=True)
-    sender = UdpSender(sock, batch, impl)
+    batch = impl.GsoBatch([sock.fileno()])
     try:
-        frames = [eth(MAC_B, MAC_A, 0x0800, ipv4_tcp(1, 2) + bytes(100))] * 5 + _frames_for(3)
-        bufs, lengths = _tx_batch(frames)
-        verdicts = bytearray(len(frames))
-        sports = array("H", bytes(2 * len(frames)))
-        impl.scan_tx(bufs, lengths, len(frames), 8, 1, 40000, 50000, False, verdicts, sports, [])
-        items = [(0, 5, Remote("127.0.0.1", port, 42)), (0, 2, Remote("127.0.0.1", port, 9)),
-                 (5, 8, Remote("127.0.0.1", port, 42))]
-        assert sender.send_batch(bufs, lengths, 8, verdicts, sports, items) == (10, 0, 0)
-        got = [receiver.recv(65536) for _ in range(10)]
-        want = ([encode_header(42) + f for f in frames[:5]]
-                + [encode_header(9) + f for f in frames[:2]]
-                + [encode_header(42) + f for f in frames[5:]])
-        assert got == want
+        flow = eth(MAC_B, MAC_A, 0x0800, ipv4_tcp(1, 2))
+        frames = [flow + bytes(1000)] * 6 + [flow + bytes(300)] + [flow + bytes(1200)] * 2
+        bufs, lengths, verdicts, sports = _scan(impl, frames)
+        dest = impl.Dest("127.0.0.1", port, 42)
+        assert batch.send(bufs, lengths, 8, verdicts, sports, [(0, 9, dest)]) == (9, 0, 0)
+        wire = [encode_header(42) + f for f in frames]
+        messages = _gro_messages(receiver, sum(map(len, wire)))
+        assert b"".join(m for m, _ in messages) == b"".join(wire)
+        assert messages[0] == (b"".join(wire[:7]), len(wire[0]))
+        assert batch.gso and not batch.fallbacks
     finally:
         batch.close()
         sock.close()
         receiver.close()
+
+
+def test_gso_refused_falls_back_to_datagrams(impl: ModuleType) -> None:
+    """The kernel refuses UDP GSO on a socket without UDP checksums (SO_NO_CHECK): GsoBatch
+    says so once, turns GSO off and sends every datagram on its own."""
+    receiver = _receiver(socket.AF_INET, "127.0.0.1")
+    port = receiver.getsockname()[1]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK
+    sock.setblocking(False)
+    batch = impl.GsoBatch([sock.fileno()])
+    try:
+        frames = [eth(MAC_B, MAC_A, 0x0800, ipv4_tcp(1, 2) + bytes(500))] * 4
+        bufs, lengths, verdicts, sports = _scan(impl, frames)
+        dest = impl.Dest("127.0.0.1", port, 5)
+        assert batch.send(bufs, lengths, 8, verdicts, sports, [(0, 4, dest)]) == (4, 0, 0)
+        assert [receiver.recv(65536) for _ in range(4)] == [encode_header(5) + f for f in frames]
+        assert not batch.gso and len(batch.fallbacks) == 1 and "GSO" in batch.fallbacks[0]
+    finally:
+        batch.close()
+        sock.close()
+        receiver.close()
+
+
+def test_gso_batch_rejects_bad_arguments(impl: ModuleType) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(ValueError):
+            impl.GsoBatch([])
+        batch = impl.GsoBatch([sock.fileno()])
+        frames = _frames_for(2)
+        bufs, lengths, verdicts, sports = _scan(impl, frames)
+        v6 = impl.Dest("::1", 4789, 1)
+        with pytest.raises(ValueError):
+            batch.send(bufs, lengths, 8, verdicts, sports, [(0, 2, v6)])
+        with pytest.raises(ValueError):
+            batch.send(bufs, lengths, 8, verdicts, sports, [(0, 3, impl.Dest("127.0.0.1", 1, 1))])
+        lengths[0] = len(bufs[0])  # past the end of its buffer
+        with pytest.raises(ValueError):
+            batch.send(bufs, lengths, 8, verdicts, sports, [(0, 1, impl.Dest("127.0.0.1", 1, 1))])
+        batch.close()
+    finally:
+        sock.close()
+
+
+def test_pool_ports_come_from_a_configured_srcport_range() -> None:
+    """With ``srcport`` set, the pool binds free ports of ``[min, max)`` (a busy one is
+    skipped); a range smaller than the pool gives fewer sockets; none free is an error."""
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        lo = taken - 2 if taken > 1026 else taken
+        config = VxlanConfig(vni=1, remote="127.0.0.1", local="127.0.0.1", srcport=(lo, lo + 4))
+        socks = open_pool(config)
+        try:
+            ports = {s.getsockname()[1] for s in socks}
+            assert ports and ports <= set(range(lo, lo + 4)) - {taken}
+            assert len(socks) == len(ports) <= 3
+        finally:
+            for s in socks:
+                s.close()
+        with pytest.raises(OSError):
+            open_pool(VxlanConfig(vni=1, remote="127.0.0.1", local="127.0.0.1",
+                                  srcport=(taken, taken + 1)))
+    finally:
+        busy.close()

@@ -144,6 +144,9 @@ def test_seed_kernel_interop_ping_and_iperf3(lab: Lab) -> None:
     assert info["config"]["vni"] == 42 and info["config"]["remote"] == "10.99.0.1"
     # TAP offloads on (this kernel offers IFF_VNET_HDR and TUNSETOFFLOAD on a TAP)
     assert "tso4" in info["offloads"] and "gro" in info["offloads"]
+    # the pool sender, with UDP GSO (the veth takes it)
+    assert info["sender"] == "pool" and info["source_port"].startswith("hashed over 16 ports")
+    assert info["source_port"].endswith(", GSO")
 
     assert ping_ok(lab, b, VXLAN_ADDR_K)
     assert ping_ok(lab, a, VXLAN_ADDR_W)
@@ -161,17 +164,18 @@ def test_seed_kernel_interop_ping_and_iperf3(lab: Lab) -> None:
     assert stats["rx_packets"] > 100 and stats["tx_packets"] > 100
 
 
-def test_udp_fallback_sender_interop(lab: Lab) -> None:
-    """Without the raw sender, datagrams leave from dstport; the kernel does not mind."""
+def test_raw_sender_interop(lab: Lab) -> None:
+    """WGPY_VXLAN_SENDER=raw: hashed source ports over the whole range, through a raw socket
+    (no GSO); the kernel takes it, both ways, TCP included."""
     a, b = underlay_pair(lab, "10.99.4.1/24", "10.99.4.2/24")
     kernel_vxlan(lab, a, "id 42 dstport 4789 remote 10.99.4.2 local 10.99.4.1 dev eth0",
                  f"{VXLAN_ADDR_K}/24")
     wgpy_vxlan(lab, b, "id 42 dstport 4789 remote 10.99.4.1 local 10.99.4.2 dev eth0",
-               f"{VXLAN_ADDR_W}/24", extra={"WGPY_VXLAN_SENDER": "udp"})
+               f"{VXLAN_ADDR_W}/24", extra={"WGPY_VXLAN_SENDER": "raw"})
     info = show(lab, b)
-    assert info["sender"] == "udp" and info["source_port"] == "fixed 4789"
+    assert info["sender"] == "raw" and info["source_port"] == "hashed over the srcport range"
     assert ping_ok(lab, b, VXLAN_ADDR_K) and ping_ok(lab, a, VXLAN_ADDR_W)
-    # TCP both ways through the batch path (UdpBatch with GSO on this side)
+    # TCP both ways through the batch path (RawBatch on this side)
     tx_csum_off(lab, a)
     for reverse in (False, True):
         result = lab.iperf3(a, b, VXLAN_ADDR_K, seconds=2, reverse=reverse)

@@ -5,7 +5,9 @@ UDP: one ``recvmmsg``/``sendmmsg`` per batch, UDP GRO receive (coalesced message
 consecutive slots) and UDP GSO send (runs of same-size datagrams to one destination leave as one
 message of several iovecs with a UDP_SEGMENT control message: no copy). TUN: ``readv`` with the
 virtio-net header, TCP super-packets cut into MTU-sized packets and partial checksums completed;
-``writev`` behind a zeroed header. The full contract is in the docstring of ``tunnel/io_ref.py``.
+``writev`` behind a zeroed header (``write`` takes a list of packets, ``write_slots`` the selected
+slots of a batch, with no Python object per packet; both fill the same C arrays of packet
+addresses and lengths). The full contract is in the docstring of ``tunnel/io_ref.py``.
 
 How the GIL is used: every buffer of the batch is pinned with the buffer protocol while the GIL
 is held (nobody can resize a bytearray under us), addresses are converted to C structs, then the
@@ -1127,8 +1129,9 @@ cdef class TunBatch:
     cdef readonly bint hold_oversized
     cdef bint _has_big              # an oversized packet held in the scratch (hold_oversized)
     cdef Py_ssize_t _big_len
-    cdef Py_buffer *_views
-    cdef Py_ssize_t *_lens
+    cdef Py_buffer *_views          # the pinned buffers of the call (released at its end)
+    cdef Py_ssize_t *_lens          # read: lengths out; write: packet i's length
+    cdef unsigned char **_ptrs      # write: packet i's first byte (in a pinned buffer)
     cdef int *_codes
     cdef Py_ssize_t _cap
     # per-call error tallies (read side), turned into ``errors`` entries with the GIL
@@ -1158,6 +1161,7 @@ cdef class TunBatch:
         self._has_work = False
         self._views = NULL
         self._lens = NULL
+        self._ptrs = NULL
         self._codes = NULL
         self._cap = 0
         self._scratch = <unsigned char *>malloc(2 * WGPY_SUPER)
@@ -1168,6 +1172,7 @@ cdef class TunBatch:
         free(self._scratch)
         PyMem_Free(self._views)
         PyMem_Free(self._lens)
+        PyMem_Free(self._ptrs)
         PyMem_Free(self._codes)
 
     @property
@@ -1189,12 +1194,14 @@ cdef class TunBatch:
             return 0
         PyMem_Free(self._views)
         PyMem_Free(self._lens)
+        PyMem_Free(self._ptrs)
         PyMem_Free(self._codes)
         self._cap = 0
         self._views = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
         self._lens = <Py_ssize_t *>PyMem_Malloc(n * sizeof(Py_ssize_t))
+        self._ptrs = <unsigned char **>PyMem_Malloc(n * sizeof(unsigned char *))
         self._codes = <int *>PyMem_Malloc(n * sizeof(int))
-        if self._views == NULL or self._lens == NULL or self._codes == NULL:
+        if self._views == NULL or self._lens == NULL or self._ptrs == NULL or self._codes == NULL:
             raise MemoryError()
         self._cap = n
         return 0
@@ -1368,8 +1375,7 @@ cdef class TunBatch:
         (one writev: header, then each segment's payload in place; see io_ref.coalesce_run).
         """
         cdef Py_ssize_t n = len(packets)
-        cdef Py_ssize_t i, pinned = 0, written = 0, done = 0
-        cdef int code
+        cdef Py_ssize_t i, pinned = 0, done = 0
         if n == 0:
             return 0
         self._enter()
@@ -1378,37 +1384,94 @@ cdef class TunBatch:
             for i in range(n):
                 PyObject_GetBuffer(packets[i], &self._views[i], PyBUF_SIMPLE)
                 pinned = i + 1
+                self._ptrs[i] = <unsigned char *>self._views[i].buf
+                self._lens[i] = self._views[i].len
             with nogil:
                 done = self._write_nogil(n)
-            if self._gro_refused:
-                self.fallbacks.append(
-                    f"TUN GRO (coalesced TCP writes) refused by the kernel "
-                    f"({_errname(self._gro_refused)}): writing packets one by one")
-                self._gro_refused = 0
-            for i in range(done):
-                code = self._codes[i]
-                if code == 0:
-                    written += 1
-                elif code in TUN_GONE:
-                    raise OSError(code, _errname(code))
-                else:
-                    self._tally("write:" + _errname(code), 1)
-            return written
+            return self._written(done)
         finally:
             release_views(self._views, pinned)
             self._busy = False
+
+    def write_slots(self, bufs not None, lengths not None, Py_ssize_t offset, verdicts not None,
+                    Py_ssize_t count) -> int:
+        """Write ``bufs[i][offset:lengths[i]]`` for each ``i < count`` with ``verdicts[i] == 0``;
+        the same as ``write`` on the list of those slices (see io_ref.TunBatch.write_slots).
+
+        No Python object per packet: each selected buffer is pinned and its packet's address and
+        length go into C arrays that the write path reads.
+        """
+        cdef Py_buffer verdict_view
+        cdef bint verdicts_pinned = False
+        cdef const unsigned char *verdict
+        cdef Py_ssize_t i, end, size, pinned = 0, done = 0
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        if count < 0 or count > len(bufs) or count > len(lengths) or count > len(verdicts):
+            raise ValueError("count must be >= 0 and at most len(bufs), len(lengths), len(verdicts)")
+        if count == 0:
+            return 0
+        self._enter()
+        try:
+            PyObject_GetBuffer(verdicts, &verdict_view, PyBUF_SIMPLE)
+            verdicts_pinned = True
+            if verdict_view.len < count:
+                raise ValueError("verdicts is shorter than count")
+            verdict = <const unsigned char *>verdict_view.buf
+            self._reserve(count)
+            for i in range(count):
+                if verdict[i]:
+                    continue
+                end = lengths[i]
+                PyObject_GetBuffer(bufs[i], &self._views[pinned], PyBUF_SIMPLE)
+                size = self._views[pinned].len
+                if end > size:
+                    end = size
+                self._ptrs[pinned] = <unsigned char *>self._views[pinned].buf + (offset if offset < size else size)
+                self._lens[pinned] = end - offset if end > offset else 0
+                pinned += 1
+            if pinned == 0:
+                return 0
+            with nogil:
+                done = self._write_nogil(pinned)
+            return self._written(done)
+        finally:
+            release_views(self._views, pinned)
+            if verdicts_pinned:
+                PyBuffer_Release(&verdict_view)
+            self._busy = False
+
+    cdef Py_ssize_t _written(self, Py_ssize_t done) except -1:
+        """After _write_nogil: note a GRO refusal, tally errors, raise if the device is gone;
+        returns how many packets went."""
+        cdef Py_ssize_t i, written = 0
+        cdef int code
+        if self._gro_refused:
+            self.fallbacks.append(
+                f"TUN GRO (coalesced TCP writes) refused by the kernel "
+                f"({_errname(self._gro_refused)}): writing packets one by one")
+            self._gro_refused = 0
+        for i in range(done):
+            code = self._codes[i]
+            if code == 0:
+                written += 1
+            elif code in TUN_GONE:
+                raise OSError(code, _errname(code))
+            else:
+                self._tally("write:" + _errname(code), 1)
+        return written
 
     cdef Py_ssize_t _run(self, Py_ssize_t i, Py_ssize_t n, wgpy_tcpinfo *tf, size_t *total) noexcept nogil:
         """How many packets from i on coalesce into one TCP super-packet (1: none)."""
         cdef wgpy_tcpinfo tp, tq
         cdef size_t l2 = <size_t>self.l2
-        cdef const unsigned char *frame = <const unsigned char *>self._views[i].buf
-        cdef const unsigned char *first = wgpy_l3(frame, <size_t>self._views[i].len, l2)
+        cdef const unsigned char *frame = self._ptrs[i]
+        cdef const unsigned char *first = wgpy_l3(frame, <size_t>self._lens[i], l2)
         cdef const unsigned char *prev = first
         cdef const unsigned char *q
         cdef const unsigned char *qf
         cdef Py_ssize_t k = i + 1, count = 1
-        cdef size_t size = <size_t>self._views[i].len - l2
+        cdef size_t size = <size_t>self._lens[i] - l2
         if first == NULL:
             return 1
         wgpy_tcp_info(first, size, tf)
@@ -1418,11 +1481,11 @@ cdef class TunBatch:
             return 1
         tp = tf[0]
         while k < n and count < C_GRO_SEGMENTS:
-            qf = <const unsigned char *>self._views[k].buf
-            q = wgpy_l3(qf, <size_t>self._views[k].len, l2)
+            qf = self._ptrs[k]
+            q = wgpy_l3(qf, <size_t>self._lens[k], l2)
             if q == NULL or (l2 and memcmp(qf, frame, l2)):
                 break
-            wgpy_tcp_info(q, <size_t>self._views[k].len - l2, &tq)
+            wgpy_tcp_info(q, <size_t>self._lens[k] - l2, &tq)
             if tq.version == 0 or not wgpy_tcp_follows(first, tf, prev, &tp, q, &tq):
                 break
             if self.verify and not wgpy_tcp_csum_ok(q, &tq):
@@ -1455,10 +1518,9 @@ cdef class TunBatch:
                 count = self._run(i, n, &tf, &total)
                 if count > 1:
                     wgpy_tcp_super(self._shdr + l2, self._svnet,
-                                   <const unsigned char *>self._views[i].buf + l2, &tf,
-                                   <const unsigned char *>self._views[i + count - 1].buf + l2, total)
+                                   self._ptrs[i] + l2, &tf, self._ptrs[i + count - 1] + l2, total)
                     if l2:
-                        memcpy(self._shdr, self._views[i].buf, l2)
+                        memcpy(self._shdr, self._ptrs[i], l2)
                         memcpy(&v16, self._svnet + 2, 2)     # hdr_len
                         v16 = <uint16_t>(v16 + l2)
                         memcpy(self._svnet + 2, &v16, 2)
@@ -1470,8 +1532,8 @@ cdef class TunBatch:
                     iov[1].iov_base = self._shdr
                     iov[1].iov_len = l2 + tf.header
                     for k in range(count):
-                        iov[2 + k].iov_base = <unsigned char *>self._views[i + k].buf + l2 + tf.header
-                        iov[2 + k].iov_len = <size_t>self._views[i + k].len - l2 - tf.header
+                        iov[2 + k].iov_base = self._ptrs[i + k] + l2 + tf.header
+                        iov[2 + k].iov_len = <size_t>self._lens[i + k] - l2 - tf.header
                     while True:
                         r = writev(self.fd, iov, <int>(count + 2))
                         if r < 0 and errno == EINTR:
@@ -1493,8 +1555,8 @@ cdef class TunBatch:
                     continue
             iov[0].iov_base = zero
             iov[0].iov_len = C_VNET
-            iov[1].iov_base = self._views[i].buf
-            iov[1].iov_len = self._views[i].len
+            iov[1].iov_base = self._ptrs[i]
+            iov[1].iov_len = <size_t>self._lens[i]
             while True:
                 if self.vnet_hdr:
                     r = writev(self.fd, iov, 2)

@@ -53,6 +53,15 @@ TUN (:class:`TunBatch`, one per TUN fd opened with IFF_NO_PI, optionally IFF_VNE
   count still counts the packets. :attr:`TunBatch.coalesced` counts super-packets written; if
   the kernel refuses one (EINVAL), GRO is turned off, a line is appended to
   :attr:`TunBatch.fallbacks` and the packets go one by one.
+* ``write_slots(bufs, lengths, offset, verdicts, count) -> count``: ``write`` straight from the
+  slots of a batch, without a view per packet: for each ``i < count`` whose ``verdicts[i]`` (a
+  bytearray) is 0, the packet ``bufs[i][offset:lengths[i]]`` (``bufs``: bytearrays; the length
+  is clipped to the buffer, and a length at or below ``offset``, negative included, gives an
+  empty packet). Exactly ``write([memoryview(bufs[i])[offset:lengths[i]] for i in range(count)
+  if verdicts[i] == 0])`` (same count, coalescing, errors, fallbacks, exceptions); 0 if no slot
+  is selected. The buffers are pinned only during the call. ValueError
+  if ``offset < 0``, ``count < 0`` or ``count`` exceeds ``len(bufs)``, ``len(lengths)`` or
+  ``len(verdicts)`` (checked before anything is written).
 
 TAP (``TunBatch(fd, l2=14)``, a TAP fd opened with IFF_VNET_HDR, see ``offload.open_tun``):
 every packet is an Ethernet frame. On read, a GSO super-frame's IP packet (after the 14-byte
@@ -770,6 +779,26 @@ class TunBatch:
             csum_start -= l2
         self._link = frame[:l2]
         return parse_super(frame[l2:], (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset), mtu)
+
+    def write_slots(self, bufs: Sequence[bytearray], lengths: Sequence[int], offset: int,
+                    verdicts: bytearray, count: int) -> int:
+        """Write ``bufs[i][offset:lengths[i]]`` for each ``i < count`` with ``verdicts[i] == 0``;
+        the same as :meth:`write` on the list of those slices (see module doc)."""
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        if count < 0 or count > len(bufs) or count > len(lengths) or count > len(verdicts):
+            raise ValueError("count must be >= 0 and at most len(bufs), len(lengths), len(verdicts)")
+        packets: list[memoryview] = []
+        try:
+            for i in range(count):
+                if verdicts[i] == 0:
+                    buf = bufs[i]
+                    end = max(0, min(lengths[i], len(buf)))  # clipped; at or below offset: empty
+                    packets.append(memoryview(buf)[offset:end])
+            return self.write(packets) if packets else 0
+        finally:
+            for view in packets:  # unpin now, even if write raised (a traceback keeps the list)
+                view.release()
 
     def write(self, packets: Sequence[Buffer]) -> int:
         """Write each packet (behind a zeroed virtio-net header if on); returns how many went.

@@ -15,22 +15,23 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBUF_SIMPLE, PyObject_GetBuffer, Py
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject_RichCompareBool, Py_EQ
-from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
+from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EIO, EINVAL
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 import errno as _errno
 
 from tunnel.vxlan.fast_ref import (
-    MAX_BATCH, RX_INVALID_SOURCE_MAC, RX_NO_I_FLAG, RX_OK, RX_OWN_SOURCE_MAC, RX_REASONS,
+    GSO_BYTES, GSO_SEGMENTS, MAX_BATCH, RX_INVALID_SOURCE_MAC, RX_NO_I_FLAG, RX_OK, RX_OWN_SOURCE_MAC, RX_REASONS,
     RX_RESERVED_BITS, RX_STATIC_CONFLICT, RX_TOO_SHORT, RX_WRONG_VNI, TX_ARP, TX_DONE, TX_OK,
     TX_TOO_SHORT, pseudo_sum,
 )
 
 __all__ = [
-    "MAX_BATCH", "RX_INVALID_SOURCE_MAC", "RX_NO_I_FLAG", "RX_OK", "RX_OWN_SOURCE_MAC",
+    "GSO_BYTES", "GSO_SEGMENTS", "MAX_BATCH", "RX_INVALID_SOURCE_MAC", "RX_NO_I_FLAG", "RX_OK", "RX_OWN_SOURCE_MAC",
     "RX_REASONS", "RX_RESERVED_BITS", "RX_STATIC_CONFLICT", "RX_TOO_SHORT", "RX_WRONG_VNI",
-    "TX_ARP", "TX_DONE", "TX_OK", "TX_TOO_SHORT", "Dest", "RawBatch", "TapBatch", "decap_batch",
+    "TX_ARP", "TX_DONE", "TX_OK", "TX_TOO_SHORT", "Dest", "GsoBatch", "RawBatch", "TapBatch",
+    "decap_batch",
     "flow_hash", "pseudo_sum", "scan_tx", "udp_checksum", "write_headers",
 ]
 
@@ -63,6 +64,31 @@ cdef extern from *:
         }
         return 0;
     }
+
+    static void vx_set_port(vx_sockaddr *a, unsigned int port) {
+        if (a->sa.sa_family == AF_INET6) a->v6.sin6_port = htons((uint16_t)port);
+        else a->v4.sin_port = htons((uint16_t)port);
+    }
+
+    #ifndef SOL_UDP
+    #define SOL_UDP 17
+    #endif
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
+    #define VX_SEGMENT_SPACE CMSG_SPACE(sizeof(uint16_t))
+
+    /* Write a UDP_SEGMENT control message (segment size) into ctl; returns its length. */
+    static size_t vx_put_segment(unsigned char *ctl, unsigned int size) {
+        struct cmsghdr *c = (struct cmsghdr *)ctl;
+        uint16_t value = (uint16_t)size;
+        memset(ctl, 0, VX_SEGMENT_SPACE);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(value));
+        memcpy(CMSG_DATA(c), &value, sizeof(value));
+        return VX_SEGMENT_SPACE;
+    }
     """
     ctypedef unsigned int socklen_t
     struct iovec:
@@ -85,14 +111,20 @@ cdef extern from *:
     ssize_t read(int fd, void *buf, size_t count) nogil
     ssize_t write(int fd, const void *buf, size_t count) nogil
     int vx_parse_addr(vx_sockaddr *out, const char *ip, int *len) nogil
+    void vx_set_port(vx_sockaddr *a, unsigned int port) nogil
+    size_t vx_put_segment(unsigned char *ctl, unsigned int size) nogil
+    enum: VX_SEGMENT_SPACE
 
 cdef enum:
     C_MAX_BATCH = 1024
     C_HLEN = 8
     C_ETH = 14
     C_FLAGS = 0x08000000
+    C_GSO_SEGMENTS = 64
+    C_GSO_BYTES = 65000
 
 assert MAX_BATCH == C_MAX_BATCH
+assert GSO_SEGMENTS == C_GSO_SEGMENTS and GSO_BYTES == C_GSO_BYTES
 
 
 # ---------------------------------------------------------------------------- CRC-32 (zlib's)
@@ -417,7 +449,8 @@ def write_headers(bufs, verdicts, Py_ssize_t start, Py_ssize_t end, Py_ssize_t h
 cdef class Dest:
     """One remote VTEP for :class:`RawBatch` (see fast_ref)."""
 
-    cdef vx_sockaddr addr
+    cdef vx_sockaddr addr    # port 0: for the raw socket (IPv6 raw reads the port as protocol)
+    cdef vx_sockaddr uaddr   # with the destination port: for UDP sockets
     cdef int addrlen
     cdef readonly str ip
     cdef readonly int port
@@ -444,6 +477,8 @@ cdef class Dest:
         self.ipv6 = version == 6
         self.c_pseudo = <uint64_t>(pseudo % 0xFFFF)
         put_vxlan(self.header, vni)
+        self.uaddr = self.addr
+        vx_set_port(&self.uaddr, <unsigned int>port)
 
     def __repr__(self) -> str:
         return f"Dest({self.ip!r}, {self.port}, {self.vni})"
@@ -597,6 +632,236 @@ cdef class RawBatch:
             PyMem_Free(view_of)
             PyBuffer_Release(&vview)
             PyBuffer_Release(&sview)
+        return sent, full, errors
+
+
+# ---------------------------------------------------------------------------- UDP pool + GSO
+
+
+cdef class GsoBatch:
+    """sendmmsg over a pool of UDP sockets, with UDP GSO (see fast_ref). The caller owns the
+    fds."""
+
+    cdef int *fds
+    cdef readonly int nfds
+    cdef readonly bint gso
+    cdef readonly bint ipv6
+    cdef readonly list fallbacks
+    cdef mmsghdr *msgs
+    cdef iovec *iov
+    cdef unsigned char *ctl
+    cdef Py_buffer *views
+    # per datagram of the current call: frame pointer and size, socket index, destination
+    cdef uint8_t **frames
+    cdef Py_ssize_t *sizes
+    cdef int *sock
+    cdef vx_sockaddr **addrs    # the Dest's UDP address (also its identity)
+    cdef int *alens
+    cdef uint8_t **headers      # the Dest's VXLAN header
+    cdef Py_ssize_t *first      # message -> its first datagram
+    cdef Py_ssize_t *segments   # message -> datagrams in it
+
+    def __cinit__(self, fds, *, bint gso=True) -> None:
+        cdef Py_ssize_t i
+        self.nfds = len(fds)
+        if self.nfds < 1:
+            raise ValueError("GsoBatch needs at least one socket")
+        self.gso = gso
+        self.fallbacks = []
+        self.fds = <int *>PyMem_Malloc(self.nfds * sizeof(int))
+        self.msgs = <mmsghdr *>PyMem_Malloc(C_MAX_BATCH * sizeof(mmsghdr))
+        self.iov = <iovec *>PyMem_Malloc(2 * C_MAX_BATCH * sizeof(iovec))
+        self.ctl = <unsigned char *>PyMem_Malloc(C_MAX_BATCH * VX_SEGMENT_SPACE)
+        self.views = <Py_buffer *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_buffer))
+        self.frames = <uint8_t **>PyMem_Malloc(C_MAX_BATCH * sizeof(uint8_t *))
+        self.sizes = <Py_ssize_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_ssize_t))
+        self.sock = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
+        self.addrs = <vx_sockaddr **>PyMem_Malloc(C_MAX_BATCH * sizeof(vx_sockaddr *))
+        self.alens = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
+        self.headers = <uint8_t **>PyMem_Malloc(C_MAX_BATCH * sizeof(uint8_t *))
+        self.first = <Py_ssize_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_ssize_t))
+        self.segments = <Py_ssize_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_ssize_t))
+        if (self.fds == NULL or self.msgs == NULL or self.iov == NULL or self.ctl == NULL
+                or self.views == NULL or self.frames == NULL or self.sizes == NULL
+                or self.sock == NULL or self.addrs == NULL or self.alens == NULL
+                or self.headers == NULL or self.first == NULL
+                or self.segments == NULL):
+            raise MemoryError()
+        for i in range(self.nfds):
+            self.fds[i] = fds[i]
+        import socket
+        probe = socket.socket(fileno=self.fds[0])
+        try:
+            self.ipv6 = probe.family == socket.AF_INET6
+        finally:
+            probe.detach()
+
+    def __dealloc__(self) -> None:
+        PyMem_Free(self.fds)
+        PyMem_Free(self.msgs)
+        PyMem_Free(self.iov)
+        PyMem_Free(self.ctl)
+        PyMem_Free(self.views)
+        PyMem_Free(self.frames)
+        PyMem_Free(self.sizes)
+        PyMem_Free(self.sock)
+        PyMem_Free(self.addrs)
+        PyMem_Free(self.alens)
+        PyMem_Free(self.headers)
+        PyMem_Free(self.first)
+        PyMem_Free(self.segments)
+
+    def close(self) -> None:
+        """Nothing to release (the fds are the caller's); for API parity with fast_ref."""
+
+    @property
+    def fd_list(self) -> list:
+        """The pool's fds, in socket-index order."""
+        return [self.fds[i] for i in range(self.nfds)]
+
+    cdef Py_ssize_t _plan(self, Py_ssize_t d, Py_ssize_t total) noexcept nogil:
+        """Group datagrams d.. into messages of one socket (GSO runs when on); returns the
+        message count (all of them for the socket of datagram d, stopping where it changes)."""
+        cdef Py_ssize_t m = 0, k, size, bytes_, j
+        cdef int s = self.sock[d]
+        while d < total and self.sock[d] == s and m < C_MAX_BATCH:
+            size = self.sizes[d]
+            k = 1
+            bytes_ = 8 + size
+            if self.gso:
+                while (d + k < total and k < C_GSO_SEGMENTS and self.sock[d + k] == s
+                       and self.addrs[d + k] == self.addrs[d] and self.sizes[d + k] <= size
+                       and self.sizes[d + k] > 0
+                       and bytes_ + 8 + self.sizes[d + k] <= C_GSO_BYTES):
+                    bytes_ += 8 + self.sizes[d + k]
+                    k += 1
+                    if self.sizes[d + k - 1] < size:
+                        break
+            memset(&self.msgs[m], 0, sizeof(mmsghdr))
+            self.msgs[m].msg_hdr.msg_name = self.addrs[d]
+            self.msgs[m].msg_hdr.msg_namelen = <socklen_t>self.alens[d]
+            self.msgs[m].msg_hdr.msg_iov = &self.iov[2 * d]
+            self.msgs[m].msg_hdr.msg_iovlen = <size_t>(2 * k)
+            if k > 1:
+                self.msgs[m].msg_hdr.msg_control = self.ctl + m * VX_SEGMENT_SPACE
+                self.msgs[m].msg_hdr.msg_controllen = vx_put_segment(
+                    self.ctl + m * VX_SEGMENT_SPACE, <unsigned int>(8 + size))
+            for j in range(k):
+                self.iov[2 * (d + j)].iov_base = self.headers[d + j]
+                self.iov[2 * (d + j)].iov_len = 8
+                self.iov[2 * (d + j) + 1].iov_base = self.frames[d + j]
+                self.iov[2 * (d + j) + 1].iov_len = <size_t>self.sizes[d + j]
+            self.first[m] = d
+            self.segments[m] = k
+            d += k
+            m += 1
+        return m
+
+    def send(self, bufs, lengths, Py_ssize_t headroom, verdicts, sports, items):
+        """Send the sendable frames of each item's range to its Dest, frame ``i`` from socket
+        ``sports[i] % nfds``; returns ``(sent, dropped_full, errors)`` (see fast_ref)."""
+        cdef Py_buffer vview, sview
+        cdef Py_ssize_t nbufs = len(bufs), nlen = len(lengths)
+        cdef Py_ssize_t i, start, end, total = 0, pinned = 0, d = 0, m, off, k, n
+        cdef const uint8_t *v
+        cdef const uint16_t *ports
+        cdef Dest dest
+        cdef int r, err, refused = 0
+        cdef Py_ssize_t sent = 0, full = 0, errors = 0
+        cdef int *view_of = NULL
+        PyObject_GetBuffer(verdicts, &vview, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(sports, &sview, PyBUF_SIMPLE)
+        except BaseException:
+            PyBuffer_Release(&vview)
+            raise
+        view_of = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
+        if view_of == NULL:
+            PyBuffer_Release(&vview)
+            PyBuffer_Release(&sview)
+            raise MemoryError()
+        try:
+            v = <const uint8_t *>vview.buf
+            ports = <const uint16_t *>sview.buf
+            if sview.itemsize != 2:
+                raise ValueError("sports must be an array('H')")
+            if headroom < 0:
+                raise ValueError("negative headroom")
+            for i in range(C_MAX_BATCH):
+                view_of[i] = -1
+            # collect the datagrams (GIL held: items and bufs are Python objects)
+            for item in items:
+                start, end, dest = item
+                if start < 0 or end > nbufs or end > nlen or end > vview.len or end > C_MAX_BATCH:
+                    raise ValueError("item range exceeds the batch")
+                if end * 2 > sview.len:
+                    raise ValueError("sports is shorter than the batch")
+                if dest.ipv6 != self.ipv6:
+                    raise ValueError("destination family differs from the sockets'")
+                for i in range(start, end):
+                    if v[i] != TX_OK and v[i] != TX_ARP:
+                        continue
+                    if total >= C_MAX_BATCH:
+                        raise ValueError(f"more than {MAX_BATCH} datagrams in one call")
+                    if view_of[i] < 0:
+                        if type(bufs[i]) is not bytearray:
+                            raise TypeError("batch buffers must be bytearrays")
+                        PyObject_GetBuffer(bufs[i], &self.views[pinned], PyBUF_SIMPLE)
+                        view_of[i] = <int>pinned
+                        pinned += 1
+                    n = lengths[i]
+                    if n < 0 or headroom + n > self.views[view_of[i]].len:
+                        raise ValueError("frame exceeds its buffer")
+                    self.frames[total] = <uint8_t *>self.views[view_of[i]].buf + headroom
+                    self.sizes[total] = n
+                    self.sock[total] = ports[i] % self.nfds
+                    self.addrs[total] = &dest.uaddr
+                    self.alens[total] = dest.addrlen
+                    self.headers[total] = dest.header
+                    total += 1
+            # send, one sendmmsg per run of one socket (Dests stay alive through ``items``)
+            with nogil:
+                while d < total:
+                    m = self._plan(d, total)
+                    off = 0
+                    while off < m:
+                        r = sendmmsg(self.fds[self.sock[d]], self.msgs + off,
+                                     <unsigned int>(m - off), 0)
+                        if r > 0:
+                            for k in range(off, off + r):
+                                sent += self.segments[k]
+                            off += r
+                            continue
+                        err = errno
+                        if r < 0 and err == EINTR:
+                            continue
+                        if r < 0 and (err == EAGAIN or err == ENOBUFS):
+                            full = total - self.first[off]
+                            break
+                        if (self.segments[off] > 1 and self.gso
+                                and (err == EIO or err == EINVAL)):
+                            # the kernel refuses GSO here: plain datagrams from now on
+                            self.gso = False
+                            refused = err
+                            break
+                        errors += self.segments[off]  # this message failed; go on
+                        off += 1
+                    if full:
+                        break
+                    if off < m:  # GSO refused at message ``off``: re-plan from its datagram
+                        d = self.first[off]
+                    else:
+                        d = self.first[m - 1] + self.segments[m - 1]
+        finally:
+            for k in range(pinned):
+                PyBuffer_Release(&self.views[k])
+            PyMem_Free(view_of)
+            PyBuffer_Release(&vview)
+            PyBuffer_Release(&sview)
+        if refused:
+            self.fallbacks.append(
+                f"UDP GSO refused by the kernel ({_errno.errorcode.get(refused, refused)}): "
+                "sending datagrams one by one")
         return sent, full, errors
 
 

@@ -70,13 +70,16 @@ from .sockets import Sender, ifindex, make_sender, open_receiver
 
 log = logging.getLogger("wg-py.vxlan")
 
-BATCH = 64
+BATCH = 256  # frames per batch: Python's cost is paid per batch, so batches are large
 HEADROOM = 8
-BUFSIZE = 65536
+BUFSIZE = 65536  # the largest UDP payload (and plain-TAP frame) there is
+RX_SLOT = 9216 + 64  # a receive slot until a datagram fills one: jumbo frames and VXLAN overhead
+TX_SLACK = 64  # room past ``HEADROOM + 14 + mtu`` in a transmit slot
 AGE_INTERVAL = 10.0
 LINK_CHECK_INTERVAL = 1.0
 READY_TIMEOUT = 30.0
 TAP_ROUNDS = 8  # batches per TAP readiness callback while cut segments are pending
+UDP_ROUNDS = 8  # batches per UDP readiness callback while GRO segments are pending
 ETH_HLEN = 14
 
 
@@ -107,11 +110,11 @@ class VxlanDaemon:
         self.io_name, self.io = select_io()
         self.tap_io: Any = None
         self.udp_io: Any = None
-        self._tx_bufs = [bytearray(HEADROOM + BUFSIZE) for _ in range(BATCH)]
+        self._tx_bufs: list[bytearray] = []
         self._tx_lengths = [0] * BATCH
         self._tx_verdicts = bytearray(BATCH)
         self._tx_sports = array("H", bytes(2 * BATCH))
-        self._rx_bufs = [bytearray(BUFSIZE) for _ in range(BATCH)]
+        self._rx_bufs = [bytearray(RX_SLOT) for _ in range(BATCH)]
         self._rx_lengths = [0] * BATCH
         self._rx_sources: list[Any] = [None] * BATCH
         self._rx_verdicts = bytearray(BATCH)
@@ -145,6 +148,7 @@ class VxlanDaemon:
             if lower_mtu:
                 set_mtu(name, tap_mtu(lower_mtu, cfg.ipv6))
             self.mtu = get_mtu(name)
+            self._size_tx_buffers()
             own_mac = get_hwaddr(name)
         except (OSError, ValueError) as exc:
             raise DaemonError(f"{name}: cannot configure TAP device: {exc}") from None
@@ -155,11 +159,15 @@ class VxlanDaemon:
             if exc.errno == errno.EADDRINUSE:
                 hint = " (a kernel vxlan device with this dstport in this namespace?)"
             raise DaemonError(f"cannot bind UDP port {cfg.dstport}: {exc.strerror}{hint}") from None
-        self.udp_io = self.io.UdpBatch(self.udp.fileno(), gso=True, gro=False,
+        gro = bool(self.io.enable_udp_gro(self.udp.fileno()))
+        self.udp_io = self.io.UdpBatch(self.udp.fileno(), gso=False, gro=gro,
                                        make_source=_source_ip)
         for note in self.udp_io.fallbacks:
             log.debug("%s: %s", name, note)
-        self.sender = make_sender(cfg, self.udp, self.udp_io, self.fast)
+        try:
+            self.sender = make_sender(cfg, self.fast)
+        except OSError as exc:
+            raise DaemonError(f"cannot open the sending sockets: {exc.strerror or exc}") from None
         self.engine = VxlanEngine(self.config, time.monotonic(), self.fast)
         self.engine.set_own_mac(own_mac)
         self._open_control(path)
@@ -295,9 +303,25 @@ class VxlanDaemon:
 
     def _check_link(self) -> None:
         try:
-            socket.if_indextoname(self.tap_index)
+            name = socket.if_indextoname(self.tap_index)
         except OSError:
             self.stop("TAP device deleted")
+            return
+        with contextlib.suppress(OSError, ValueError):
+            mtu = get_mtu(name)
+            if mtu != self.mtu:
+                log.info("%s: MTU %d -> %d", self.name, self.mtu, mtu)
+                self.mtu = mtu
+                self._size_tx_buffers()
+
+    def _size_tx_buffers(self) -> None:
+        """Transmit slots: one frame of the TAP's MTU behind the headroom (super-frames are cut
+        to the MTU; a larger frame, between an MTU change and the next check, is dropped and
+        counted); a plain TAP reads whole frames, so its slots take any frame."""
+        vnet = self.offload is not None and self.offload.vnet_hdr
+        size = HEADROOM + (ETH_HLEN + self.mtu + TX_SLACK if vnet else BUFSIZE)
+        if not self._tx_bufs or len(self._tx_bufs[0]) != size:
+            self._tx_bufs = [bytearray(size) for _ in range(BATCH)]
 
     # ---- data path -----------------------------------------------------------------------
 
@@ -363,21 +387,39 @@ class VxlanDaemon:
             engine.drops["tx_error"] += errors
 
     def _on_udp_readable(self) -> None:
+        for _ in range(UDP_ROUNDS):
+            count = self._receive()
+            if count < BATCH and not (self.udp_io is not None and self.udp_io.pending):
+                return
+        # GRO segments left in the scratch do not make the socket readable: next loop turn
+        asyncio.get_running_loop().call_soon(self._on_udp_readable)
+
+    def _receive(self) -> int:
+        """Receive one batch and write what the engine accepts to the TAP; returns the count."""
         engine = self.engine
         assert engine is not None
+        if self.udp_io is None:  # closed meanwhile (a call_soon after stop)
+            return 0
         bufs, lengths, sources = self._rx_bufs, self._rx_lengths, self._rx_sources
-        count = self.udp_io.recv(bufs, lengths, sources)
+        count: int = self.udp_io.recv(bufs, lengths, sources)
         if self.udp_io.errors:
             self._udp_errors()
         if not count:
-            return
+            return 0
         verdicts = self._rx_verdicts
+        if max(lengths[:count]) >= len(bufs[0]):
+            self._grow_rx_buffers(count)
         try:
             delivered = engine.receive_bufs(bufs, lengths, sources, count, time.monotonic(),
                                             verdicts)
             if delivered and self.offload is not None and self.offload.vnet_hdr:
-                self._write_tap([memoryview(bufs[i])[VXLAN_HLEN:lengths[i]]
-                                 for i in range(count) if verdicts[i] == 0])
+                try:
+                    self.tap_io.write_slots(bufs, lengths, VXLAN_HLEN, verdicts, count)
+                except OSError as exc:  # EIO: the device is down; others: it is going away
+                    reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
+                    engine.drops[reason] += delivered
+                if self.tap_io.errors:
+                    self._tap_errors()
             elif delivered:
                 self.tap_io.write(bufs, lengths, VXLAN_HLEN, verdicts, count)
                 if self.tap_io.errors:
@@ -385,6 +427,20 @@ class VxlanDaemon:
         except Exception:
             log.exception("%s: receive batch failed", self.name)
             engine.drops["rx_exception"] += count
+        return count
+
+    def _grow_rx_buffers(self, count: int) -> None:
+        """A datagram filled its slot, so it may have been cut: drop it (its length becomes 0,
+        which the engine counts as ``too_short``) and take 64 KiB slots from now on."""
+        size = len(self._rx_bufs[0])
+        lengths = self._rx_lengths
+        for i in range(count):
+            if lengths[i] >= size:
+                lengths[i] = 0
+        if size < BUFSIZE:
+            log.info("%s: a datagram filled a %d-byte slot (dropped): using %d-byte slots",
+                     self.name, size, BUFSIZE)
+            self._rx_bufs = [bytearray(BUFSIZE) for _ in range(BATCH)]
 
     def _udp_errors(self) -> None:
         """Move the UdpBatch's receive error counts into ``drops["rx_error"]``."""
@@ -420,7 +476,7 @@ class VxlanDaemon:
             "datapath": self.fast_name,
             "io": self.io_name,
             "offloads": self.offloads,
-            "source_port": "hashed" if sender == "raw" else f"fixed {self.config.dstport}",
+            "source_port": _source_port_text(self.sender),
         }
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -441,6 +497,17 @@ class VxlanDaemon:
             log.exception("%s: control request failed", self.name)
         finally:
             writer.close()
+
+
+def _source_port_text(sender: Sender | None) -> str:
+    """How the outer source port is chosen, for ``show``."""
+    if sender is None:
+        return "?"
+    ports = getattr(sender, "ports", None)
+    if ports:
+        gso = "GSO" if getattr(sender, "gso", False) else "no GSO"
+        return f"hashed over {len(ports)} ports ({min(ports)}..{max(ports)}), {gso}"
+    return "hashed over the srcport range"
 
 
 def _source_ip(ip: str, port: int, local: str | None) -> str:

@@ -39,6 +39,15 @@ Functions:
   over IPv4, the checksum over the pseudo-header; then the VXLAN header of the remote's VNI) and
   the frame in place: nothing is written into the caller's buffers, so one frame can go to
   remotes of different VNIs.
+- :class:`GsoBatch`: sendmmsg over a pool of UDP sockets (one per outer source port; frame
+  ``i`` leaves from socket ``sports[i] % len(fds)``, so one flow keeps one source port). Each
+  datagram is the remote's 8-byte VXLAN header and the frame in place (two iovecs; the kernel
+  builds UDP and IP, and the UDP checksum). With ``gso``, runs of consecutive datagrams of one
+  socket to one remote, of equal size (the last may be shorter), at most ``GSO_SEGMENTS``
+  datagrams and ``GSO_BYTES`` bytes, leave as one message with a UDP_SEGMENT control message:
+  the kernel segments (or hands the whole train to a GRO-enabled receiver). If the kernel
+  refuses GSO (EIO or EINVAL on a message of several datagrams), GSO is turned off for the
+  object, a line is added to ``fallbacks``, and the datagrams go one by one.
 - :class:`TapBatch`: batch read/write on a TAP fd (Ethernet frames, no packet-info header).
 
 Buffers are borrowed for the call only; nothing here keeps a reference to them.
@@ -83,6 +92,11 @@ ETH_HLEN = 14
 FLAGS = 0x08000000
 #: largest batch the native twin handles per call (the shell's batches are smaller)
 MAX_BATCH = 1024
+#: most datagrams and payload bytes in one UDP GSO message
+GSO_SEGMENTS = 64
+GSO_BYTES = 65000
+SOL_UDP = 17
+UDP_SEGMENT = 103
 
 _WORDS = struct.Struct(">II")
 _UDP = struct.Struct(">HHHH")
@@ -310,6 +324,115 @@ class RawBatch:
         return sent, full, errors
 
 
+class GsoBatch:
+    """sendmmsg over a pool of UDP sockets ``fds`` of one family, with UDP GSO (see the module
+    doc). The caller keeps owning the fds (bound, non-blocking)."""
+
+    def __init__(self, fds: Sequence[int], *, gso: bool = True) -> None:
+        if not fds:
+            raise ValueError("GsoBatch needs at least one socket")
+        self._socks = [socket.socket(fileno=os.dup(fd)) for fd in fds]
+        self.fd_list = list(fds)
+        self.nfds = len(fds)
+        self.gso = gso
+        self.fallbacks: list[str] = []
+        self.ipv6 = self._socks[0].family == socket.AF_INET6
+
+    def close(self) -> None:
+        """Release this object's duplicates of the fds."""
+        for sock in self._socks:
+            sock.close()
+
+    def _messages(self, datagrams: list[tuple[int, Dest, memoryview]],
+                  start: int) -> list[tuple[int, int]]:
+        """``(first, count)`` of the messages of the socket of datagram ``start``, from there
+        to where the socket changes (GSO runs as one message when on)."""
+        out: list[tuple[int, int]] = []
+        d, total = start, len(datagrams)
+        sock = datagrams[start][0]
+        while d < total and datagrams[d][0] == sock:
+            _, dest, frame = datagrams[d]
+            size = len(frame)
+            k, nbytes = 1, 8 + size
+            while self.gso and d + k < total and k < GSO_SEGMENTS:
+                s2, dest2, frame2 = datagrams[d + k]
+                if (s2 != sock or dest2 is not dest or not 0 < len(frame2) <= size
+                        or nbytes + 8 + len(frame2) > GSO_BYTES):
+                    break
+                nbytes += 8 + len(frame2)
+                k += 1
+                if len(frame2) < size:
+                    break
+            out.append((d, k))
+            d += k
+        return out
+
+    def send(
+        self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int, verdicts: Buffer,
+        sports: array[int], items: Sequence[tuple[int, int, Dest]],
+    ) -> tuple[int, int, int]:
+        """Send frame ``i`` (``bufs[i][headroom:headroom+lengths[i]]``) behind the VXLAN header
+        of ``dest`` to ``(dest.ip, dest.port)`` from socket ``sports[i] % nfds``, for each item
+        ``(start, end, dest)`` and each ``start <= i < end`` with verdict ``TX_OK`` or
+        ``TX_ARP``. Returns ``(sent, dropped_full, errors)`` counted in datagrams: a full socket
+        buffer (EAGAIN/ENOBUFS) drops the rest of the batch; any other error drops that message's
+        datagrams. Never raises for a per-datagram error."""
+        if headroom < 0:
+            raise ValueError("negative headroom")
+        datagrams: list[tuple[int, Dest, memoryview]] = []
+        for start, end, dest in items:
+            if start < 0 or end > len(bufs) or end > len(lengths) or end > len(verdicts):
+                raise ValueError("item range exceeds the batch")
+            if dest.ipv6 != self.ipv6:
+                raise ValueError("destination family differs from the sockets'")
+            for i in range(start, end):
+                if verdicts[i] in (TX_OK, TX_ARP):
+                    if lengths[i] < 0 or headroom + lengths[i] > len(bufs[i]):
+                        raise ValueError("frame exceeds its buffer")
+                    frame = memoryview(bufs[i])[headroom : headroom + lengths[i]]
+                    datagrams.append((sports[i] % self.nfds, dest, frame))
+        sent = full = errors = 0
+        d = 0
+        while d < len(datagrams):
+            messages = self._messages(datagrams, d)
+            replan = False
+            for first, count in messages:
+                sock_index, dest, frame = datagrams[first]
+                parts: list[Buffer] = []
+                for _, _, f in datagrams[first : first + count]:
+                    parts += [dest._header, f]
+                ancillary = []
+                if count > 1:
+                    ancillary = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 8 + len(frame)))]
+                address = (dest.ip, dest.port, 0, 0) if self.ipv6 else (dest.ip, dest.port)
+                while True:
+                    try:
+                        self._socks[sock_index].sendmsg(parts, ancillary, 0, address)
+                        sent += count
+                    except InterruptedError:
+                        continue
+                    except OSError as exc:
+                        if exc.errno in _SEND_GONE_AGAIN:
+                            full = len(datagrams) - first
+                        elif count > 1 and self.gso and exc.errno in (errno.EIO, errno.EINVAL):
+                            self.gso = False
+                            self.fallbacks.append(
+                                f"UDP GSO refused by the kernel ({errno.errorcode[exc.errno]}): "
+                                "sending datagrams one by one")
+                            d, replan = first, True
+                        else:
+                            errors += count
+                    break
+                if full or replan:
+                    break
+            if full:
+                break
+            if not replan:
+                last_first, last_count = messages[-1]
+                d = last_first + last_count
+        return sent, full, errors
+
+
 class TapBatch:
     """Batch read/write on a non-blocking TAP fd opened with IFF_TAP | IFF_NO_PI (the caller
     owns the fd). ``errors`` counts failed writes by errno name; ``EIO`` means the device is
@@ -370,8 +493,8 @@ class TapBatch:
 
 
 __all__ = [
-    "MAX_BATCH", "RX_INVALID_SOURCE_MAC", "RX_NO_I_FLAG", "RX_OK", "RX_OWN_SOURCE_MAC",
+    "GSO_BYTES", "GSO_SEGMENTS", "MAX_BATCH", "RX_INVALID_SOURCE_MAC", "RX_NO_I_FLAG", "RX_OK", "RX_OWN_SOURCE_MAC",
     "RX_REASONS", "RX_RESERVED_BITS", "RX_STATIC_CONFLICT", "RX_TOO_SHORT", "RX_WRONG_VNI",
-    "TX_ARP", "TX_DONE", "TX_OK", "TX_TOO_SHORT", "Dest", "RawBatch", "TapBatch", "decap_batch",
-    "flow_hash", "pseudo_sum", "scan_tx", "udp_checksum", "write_headers",
+    "TX_ARP", "TX_DONE", "TX_OK", "TX_TOO_SHORT", "Dest", "GsoBatch", "RawBatch", "TapBatch",
+    "decap_batch", "flow_hash", "pseudo_sum", "scan_tx", "udp_checksum", "write_headers",
 ]

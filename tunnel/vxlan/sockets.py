@@ -1,41 +1,51 @@
-"""The VXLAN shell's underlay sockets: one UDP socket bound to ``dstport`` that receives, and a
-sender that puts the engine's hashed outer source port on the wire.
+"""The VXLAN shell's underlay sockets: one UDP socket bound to ``dstport`` that receives (with
+UDP GRO when the kernel has it), and a sender that puts the datagrams on the wire.
 
-Why a raw socket for sending. The engine hashes the inner flow into the ``srcport`` range (as
-the kernel does, for ECMP/RSS spreading). A UDP socket sends from the one port it is bound to,
-so a single socket bound to ``dstport`` would send every flow from ``dstport``; a pool of UDP
-sockets would have to bind up to 28 000 ephemeral ports (taking them from every other program)
-and would receive stray traffic on each. Instead :class:`RawSender` sends through one
-``SOCK_RAW``/``IPPROTO_UDP`` socket: we write the 8-byte UDP header ourselves (any source
-port), the kernel writes the IP header (TTL, multicast interface and loop options apply as for
-UDP). The UDP checksum is ours to compute over IPv4 (one big-integer remainder: the one's
-complement sum of 16-bit words is the number mod 0xFFFF), and the kernel's over IPv6
-(``IPV6_CHECKSUM``). A raw IPPROTO_UDP socket would also get a copy of every UDP datagram of the
-namespace; a one-instruction BPF filter (``ret #0``) keeps its receive queue empty.
+Source ports. The kernel's vxlan hashes the inner flow into the ``srcport`` range, so that ECMP
+and RSS spread flows while one flow keeps one port; the engine does the same (``sports[i]``).
+A UDP socket sends from the one port it is bound to, so the senders differ in how they honour it:
 
-:class:`UdpSender` is the fallback when a raw socket cannot be opened (no CAP_NET_RAW) or
-``WGPY_VXLAN_SENDER=udp`` asks for it: it sends from the receiving socket, so the source port
-is fixed to ``dstport``; the kernel receiver does not check the source port, so interop holds.
+- :class:`PoolSender` (the default): a pool of ``POOL_SIZE`` send-only UDP sockets, each bound
+  to a port the kernel picks from ``ip_local_port_range`` (the kernel's own default for VXLAN
+  source ports), or, when ``srcport`` is configured, to free ports of that range. Frame ``i``
+  leaves from socket ``sports[i] % POOL_SIZE``: one flow keeps one source port, flows spread over
+  16. Being UDP sockets, they can use UDP GSO: ``fast.GsoBatch`` sends a run of equal-sized
+  datagrams to one remote as one ``sendmmsg`` message with UDP_SEGMENT, so a 64 KiB TCP
+  super-frame read from the TAP crosses the underlay stack once (and reaches a GRO-enabled
+  receiver, such as our own, as one buffer). The sockets receive nothing (a one-instruction BPF
+  filter, ``ret #0``), and take 16 ephemeral ports as any client program would.
+- :class:`RawSender` (``WGPY_VXLAN_SENDER=raw``): one ``SOCK_RAW``/``IPPROTO_UDP`` socket; we
+  write the 8-byte UDP header ourselves, so each flow gets exactly its hashed port over the whole
+  range, as the kernel does; the kernel writes the IP header. No GSO: every datagram crosses the
+  stack alone (about 0.4x the pool's throughput). The UDP checksum is ours to compute over IPv4
+  (one big-integer remainder: the one's complement sum of 16-bit words is the number mod 0xFFFF),
+  and the kernel's over IPv6 (``IPV6_CHECKSUM``). A raw IPPROTO_UDP socket would also get a copy
+  of every UDP datagram of the namespace; the same BPF filter keeps its receive queue empty.
+
+TTL, multicast interface and loop options apply to both as for the kernel's UDP sockets. With
+``noudpcsum`` (IPv4) the pool sockets set SO_NO_CHECK, which the kernel does not allow with GSO:
+those datagrams go one by one.
 
 Batches. The daemon's data path calls ``sender.send_batch(bufs, lengths, headroom, verdicts,
-sports, items)`` once per batch with the engine's ``TxPlan.items``: :class:`RawSender` hands it
-to ``fast.RawBatch`` (one sendmmsg; the UDP and VXLAN headers, with the IPv4 checksum, built
-natively per message, the frames sent in place), :class:`UdpSender` writes the VXLAN headers in
-the headroom and sends through ``UdpBatch.send`` (sendmmsg, UDP GSO for runs of equal-sized
-datagrams to one remote). Both return ``(sent, dropped_full, errors)`` and never raise for a
-per-datagram error.
+sports, items)`` once per batch with the engine's ``TxPlan.items``: both senders hand the plan
+to their native batch (``fast.GsoBatch`` / ``fast.RawBatch``: one sendmmsg per socket run; the
+VXLAN header, and for the raw sender the UDP header with the IPv4 checksum, built per message,
+the frames sent in place, nothing written into the caller's buffers). Both return ``(sent,
+dropped_full, errors)`` and never raise for a per-datagram error.
 
 Who calls what: the daemon builds the sockets once (``open_receiver``, ``make_sender``), then
 calls ``send_batch`` (or ``send(payload, (ip, port), sport)`` for one datagram, which raises
-``OSError`` on a failed send) from the event loop thread. Buffers are only read, except the
-VXLAN header the UDP sender writes in their headroom.
+``OSError`` on a failed send) from the event loop thread.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import ipaddress
+import logging
 import os
+import random
 import socket
 import struct
 from array import array
@@ -43,12 +53,15 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Protocol, TypeAlias
 
-from .config import VxlanConfig
+from .config import DEFAULT_PORT_RANGE, VxlanConfig
 from .fast import select as select_fast
 from .fdb import Remote
 
+log = logging.getLogger("wg-py.vxlan")
+
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
+POOL_SIZE = 16  # outer source ports (sockets) of the pool sender
 SO_NO_CHECK = 11
 SO_ATTACH_FILTER = 26
 IP_MULTICAST_ALL = 49
@@ -143,74 +156,123 @@ def open_receiver(config: VxlanConfig) -> socket.socket:
     return sock
 
 
-class UdpSender:
-    """Send from the receiving socket: source port fixed to ``dstport`` (see module doc)."""
+class PoolSender:
+    """Send through a pool of UDP sockets, one per outer source port, with UDP GSO (see the
+    module doc)."""
 
-    mode = "udp"
+    mode = "pool"
 
-    def __init__(self, sock: socket.socket, batch: Any = None,
-                 fast: ModuleType | None = None) -> None:
-        """``batch``: a ``UdpBatch`` on ``sock`` (tunnel._io or tunnel.io_ref) for
-        ``send_batch``; ``fast``: the VXLAN loops module (default: ``fast.select()``)."""
-        self._sendto = sock.sendto
-        self.batch = batch
+    def __init__(self, config: VxlanConfig, fast: ModuleType | None = None,
+                 size: int = POOL_SIZE) -> None:
         self.fast = fast if fast is not None else select_fast()[1]
-        self._addresses: dict[Remote, tuple[str, int, None]] = {}
+        self.ipv6 = config.ipv6
+        self.socks = open_pool(config, size)
+        # GSO needs the UDP checksum (the kernel refuses UDP_SEGMENT with SO_NO_CHECK)
+        gso = config.udpcsum or config.ipv6
+        self._batch = self.fast.GsoBatch([s.fileno() for s in self.socks], gso=gso)
+        self.ports = [int(s.getsockname()[1]) for s in self.socks]
+        self._logged = 0  # fallbacks already logged
+        # Remote -> fast.Dest (None: unusable from these sockets, e.g. the other family)
+        self._dests: dict[Remote, Any] = {}
 
-    def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None:
-        self._sendto(payload, addr)
+    @property
+    def fallbacks(self) -> list[str]:
+        """What the kernel refused (UDP GSO), for the log."""
+        return list(self._batch.fallbacks)
+
+    @property
+    def gso(self) -> bool:
+        return bool(self._batch.gso)
+
+    def close(self) -> None:
+        self._batch.close()
+        for sock in self.socks:
+            sock.close()
+        self.socks = []
+
+    def _dest(self, remote: Remote) -> Any:
+        dest = self._dests.get(remote)
+        if dest is None and remote not in self._dests:
+            try:
+                dest = self.fast.Dest(remote.ip, remote.port, remote.vni)
+                if dest.ipv6 != self.ipv6:
+                    dest = None
+            except (OSError, ValueError):
+                dest = None
+            if len(self._dests) > 4096:
+                self._dests.clear()
+            self._dests[remote] = dest
+        return dest
 
     def send_batch(
         self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
         verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
     ) -> tuple[int, int, int]:
-        """Write the VXLAN headers into the headroom and send through ``UdpBatch`` (see the
-        module doc); the source port is the socket's (``sports`` unused)."""
-        assert self.batch is not None, "UdpSender.send_batch needs a UdpBatch"
-        sent = full = errors = 0
-        datagrams: list[tuple[memoryview, tuple[str, int, None]]] = []
-        written_vni = -1
-        write_headers = self.fast.write_headers
+        """One ``GsoBatch.send`` for the whole plan (see the module doc). A remote these
+        sockets cannot reach (the other address family) counts as errors."""
+        native = []
+        errors = 0
         for start, end, remote in items:
-            if remote.vni != written_vni and datagrams:
-                s, f, e = self._flush(datagrams)
-                sent, full, errors = sent + s, full + f, errors + e
-                datagrams = []
-                if f:
-                    break
-            written_vni = remote.vni
-            write_headers(bufs, verdicts, start, end, headroom, remote.vni)
-            address = self._addresses.get(remote)
-            if address is None:
-                if len(self._addresses) > 4096:
-                    self._addresses.clear()
-                address = self._addresses[remote] = (remote.ip, remote.port, None)
-            low = headroom - 8
-            for i in range(start, end):
-                if verdicts[i] in _SENDABLE:
-                    datagrams.append((memoryview(bufs[i])[low : headroom + lengths[i]], address))
-        if datagrams:
-            s, f, e = self._flush(datagrams)
-            sent, full, errors = sent + s, full + f, errors + e
-        return sent, full, errors
+            dest = self._dest(remote)
+            if dest is None:
+                errors += sum(1 for i in range(start, end) if verdicts[i] in _SENDABLE)
+            else:
+                native.append((start, end, dest))
+        sent, full, failed = self._batch.send(bufs, lengths, headroom, verdicts, sports, native)
+        fallbacks = self._batch.fallbacks
+        while self._logged < len(fallbacks):
+            log.debug("vxlan sender: %s", fallbacks[self._logged])
+            self._logged += 1
+        return sent, full, failed + errors
 
-    def _flush(self, datagrams: list[tuple[memoryview, tuple[str, int, None]]]) -> tuple[int, int, int]:
-        batch = self.batch
-        before = _failures(batch.errors)
-        sent = int(batch.send(datagrams))
-        errors = _failures(batch.errors) - before
-        full = max(0, len(datagrams) - sent - errors)
-        for view, _ in datagrams:
-            view.release()
-        return sent, full, errors
-
-    def close(self) -> None:
-        """The socket belongs to the receiver; nothing to close here."""
+    def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None:
+        """One datagram from the pool socket of ``sport``; raises OSError if it fails."""
+        sock = self.socks[sport % len(self.socks)]
+        sock.sendto(payload, (addr[0], addr[1], 0, 0) if self.ipv6 else addr)
 
 
-def _failures(errors: dict[str, int]) -> int:
-    """Failed sends counted by a UdpBatch, not counting a full buffer (EAGAIN)."""
-    return sum(v for k, v in errors.items() if k.startswith("send") and k != "send:EAGAIN")
+def open_pool(config: VxlanConfig, size: int = POOL_SIZE) -> list[socket.socket]:
+    """``size`` send-only UDP sockets (non-blocking, receiving nothing): bound to ports the
+    kernel picks from ``ip_local_port_range`` when ``srcport`` is the default (the kernel's
+    own range for VXLAN source ports), else to free ports of the configured ``[min, max)``
+    (fewer sockets if the range is small). Raises OSError if not one socket can be bound."""
+    family = family_of(config)
+    host = config.local or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    lo, hi = config.srcport
+    ranged = (lo, hi) != DEFAULT_PORT_RANGE
+    candidates = random.sample(range(lo, hi), min(hi - lo, 4 * size)) if ranged else []
+    socks: list[socket.socket] = []
+    error: OSError | None = None
+    try:
+        while len(socks) < size:
+            if ranged and not candidates:
+                break
+            port = candidates.pop() if ranged else 0
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                sock.bind((host, port))
+                _attach_drop_all(sock)
+                _multicast_options(sock, config)
+                if not config.udpcsum and family == socket.AF_INET:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                if ranged and exc.errno == errno.EADDRINUSE:
+                    error = exc
+                    continue
+                raise
+            socks.append(sock)
+        if not socks:
+            raise error or OSError(errno.EADDRINUSE, f"no free source port in {lo}-{hi}")
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _attach_drop_all(sock: socket.socket) -> None:
@@ -334,13 +396,9 @@ def udp_checksum(pseudo: int, sport: int, dport: int, length: int, payload: Buff
     return 0xFFFF - total if total else 0xFFFF
 
 
-def make_sender(config: VxlanConfig, receiver: socket.socket, batch: Any = None,
-                fast: ModuleType | None = None) -> Sender:
-    """A :class:`RawSender` when possible (see module doc), else a :class:`UdpSender` on
-    ``receiver`` (``batch``: its ``UdpBatch``)."""
-    if os.environ.get("WGPY_VXLAN_SENDER", "raw") != "udp":
-        try:
-            return RawSender(config, fast)
-        except OSError:
-            pass
-    return UdpSender(receiver, batch, fast)
+def make_sender(config: VxlanConfig, fast: ModuleType | None = None) -> Sender:
+    """The :class:`PoolSender`, or the :class:`RawSender` when ``WGPY_VXLAN_SENDER=raw`` asks
+    for it (see module doc); raises OSError if the sockets cannot be opened."""
+    if os.environ.get("WGPY_VXLAN_SENDER", "pool") == "raw":
+        return RawSender(config, fast)
+    return PoolSender(config, fast)
