@@ -3,8 +3,8 @@
 
 Lifecycle. :meth:`VxlanDaemon.open` creates everything synchronously (the TAP device NAME,
 IFF_TAP|IFF_NO_PI, non-blocking; its MTU from ``dev``; the UDP socket on ``dstport``; the
-sender; the control socket) and raises :class:`DaemonError` with a user-facing reason,
-leaving nothing behind. :meth:`VxlanDaemon.run` serves until ``stop`` (control request),
+sender's sockets; the control socket) and raises :class:`DaemonError` with a user-facing
+reason, leaving nothing behind. :meth:`VxlanDaemon.run` serves until ``stop`` (control request),
 SIGTERM/SIGINT, or the TAP device disappearing (``ip link del NAME``: a read error on the TAP
 fd, or the periodic ifindex check), then closes everything: the TAP goes with its fd, and the
 control socket file is removed. :func:`start` adds the daemonizing double fork: the parent
@@ -21,17 +21,24 @@ TCP checksum verified first (``verify=True``: nothing vouches for a VXLAN payloa
 checksum). What the kernel refused is logged and shown as ``offloads`` in ``show``;
 ``WGPY_NO_OFFLOAD=1`` opens a plain TAP and uses ``fast.TapBatch`` (frame by frame).
 
-Data path (all on the loop thread, one batch per readiness callback, no Python object per packet
-on the hot path): the TAP reader reads up to ``BATCH`` frames until EAGAIN (cutting
-super-frames; segments that do not fit the batch are sent in the next batch of the same
-callback) into preallocated ``bytearray``s with ``HEADROOM`` (8) bytes in front,
-``VxlanEngine.transmit_bufs`` checks them, hashes the source ports and plans the sends (one FDB
-lookup per destination MAC per batch), and the sender sends the whole plan (``RawSender``: one
-sendmmsg on the raw socket with natively built UDP/VXLAN headers and IPv4 checksums;
-``UdpSender``: ``UdpBatch.send`` with UDP GSO). The UDP reader receives with ``UdpBatch.recv``
-(recvmmsg), ``VxlanEngine.receive_bufs`` applies the receive rules natively and learns once per
-run, and the TAP batch writes the accepted frames in one C loop (coalesced into super-frames
-with offloads; note the list of frame views this builds, one memoryview per accepted frame).
+Data path (all on the loop thread, one batch of up to ``BATCH`` (256) frames per step, no Python
+object per packet on the hot path; Python's cost is paid per batch, so batches are large): the
+TAP reader reads until EAGAIN or the batch is full (cutting super-frames; segments that do not fit
+the batch are sent in the next batch of the same callback) into preallocated ``bytearray``
+slots of ``HEADROOM`` (8) + 14 + MTU bytes (the MTU is re-read every second with the link check,
+and the slots follow it); ``VxlanEngine.transmit_bufs`` checks them, hashes the source ports and
+plans the sends (one FDB lookup per destination MAC per batch); the sender sends the whole plan
+(``PoolSender``: ``fast.GsoBatch``, one sendmmsg per pool socket, runs of equal-sized datagrams to
+one remote as one UDP GSO message, the VXLAN header as its own iovec; ``RawSender``: one sendmmsg
+on the raw socket with natively built UDP/VXLAN headers and IPv4 checksums; see
+``tunnel/vxlan/sockets.py``). The UDP reader receives with ``UdpBatch.recv`` (recvmmsg; UDP GRO
+when the kernel has it, so a GSO train from a peer arrives as one message and is split into
+slots), ``VxlanEngine.receive_bufs`` applies the receive rules natively and learns once per run,
+and ``TunBatch.write_slots`` writes the accepted frames (``bufs[i][8:lengths[i]]``) to the TAP in
+one C loop, coalesced into super-frames with offloads. GRO segments left over after a full batch
+do not make the socket readable again, so each UDP callback takes up to ``UDP_ROUNDS`` batches
+and then reschedules itself. Receive slots hold 9 KiB (jumbo frames) and grow to 64 KiB for good
+when a datagram fills one (that datagram, possibly cut, is dropped as ``too_short``).
 ``tunnel.vxlan.fast`` and ``tunnel.offload.select_io`` pick the Cython modules or their pure
 twins (``WGPY_PURE=1``). Buffers are reused once the batch is sent (the engine keeps no
 references). An exception in a batch is logged and counted (``rx_exception``/``tx_exception``)

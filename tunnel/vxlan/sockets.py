@@ -17,7 +17,7 @@ A UDP socket sends from the one port it is bound to, so the senders differ in ho
 - :class:`RawSender` (``WGPY_VXLAN_SENDER=raw``): one ``SOCK_RAW``/``IPPROTO_UDP`` socket; we
   write the 8-byte UDP header ourselves, so each flow gets exactly its hashed port over the whole
   range, as the kernel does; the kernel writes the IP header. No GSO: every datagram crosses the
-  stack alone (about 0.4x the pool's throughput). The UDP checksum is ours to compute over IPv4
+  stack alone (under half the pool's throughput). The UDP checksum is ours to compute over IPv4
   (one big-integer remainder: the one's complement sum of 16-bit words is the number mod 0xFFFF),
   and the kernel's over IPv6 (``IPV6_CHECKSUM``). A raw IPPROTO_UDP socket would also get a copy
   of every UDP datagram of the namespace; the same BPF filter keeps its receive queue empty.
