@@ -25,6 +25,10 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 from posix.uio cimport iovec, readv, writev
 
+from tunnel._socket cimport (
+    getsockopt, mmsghdr, msghdr, recvmmsg, sendmmsg, sendmsg, setsockopt, socklen_t,
+)
+
 import errno as _errno
 
 
@@ -469,18 +473,6 @@ cdef extern from *:
         return family;
     }
     """
-    ctypedef unsigned int socklen_t
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
     ctypedef struct wgpy_sockaddr:
         pass
     ctypedef struct wgpy_source:
@@ -518,11 +510,6 @@ cdef extern from *:
         WGPY_GRO_MESSAGE
         WGPY_SUPER
 
-    int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, void *timeout) nogil
-    int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags) nogil
-    ssize_t sendmsg(int fd, const msghdr *msg, int flags) nogil
-    int setsockopt(int fd, int level, int name, const void *value, socklen_t len) nogil
-    int getsockopt(int fd, int level, int name, void *value, socklen_t *len) nogil
     void wgpy_read_source(const msghdr *m, wgpy_source *s) nogil
     void wgpy_source_text(const wgpy_source *s, char *ip, char *local) nogil
     int wgpy_dest_parse(wgpy_dest *d, const char *ip, long port, const char *local) nogil

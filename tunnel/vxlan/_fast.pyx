@@ -18,6 +18,9 @@ from cpython.object cimport PyObject_RichCompareBool, Py_EQ
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EIO, EINVAL
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
+from posix.uio cimport iovec
+
+from tunnel._socket cimport mmsghdr, sendmmsg, socklen_t
 
 import errno as _errno
 
@@ -90,24 +93,8 @@ cdef extern from *:
         return VX_SEGMENT_SPACE;
     }
     """
-    ctypedef unsigned int socklen_t
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
     ctypedef struct vx_sockaddr:
         pass
-    int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags) nogil
     ssize_t read(int fd, void *buf, size_t count) nogil
     ssize_t write(int fd, const void *buf, size_t count) nogil
     int vx_parse_addr(vx_sockaddr *out, const char *ip, int *len) nogil
