@@ -302,6 +302,21 @@ def test_rekey_after_messages(pair: Pair, backend: ModuleType) -> None:
     assert pair.peer_ab.current is not keypair  # and completed
 
 
+def test_rekey_after_messages_applies_to_the_responder_too(pair: Pair, backend: ModuleType) -> None:
+    """wireguard-go's keepKeyFreshSending: past REKEY_AFTER_MESSAGES either side initiates (only
+    the age rule is the initiator's alone)."""
+    pair.handshake()  # a initiated: b is the responder
+    keypair = pair.peer_ba.current
+    assert keypair is not None and not keypair.is_initiator
+    send, receive = pair.session_keys[id(keypair.cipher)]
+    keypair.cipher = backend.TransportCipher(send, receive, keypair.remote_index, send_counter=(1 << 60) - 1)
+    pair.now += 6
+    before = len(pair.b.sent)
+    pair.send(pair.b, ipv4_packet("10.0.0.2", "10.0.0.1"), ipv4_packet("10.0.0.2", "10.0.0.1"))
+    assert kinds(pair.b.sent[before:])[:3] == [4, 4, 1]
+    assert pair.peer_ba.current is not keypair
+
+
 def test_reject_after_messages(pair: Pair, backend: ModuleType) -> None:
     pair.handshake()
     keypair = pair.peer_ab.current

@@ -60,6 +60,7 @@ from tunnel.ratelimiter import InitiationLimiter, RateLimiter
 from tunnel.timers import TimerQueue
 
 Datagram = tuple[bytes | bytearray | memoryview, Endpoint]
+JITTER_POOL = 1024  # bytes of system randomness read at once for timer jitter (256 draws)
 
 
 @dataclass(slots=True)
@@ -100,6 +101,10 @@ class Device:
         self._cipher = cipher if cipher is not None else TransportCipher
         self.wall_offset = wall_offset
         self._random = random
+        # Jitter needs no secrecy: with the system's randomness it is drawn from a pool refilled
+        # JITTER_POOL bytes at a time, so a data packet costs no getrandom() system call.
+        self._jitter_pool = b""
+        self._jitter_used = 0
         self.identity: noise.StaticIdentity | None = None
         self.cookie_checker = CookieChecker(random)
         self.peers: dict[bytes, Peer] = {}
@@ -251,10 +256,14 @@ class Device:
                 datagrams.append((memoryview(bufs[i])[: lengths[i]], endpoint))
             peer.tx_bytes += sum(lengths[:sealed])
             if sealed:
-                if had_data:
+                # The timer hooks inlined (per batch on the data path): data sent, any
+                # authenticated packet sent, traversal; then keep the key fresh.
+                timers = peer.timers
+                if had_data and timers.new_handshake is None:
                     self._timer_data_sent(peer, now)
-                self._timer_any_authenticated_packet_sent(peer)
-                self._timer_any_authenticated_packet_traversal(peer, now)
+                timers.send_keepalive = None
+                if peer.persistent_keepalive:
+                    self._timer_any_authenticated_packet_traversal(peer, now)
                 self._keep_key_fresh_sending(peer, keypair, now, out)
         if sealed < len(bufs):
             for i in range(sealed, len(bufs)):
@@ -284,9 +293,10 @@ class Device:
         self._flush_staged(peer, now, out)
 
     def _keep_key_fresh_sending(self, peer: Peer, keypair: Keypair, now: float, out: Output) -> None:
-        if keypair.is_initiator and (
-            now - keypair.created >= REKEY_AFTER_TIME
-            or keypair.cipher.send_counter >= REKEY_AFTER_MESSAGES
+        # As wireguard-go's keepKeyFreshSending: the message count applies to both sides, the
+        # age only to the initiator (the responder waits for the initiator's rekey).
+        if keypair.cipher.send_counter >= REKEY_AFTER_MESSAGES or (
+            keypair.is_initiator and now - keypair.created >= REKEY_AFTER_TIME
         ):
             self._send_initiation(peer, now, False, out)
 
@@ -300,7 +310,21 @@ class Device:
                 return index
 
     def _jitter(self) -> float:
-        return (int.from_bytes(self._random(4), "little") % 1000) / 1000 * REKEY_TIMEOUT_JITTER_MAX
+        """A random delay in [0, REKEY_TIMEOUT_JITTER_MAX), from 4 random bytes.
+
+        An injected ``random`` is asked for 4 bytes each time (tests replay its sequence); the
+        system's one is read in batches (see ``__init__``).
+        """
+        if self._random is os.urandom:
+            used = self._jitter_used
+            if used >= len(self._jitter_pool):
+                self._jitter_pool = os.urandom(JITTER_POOL)
+                used = 0
+            self._jitter_used = used + 4
+            draw = int.from_bytes(self._jitter_pool[used : used + 4], "little")
+        else:
+            draw = int.from_bytes(self._random(4), "little")
+        return (draw % 1000) / 1000 * REKEY_TIMEOUT_JITTER_MAX
 
     def _send_initiation(self, peer: Peer, now: float, is_retry: bool, out: Output) -> None:
         if not is_retry:
@@ -554,10 +578,16 @@ class Device:
         data = opened > keepalives  # wireguard-go counts data before the allowed-IPs check
         out.packets.extend(packets)
         peer.endpoint = sources[indices[last_ok]]
-        self._timer_any_authenticated_packet_received(peer)
-        self._timer_any_authenticated_packet_traversal(peer, now)
+        # The timer hooks inlined: any authenticated packet received, traversal, data received.
+        timers = peer.timers
+        timers.new_handshake = None
+        if peer.persistent_keepalive:
+            self._timer_any_authenticated_packet_traversal(peer, now)
         if data:
-            self._timer_data_received(peer, now)
+            if timers.send_keepalive is None:
+                self._timer_data_received(peer, now)
+            else:
+                timers.keepalive_needed = True
         if (
             keypair.is_initiator
             and not peer.timers.sent_last_minute_handshake

@@ -22,6 +22,9 @@ GRO coalesces, else 64 KiB, and grow to 64 KiB for good once a datagram fills a 
 with a larger MTU).
 Leftover GRO/TSO segments do not make an fd readable again, so each readable callback reads
 again (at most ``MAX_ROUNDS`` batches) while a batch came back full or segments are pending.
+A UDP callback that wrote packets to the TUN reads the TUN once more before returning: the
+kernel usually queued the answer (echo reply, TCP ACK) during the write, and this saves a trip
+through the event loop per answer.
 Everything runs on the loop thread; a bad packet or a bug hit by one batch is logged (debug),
 counted in :attr:`errors` and the loop goes on.
 """
@@ -237,6 +240,11 @@ class Interface:
     # ------------------------------------------------------------------ data path
 
     def _on_tun_readable(self) -> None:
+        self._read_tun()
+        self._rearm()
+
+    def _read_tun(self) -> None:
+        """Read, seal and send TUN batches until the device has nothing more (MAX_ROUNDS)."""
         tun = self.tun
         device = self.device
         io_errors = tun.io_errors
@@ -277,11 +285,11 @@ class Interface:
                 log.debug("outbound batch failed", exc_info=True)
             if n < TUN_BATCH and not tun.pending:
                 break
-        self._rearm()
 
     def _on_udp_readable(self, sock: BatchSocket) -> None:
         lengths, sources = self._udp_lengths, self._udp_sources
         device = self.device
+        delivered = False
         for _ in range(MAX_ROUNDS):
             bufs = self._udp_bufs
             try:
@@ -298,6 +306,8 @@ class Interface:
                     out = device.receive_batch(bufs[:n], lengths[:n], sources[:n], now)
                 else:
                     out = device.receive_batch(bufs, lengths, sources, now)
+                if out.packets:
+                    delivered = True
                 self._transmit(out)
             except Exception:
                 self.errors["receive_batch"] += 1
@@ -309,6 +319,11 @@ class Interface:
                 self._size_udp_buffers()
             if n < UDP_BATCH and not sock.pending:
                 break
+        if delivered and not self.stopped.is_set():
+            # What we just wrote usually makes the kernel answer through the TUN at once (an
+            # echo reply, a TCP ACK), queued before the write returned: read it now rather
+            # than after another trip through the event loop.
+            self._read_tun()
         self._rearm()
 
     def _transmit(self, out: Output) -> None:

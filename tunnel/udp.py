@@ -211,6 +211,9 @@ class UdpBind:
         """Send each datagram on the socket of its endpoint's family; returns the count sent."""
         v4 = self.v4
         v6 = self.v6
+        if len(datagrams) == 1 and v4 is not None and v6 is not None:  # a ping, a keepalive
+            sock = v6 if datagrams[0][1].is_ipv6 else v4
+            return sock.send_batch(datagrams)
         if v6 is None:
             return v4.send_batch(datagrams) if v4 is not None else 0
         if v4 is None:
