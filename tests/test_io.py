@@ -414,3 +414,38 @@ def test_gro_pending_survives_a_larger_batch(io: ModuleType, sockets: Any) -> No
         got.extend(bytes(bufs[i][: lengths[i]]) for i in range(count))
         assert batch.pending == len(data) - len(got)
     assert got == data
+
+
+def test_recv_fills_a_large_batch_in_one_call(io: ModuleType, sockets: Any) -> None:
+    """Without GRO the slots are pinned as the batch fills (2, 8, 32, ...): one call still
+    takes every queued datagram up to the batch size, in order."""
+    rx = sockets(socket.AF_INET)
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    for k in range(50):
+        tx.sendto(payload(k, 20 + k), rx.getsockname())
+    assert wait_readable(rx)
+    batch = io.UdpBatch(rx.fileno())
+    bufs = [bytearray(200) for _ in range(64)]
+    lengths = [0] * 64
+    sources: list[Any] = [None] * 64
+    assert batch.recv(bufs, lengths, sources) == 50
+    assert [bytes(bufs[i][: lengths[i]]) for i in range(50)] == [payload(k, 20 + k) for k in range(50)]
+    assert batch.recv(bufs, lengths, sources) == 0
+
+
+@pytest.mark.parametrize("gro", [False, True])
+def test_recv_one_slot_batches(io: ModuleType, sockets: Any, gro: bool) -> None:
+    rx = sockets(socket.AF_INET)
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    if gro:
+        assert io.enable_udp_gro(rx.fileno())
+    for k in range(3):
+        tx.sendto(payload(k, 30), rx.getsockname())
+    assert wait_readable(rx)
+    batch = io.UdpBatch(rx.fileno(), gro=gro)
+    got = []
+    for _ in range(3):
+        bufs, lengths, sources = [bytearray(100)], [0], [None]
+        assert batch.recv(bufs, lengths, sources) == 1
+        got.append(bytes(bufs[0][: lengths[0]]))
+    assert got == [payload(k, 30) for k in range(3)]

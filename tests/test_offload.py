@@ -425,3 +425,37 @@ def test_real_tun_hands_us_tcp_super_packets(io: ModuleType) -> None:
             if sock is not None:
                 sock.close()
             os.close(fd)
+
+
+@pytest.mark.parametrize("vnet_hdr", [True, False])
+def test_one_read_fills_a_large_batch(io: ModuleType, pair: Any, vnet_hdr: bool) -> None:
+    """Slots are pinned as the batch fills (2, 8, 32, ...): one call still takes every queued
+    packet up to the batch size, in order; a two-slot batch takes a lone packet."""
+    kernel, ours = pair
+    packets = [tcp_packet(4, bytes([k]) * 40, k, ACK, partial=False) for k in range(50)]
+    for p in packets:
+        kernel.send((bytes(10) if vnet_hdr else b"") + p)
+    batch = io.TunBatch(ours.fileno(), vnet_hdr=vnet_hdr)
+    bufs = [bytearray(2000) for _ in range(64)]
+    lengths = [0] * 64
+    assert batch.read(bufs, lengths, 0, 1500) == 50
+    assert [bytes(bufs[i][: lengths[i]]) for i in range(50)] == packets
+    kernel.send((bytes(10) if vnet_hdr else b"") + packets[0])
+    short = [bytearray(2000), bytearray(2000)]
+    assert batch.read(short, [0, 0], 0, 1500) == 1
+
+
+def test_one_slot_batches(io: ModuleType, pair: Any) -> None:
+    """A batch of one slot reads one packet per call (the rest waits for the next call)."""
+    kernel, ours = pair
+    packets = [tcp_packet(4, bytes([k]) * 40, k, ACK, partial=False) for k in range(3)]
+    for p in packets:
+        kernel.send(bytes(10) + p)
+    batch = io.TunBatch(ours.fileno())
+    got = []
+    for _ in range(3):
+        buf, lengths = [bytearray(2000)], [0]
+        assert batch.read(buf, lengths, 0, 1500) == 1
+        got.append(bytes(buf[0][: lengths[0]]))
+    assert got == packets
+    assert batch.read([bytearray(2000)], [0], 0, 1500) == 0

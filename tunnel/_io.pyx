@@ -695,14 +695,7 @@ cdef class UdpBatch:
     @property
     def pending(self) -> int:
         """Datagrams received but not yet handed out (GRO segments past the last batch)."""
-        cdef int m
-        cdef Py_ssize_t total = 0, size, seg, off
-        for m in range(self._pend_msg, self._pend_count):
-            size = self._rmsgs[m].msg_len
-            seg = self._rsrc[m].gro if self._rsrc[m].gro > 0 else (size if size > 0 else 1)
-            off = self._pend_off if m == self._pend_msg else 0
-            total += 1 if size == 0 else (size - off + seg - 1) // seg
-        return total
+        return self._pending_segments()
 
     cdef void _count(self, str key):
         self.errors[key] = self.errors.get(key, 0) + 1
@@ -804,9 +797,13 @@ cdef class UdpBatch:
         return count
 
     def recv(self, bufs not None, list lengths not None, list sources not None) -> int:
-        """Receive until EAGAIN or every slot is used; returns the count (see io_ref)."""
+        """Receive until EAGAIN or every slot is used; returns the count (see io_ref).
+
+        Slots are pinned only as they are needed (with GRO: as many as the received segments
+        fill; without: 2, then 8, 32, ...), so a lone datagram touches one or two buffers.
+        """
         cdef Py_ssize_t n = len(bufs)
-        cdef Py_ssize_t i, count = 0, pinned = 0, want
+        cdef Py_ssize_t i, count = 0, pinned = 0, need, limit = 0
         cdef int r = 0, err = 0, attempts
         cdef bint gro = self.gro
         if len(lengths) < n or len(sources) < n:
@@ -818,9 +815,6 @@ cdef class UdpBatch:
         self._enter()
         try:
             self._reserve_recv(n)
-            for i in range(n):
-                PyObject_GetBuffer(bufs[i], &self._rviews[i], PyBUF_WRITABLE)
-                pinned = i + 1
             if gro and self._scratch == NULL:
                 # Allocated once and never moved (pending segments live in it); pages are
                 # touched only as far as datagrams fill them.
@@ -828,14 +822,40 @@ cdef class UdpBatch:
                 if self._scratch == NULL:
                     raise MemoryError()
                 self._scratch_msgs = n
-            for attempts in range(8):
+            if gro:
+                # segments left from the last call first, then one recvmmsg into the scratch
+                need = min(n, count + self._pending_segments())
+                pinned = self._pin(bufs, pinned, need)
                 with nogil:
-                    count = self._recv_nogil(n, count, gro, &r, &err)
-                if r >= 0 or err == EAGAIN or err == EINTR:
-                    break
-                self._count("recv:" + _errname(err))
-                if count:
-                    break
+                    count = self._drain(count, need)
+                for attempts in range(8):
+                    if count >= n:
+                        break
+                    with nogil:
+                        self._gro_receive(n - count, &r, &err)
+                    need = min(n, count + self._pending_segments())
+                    pinned = self._pin(bufs, pinned, need)
+                    with nogil:
+                        count = self._drain(count, need)
+                    if r >= 0 or err == EAGAIN or err == EINTR:
+                        break
+                    self._count("recv:" + _errname(err))
+                    if count:
+                        break
+            else:
+                while True:
+                    limit = n if limit * 4 >= n or n <= 2 else (2 if limit == 0 else limit * 4)
+                    pinned = self._pin(bufs, pinned, limit)
+                    for attempts in range(8):
+                        with nogil:
+                            count = self._recv_plain(count, limit, &r, &err)
+                        if r >= 0 or err == EAGAIN or err == EINTR:
+                            break
+                        self._count("recv:" + _errname(err))
+                        if count:
+                            break
+                    if count < limit or limit == n or r < 0:
+                        break
             for i in range(count):
                 lengths[i] = self._slot_len[i]
                 sources[i] = self._source_object(&self._rsrc[self._slot_msg[i]])
@@ -844,32 +864,55 @@ cdef class UdpBatch:
             release_views(self._rviews, pinned)
             self._busy = False
 
-    cdef Py_ssize_t _recv_nogil(self, Py_ssize_t n, Py_ssize_t count, bint gro, int *result,
+    cdef Py_ssize_t _pin(self, bufs, Py_ssize_t pinned, Py_ssize_t upto) except -1:
+        """Pin slots pinned..upto-1 (writable); returns the new pinned count."""
+        cdef Py_ssize_t i
+        for i in range(pinned, upto):
+            PyObject_GetBuffer(bufs[i], &self._rviews[i], PyBUF_WRITABLE)
+            pinned = i + 1
+        return pinned
+
+    cdef Py_ssize_t _pending_segments(self) noexcept:
+        """GRO segments received but not handed out yet."""
+        cdef int m
+        cdef Py_ssize_t total = 0, size, seg, off
+        for m in range(self._pend_msg, self._pend_count):
+            size = self._rmsgs[m].msg_len
+            seg = self._rsrc[m].gro if self._rsrc[m].gro > 0 else (size if size > 0 else 1)
+            off = self._pend_off if m == self._pend_msg else 0
+            total += 1 if size == 0 else (size - off + seg - 1) // seg
+        return total
+
+    cdef Py_ssize_t _recv_plain(self, Py_ssize_t count, Py_ssize_t n, int *result,
                                 int *err) noexcept nogil:
-        cdef Py_ssize_t j, want
+        """Without GRO: recvmmsg straight into the pinned slots count..n-1; the new count."""
+        cdef Py_ssize_t j
         cdef int r
         result[0] = 0
-        if not gro:
-            for j in range(n):
-                self._prepare(j, self._rviews[j].buf, self._rviews[j].len)
-            while True:
-                r = recvmmsg(self.fd, self._rmsgs, <unsigned int>n, MSG_DONTWAIT, NULL)
-                if r < 0 and errno == EINTR:
-                    continue
-                break
-            result[0] = r
-            if r < 0:
-                err[0] = errno
-                return 0
-            for j in range(r):
-                wgpy_read_source(&self._rmsgs[j].msg_hdr, &self._rsrc[j])
-                self._slot_len[j] = self._rmsgs[j].msg_len
-                self._slot_msg[j] = <int>j
-            return r
-        count = self._drain(count, n)
-        if count >= n or self._pend_msg < self._pend_count:
+        for j in range(count, n):
+            self._prepare(j, self._rviews[j].buf, self._rviews[j].len)
+        while True:
+            r = recvmmsg(self.fd, self._rmsgs + count, <unsigned int>(n - count), MSG_DONTWAIT,
+                         NULL)
+            if r < 0 and errno == EINTR:
+                continue
+            break
+        result[0] = r
+        if r < 0:
+            err[0] = errno
             return count
-        want = n - count
+        for j in range(count, count + r):
+            wgpy_read_source(&self._rmsgs[j].msg_hdr, &self._rsrc[j])
+            self._slot_len[j] = self._rmsgs[j].msg_len
+            self._slot_msg[j] = <int>j
+        return count + r
+
+    cdef void _gro_receive(self, Py_ssize_t want, int *result, int *err) noexcept nogil:
+        """With GRO (nothing pending): one recvmmsg of up to ``want`` messages into the
+        scratch; they become the pending messages."""
+        cdef Py_ssize_t j
+        cdef int r
+        result[0] = 0
         if want > self._scratch_msgs:
             want = self._scratch_msgs
         for j in range(want):
@@ -882,13 +925,12 @@ cdef class UdpBatch:
         result[0] = r
         if r < 0:
             err[0] = errno
-            return count
+            return
         for j in range(r):
             wgpy_read_source(&self._rmsgs[j].msg_hdr, &self._rsrc[j])
         self._pend_msg = 0
         self._pend_off = 0
         self._pend_count = r
-        return self._drain(count, n)
 
     # -- send --------------------------------------------------------------------------------
 
@@ -1206,7 +1248,7 @@ cdef class TunBatch:
     def read(self, bufs not None, list lengths not None, Py_ssize_t headroom, Py_ssize_t mtu) -> int:
         """Read packets into ``bufs[i][headroom:]`` until EAGAIN or the batch is full."""
         cdef Py_ssize_t n = len(bufs)
-        cdef Py_ssize_t i, pinned = 0, count = 0
+        cdef Py_ssize_t i, pinned = 0, count = 0, limit, want
         cdef int err = 0
         if len(lengths) < n:
             raise ValueError("lengths is shorter than bufs")
@@ -1217,14 +1259,22 @@ cdef class TunBatch:
         self._enter()
         try:
             self._reserve(n)
-            for i in range(n):
-                PyObject_GetBuffer(bufs[i], &self._views[i], PyBUF_WRITABLE)
-                pinned = i + 1
-                if self._views[i].len < headroom:
-                    raise ValueError(f"buffer {i} is shorter than the headroom")
             self._too_big = self._short = self._bad_gso = self._bad_csum = 0
-            with nogil:
-                count = self._read_nogil(n, headroom, mtu, &err)
+            # Slots are pinned as the batch fills (2, then 8, 32, ...): a lone packet (a ping)
+            # touches two buffers, not the whole batch.
+            limit = 0
+            while True:
+                want = n if limit * 4 >= n or n <= 2 else (2 if limit == 0 else limit * 4)
+                for i in range(pinned, want):
+                    PyObject_GetBuffer(bufs[i], &self._views[i], PyBUF_WRITABLE)
+                    pinned = i + 1
+                    if self._views[i].len < headroom:
+                        raise ValueError(f"buffer {i} is shorter than the headroom")
+                limit = want
+                with nogil:
+                    count = self._read_nogil(count, limit, headroom, mtu, &err)
+                if count < limit or limit == n or err:
+                    break
             for i in range(count):
                 lengths[i] = self._lens[i]
             self._tally("read:too_big", self._too_big)
@@ -1260,15 +1310,16 @@ cdef class TunBatch:
                 self._has_work = False
         return count
 
-    cdef Py_ssize_t _read_nogil(self, Py_ssize_t n, Py_ssize_t headroom, Py_ssize_t mtu,
-                                int *err) noexcept nogil:
-        cdef Py_ssize_t count = 0
+    cdef Py_ssize_t _read_nogil(self, Py_ssize_t count, Py_ssize_t n, Py_ssize_t headroom,
+                                Py_ssize_t mtu, int *err) noexcept nogil:
+        """Fill slots count..n-1 (pinned); returns the new count. Stops at EAGAIN (count < n),
+        an error (``err``), a held oversized packet, or a full batch."""
         cdef iovec iov[3]
         cdef ssize_t got
         cdef Py_ssize_t room, size, head
         cdef unsigned char *slot
         cdef uint16_t csum_start, csum_offset
-        if self._has_big:
+        if self._has_big and count == 0:
             # The packet held last time: now it fits, or it is dropped (never held twice).
             self._has_big = False
             if self._big_len <= self._views[0].len - headroom:
