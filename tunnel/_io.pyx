@@ -891,12 +891,7 @@ cdef class UdpBatch:
         result[0] = 0
         for j in range(count, n):
             self._prepare(j, self._rviews[j].buf, self._rviews[j].len)
-        while True:
-            r = recvmmsg(self.fd, self._rmsgs + count, <unsigned int>(n - count), MSG_DONTWAIT,
-                         NULL)
-            if r < 0 and errno == EINTR:
-                continue
-            break
+        r = self._recvmmsg(self._rmsgs + count, n - count)
         result[0] = r
         if r < 0:
             err[0] = errno
@@ -906,6 +901,15 @@ cdef class UdpBatch:
             self._slot_len[j] = self._rmsgs[j].msg_len
             self._slot_msg[j] = <int>j
         return count + r
+
+    cdef int _recvmmsg(self, mmsghdr *msgs, Py_ssize_t count) noexcept nogil:
+        """recvmmsg without blocking, retried on EINTR; its result (errno set when < 0)."""
+        cdef int r
+        while True:
+            r = recvmmsg(self.fd, msgs, <unsigned int>count, MSG_DONTWAIT, NULL)
+            if r < 0 and errno == EINTR:
+                continue
+            return r
 
     cdef void _gro_receive(self, Py_ssize_t want, int *result, int *err) noexcept nogil:
         """With GRO (nothing pending): one recvmmsg of up to ``want`` messages into the
@@ -917,11 +921,7 @@ cdef class UdpBatch:
             want = self._scratch_msgs
         for j in range(want):
             self._prepare(j, self._scratch + j * WGPY_GRO_MESSAGE, WGPY_GRO_MESSAGE)
-        while True:
-            r = recvmmsg(self.fd, self._rmsgs, <unsigned int>want, MSG_DONTWAIT, NULL)
-            if r < 0 and errno == EINTR:
-                continue
-            break
+        r = self._recvmmsg(self._rmsgs, want)
         result[0] = r
         if r < 0:
             err[0] = errno

@@ -471,6 +471,116 @@ cdef class Dest:
         return f"Dest({self.ip!r}, {self.port}, {self.vni})"
 
 
+cdef class _Frames:
+    """The sendable frames of one ``send`` call, pinned, as C arrays: frame pointer and size,
+    source port and Dest (borrowed: the caller's ``items`` keep them alive). Shared by the
+    two senders; ``collect`` checks the arguments as fast_ref does, ``release`` unpins."""
+
+    cdef Py_buffer *views
+    cdef Py_ssize_t pinned
+    cdef int *view_of        # batch index -> pinned view (-1: not pinned)
+    cdef uint8_t **frame
+    cdef Py_ssize_t *size
+    cdef uint16_t *port
+    cdef void **dest
+    cdef Py_ssize_t count
+
+    def __cinit__(self) -> None:
+        self.views = <Py_buffer *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_buffer))
+        self.view_of = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
+        self.frame = <uint8_t **>PyMem_Malloc(C_MAX_BATCH * sizeof(uint8_t *))
+        self.size = <Py_ssize_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_ssize_t))
+        self.port = <uint16_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(uint16_t))
+        self.dest = <void **>PyMem_Malloc(C_MAX_BATCH * sizeof(void *))
+        if (self.views == NULL or self.view_of == NULL or self.frame == NULL
+                or self.size == NULL or self.port == NULL or self.dest == NULL):
+            raise MemoryError()
+
+    def __dealloc__(self) -> None:
+        self.release()
+        PyMem_Free(self.views)
+        PyMem_Free(self.view_of)
+        PyMem_Free(self.frame)
+        PyMem_Free(self.size)
+        PyMem_Free(self.port)
+        PyMem_Free(self.dest)
+
+    cdef int collect(self, bufs, lengths, Py_ssize_t headroom, verdicts, sports, items,
+                     bint ipv6) except -1:
+        cdef Py_buffer vview, sview
+        cdef Py_ssize_t nbufs = len(bufs), nlen = len(lengths)
+        cdef Py_ssize_t i, start, end, n
+        cdef const uint8_t *v
+        cdef const uint16_t *ports
+        cdef Dest d
+        self.release()
+        if headroom < 0:
+            raise ValueError("negative headroom")
+        PyObject_GetBuffer(verdicts, &vview, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(sports, &sview, PyBUF_SIMPLE)
+        except BaseException:
+            PyBuffer_Release(&vview)
+            raise
+        try:
+            v = <const uint8_t *>vview.buf
+            ports = <const uint16_t *>sview.buf
+            if sview.itemsize != 2:
+                raise ValueError("sports must be an array('H')")
+            for i in range(C_MAX_BATCH):
+                self.view_of[i] = -1
+            for item in items:
+                start, end, d = item
+                if start < 0 or end > nbufs or end > nlen or end > vview.len or end > C_MAX_BATCH:
+                    raise ValueError("item range exceeds the batch")
+                if end * 2 > sview.len:
+                    raise ValueError("sports is shorter than the batch")
+                if d.ipv6 != ipv6:
+                    raise ValueError("destination family differs from the socket's")
+                for i in range(start, end):
+                    if v[i] != TX_OK and v[i] != TX_ARP:
+                        continue
+                    if self.count >= C_MAX_BATCH:
+                        raise ValueError(f"more than {MAX_BATCH} datagrams in one call")
+                    if self.view_of[i] < 0:
+                        if type(bufs[i]) is not bytearray:
+                            raise TypeError("batch buffers must be bytearrays")
+                        PyObject_GetBuffer(bufs[i], &self.views[self.pinned], PyBUF_SIMPLE)
+                        self.view_of[i] = <int>self.pinned
+                        self.pinned += 1
+                    n = lengths[i]
+                    if n < 0 or headroom + n > self.views[self.view_of[i]].len:
+                        raise ValueError("frame exceeds its buffer")
+                    self.frame[self.count] = <uint8_t *>self.views[self.view_of[i]].buf + headroom
+                    self.size[self.count] = n
+                    self.port[self.count] = ports[i]
+                    self.dest[self.count] = <void *>d
+                    self.count += 1
+        except BaseException:
+            self.release()
+            raise
+        finally:
+            PyBuffer_Release(&vview)
+            PyBuffer_Release(&sview)
+        return 0
+
+    cdef void release(self) noexcept:
+        cdef Py_ssize_t k
+        for k in range(self.pinned):
+            PyBuffer_Release(&self.views[k])
+        self.pinned = 0
+        self.count = 0
+
+
+cdef int _socket_is_ipv6(int fd) except -1:
+    import socket
+    probe = socket.socket(fileno=fd)
+    try:
+        return probe.family == socket.AF_INET6
+    finally:
+        probe.detach()
+
+
 cdef class RawBatch:
     """sendmmsg on a raw IPPROTO_UDP socket (see fast_ref). The caller owns ``fd``."""
 
@@ -480,33 +590,23 @@ cdef class RawBatch:
     cdef mmsghdr *msgs
     cdef iovec *iov
     cdef uint8_t *hdrs
-    cdef Py_buffer *views
-    cdef int *slot        # message -> pinned view index
+    cdef _Frames frames
 
     def __cinit__(self, int fd, *, bint udpcsum=True) -> None:
-        import socket
         self.fd = fd
         self.udpcsum = udpcsum
-        probe = socket.socket(fileno=fd)
-        try:
-            self.ipv6 = probe.family == socket.AF_INET6
-        finally:
-            probe.detach()
+        self.ipv6 = _socket_is_ipv6(fd)
+        self.frames = _Frames()
         self.msgs = <mmsghdr *>PyMem_Malloc(C_MAX_BATCH * sizeof(mmsghdr))
         self.iov = <iovec *>PyMem_Malloc(2 * C_MAX_BATCH * sizeof(iovec))
         self.hdrs = <uint8_t *>PyMem_Malloc(16 * C_MAX_BATCH)
-        self.views = <Py_buffer *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_buffer))
-        self.slot = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
-        if (self.msgs == NULL or self.iov == NULL or self.hdrs == NULL or self.views == NULL
-                or self.slot == NULL):
+        if self.msgs == NULL or self.iov == NULL or self.hdrs == NULL:
             raise MemoryError()
 
     def __dealloc__(self) -> None:
         PyMem_Free(self.msgs)
         PyMem_Free(self.iov)
         PyMem_Free(self.hdrs)
-        PyMem_Free(self.views)
-        PyMem_Free(self.slot)
 
     def close(self) -> None:
         """Nothing to release (the fd is the caller's); for API parity with fast_ref."""
@@ -514,90 +614,46 @@ cdef class RawBatch:
     def send(self, bufs, lengths, Py_ssize_t headroom, verdicts, sports, items):
         """Send the sendable frames of each item's range to its Dest; returns
         ``(sent, dropped_full, errors)`` (see fast_ref)."""
-        cdef Py_buffer vview, sview
-        cdef Py_ssize_t nbufs = len(bufs), nlen = len(lengths)
-        cdef Py_ssize_t i, start, end, m = 0, pinned = 0, off = 0, first = -1
-        cdef Py_ssize_t total, k, n
-        cdef const uint8_t *v
-        cdef const uint16_t *ports
+        cdef _Frames f = self.frames
+        cdef Py_ssize_t m, total, off = 0, n
         cdef uint8_t *h
-        cdef uint8_t *frame
         cdef Dest dest
         cdef int r, err
         cdef Py_ssize_t sent = 0, full = 0, errors = 0
         cdef uint16_t csum, length
         cdef bint csum_on = self.udpcsum and not self.ipv6
-        cdef int *view_of = NULL
-        PyObject_GetBuffer(verdicts, &vview, PyBUF_SIMPLE)
+        f.collect(bufs, lengths, headroom, verdicts, sports, items, self.ipv6)
         try:
-            PyObject_GetBuffer(sports, &sview, PyBUF_SIMPLE)
-        except BaseException:
-            PyBuffer_Release(&vview)
-            raise
-        view_of = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
-        if view_of == NULL:
-            PyBuffer_Release(&vview)
-            PyBuffer_Release(&sview)
-            raise MemoryError()
-        try:
-            v = <const uint8_t *>vview.buf
-            ports = <const uint16_t *>sview.buf
-            if sview.itemsize != 2:
-                raise ValueError("sports must be an array('H')")
-            for i in range(C_MAX_BATCH):
-                view_of[i] = -1
-            # plan the messages (GIL held: items and bufs are Python objects)
-            for item in items:
-                start, end, dest = item
-                if start < 0 or end > nbufs or end > nlen or end > vview.len or end > C_MAX_BATCH:
-                    raise ValueError("item range exceeds the batch")
-                if end * 2 > sview.len:
-                    raise ValueError("sports is shorter than the batch")
-                if dest.ipv6 != self.ipv6:
-                    raise ValueError("destination family differs from the socket's")
-                for i in range(start, end):
-                    if v[i] != TX_OK and v[i] != TX_ARP:
-                        continue
-                    if m >= C_MAX_BATCH:
-                        raise ValueError(f"more than {MAX_BATCH} datagrams in one call")
-                    if view_of[i] < 0:
-                        if type(bufs[i]) is not bytearray:
-                            raise TypeError("batch buffers must be bytearrays")
-                        PyObject_GetBuffer(bufs[i], &self.views[pinned], PyBUF_SIMPLE)
-                        view_of[i] = <int>pinned
-                        pinned += 1
-                    n = lengths[i]
-                    if n < 0 or headroom + n > self.views[view_of[i]].len:
-                        raise ValueError("frame exceeds its buffer")
-                    frame = <uint8_t *>self.views[view_of[i]].buf + headroom
-                    h = self.hdrs + 16 * m
-                    length = <uint16_t>((16 + n) & 0xFFFF)
-                    h[0] = ports[i] >> 8
-                    h[1] = ports[i] & 0xFF
-                    h[2] = dest.port >> 8
-                    h[3] = dest.port & 0xFF
-                    h[4] = length >> 8
-                    h[5] = length & 0xFF
-                    h[6] = 0
-                    h[7] = 0
-                    memcpy(h + 8, dest.header, 8)
-                    if csum_on:
-                        csum = c_udp_checksum(dest.c_pseudo, ports[i], <uint16_t>dest.port,
-                                              h + 8, frame, n)
-                        h[6] = csum >> 8
-                        h[7] = csum & 0xFF
-                    self.iov[2 * m].iov_base = h
-                    self.iov[2 * m].iov_len = 16
-                    self.iov[2 * m + 1].iov_base = frame
-                    self.iov[2 * m + 1].iov_len = <size_t>n
-                    memset(&self.msgs[m], 0, sizeof(mmsghdr))
-                    self.msgs[m].msg_hdr.msg_name = &dest.addr
-                    self.msgs[m].msg_hdr.msg_namelen = <socklen_t>dest.addrlen
-                    self.msgs[m].msg_hdr.msg_iov = &self.iov[2 * m]
-                    self.msgs[m].msg_hdr.msg_iovlen = 2
-                    m += 1
+            total = f.count
+            for m in range(total):
+                dest = <Dest>f.dest[m]
+                n = f.size[m]
+                h = self.hdrs + 16 * m
+                length = <uint16_t>((16 + n) & 0xFFFF)
+                h[0] = f.port[m] >> 8
+                h[1] = f.port[m] & 0xFF
+                h[2] = dest.port >> 8
+                h[3] = dest.port & 0xFF
+                h[4] = length >> 8
+                h[5] = length & 0xFF
+                h[6] = 0
+                h[7] = 0
+                memcpy(h + 8, dest.header, 8)
+                if csum_on:
+                    csum = c_udp_checksum(dest.c_pseudo, f.port[m], <uint16_t>dest.port,
+                                          h + 8, f.frame[m], n)
+                    h[6] = csum >> 8
+                    h[7] = csum & 0xFF
+                self.iov[2 * m].iov_base = h
+                self.iov[2 * m].iov_len = 16
+                self.iov[2 * m + 1].iov_base = f.frame[m]
+                self.iov[2 * m + 1].iov_len = <size_t>n
+                memset(&self.msgs[m], 0, sizeof(mmsghdr))
+                self.msgs[m].msg_hdr.msg_name = &dest.addr
+                self.msgs[m].msg_hdr.msg_namelen = <socklen_t>dest.addrlen
+                self.msgs[m].msg_hdr.msg_iov = &self.iov[2 * m]
+                self.msgs[m].msg_hdr.msg_iovlen = 2
             # send: the Dest objects stay alive through ``items`` for the whole call
-            total = m
             with nogil:
                 while off < total:
                     r = sendmmsg(self.fd, self.msgs + off, <unsigned int>(total - off), 0)
@@ -614,11 +670,7 @@ cdef class RawBatch:
                     errors += 1  # this datagram failed; go on with the next
                     off += 1
         finally:
-            for k in range(pinned):
-                PyBuffer_Release(&self.views[k])
-            PyMem_Free(view_of)
-            PyBuffer_Release(&vview)
-            PyBuffer_Release(&sview)
+            f.release()
         return sent, full, errors
 
 
@@ -637,14 +689,13 @@ cdef class GsoBatch:
     cdef mmsghdr *msgs
     cdef iovec *iov
     cdef unsigned char *ctl
-    cdef Py_buffer *views
-    # per datagram of the current call: frame pointer and size, socket index, destination
-    cdef uint8_t **frames
-    cdef Py_ssize_t *sizes
+    cdef _Frames frames
+    # per datagram of the current call: socket index, the Dest's UDP address (also its
+    # identity), its length and VXLAN header
     cdef int *sock
-    cdef vx_sockaddr **addrs    # the Dest's UDP address (also its identity)
+    cdef vx_sockaddr **addrs
     cdef int *alens
-    cdef uint8_t **headers      # the Dest's VXLAN header
+    cdef uint8_t **headers
     cdef Py_ssize_t *first      # message -> its first datagram
     cdef Py_ssize_t *segments   # message -> datagrams in it
 
@@ -655,13 +706,11 @@ cdef class GsoBatch:
             raise ValueError("GsoBatch needs at least one socket")
         self.gso = gso
         self.fallbacks = []
+        self.frames = _Frames()
         self.fds = <int *>PyMem_Malloc(self.nfds * sizeof(int))
         self.msgs = <mmsghdr *>PyMem_Malloc(C_MAX_BATCH * sizeof(mmsghdr))
         self.iov = <iovec *>PyMem_Malloc(2 * C_MAX_BATCH * sizeof(iovec))
         self.ctl = <unsigned char *>PyMem_Malloc(C_MAX_BATCH * VX_SEGMENT_SPACE)
-        self.views = <Py_buffer *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_buffer))
-        self.frames = <uint8_t **>PyMem_Malloc(C_MAX_BATCH * sizeof(uint8_t *))
-        self.sizes = <Py_ssize_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_ssize_t))
         self.sock = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
         self.addrs = <vx_sockaddr **>PyMem_Malloc(C_MAX_BATCH * sizeof(vx_sockaddr *))
         self.alens = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
@@ -669,28 +718,18 @@ cdef class GsoBatch:
         self.first = <Py_ssize_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_ssize_t))
         self.segments = <Py_ssize_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_ssize_t))
         if (self.fds == NULL or self.msgs == NULL or self.iov == NULL or self.ctl == NULL
-                or self.views == NULL or self.frames == NULL or self.sizes == NULL
                 or self.sock == NULL or self.addrs == NULL or self.alens == NULL
-                or self.headers == NULL or self.first == NULL
-                or self.segments == NULL):
+                or self.headers == NULL or self.first == NULL or self.segments == NULL):
             raise MemoryError()
         for i in range(self.nfds):
             self.fds[i] = fds[i]
-        import socket
-        probe = socket.socket(fileno=self.fds[0])
-        try:
-            self.ipv6 = probe.family == socket.AF_INET6
-        finally:
-            probe.detach()
+        self.ipv6 = _socket_is_ipv6(self.fds[0])
 
     def __dealloc__(self) -> None:
         PyMem_Free(self.fds)
         PyMem_Free(self.msgs)
         PyMem_Free(self.iov)
         PyMem_Free(self.ctl)
-        PyMem_Free(self.views)
-        PyMem_Free(self.frames)
-        PyMem_Free(self.sizes)
         PyMem_Free(self.sock)
         PyMem_Free(self.addrs)
         PyMem_Free(self.alens)
@@ -709,20 +748,22 @@ cdef class GsoBatch:
     cdef Py_ssize_t _plan(self, Py_ssize_t d, Py_ssize_t total) noexcept nogil:
         """Group datagrams d.. into messages of one socket (GSO runs when on); returns the
         message count (all of them for the socket of datagram d, stopping where it changes)."""
-        cdef Py_ssize_t m = 0, k, size, bytes_, j
+        cdef Py_ssize_t m = 0, k, size, nbytes, j
+        cdef Py_ssize_t *sizes = self.frames.size
+        cdef uint8_t **frames = self.frames.frame
         cdef int s = self.sock[d]
         while d < total and self.sock[d] == s and m < C_MAX_BATCH:
-            size = self.sizes[d]
+            size = sizes[d]
             k = 1
-            bytes_ = 8 + size
+            nbytes = 8 + size
             if self.gso:
                 while (d + k < total and k < C_GSO_SEGMENTS and self.sock[d + k] == s
-                       and self.addrs[d + k] == self.addrs[d] and self.sizes[d + k] <= size
-                       and self.sizes[d + k] > 0
-                       and bytes_ + 8 + self.sizes[d + k] <= C_GSO_BYTES):
-                    bytes_ += 8 + self.sizes[d + k]
+                       and self.addrs[d + k] == self.addrs[d] and sizes[d + k] <= size
+                       and sizes[d + k] > 0
+                       and nbytes + 8 + sizes[d + k] <= C_GSO_BYTES):
+                    nbytes += 8 + sizes[d + k]
                     k += 1
-                    if self.sizes[d + k - 1] < size:
+                    if sizes[d + k - 1] < size:
                         break
             memset(&self.msgs[m], 0, sizeof(mmsghdr))
             self.msgs[m].msg_hdr.msg_name = self.addrs[d]
@@ -736,8 +777,8 @@ cdef class GsoBatch:
             for j in range(k):
                 self.iov[2 * (d + j)].iov_base = self.headers[d + j]
                 self.iov[2 * (d + j)].iov_len = 8
-                self.iov[2 * (d + j) + 1].iov_base = self.frames[d + j]
-                self.iov[2 * (d + j) + 1].iov_len = <size_t>self.sizes[d + j]
+                self.iov[2 * (d + j) + 1].iov_base = frames[d + j]
+                self.iov[2 * (d + j) + 1].iov_len = <size_t>sizes[d + j]
             self.first[m] = d
             self.segments[m] = k
             d += k
@@ -747,65 +788,20 @@ cdef class GsoBatch:
     def send(self, bufs, lengths, Py_ssize_t headroom, verdicts, sports, items):
         """Send the sendable frames of each item's range to its Dest, frame ``i`` from socket
         ``sports[i] % nfds``; returns ``(sent, dropped_full, errors)`` (see fast_ref)."""
-        cdef Py_buffer vview, sview
-        cdef Py_ssize_t nbufs = len(bufs), nlen = len(lengths)
-        cdef Py_ssize_t i, start, end, total = 0, pinned = 0, d = 0, m, off, k, n
-        cdef const uint8_t *v
-        cdef const uint16_t *ports
+        cdef _Frames f = self.frames
+        cdef Py_ssize_t total, d = 0, m, off, k
         cdef Dest dest
         cdef int r, err, refused = 0
         cdef Py_ssize_t sent = 0, full = 0, errors = 0
-        cdef int *view_of = NULL
-        PyObject_GetBuffer(verdicts, &vview, PyBUF_SIMPLE)
+        f.collect(bufs, lengths, headroom, verdicts, sports, items, self.ipv6)
         try:
-            PyObject_GetBuffer(sports, &sview, PyBUF_SIMPLE)
-        except BaseException:
-            PyBuffer_Release(&vview)
-            raise
-        view_of = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
-        if view_of == NULL:
-            PyBuffer_Release(&vview)
-            PyBuffer_Release(&sview)
-            raise MemoryError()
-        try:
-            v = <const uint8_t *>vview.buf
-            ports = <const uint16_t *>sview.buf
-            if sview.itemsize != 2:
-                raise ValueError("sports must be an array('H')")
-            if headroom < 0:
-                raise ValueError("negative headroom")
-            for i in range(C_MAX_BATCH):
-                view_of[i] = -1
-            # collect the datagrams (GIL held: items and bufs are Python objects)
-            for item in items:
-                start, end, dest = item
-                if start < 0 or end > nbufs or end > nlen or end > vview.len or end > C_MAX_BATCH:
-                    raise ValueError("item range exceeds the batch")
-                if end * 2 > sview.len:
-                    raise ValueError("sports is shorter than the batch")
-                if dest.ipv6 != self.ipv6:
-                    raise ValueError("destination family differs from the sockets'")
-                for i in range(start, end):
-                    if v[i] != TX_OK and v[i] != TX_ARP:
-                        continue
-                    if total >= C_MAX_BATCH:
-                        raise ValueError(f"more than {MAX_BATCH} datagrams in one call")
-                    if view_of[i] < 0:
-                        if type(bufs[i]) is not bytearray:
-                            raise TypeError("batch buffers must be bytearrays")
-                        PyObject_GetBuffer(bufs[i], &self.views[pinned], PyBUF_SIMPLE)
-                        view_of[i] = <int>pinned
-                        pinned += 1
-                    n = lengths[i]
-                    if n < 0 or headroom + n > self.views[view_of[i]].len:
-                        raise ValueError("frame exceeds its buffer")
-                    self.frames[total] = <uint8_t *>self.views[view_of[i]].buf + headroom
-                    self.sizes[total] = n
-                    self.sock[total] = ports[i] % self.nfds
-                    self.addrs[total] = &dest.uaddr
-                    self.alens[total] = dest.addrlen
-                    self.headers[total] = dest.header
-                    total += 1
+            total = f.count
+            for k in range(total):
+                dest = <Dest>f.dest[k]
+                self.sock[k] = f.port[k] % self.nfds
+                self.addrs[k] = &dest.uaddr
+                self.alens[k] = dest.addrlen
+                self.headers[k] = dest.header
             # send, one sendmmsg per run of one socket (Dests stay alive through ``items``)
             with nogil:
                 while d < total:
@@ -840,11 +836,7 @@ cdef class GsoBatch:
                     else:
                         d = self.first[m - 1] + self.segments[m - 1]
         finally:
-            for k in range(pinned):
-                PyBuffer_Release(&self.views[k])
-            PyMem_Free(view_of)
-            PyBuffer_Release(&vview)
-            PyBuffer_Release(&sview)
+            f.release()
         if refused:
             self.fallbacks.append(
                 f"UDP GSO refused by the kernel ({_errno.errorcode.get(refused, refused)}): "

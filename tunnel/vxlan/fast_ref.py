@@ -293,6 +293,8 @@ class RawBatch:
         ``TX_ARP``, from source port ``sports[i]``. Returns ``(sent, dropped_full, errors)``:
         a full socket buffer (EAGAIN/ENOBUFS) drops the rest of the batch; any other error
         drops that datagram. Never raises for a per-datagram error."""
+        if headroom < 0:
+            raise ValueError("negative headroom")
         sent = full = errors = 0
         messages: list[tuple[int, Dest]] = []
         for start, end, dest in items:

@@ -156,7 +156,57 @@ def open_receiver(config: VxlanConfig) -> socket.socket:
     return sock
 
 
-class PoolSender:
+class _BatchSender:
+    """What the two senders share: one native batch (``fast.GsoBatch``/``fast.RawBatch``) fed
+    the plan with each Remote turned into a ``fast.Dest`` once (cached)."""
+
+    ipv6: bool
+    _batch: Any
+
+    def __init__(self) -> None:
+        # Remote -> fast.Dest (None: unusable from these sockets, e.g. the other family)
+        self._dests: dict[Remote, Any] = {}
+
+    def _make_dest(self, remote: Remote) -> Any:
+        raise NotImplementedError
+
+    def _dest(self, remote: Remote) -> Any:
+        dest = self._dests.get(remote)
+        if dest is None and remote not in self._dests:
+            try:
+                dest = self._make_dest(remote)
+                if dest.ipv6 != self.ipv6:
+                    dest = None
+            except (OSError, ValueError):
+                dest = None
+            if len(self._dests) > 4096:
+                self._dests.clear()
+            self._dests[remote] = dest
+        return dest
+
+    def send_batch(
+        self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
+        verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
+    ) -> tuple[int, int, int]:
+        """One native ``send`` for the whole plan (see the module doc). A remote these sockets
+        cannot reach (the other address family, not an address) counts as errors."""
+        native = []
+        errors = 0
+        for start, end, remote in items:
+            dest = self._dest(remote)
+            if dest is None:
+                errors += sum(1 for i in range(start, end) if verdicts[i] in _SENDABLE)
+            else:
+                native.append((start, end, dest))
+        sent, full, failed = self._batch.send(bufs, lengths, headroom, verdicts, sports, native)
+        self._after_send()
+        return sent, full, failed + errors
+
+    def _after_send(self) -> None:
+        """Hook after each batch (the pool sender logs GSO fallbacks)."""
+
+
+class PoolSender(_BatchSender):
     """Send through a pool of UDP sockets, one per outer source port, with UDP GSO (see the
     module doc)."""
 
@@ -164,6 +214,7 @@ class PoolSender:
 
     def __init__(self, config: VxlanConfig, fast: ModuleType | None = None,
                  size: int = POOL_SIZE) -> None:
+        super().__init__()
         self.fast = fast if fast is not None else select_fast()[1]
         self.ipv6 = config.ipv6
         self.socks = open_pool(config, size)
@@ -172,8 +223,6 @@ class PoolSender:
         self._batch = self.fast.GsoBatch([s.fileno() for s in self.socks], gso=gso)
         self.ports = [int(s.getsockname()[1]) for s in self.socks]
         self._logged = 0  # fallbacks already logged
-        # Remote -> fast.Dest (None: unusable from these sockets, e.g. the other family)
-        self._dests: dict[Remote, Any] = {}
 
     @property
     def fallbacks(self) -> list[str]:
@@ -190,40 +239,14 @@ class PoolSender:
             sock.close()
         self.socks = []
 
-    def _dest(self, remote: Remote) -> Any:
-        dest = self._dests.get(remote)
-        if dest is None and remote not in self._dests:
-            try:
-                dest = self.fast.Dest(remote.ip, remote.port, remote.vni)
-                if dest.ipv6 != self.ipv6:
-                    dest = None
-            except (OSError, ValueError):
-                dest = None
-            if len(self._dests) > 4096:
-                self._dests.clear()
-            self._dests[remote] = dest
-        return dest
+    def _make_dest(self, remote: Remote) -> Any:
+        return self.fast.Dest(remote.ip, remote.port, remote.vni)
 
-    def send_batch(
-        self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
-        verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
-    ) -> tuple[int, int, int]:
-        """One ``GsoBatch.send`` for the whole plan (see the module doc). A remote these
-        sockets cannot reach (the other address family) counts as errors."""
-        native = []
-        errors = 0
-        for start, end, remote in items:
-            dest = self._dest(remote)
-            if dest is None:
-                errors += sum(1 for i in range(start, end) if verdicts[i] in _SENDABLE)
-            else:
-                native.append((start, end, dest))
-        sent, full, failed = self._batch.send(bufs, lengths, headroom, verdicts, sports, native)
+    def _after_send(self) -> None:
         fallbacks = self._batch.fallbacks
         while self._logged < len(fallbacks):
             log.debug("vxlan sender: %s", fallbacks[self._logged])
             self._logged += 1
-        return sent, full, failed + errors
 
     def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None:
         """One datagram from the pool socket of ``sport``; raises OSError if it fails."""
@@ -282,12 +305,13 @@ def _attach_drop_all(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
 
 
-class RawSender:
+class RawSender(_BatchSender):
     """Send through a raw IPPROTO_UDP socket with the engine's source port (see module doc)."""
 
     mode = "raw"
 
     def __init__(self, config: VxlanConfig, fast: ModuleType | None = None) -> None:
+        super().__init__()
         self.fast = fast if fast is not None else select_fast()[1]
         self.ipv6 = config.ipv6
         self.udpcsum = config.udpcsum
@@ -312,44 +336,14 @@ class RawSender:
         # IPv4 pseudo-header partial sums (mod 0xFFFF) per destination, without the length
         self._pseudo: dict[str, int] = {}
         self._batch = self.fast.RawBatch(self.sock.fileno(), udpcsum=config.udpcsum)
-        # Remote -> fast.Dest (None: unusable from this socket, e.g. the other family)
-        self._dests: dict[Remote, Any] = {}
 
     def close(self) -> None:
         self._batch.close()
         self.sock.close()
 
-    def _dest(self, remote: Remote) -> Any:
-        dest = self._dests.get(remote)
-        if dest is None and remote not in self._dests:
-            try:
-                pseudo = 0 if self.ipv6 else self._pseudo_sum(remote.ip) % 0xFFFF
-                dest = self.fast.Dest(remote.ip, remote.port, remote.vni, pseudo)
-                if dest.ipv6 != self.ipv6:
-                    dest = None
-            except (OSError, ValueError):
-                dest = None
-            if len(self._dests) > 4096:
-                self._dests.clear()
-            self._dests[remote] = dest
-        return dest
-
-    def send_batch(
-        self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
-        verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
-    ) -> tuple[int, int, int]:
-        """One ``RawBatch.send`` for the whole plan (see the module doc). A remote this
-        socket cannot reach (the other address family, not an address) counts as errors."""
-        native = []
-        errors = 0
-        for start, end, remote in items:
-            dest = self._dest(remote)
-            if dest is None:
-                errors += sum(1 for i in range(start, end) if verdicts[i] in _SENDABLE)
-            else:
-                native.append((start, end, dest))
-        sent, full, failed = self._batch.send(bufs, lengths, headroom, verdicts, sports, native)
-        return sent, full, failed + errors
+    def _make_dest(self, remote: Remote) -> Any:
+        pseudo = 0 if self.ipv6 else self._pseudo_sum(remote.ip) % 0xFFFF
+        return self.fast.Dest(remote.ip, remote.port, remote.vni, pseudo)
 
     def _source_for(self, dst: str) -> str:
         """The source address the kernel will use towards ``dst`` (``local`` if given)."""
