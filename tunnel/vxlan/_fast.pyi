@@ -7,6 +7,8 @@ from typing import Any
 Buffer = bytes | bytearray | memoryview
 
 MAX_BATCH: int
+GSO_SEGMENTS: int
+GSO_BYTES: int
 RX_OK: int
 RX_TOO_SHORT: int
 RX_NO_I_FLAG: int
@@ -56,11 +58,15 @@ class RawBatch:
         sports: array[int], items: Sequence[tuple[int, int, Dest]],
     ) -> tuple[int, int, int]: ...
 
-class TapBatch:
-    fd: int
-    errors: dict[str, int]
-    def __init__(self, fd: int) -> None: ...
-    def read(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int) -> int: ...
-    def write(self, bufs: Sequence[bytearray], lengths: Sequence[int], offset: int,
-              verdicts: Buffer, count: int) -> int: ...
-    def write_frames(self, frames: Sequence[Buffer]) -> int: ...
+class GsoBatch:
+    nfds: int
+    gso: bool
+    ipv6: bool
+    fallbacks: list[str]
+    fd_list: list[int]
+    def __init__(self, fds: Sequence[int], *, gso: bool = True) -> None: ...
+    def close(self) -> None: ...
+    def send(
+        self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int, verdicts: Buffer,
+        sports: array[int], items: Sequence[tuple[int, int, Dest]],
+    ) -> tuple[int, int, int]: ...

@@ -4,9 +4,9 @@
 
 Here the loops read the packets through raw pointers into the batch's ``bytearray``s (the only
 buffer type accepted for ``bufs``), the flow hash is a table CRC-32 identical to zlib's, the
-IPv4 UDP checksum is a 64-bit one's complement sum, and the syscalls (TAP ``read``/``write``,
-``sendmmsg`` on the raw socket) run in C loops with the GIL released after the buffers were
-pinned (buffer protocol) so that nothing can resize them meanwhile. No Python object is made
+IPv4 UDP checksum is a 64-bit one's complement sum, and the senders' ``sendmmsg`` calls (raw
+socket, UDP pool with GSO) run in C loops with the GIL released after the buffers were pinned
+(buffer protocol) so that nothing can resize them meanwhile. No Python object is made
 per packet except the run tuples (one per run of frames to one MAC) and learning run indices.
 Single-threaded: one event loop owns an object.
 """
@@ -33,7 +33,7 @@ from tunnel.vxlan.fast_ref import (
 __all__ = [
     "GSO_BYTES", "GSO_SEGMENTS", "MAX_BATCH", "RX_INVALID_SOURCE_MAC", "RX_NO_I_FLAG", "RX_OK", "RX_OWN_SOURCE_MAC",
     "RX_REASONS", "RX_RESERVED_BITS", "RX_STATIC_CONFLICT", "RX_TOO_SHORT", "RX_WRONG_VNI",
-    "TX_ARP", "TX_DONE", "TX_OK", "TX_TOO_SHORT", "Dest", "GsoBatch", "RawBatch", "TapBatch",
+    "TX_ARP", "TX_DONE", "TX_OK", "TX_TOO_SHORT", "Dest", "GsoBatch", "RawBatch",
     "decap_batch",
     "flow_hash", "pseudo_sum", "scan_tx", "udp_checksum", "write_headers",
 ]
@@ -95,8 +95,6 @@ cdef extern from *:
     """
     ctypedef struct vx_sockaddr:
         pass
-    ssize_t read(int fd, void *buf, size_t count) nogil
-    ssize_t write(int fd, const void *buf, size_t count) nogil
     int vx_parse_addr(vx_sockaddr *out, const char *ip, int *len) nogil
     void vx_set_port(vx_sockaddr *a, unsigned int port) nogil
     size_t vx_put_segment(unsigned char *ctl, unsigned int size) nogil
@@ -842,150 +840,3 @@ cdef class GsoBatch:
                 f"UDP GSO refused by the kernel ({_errno.errorcode.get(refused, refused)}): "
                 "sending datagrams one by one")
         return sent, full, errors
-
-
-# ---------------------------------------------------------------------------- TAP
-
-
-cdef class TapBatch:
-    """Batch read/write on a non-blocking TAP fd (see fast_ref). The caller owns ``fd``."""
-
-    cdef readonly int fd
-    cdef readonly dict errors
-    cdef Py_buffer *views
-    cdef int *codes
-
-    def __cinit__(self, int fd) -> None:
-        self.fd = fd
-        self.errors = {}
-        self.views = <Py_buffer *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_buffer))
-        self.codes = <int *>PyMem_Malloc(C_MAX_BATCH * sizeof(int))
-        if self.views == NULL or self.codes == NULL:
-            raise MemoryError()
-
-    def __dealloc__(self) -> None:
-        PyMem_Free(self.views)
-        PyMem_Free(self.codes)
-
-    cdef void _count(self, int code):
-        name = _errno.errorcode.get(code, str(code))
-        self.errors[name] = self.errors.get(name, 0) + 1
-
-    def read(self, bufs, list lengths not None, Py_ssize_t headroom) -> int:
-        """Read frames into ``bufs[i][headroom:]`` until EAGAIN or the batch is full."""
-        cdef Py_ssize_t n = len(bufs)
-        cdef Py_ssize_t i, count = 0, pinned = 0
-        cdef ssize_t got
-        cdef int err = 0
-        if len(lengths) < n:
-            raise ValueError("lengths is shorter than bufs")
-        if n > C_MAX_BATCH:
-            n = C_MAX_BATCH
-        if headroom < 0:
-            raise ValueError("negative headroom")
-        try:
-            for i in range(n):
-                PyObject_GetBuffer(bufs[i], &self.views[i], PyBUF_WRITABLE)
-                pinned = i + 1
-                if self.views[i].len < headroom:
-                    raise ValueError("buffer shorter than the headroom")
-            with nogil:
-                while count < n:
-                    got = read(self.fd, <uint8_t *>self.views[count].buf + headroom,
-                               <size_t>(self.views[count].len - headroom))
-                    if got < 0:
-                        err = errno
-                        if err == EINTR:
-                            continue
-                        break
-                    self.codes[count] = <int>got
-                    count += 1
-        finally:
-            for i in range(pinned):
-                PyBuffer_Release(&self.views[i])
-        for i in range(count):
-            lengths[i] = self.codes[i]
-        if count == 0 and err != 0 and err != EAGAIN:
-            raise OSError(err, _errno.errorcode.get(err, "read failed"))
-        return count
-
-    def write(self, bufs, lengths, Py_ssize_t offset, verdicts, Py_ssize_t count) -> int:
-        """Write ``bufs[i][offset:lengths[i]]`` for each ``i < count`` with verdict 0."""
-        cdef Py_buffer vview
-        cdef Py_ssize_t i, k, m = 0, pinned = 0, written = 0, n
-        cdef const uint8_t *v
-        cdef ssize_t r
-        cdef int err
-        if count > len(bufs) or count > len(lengths) or count > len(verdicts):
-            raise ValueError("count exceeds bufs, lengths or verdicts")
-        if count > C_MAX_BATCH:
-            raise ValueError(f"batch larger than {MAX_BATCH}")
-        if offset < 0:
-            raise ValueError("negative offset")
-        cdef Py_ssize_t *starts = <Py_ssize_t *>PyMem_Malloc(C_MAX_BATCH * sizeof(Py_ssize_t) * 2)
-        if starts == NULL:
-            raise MemoryError()
-        cdef Py_ssize_t *sizes = starts + C_MAX_BATCH
-        PyObject_GetBuffer(verdicts, &vview, PyBUF_SIMPLE)
-        try:
-            v = <const uint8_t *>vview.buf
-            for i in range(count):
-                if v[i] != 0:
-                    continue
-                PyObject_GetBuffer(bufs[i], &self.views[pinned], PyBUF_SIMPLE)
-                pinned += 1
-                n = lengths[i]
-                if n > self.views[pinned - 1].len:
-                    n = self.views[pinned - 1].len
-                sizes[m] = n - offset if n > offset else 0
-                starts[m] = offset
-                m += 1
-            with nogil:
-                for k in range(m):
-                    while True:
-                        r = write(self.fd, <uint8_t *>self.views[k].buf + starts[k],
-                                  <size_t>sizes[k])
-                        if r < 0:
-                            err = errno
-                            if err == EINTR:
-                                continue
-                            self.codes[k] = err
-                        else:
-                            self.codes[k] = 0
-                            written += 1
-                        break
-        finally:
-            for k in range(pinned):
-                PyBuffer_Release(&self.views[k])
-            PyBuffer_Release(&vview)
-            PyMem_Free(starts)
-        if written < m:
-            for k in range(m):
-                if self.codes[k]:
-                    self._count(self.codes[k])
-        return written
-
-    def write_frames(self, frames) -> int:
-        """Write each frame (any buffer); returns how many the kernel took."""
-        cdef Py_buffer view
-        cdef ssize_t r
-        cdef int err = 0
-        cdef Py_ssize_t written = 0
-        for frame in frames:
-            PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
-            try:
-                with nogil:
-                    while True:
-                        r = write(self.fd, view.buf, <size_t>view.len)
-                        if r < 0:
-                            err = errno
-                            if err == EINTR:
-                                continue
-                        break
-            finally:
-                PyBuffer_Release(&view)
-            if r < 0:
-                self._count(err)
-            else:
-                written += 1
-        return written

@@ -19,7 +19,8 @@ on the way in it coalesces runs of TCP segments of one flow (identical Ethernet 
 ``tunnel/io_ref.py``) into one super-frame written with a GSO virtio-net header, each segment's
 TCP checksum verified first (``verify=True``: nothing vouches for a VXLAN payload but its own
 checksum). What the kernel refused is logged and shown as ``offloads`` in ``show``;
-``WGPY_NO_OFFLOAD=1`` opens a plain TAP and uses ``fast.TapBatch`` (frame by frame).
+``WGPY_NO_OFFLOAD=1`` opens a plain TAP, read and written frame by frame by the same
+``TunBatch`` without the virtio-net header.
 
 Data path (all on the loop thread, one batch of up to ``BATCH`` (256) frames per step, no Python
 object per packet on the hot path; Python's cost is paid per batch, so batches are large): the
@@ -194,7 +195,8 @@ class VxlanDaemon:
                                            verify=True)
             self.offloads = self.offload.describe().split("offloads=", 1)[1] + ",gro"
         else:
-            self.tap_io = self.fast.TapBatch(self.tap_fd)
+            # frame by frame: the same batch I/O without the virtio-net header
+            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=False, l2=ETH_HLEN)
             self.offloads = "none (WGPY_NO_OFFLOAD=1)" if plain else "none (no IFF_VNET_HDR)"
         log.info("%s: TAP offloads: %s", name, self.offloads)
 
@@ -333,38 +335,35 @@ class VxlanDaemon:
     # ---- data path -----------------------------------------------------------------------
 
     def _on_tap_readable(self) -> None:
-        vnet = self.offload is not None and self.offload.vnet_hdr
         tap_io = self.tap_io
         for _ in range(TAP_ROUNDS):
             try:
-                if vnet:
-                    count = tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM, self.mtu)
-                else:
-                    count = tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM)
+                count = tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM, self.mtu)
             except OSError as exc:
                 self.stop(f"TAP device gone ({exc.strerror})")
                 return
-            if vnet and tap_io.errors:
+            if tap_io.errors:
                 self._tap_errors()
             if count:
                 self._transmit(count)
-            if count < BATCH or not vnet or not tap_io.pending:
+            if count < BATCH or not tap_io.pending:
                 return
         # still segments of a super-frame in the scratch: finish them on the next loop turn
         asyncio.get_running_loop().call_soon(self._on_tap_readable)
 
     def _write_tap(self, frames: list[Any]) -> None:
         """Write frames (buffers) to the TAP; failures become drops."""
+        self._tap_write(len(frames), self.tap_io.write, frames)
+
+    def _tap_write(self, frames: int, write: Any, *args: Any) -> None:
+        """``write(*args)`` on the TAP batch (``frames`` frames); failures become drops."""
         assert self.engine is not None
-        if self.offload is not None and self.offload.vnet_hdr:
-            try:
-                self.tap_io.write(frames)
-            except OSError as exc:  # EIO: the device is down; others: it is going away
-                reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
-                self.engine.drops[reason] += len(frames)
-                return
-        else:
-            self.tap_io.write_frames(frames)
+        try:
+            write(*args)
+        except OSError as exc:  # EIO: the device is down; others: it is going away
+            reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
+            self.engine.drops[reason] += frames
+            return
         if self.tap_io.errors:
             self._tap_errors()
 
@@ -419,18 +418,9 @@ class VxlanDaemon:
         try:
             delivered = engine.receive_bufs(bufs, lengths, sources, count, time.monotonic(),
                                             verdicts)
-            if delivered and self.offload is not None and self.offload.vnet_hdr:
-                try:
-                    self.tap_io.write_slots(bufs, lengths, VXLAN_HLEN, verdicts, count)
-                except OSError as exc:  # EIO: the device is down; others: it is going away
-                    reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
-                    engine.drops[reason] += delivered
-                if self.tap_io.errors:
-                    self._tap_errors()
-            elif delivered:
-                self.tap_io.write(bufs, lengths, VXLAN_HLEN, verdicts, count)
-                if self.tap_io.errors:
-                    self._tap_errors()
+            if delivered:
+                self._tap_write(delivered, self.tap_io.write_slots, bufs, lengths, VXLAN_HLEN,
+                                verdicts, count)
         except Exception:
             log.exception("%s: receive batch failed", self.name)
             engine.drops["rx_exception"] += count

@@ -48,7 +48,6 @@ Functions:
   the kernel segments (or hands the whole train to a GRO-enabled receiver). If the kernel
   refuses GSO (EIO or EINVAL on a message of several datagrams), GSO is turned off for the
   object, a line is added to ``fallbacks``, and the datagrams go one by one.
-- :class:`TapBatch`: batch read/write on a TAP fd (Ethernet frames, no packet-info header).
 
 Buffers are borrowed for the call only; nothing here keeps a reference to them.
 """
@@ -435,68 +434,9 @@ class GsoBatch:
         return sent, full, errors
 
 
-class TapBatch:
-    """Batch read/write on a non-blocking TAP fd opened with IFF_TAP | IFF_NO_PI (the caller
-    owns the fd). ``errors`` counts failed writes by errno name; ``EIO`` means the device is
-    down."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.errors: dict[str, int] = {}
-
-    def read(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int) -> int:
-        """Read frames into ``bufs[i][headroom:]`` until EAGAIN or every slot is used; returns
-        the count, lengths in ``lengths[i]``. A read error other than EAGAIN/EINTR raises
-        OSError if nothing was read yet (else the batch ends there)."""
-        n = len(bufs)
-        if len(lengths) < n:
-            raise ValueError("lengths is shorter than bufs")
-        n = min(n, MAX_BATCH)
-        count = 0
-        while count < n:
-            try:
-                got = os.readv(self.fd, [memoryview(bufs[count])[headroom:]])
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            except OSError:
-                if count:
-                    break
-                raise
-            lengths[count] = got
-            count += 1
-        return count
-
-    def write(self, bufs: Sequence[bytearray], lengths: Sequence[int], offset: int,
-              verdicts: Buffer, count: int) -> int:
-        """Write ``bufs[i][offset:lengths[i]]`` for each ``i < count`` with verdict 0; returns
-        how many the kernel took (failures counted in ``errors``)."""
-        if count > len(bufs) or count > len(lengths) or count > len(verdicts):
-            raise ValueError("count exceeds bufs, lengths or verdicts")
-        return self.write_frames(
-            [memoryview(bufs[i])[offset : lengths[i]] for i in range(count) if verdicts[i] == 0])
-
-    def write_frames(self, frames: Sequence[Buffer]) -> int:
-        """Write each frame; returns how many the kernel took."""
-        written = 0
-        for frame in frames:
-            while True:
-                try:
-                    os.write(self.fd, frame)
-                    written += 1
-                except InterruptedError:
-                    continue
-                except OSError as exc:
-                    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-                    self.errors[name] = self.errors.get(name, 0) + 1
-                break
-        return written
-
-
 __all__ = [
     "GSO_BYTES", "GSO_SEGMENTS", "MAX_BATCH", "RX_INVALID_SOURCE_MAC", "RX_NO_I_FLAG", "RX_OK", "RX_OWN_SOURCE_MAC",
     "RX_REASONS", "RX_RESERVED_BITS", "RX_STATIC_CONFLICT", "RX_TOO_SHORT", "RX_WRONG_VNI",
-    "TX_ARP", "TX_DONE", "TX_OK", "TX_TOO_SHORT", "Dest", "GsoBatch", "RawBatch", "TapBatch",
+    "TX_ARP", "TX_DONE", "TX_OK", "TX_TOO_SHORT", "Dest", "GsoBatch", "RawBatch",
     "decap_batch", "flow_hash", "pseudo_sum", "scan_tx", "udp_checksum", "write_headers",
 ]
