@@ -1,7 +1,7 @@
 /* The C side of tunnel/_io.pyx (batched UDP and TUN I/O): socket addresses and control
  * messages, the TCP segmentation of TUN/TAP super-packets and the coalescing of segments
  * (GRO), checksums. Static functions, included by the one module that uses them; the contract
- * of each is in its comment and in tunnel/io_ref.py, whose pure-Python functions mirror them.
+ * of each is in its comment and in tunnel/io_ref.py; tunnel/segment_ref.py mirrors the TCP parts.
  * Everything here runs without the GIL and touches no Python object. */
 
 #ifndef WGPY_IO_H
