@@ -473,7 +473,7 @@ class VxlanDaemon:
             "datapath": self.fast_name,
             "io": self.io_name,
             "offloads": self.offloads,
-            "source_port": _source_port_text(self.sender),
+            "source_port": self.sender.source_port if self.sender else None,
         }
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -494,17 +494,6 @@ class VxlanDaemon:
             log.exception("%s: control request failed", self.name)
         finally:
             writer.close()
-
-
-def _source_port_text(sender: Sender | None) -> str:
-    """How the outer source port is chosen, for ``show``."""
-    if sender is None:
-        return "?"
-    ports = getattr(sender, "ports", None)
-    if ports:
-        gso = "GSO" if getattr(sender, "gso", False) else "no GSO"
-        return f"hashed over {len(ports)} ports ({min(ports)}..{max(ports)}), {gso}"
-    return "hashed over the srcport range"
 
 
 def _source_ip(ip: str, port: int, local: str | None) -> str:

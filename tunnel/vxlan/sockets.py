@@ -75,6 +75,11 @@ class Sender(Protocol):
 
     mode: str
 
+    @property
+    def source_port(self) -> str:
+        """How the outer source port is chosen, for ``show``."""
+        ...
+
     def send(self, payload: Buffer, addr: tuple[str, int], sport: int) -> None: ...
 
     def send_batch(
@@ -233,6 +238,12 @@ class PoolSender(_BatchSender):
     def gso(self) -> bool:
         return bool(self._batch.gso)
 
+    @property
+    def source_port(self) -> str:
+        gso = "GSO" if self.gso else "no GSO"
+        ports = self.ports
+        return f"hashed over {len(ports)} ports ({min(ports)}..{max(ports)}), {gso}"
+
     def close(self) -> None:
         self._batch.close()
         for sock in self.socks:
@@ -309,6 +320,7 @@ class RawSender(_BatchSender):
     """Send through a raw IPPROTO_UDP socket with the engine's source port (see module doc)."""
 
     mode = "raw"
+    source_port = "hashed over the srcport range"
 
     def __init__(self, config: VxlanConfig, fast: ModuleType | None = None) -> None:
         super().__init__()
