@@ -211,21 +211,18 @@ class UdpBind:
         """Send each datagram on the socket of its endpoint's family; returns the count sent."""
         v4 = self.v4
         v6 = self.v6
-        if len(datagrams) == 1 and v4 is not None and v6 is not None:  # a ping, a keepalive
-            sock = v6 if datagrams[0][1].is_ipv6 else v4
-            return sock.send_batch(datagrams)
         if v6 is None:
             return v4.send_batch(datagrams) if v4 is not None else 0
         if v4 is None:
             return v6.send_batch(datagrams)
-        # A batch usually goes to one endpoint object: compare identities (hashing a dataclass
-        # costs more), then look at each distinct endpoint once.
-        endpoints = list(map(_endpoint_of, datagrams))
-        first = endpoints[0] if endpoints else None
-        if first is None or endpoints.count(first) == len(endpoints):
+        # A batch usually goes to one endpoint object (a lone datagram always does): compare
+        # identities (hashing a dataclass costs more), else look at each distinct endpoint once.
+        first = datagrams[0][1] if datagrams else None
+        if first is None or all(d[1] is first for d in datagrams):
             if first is not None and first.is_ipv6:
                 return v6.send_batch(datagrams)
             return v4.send_batch(datagrams)
+        endpoints = list(map(_endpoint_of, datagrams))
         families = {e.is_ipv6 for e in {id(e): e for e in endpoints}.values()}
         if families == {False}:
             return v4.send_batch(datagrams)
