@@ -256,14 +256,10 @@ class Device:
                 datagrams.append((memoryview(bufs[i])[: lengths[i]], endpoint))
             peer.tx_bytes += sum(lengths[:sealed])
             if sealed:
-                # The timer hooks inlined (per batch on the data path): data sent, any
-                # authenticated packet sent, traversal; then keep the key fresh.
-                timers = peer.timers
-                if had_data and timers.new_handshake is None:
+                if had_data:
                     self._timer_data_sent(peer, now)
-                timers.send_keepalive = None
-                if peer.persistent_keepalive:
-                    self._timer_any_authenticated_packet_traversal(peer, now)
+                self._timer_any_authenticated_packet_sent(peer)
+                self._timer_any_authenticated_packet_traversal(peer, now)
                 self._keep_key_fresh_sending(peer, keypair, now, out)
         if sealed < len(bufs):
             for i in range(sealed, len(bufs)):
@@ -578,16 +574,10 @@ class Device:
         data = opened > keepalives  # wireguard-go counts data before the allowed-IPs check
         out.packets.extend(packets)
         peer.endpoint = sources[indices[last_ok]]
-        # The timer hooks inlined: any authenticated packet received, traversal, data received.
-        timers = peer.timers
-        timers.new_handshake = None
-        if peer.persistent_keepalive:
-            self._timer_any_authenticated_packet_traversal(peer, now)
+        self._timer_any_authenticated_packet_received(peer)
+        self._timer_any_authenticated_packet_traversal(peer, now)
         if data:
-            if timers.send_keepalive is None:
-                self._timer_data_received(peer, now)
-            else:
-                timers.keepalive_needed = True
+            self._timer_data_received(peer, now)
         if (
             keypair.is_initiator
             and not peer.timers.sent_last_minute_handshake
