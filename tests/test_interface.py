@@ -35,6 +35,24 @@ class FakeTun:
         self.written: list[bytes] = []
         self.reads = 0
 
+    @property
+    def io(self) -> FakeTun:
+        """The batch I/O the pump reads through: the same queue."""
+        return self
+
+    def read(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int, mtu: int) -> int:
+        assert headroom == HEADROOM
+        return self.read_batch(bufs, lengths, mtu)
+
+    def read_failed(self, exc: OSError) -> None:
+        raise exc
+
+    def write(self, views: Sequence[bytes | bytearray | memoryview]) -> int:
+        return self.write_batch(views)
+
+    def write_failed(self, exc: OSError) -> None:
+        raise exc
+
     def read_batch(self, bufs: Sequence[bytearray], lengths: list[int], mtu: int | None = None) -> int:
         self.reads += 1
         count = 0
@@ -58,6 +76,14 @@ class FakeSocket:
         self.pending = 0
         self.inbox: list[bytes] = []
 
+    @property
+    def io(self) -> FakeSocket:
+        """The batch I/O the pump receives through: the same queue."""
+        return self
+
+    def recv(self, bufs: Sequence[bytearray], lengths: list[int], sources: list[Endpoint]) -> int:
+        return self.recv_batch(bufs, lengths, sources)
+
     def recv_batch(self, bufs: Sequence[bytearray], lengths: list[int], sources: list[Endpoint]) -> int:
         count = 0
         while self.inbox and count < len(bufs):
@@ -70,16 +96,30 @@ class FakeSocket:
 
 
 class FakeBind:
-    """Duck-typed :class:`tunnel.udp.UdpBind` recording what is sent."""
+    """Duck-typed :class:`tunnel.udp.UdpBind` recording what is sent, by either way: its
+    ``send_batch`` or the batch I/O's ``send_slots`` (the pump's way; ``v4.io`` is the bind)."""
 
     def __init__(self) -> None:
         self.gro = True
         self.lost_sources: list[Endpoint] = []
         self.sent: list[tuple[bytes, Endpoint]] = []
+        self.v4 = self
+        self.v6 = None
+        self.slot_sends = 0
+
+    @property
+    def io(self) -> FakeBind:
+        return self
 
     def send_batch(self, datagrams: Sequence[tuple[Any, Endpoint]]) -> int:
         self.sent.extend((bytes(d), ep) for d, ep in datagrams)
         return len(datagrams)
+
+    def send_slots(self, bufs: Sequence[bytearray], lengths: Sequence[int], offset: int, count: int,
+                   endpoint: Endpoint) -> int:
+        self.slot_sends += 1
+        return self.send_batch([(memoryview(bufs[i])[offset : offset + lengths[i]], endpoint)
+                                for i in range(count)])
 
 
 def _pair() -> Pair:
@@ -92,10 +132,10 @@ def _pair() -> Pair:
 
 def _interface(device: Device) -> tuple[Interface, FakeTun, FakeBind]:
     tun = FakeTun()
-    interface = Interface(tun)  # type: ignore[arg-type]
-    interface.device = device
+    interface = Interface(tun, device)  # type: ignore[arg-type]
     bind = FakeBind()
     interface.bind = bind  # type: ignore[assignment]
+    interface._outbound.udp4 = bind.io
     return interface, tun, bind
 
 
@@ -123,7 +163,7 @@ def test_answer_queued_by_the_tun_write_leaves_in_the_same_callback() -> None:
         return original(views)
 
     tun.write_batch = write_and_answer  # type: ignore[method-assign]
-    interface._on_udp_readable(sock)  # type: ignore[arg-type]
+    interface._inbound.on_readable(sock, sock.io)
     assert tun.written == [request]
     assert len(bind.sent) == 1
     datagram, endpoint = bind.sent[0]
@@ -141,7 +181,7 @@ def test_nothing_delivered_reads_no_tun() -> None:
     forged[-1] ^= 1
     sock.inbox.append(bytes(forged))
     tun.inbox.append(ipv4_packet("10.0.0.2", "10.0.0.1"))
-    interface._on_udp_readable(sock)  # type: ignore[arg-type]
+    interface._inbound.on_readable(sock, sock.io)
     assert tun.written == [] and tun.reads == 0 and bind.sent == []
 
 
@@ -149,7 +189,7 @@ def test_tun_callback_seals_and_sends() -> None:
     pair = _pair()
     interface, tun, bind = _interface(pair.b.device)
     tun.inbox.extend([ipv4_packet("10.0.0.2", "10.0.0.1", bytes([i]) * 30) for i in range(3)])
-    interface._on_tun_readable()
+    interface._outbound.on_readable()
     assert len(bind.sent) == 3 and tun.inbox == []
 
 

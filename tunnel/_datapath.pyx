@@ -12,10 +12,12 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 
+from tunnel.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
+from tunnel.peer import Keypair
 from tunnel.datapath_ref import INVALID_SIZE, INVALID_TYPE, NO_SLOT, compile_intervals
 
 __all__ = [
-    "NO_SLOT", "INVALID_SIZE", "INVALID_TYPE", "RouteTable", "route_batch", "classify_batch",
+    "NO_SLOT", "INVALID_SIZE", "INVALID_TYPE", "RouteTable", "route_batch", "lane", "receive_lane", "classify_batch",
     "accept_batch", "inner_length", "compile_intervals",
 ]
 
@@ -162,6 +164,74 @@ def route_batch(RouteTable table, list bufs, list lengths, Py_ssize_t headroom, 
         else:
             (<list>group).append(i)
     return groups, no_route, too_big
+
+
+cdef double _REJECT_AFTER_TIME = REJECT_AFTER_TIME
+cdef double _REKEY_AFTER_TIME = REKEY_AFTER_TIME
+cdef object _REKEY_AFTER_MESSAGES = REKEY_AFTER_MESSAGES
+
+
+def lane(device, list bufs, list lengths, Py_ssize_t headroom, double now):
+    """``(peer, keypair)`` if the batch may take the fast lane, else None (see datapath_ref.lane)."""
+    if device.identity is None or not bufs:
+        return None
+    cdef RouteTable table = device.routes()
+    cdef Py_ssize_t mtu = device.mtu
+    cdef Py_ssize_t i, size, n = len(bufs)
+    cdef int slot = -1, found
+    cdef unsigned char *p
+    for i in range(n):
+        size = lengths[i]
+        if size > mtu:
+            return None
+        p = _data(bufs[i], headroom + size)
+        found = table.find_packet(p + headroom, size, False)
+        if found < 0 or (slot >= 0 and found != slot):
+            return None
+        slot = found
+    peer = device.peer_slots[slot]
+    if peer is None or peer.staged or peer.endpoint is None:
+        return None
+    keypair = peer.current
+    if keypair is None:
+        return None
+    cdef double age = now - <double>keypair.created
+    if age >= _REJECT_AFTER_TIME or (keypair.is_initiator and age >= _REKEY_AFTER_TIME):
+        return None
+    if keypair.cipher.send_counter + n >= _REKEY_AFTER_MESSAGES:
+        return None
+    return peer, keypair
+
+
+def receive_lane(device, list bufs, list lengths, list sources, double now):
+    """The keypair to open the whole batch with in the inbound fast lane, else None (see
+    datapath_ref.receive_lane)."""
+    cdef Py_ssize_t i, n = len(bufs)
+    cdef unsigned char *p
+    cdef long long receiver = -1, index
+    if n == 0 or len(lengths) < n or len(sources) < n:
+        return None
+    for i in range(n):
+        if <Py_ssize_t>lengths[i] < 32:
+            return None
+        p = _data(bufs[i], 32)
+        if p[0] != 4 or p[1] or p[2] or p[3]:
+            return None
+        index = (<uint32_t>p[4]) | (<uint32_t>p[5] << 8) | (<uint32_t>p[6] << 16) | (<uint32_t>p[7] << 24)
+        if receiver >= 0 and index != receiver:
+            return None
+        receiver = index
+    keypair = device.receivers.get(receiver)
+    if not isinstance(keypair, Keypair):  # None, or the peer of a handshake in progress
+        return None
+    peer = keypair.peer
+    if now - <double>keypair.created >= _REJECT_AFTER_TIME or peer.next is keypair:
+        return None
+    endpoint = peer.endpoint
+    for i in range(n):
+        if sources[i] is not endpoint:
+            return None
+    return keypair
 
 
 def classify_batch(list bufs, list lengths):

@@ -10,7 +10,7 @@ cdef class UdpBatch:
     cdef readonly bint gro
     cdef readonly list fallbacks
     cdef readonly dict errors
-    cdef readonly list lost_sources
+    cdef public list lost_sources  # the owner may share one list between sockets
     cdef object _make
     cdef bint _busy
     # receive side
@@ -36,6 +36,8 @@ cdef class UdpBatch:
     cdef iovec *_siov
     cdef unsigned char *_sctl
     cdef Py_buffer *_sviews
+    cdef unsigned char **_sptr      # datagram i's first byte and length (inside _sviews[i])
+    cdef Py_ssize_t *_slen
     cdef int *_sdest
     cdef wgpy_dest *_dests
     cdef int *_mfirst
@@ -61,6 +63,8 @@ cdef class UdpBatch:
         self._siov = NULL
         self._sctl = NULL
         self._sviews = NULL
+        self._sptr = NULL
+        self._slen = NULL
         self._sdest = NULL
         self._dests = NULL
         self._mfirst = NULL
@@ -100,6 +104,8 @@ cdef class UdpBatch:
         PyMem_Free(self._siov)
         PyMem_Free(self._sctl)
         PyMem_Free(self._sviews)
+        PyMem_Free(self._sptr)
+        PyMem_Free(self._slen)
         PyMem_Free(self._sdest)
         PyMem_Free(self._dests)
         PyMem_Free(self._mfirst)
@@ -357,6 +363,8 @@ cdef class UdpBatch:
         PyMem_Free(self._siov)
         PyMem_Free(self._sctl)
         PyMem_Free(self._sviews)
+        PyMem_Free(self._sptr)
+        PyMem_Free(self._slen)
         PyMem_Free(self._sdest)
         PyMem_Free(self._dests)
         PyMem_Free(self._mfirst)
@@ -366,12 +374,14 @@ cdef class UdpBatch:
         self._siov = <iovec *>PyMem_Malloc(n * sizeof(iovec))
         self._sctl = <unsigned char *>PyMem_Malloc(n * WGPY_CONTROL)
         self._sviews = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
+        self._sptr = <unsigned char **>PyMem_Malloc(n * sizeof(unsigned char *))
+        self._slen = <Py_ssize_t *>PyMem_Malloc(n * sizeof(Py_ssize_t))
         self._sdest = <int *>PyMem_Malloc(n * sizeof(int))
         self._dests = <wgpy_dest *>PyMem_Malloc(n * sizeof(wgpy_dest))
         self._mfirst = <int *>PyMem_Malloc(n * sizeof(int))
         self._mcount = <int *>PyMem_Malloc(n * sizeof(int))
         if (self._smsgs == NULL or self._siov == NULL or self._sctl == NULL or self._sviews == NULL
-                or self._sdest == NULL or self._dests == NULL or self._mfirst == NULL
+                or self._sptr == NULL or self._slen == NULL or self._sdest == NULL or self._dests == NULL or self._mfirst == NULL
                 or self._mcount == NULL):
             raise MemoryError()
         self._scap = n
@@ -397,9 +407,8 @@ cdef class UdpBatch:
     def send(self, datagrams not None) -> int:
         """Send each datagram (GSO runs as one message); returns how many left (see io_ref)."""
         cdef Py_ssize_t n = len(datagrams)
-        cdef Py_ssize_t i, pinned = 0, index = 0, sent = 0
-        cdef int ndest = 0, nmsgs, r, code, code2, group
-        cdef bint stop
+        cdef Py_ssize_t i, pinned = 0
+        cdef int ndest = 0
         if n == 0:
             return 0
         self._enter()
@@ -409,6 +418,8 @@ cdef class UdpBatch:
                 payload, endpoint = datagrams[i]
                 PyObject_GetBuffer(payload, &self._sviews[i], PyBUF_SIMPLE)
                 pinned = i + 1
+                self._sptr[i] = <unsigned char *>self._sviews[i].buf
+                self._slen[i] = self._sviews[i].len
                 if endpoint is not self._last_ep:
                     self._parse_endpoint(endpoint)
                 if not self._last_dest_ok:
@@ -419,60 +430,103 @@ cdef class UdpBatch:
                     memcpy(&self._dests[ndest], &self._last_dest, sizeof(wgpy_dest))
                     self._sdest[i] = ndest
                     ndest += 1
-            while index < n:
-                if self._sdest[index] < 0:
-                    self._count("send:bad_address")
-                    index += 1
-                    continue
-                with nogil:
-                    nmsgs = self._build(index, n)
-                    while True:
-                        r = sendmmsg(self.fd, self._smsgs, <unsigned int>nmsgs, MSG_DONTWAIT)
-                        if r < 0 and errno == EINTR:
-                            continue
-                        break
-                    code = errno if r < 0 else 0
-                if r > 0:
-                    for i in range(r):
-                        sent += self._mcount[i]
-                    index = self._mfirst[r - 1] + self._mcount[r - 1]
-                    continue
-                if code == EAGAIN:
-                    self._count("send:EAGAIN")
-                    return sent
-                group = self._mcount[0]
-                # Retry the first datagram alone without GSO, then decide whose fault it was.
-                code2 = self._send_single(index, True)
-                stop = False
+            return self._send_pinned(n, datagrams, None)
+        finally:
+            release_views(self._sviews, pinned)
+            self._busy = False
+
+    def send_slots(self, bufs not None, lengths not None, Py_ssize_t offset, Py_ssize_t count,
+                   endpoint) -> int:
+        """Send ``bufs[i][offset:offset+lengths[i]]`` for ``i < count``, all to ``endpoint``.
+
+        The same sending as :meth:`send` (GSO runs, sticky source, errors counted, lost sources
+        noted) without a Python object per datagram; see io_ref for the contract.
+        """
+        cdef Py_ssize_t i, pinned = 0, size
+        if count < 0 or count > len(bufs) or count > len(lengths) or offset < 0:
+            raise ValueError("count or offset out of range")
+        if count == 0:
+            return 0
+        self._enter()
+        try:
+            self._reserve_send(count)
+            if endpoint is not self._last_ep:
+                self._parse_endpoint(endpoint)
+            if self._last_dest_ok:
+                memcpy(&self._dests[0], &self._last_dest, sizeof(wgpy_dest))
+            for i in range(count):
+                size = lengths[i]
+                PyObject_GetBuffer(bufs[i], &self._sviews[i], PyBUF_SIMPLE)
+                pinned = i + 1
+                if size < 0 or offset + size > self._sviews[i].len:
+                    raise ValueError(f"datagram {i}: length {size} does not fit its buffer")
+                self._sptr[i] = <unsigned char *>self._sviews[i].buf + offset
+                self._slen[i] = size
+                self._sdest[i] = 0 if self._last_dest_ok else -1
+            return self._send_pinned(count, None, endpoint)
+        finally:
+            release_views(self._sviews, pinned)
+            self._busy = False
+
+    cdef Py_ssize_t _send_pinned(self, Py_ssize_t n, object datagrams, object endpoint) except -1:
+        """Send the n pinned datagrams (_sptr/_slen/_sdest set); the count that left.
+
+        A lost sticky source is noted as ``datagrams[i][1]``, or ``endpoint`` when that is None.
+        """
+        cdef Py_ssize_t i, index = 0, sent = 0
+        cdef int nmsgs, r, code, code2, group
+        cdef bint stop
+        while index < n:
+            if self._sdest[index] < 0:
+                self._count("send:bad_address")
+                index += 1
+                continue
+            with nogil:
+                nmsgs = self._build(index, n)
+                while True:
+                    r = sendmmsg(self.fd, self._smsgs, <unsigned int>nmsgs, MSG_DONTWAIT)
+                    if r < 0 and errno == EINTR:
+                        continue
+                    break
+                code = errno if r < 0 else 0
+            if r > 0:
+                for i in range(r):
+                    sent += self._mcount[i]
+                index = self._mfirst[r - 1] + self._mcount[r - 1]
+                continue
+            if code == EAGAIN:
+                self._count("send:EAGAIN")
+                return sent
+            group = self._mcount[0]
+            # Retry the first datagram alone without GSO, then decide whose fault it was.
+            code2 = self._send_single(index, True)
+            stop = False
+            if code2 == 0:
+                if group > 1 and code in GSO_REFUSED:
+                    self.gso = False
+                    self.fallbacks.append(
+                        f"UDP GSO refused by the kernel ({_errname(code)}): "
+                        "sending datagrams one by one")
+                sent += 1
+            elif code2 == EAGAIN:
+                stop = True
+                self._count("send:EAGAIN")
+            elif code2 in SOURCE_GONE and self._dests[self._sdest[index]].local_family:
+                code2 = self._send_single(index, False)
                 if code2 == 0:
-                    if group > 1 and code in GSO_REFUSED:
-                        self.gso = False
-                        self.fallbacks.append(
-                            f"UDP GSO refused by the kernel ({_errname(code)}): "
-                            "sending datagrams one by one")
+                    self.lost_sources.append(endpoint if datagrams is None else datagrams[index][1])
                     sent += 1
                 elif code2 == EAGAIN:
                     stop = True
                     self._count("send:EAGAIN")
-                elif code2 in SOURCE_GONE and self._dests[self._sdest[index]].local_family:
-                    code2 = self._send_single(index, False)
-                    if code2 == 0:
-                        self.lost_sources.append(datagrams[index][1])
-                        sent += 1
-                    elif code2 == EAGAIN:
-                        stop = True
-                        self._count("send:EAGAIN")
-                    else:
-                        self._count("send:" + _errname(code2))
                 else:
                     self._count("send:" + _errname(code2))
-                if stop:
-                    return sent
-                index += 1
-            return sent
-        finally:
-            release_views(self._sviews, pinned)
-            self._busy = False
+            else:
+                self._count("send:" + _errname(code2))
+            if stop:
+                return sent
+            index += 1
+        return sent
 
     cdef int _build(self, Py_ssize_t start, Py_ssize_t n) noexcept nogil:
         """Fill the messages for datagrams start..n-1 (stops before a bad address)."""
@@ -484,13 +538,13 @@ cdef class UdpBatch:
             dest = self._sdest[i]
             if dest < 0:
                 break
-            size = self._sviews[i].len
+            size = self._slen[i]
             count = 1
             total = size
             k = i + 1
             if self.gso and size > 0:
                 while k < n and count < C_MAX_SEGMENTS:
-                    length = self._sviews[k].len
+                    length = self._slen[k]
                     if self._sdest[k] != dest or length > size or length == 0:
                         break
                     if total + length > C_MAX_GSO_BYTES:
@@ -501,8 +555,8 @@ cdef class UdpBatch:
                     if length < size:
                         break
             for k in range(i, i + count):
-                self._siov[k].iov_base = self._sviews[k].buf
-                self._siov[k].iov_len = self._sviews[k].len
+                self._siov[k].iov_base = self._sptr[k]
+                self._siov[k].iov_len = self._slen[k]
             d = &self._dests[dest]
             m = &self._smsgs[nm]
             m.msg_hdr.msg_name = &d.addr
@@ -533,8 +587,8 @@ cdef class UdpBatch:
         cdef int code = 0
         with nogil:
             memset(&m, 0, sizeof(msghdr))
-            iov.iov_base = self._sviews[index].buf
-            iov.iov_len = self._sviews[index].len
+            iov.iov_base = self._sptr[index]
+            iov.iov_len = self._slen[index]
             m.msg_name = &d.addr
             m.msg_namelen = d.addrlen
             m.msg_iov = &iov

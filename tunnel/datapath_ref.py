@@ -8,6 +8,10 @@ loops that run once per packet to these functions, which work on a whole batch a
   read-only snapshot of :class:`tunnel.allowedips.AllowedIPs`; the engine recompiles it when the
   table's ``version`` changes.
 - :func:`route_batch`: outbound, destination lookup and grouping by peer slot.
+- :func:`lane`: outbound, whether a batch may take the fast lane (one peer, a session in its
+  steady state): the decision behind :meth:`tunnel.device.Device.lane`.
+- :func:`receive_lane`: inbound, the same for a batch of datagrams (all transport messages for
+  one established keypair, from the peer's current endpoint).
 - :func:`classify_batch`: inbound, message type and exact size, grouping transport messages by
   receiver index.
 - :func:`accept_batch`: inbound after decryption, padding strip and the allowed-IPs source check,
@@ -21,6 +25,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tunnel.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
+from tunnel.peer import Keypair
 
 NO_SLOT = -1
 
@@ -135,6 +143,78 @@ def route_batch(
         else:
             group.append(i)
     return groups, no_route, too_big
+
+
+def lane(device: Any, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
+         now: float) -> tuple[Any, Any] | None:
+    """``(peer, keypair)`` if the batch may take the fast lane, else None (see Device.lane).
+
+    ``device`` is a :class:`tunnel.device.Device`; this reads its ``identity``, ``mtu``,
+    ``routes()`` and ``peer_slots``, and the peer's and keypair's state, and changes nothing.
+    The rules are :meth:`Device.send_batch`'s for a batch that needs nothing but sealing: every
+    packet fits the MTU and routes to one peer; the peer has an endpoint and no staged packets;
+    its current keypair is younger than REJECT_AFTER_TIME (and than REKEY_AFTER_TIME if we
+    initiated it), and sealing the batch keeps its counter under REKEY_AFTER_MESSAGES.
+    """
+    if device.identity is None or not bufs:
+        return None
+    table = device.routes()
+    mtu = device.mtu
+    slot = NO_SLOT
+    for i in range(len(bufs)):
+        size = lengths[i]
+        if size > mtu:
+            return None
+        found = table.lookup_packet(bufs[i], headroom, size, False)
+        if found < 0 or (slot >= 0 and found != slot):
+            return None
+        slot = found
+    peer = device.peer_slots[slot]
+    if peer is None or peer.staged or peer.endpoint is None:
+        return None
+    keypair = peer.current
+    if keypair is None:
+        return None
+    age = now - keypair.created
+    if age >= REJECT_AFTER_TIME or (keypair.is_initiator and age >= REKEY_AFTER_TIME):
+        return None
+    if keypair.cipher.send_counter + len(bufs) >= REKEY_AFTER_MESSAGES:
+        return None
+    return peer, keypair
+
+
+def receive_lane(device: Any, bufs: Sequence[bytearray], lengths: Sequence[int], sources: Sequence[Any],
+                 now: float) -> Any:
+    """The keypair to open the whole batch with in the inbound fast lane, else None.
+
+    Granted when the general path (:meth:`tunnel.device.Device.receive_batch`) would only open,
+    check and deliver: every datagram is a transport message (type 4, at least 32 bytes) for
+    one receiver index that names a keypair younger than REJECT_AFTER_TIME which is not waiting
+    for its confirmation (``peer.next``), and every source is the peer's current endpoint
+    object (so no roaming to record before a reply). Reads ``device.receivers``; changes nothing.
+    """
+    if not bufs:
+        return None
+    receiver = -1
+    for i in range(len(bufs)):
+        buf = bufs[i]
+        if lengths[i] < 32 or buf[0] != 4 or buf[1] or buf[2] or buf[3]:
+            return None
+        index = int.from_bytes(buf[4:8], "little")
+        if receiver >= 0 and index != receiver:
+            return None
+        receiver = index
+    keypair = device.receivers.get(receiver)
+    if not isinstance(keypair, Keypair):  # None, or the peer of a handshake in progress
+        return None
+    peer = keypair.peer
+    if now - keypair.created >= REJECT_AFTER_TIME or peer.next is keypair:
+        return None
+    endpoint = peer.endpoint
+    for source in sources:
+        if source is not endpoint:
+            return None
+    return keypair
 
 
 def classify_batch(

@@ -112,12 +112,15 @@ class Device:
         self.drops: Counter[str] = Counter()
         self.rate_limiter = RateLimiter()
         self._initiation_limiters: dict[Peer, InitiationLimiter] = {}
-        self._index: dict[int, Peer | Keypair] = {}
+        # Our receiver indices: the peer of a handshake in progress, or a session's keypair.
+        self.receivers: dict[int, Peer | Keypair] = {}
         self._timers = TimerQueue()
         # Peers by slot (small ints the native route table returns), and the compiled table.
-        self._slots: list[Peer | None] = []
+        self.peer_slots: list[Peer | None] = []
         self._free_slots: list[int] = []
-        self._datapath = datapath if datapath is not None else select_datapath()[1]
+        # The per-packet loops in use (Cython or the pure reference); the shell's pump calls
+        # its ``lane`` directly.
+        self.datapath = datapath if datapath is not None else select_datapath()[1]
         self._route_table: Any = None
         self._route_version = -1
         self._handshake_second = 0.0
@@ -158,11 +161,11 @@ class Device:
             peer = Peer(public_key, noise.Handshake(public_key), CookieGenerator(public_key))
             self.peers[public_key] = peer
             self._initiation_limiters[peer] = InitiationLimiter()
-            peer.slot = self._free_slots.pop() if self._free_slots else len(self._slots)
-            if peer.slot == len(self._slots):
-                self._slots.append(peer)
+            peer.slot = self._free_slots.pop() if self._free_slots else len(self.peer_slots)
+            if peer.slot == len(self.peer_slots):
+                self.peer_slots.append(peer)
             else:
-                self._slots[peer.slot] = peer
+                self.peer_slots[peer.slot] = peer
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
@@ -172,7 +175,7 @@ class Device:
         self._expire_sessions(peer)
         self.allowed_ips.remove_peer(peer)
         self._initiation_limiters.pop(peer, None)
-        self._slots[peer.slot] = None
+        self.peer_slots[peer.slot] = None
         self._free_slots.append(peer.slot)
         self._route_version = -1  # the slot may be reused: recompile
 
@@ -206,12 +209,12 @@ class Device:
         in place and returned as views; packets waiting for a handshake are copied.
         """
         out = Output()
-        groups, no_route, too_big = self._datapath.route_batch(self._routes(), bufs, lengths, HEADROOM, self.mtu)
+        groups, no_route, too_big = self.datapath.route_batch(self.routes(), bufs, lengths, HEADROOM, self.mtu)
         if no_route:
             self.drops[Drop.NO_ROUTE] += no_route
         if too_big:
             self.drops[Drop.TOO_BIG] += too_big
-        slots = self._slots
+        slots = self.peer_slots
         whole = len(groups) == 1
         for slot, indices in groups.items():
             peer = slots[slot]
@@ -225,12 +228,12 @@ class Device:
                 self._send_packets(peer, [bufs[i] for i in indices], [lengths[i] for i in indices], now, out)
         return out
 
-    def _routes(self) -> Any:
+    def routes(self) -> Any:
         """The compiled route table, recompiled when allowed-IPs changed since the last use."""
         allowed = self.allowed_ips
         if self._route_version != allowed.version:
             entries = [(addr, cidr, peer.slot) for peer, prefixes in allowed.owners() for addr, cidr in prefixes]
-            self._route_table = self._datapath.RouteTable(entries)
+            self._route_table = self.datapath.RouteTable(entries)
             self._route_version = allowed.version
         return self._route_table
 
@@ -242,11 +245,40 @@ class Device:
             return None
         return keypair
 
+    def lane(self, bufs: list[bytearray], lengths: list[int], now: float) -> tuple[Peer, Keypair] | None:
+        """The fast lane for a batch read from the TUN: ``(peer, keypair)``, or None.
+
+        Granted when sealing is all the batch needs: every packet fits the MTU and routes to the
+        same peer, which has an endpoint, no staged packets and a current session that seals
+        them all without reaching a rekey or reject limit (the steady state of
+        :meth:`send_batch`'s rules; the decision is ``datapath.lane``, which the shell's pump
+        calls directly). The shell may then seal the batch
+        (``keypair.cipher.seal_batch(bufs, lengths, mtu)``), send the sealed prefix to
+        ``peer.endpoint`` and report it with :meth:`lane_sent`, so the datagrams leave before any
+        bookkeeping. With None, hand the batch to :meth:`send_batch`. Changes nothing.
+        """
+        lane: tuple[Peer, Keypair] | None = self.datapath.lane(self, bufs, lengths, HEADROOM, now)
+        return lane
+
+    def lane_sent(
+        self, peer: Peer, keypair: Keypair, bufs: list[bytearray], lengths: list[int], sealed: int, now: float
+    ) -> Output:
+        """Account a batch the shell sealed with :meth:`lane`'s keypair and sent.
+
+        ``lengths`` are as the seal left them; packets past ``sealed`` (the session was zeroed
+        meanwhile) are staged and a handshake started, as :meth:`send_batch` would.
+        """
+        out = Output()
+        # A TUN packet is never empty (only the engine makes keepalives): the batch is data.
+        self._after_seal(peer, keypair, bufs, lengths, sealed, True, now, out)
+        return out
+
     def _send_packets(
         self, peer: Peer, bufs: list[bytearray], lengths: list[int], now: float, out: Output
     ) -> None:
         keypair = self._sending_keypair(peer, now) if self.identity is not None else None
         sealed = 0
+        had_data = False
         if keypair is not None and peer.endpoint is not None:
             had_data = any(lengths)
             sealed = keypair.cipher.seal_batch(bufs, lengths, self.mtu)
@@ -254,13 +286,27 @@ class Device:
             datagrams = out.datagrams
             for i in range(sealed):
                 datagrams.append((memoryview(bufs[i])[: lengths[i]], endpoint))
+        self._after_seal(peer, keypair, bufs, lengths, sealed, had_data, now, out)
+
+    def _after_seal(
+        self,
+        peer: Peer,
+        keypair: Keypair | None,
+        bufs: list[bytearray],
+        lengths: list[int],
+        sealed: int,
+        had_data: bool,
+        now: float,
+        out: Output,
+    ) -> None:
+        """Counters and timers for ``sealed`` datagrams sent; the rest staged for a handshake."""
+        if sealed and keypair is not None:
             peer.tx_bytes += sum(lengths[:sealed])
-            if sealed:
-                if had_data:
-                    self._timer_data_sent(peer, now)
-                self._timer_any_authenticated_packet_sent(peer)
-                self._timer_any_authenticated_packet_traversal(peer, now)
-                self._keep_key_fresh_sending(peer, keypair, now, out)
+            if had_data:
+                self._timer_data_sent(peer, now)
+            self._timer_any_authenticated_packet_sent(peer)
+            self._timer_any_authenticated_packet_traversal(peer, now)
+            self._keep_key_fresh_sending(peer, keypair, now, out)
         if sealed < len(bufs):
             for i in range(sealed, len(bufs)):
                 self._stage(peer, bytes(memoryview(bufs[i])[HEADROOM : HEADROOM + lengths[i]]))
@@ -291,18 +337,22 @@ class Device:
     def _keep_key_fresh_sending(self, peer: Peer, keypair: Keypair, now: float, out: Output) -> None:
         # As wireguard-go's keepKeyFreshSending: the message count applies to both sides, the
         # age only to the initiator (the responder waits for the initiator's rekey).
-        if keypair.cipher.send_counter >= REKEY_AFTER_MESSAGES or (
-            keypair.is_initiator and now - keypair.created >= REKEY_AFTER_TIME
-        ):
+        if self._rekey_due(keypair, keypair.cipher.send_counter, now):
             self._send_initiation(peer, now, False, out)
+
+    @staticmethod
+    def _rekey_due(keypair: Keypair, send_counter: int, now: float) -> bool:
+        return send_counter >= REKEY_AFTER_MESSAGES or (
+            keypair.is_initiator and now - keypair.created >= REKEY_AFTER_TIME
+        )
 
     # ----------------------------------------------------------------- handshakes out
 
     def _new_index(self, entry: Peer | Keypair) -> int:
         while True:
             index = int.from_bytes(self._random(4), "little")
-            if index not in self._index:
-                self._index[index] = entry
+            if index not in self.receivers:
+                self.receivers[index] = entry
                 return index
 
     def _jitter(self) -> float:
@@ -330,8 +380,8 @@ class Device:
         if self.identity is None:
             return
         hs = peer.handshake
-        if hs.local_index and self._index.get(hs.local_index) is peer:
-            del self._index[hs.local_index]
+        if hs.local_index and self.receivers.get(hs.local_index) is peer:
+            del self.receivers[hs.local_index]
         index = self._new_index(peer)
         ephemeral = dh_generate(self._random(32))
         try:
@@ -339,7 +389,7 @@ class Device:
                 self.identity, hs, index, ephemeral, tai64n.encode(now + self.wall_offset)
             )
         except Exception:  # a low-order peer key: nothing can ever be sent to it
-            del self._index[index]
+            del self.receivers[index]
             self.drops[Drop.HANDSHAKE_AUTH] += 1
             return
         peer.cookies.add_macs(msg, now)
@@ -373,13 +423,13 @@ class Device:
         :attr:`drops`; nothing raises on peer input.
         """
         out = Output()
-        transport, handshakes, drops = self._datapath.classify_batch(bufs, lengths)
+        transport, handshakes, drops = self.datapath.classify_batch(bufs, lengths)
         for reason, count in drops.items():
             self.drops[reason] += count
         for i in handshakes:
             buf = bufs[i]
             self._receive_handshake(buf[0], memoryview(buf)[: lengths[i]], sources[i], now, out)
-        index = self._index
+        index = self.receivers
         for receiver, indices in transport.items():
             entry = index.get(receiver)
             if isinstance(entry, Keypair):
@@ -427,7 +477,7 @@ class Device:
             self._receive_response(msg, source, now, out)
 
     def _receive_cookie_reply(self, msg: memoryview, now: float) -> None:
-        entry = self._index.get(reply_receiver(msg))
+        entry = self.receivers.get(reply_receiver(msg))
         peer = entry.peer if isinstance(entry, Keypair) else entry
         if peer is None or not peer.cookies.consume_reply(msg, now):
             self.drops[Drop.INVALID_COOKIE_REPLY] += 1
@@ -450,8 +500,8 @@ class Device:
         if not self._initiation_limiters[peer].allow(now):
             self.drops[Drop.INITIATION_FLOOD] += 1
             return
-        if hs.local_index and self._index.get(hs.local_index) is peer:
-            del self._index[hs.local_index]
+        if hs.local_index and self.receivers.get(hs.local_index) is peer:
+            del self.receivers[hs.local_index]
         noise.accept_initiation(hs, consumed)
         peer.last_initiation_consumed = now
         peer.endpoint = source
@@ -462,7 +512,7 @@ class Device:
         try:
             response = noise.create_response(hs, index, dh_generate(self._random(32)))
         except noise.HandshakeError:
-            del self._index[index]
+            del self.receivers[index]
             self.drops[Drop.HANDSHAKE_AUTH] += 1
             return
         peer.cookies.add_macs(response, now)
@@ -474,7 +524,7 @@ class Device:
 
     def _receive_response(self, msg: memoryview, source: Endpoint, now: float, out: Output) -> None:
         assert self.identity is not None
-        entry = self._index.get(noise.response_receiver(msg))
+        entry = self.receivers.get(noise.response_receiver(msg))
         if not isinstance(entry, Peer):
             self.drops[Drop.UNKNOWN_RECEIVER] += 1
             return
@@ -495,7 +545,7 @@ class Device:
         """Install a new keypair: current for the initiator, next for the responder."""
         cipher = self._cipher(keys.send_key, keys.receive_key, keys.remote_index)
         keypair = Keypair(peer, cipher, now, keys.is_initiator, keys.local_index, keys.remote_index)
-        self._index[keys.local_index] = keypair
+        self.receivers[keys.local_index] = keypair
         if keys.is_initiator:
             if peer.next is not None:
                 self._drop_keypair(peer.previous)
@@ -520,8 +570,8 @@ class Device:
     def _drop_keypair(self, keypair: Keypair | None) -> None:
         if keypair is None:
             return
-        if self._index.get(keypair.local_index) is keypair:
-            del self._index[keypair.local_index]
+        if self.receivers.get(keypair.local_index) is keypair:
+            del self.receivers[keypair.local_index]
         keypair.cipher.zero()
 
     def _receive_transport(
@@ -545,38 +595,79 @@ class Device:
         wire_lengths = list(sub_lengths)
         results = [0] * len(indices)
         opened = keypair.cipher.open_batch(sub_bufs, sub_lengths, results)
-        if opened == 0:
-            for code in results:
-                self.drops[REASONS[code]] += 1
+        last_ok = self._count_opened(keypair, wire_lengths, results, opened)
+        if last_ok < 0:
             return
         if peer.next is keypair:  # the responder's new session is confirmed
             self._drop_keypair(peer.previous)
             peer.previous, peer.current, peer.next = peer.current, keypair, None
             self._flush_staged(peer, now, out)
-        if opened == len(results):
-            last_ok = len(results) - 1
-            peer.rx_bytes += sum(wire_lengths)
-        else:
-            last_ok = 0
-            for j, code in enumerate(results):
-                if code == OK:
-                    last_ok = j
-                    peer.rx_bytes += wire_lengths[j]
-                else:
-                    self.drops[REASONS[code]] += 1
-        packets, keepalives, invalid, disallowed = self._datapath.accept_batch(
-            self._routes(), peer.slot, sub_bufs, sub_lengths, results, HEADROOM
+        packets, keepalives, invalid, disallowed = self.datapath.accept_batch(
+            self.routes(), peer.slot, sub_bufs, sub_lengths, results, HEADROOM
         )
+        out.packets.extend(packets)
+        peer.endpoint = sources[indices[last_ok]]
+        self._after_accept(keypair, opened, keepalives, invalid, disallowed, now, out)
+
+    def lane_received(
+        self,
+        keypair: Keypair,
+        wire_lengths: Sequence[int],
+        results: Sequence[int],
+        opened: int,
+        accepted: tuple[int, int, int],
+        now: float,
+    ) -> Output | None:
+        """Account a batch the shell opened through the inbound lane (``datapath.receive_lane``).
+
+        ``wire_lengths`` are the datagrams' sizes, ``results`` and ``opened`` what
+        ``keypair.cipher.open_batch`` gave, ``accepted`` the (keepalives, invalid, disallowed)
+        counts of ``datapath.accept_batch`` (whose packets the shell wrote to the TUN). The lane
+        rule guarantees what the general path would otherwise do here: no session to confirm,
+        and every datagram from the peer's current endpoint object. Returns what to send (a
+        handshake when the session is old), or None.
+        """
+        if self._count_opened(keypair, wire_lengths, results, opened) < 0:
+            return None
+        out = Output()
+        keepalives, invalid, disallowed = accepted
+        self._after_accept(keypair, opened, keepalives, invalid, disallowed, now, out)
+        return out if out.datagrams else None
+
+    def _count_opened(
+        self, keypair: Keypair, wire_lengths: Sequence[int], results: Sequence[int], opened: int
+    ) -> int:
+        """Received bytes and drops of an opened batch; the index of its last good datagram, or
+        -1 if none opened."""
+        if opened == 0:
+            for code in results:
+                self.drops[REASONS[code]] += 1
+            return -1
+        peer = keypair.peer
+        if opened == len(results):
+            peer.rx_bytes += sum(wire_lengths)
+            return len(results) - 1
+        last_ok = 0
+        for j, code in enumerate(results):
+            if code == OK:
+                last_ok = j
+                peer.rx_bytes += wire_lengths[j]
+            else:
+                self.drops[REASONS[code]] += 1
+        return last_ok
+
+    def _after_accept(
+        self, keypair: Keypair, opened: int, keepalives: int, invalid: int, disallowed: int, now: float, out: Output
+    ) -> None:
+        """Drops of the inner checks, the receive timers and the last-minute rekey."""
+        peer = keypair.peer
         if invalid:
             self.drops[Drop.INVALID_INNER_PACKET] += invalid
         if disallowed:
             self.drops[Drop.DISALLOWED_SOURCE] += disallowed
-        data = opened > keepalives  # wireguard-go counts data before the allowed-IPs check
-        out.packets.extend(packets)
-        peer.endpoint = sources[indices[last_ok]]
         self._timer_any_authenticated_packet_received(peer)
         self._timer_any_authenticated_packet_traversal(peer, now)
-        if data:
+        if opened > keepalives:  # wireguard-go counts data before the allowed-IPs check
             self._timer_data_received(peer, now)
         if (
             keypair.is_initiator
@@ -656,8 +747,8 @@ class Device:
             self._drop_keypair(keypair)
         peer.previous = peer.current = peer.next = None
         hs = peer.handshake
-        if hs.local_index and self._index.get(hs.local_index) is peer:
-            del self._index[hs.local_index]
+        if hs.local_index and self.receivers.get(hs.local_index) is peer:
+            del self.receivers[hs.local_index]
         hs.clear()
         peer.staged.clear()
         peer.last_initiation_sent = None
@@ -665,4 +756,4 @@ class Device:
     # ----------------------------------------------------------------- introspection
 
     def keypair_count(self) -> int:
-        return sum(1 for e in self._index.values() if isinstance(e, Keypair))
+        return sum(1 for e in self.receivers.values() if isinstance(e, Keypair))

@@ -41,6 +41,7 @@ from typing import Final
 
 from crypto import noise
 from crypto.backend import HEADROOM, TAG_SIZE
+from tunnel import pump
 from tunnel.constants import PADDING_MULTIPLE
 from tunnel.device import Device, Output
 from tunnel.endpoint import Endpoint
@@ -56,9 +57,12 @@ MAX_ROUNDS = 8  # batches per readable callback (leftover segments do not wake t
 MAX_PACKET = 65535  # the largest IP packet (and UDP datagram) there is
 TUN_BUFFER = HEADROOM + MAX_PACKET + PADDING_MULTIPLE + TAG_SIZE  # a plain TUN: any size
 UDP_BUFFER = MAX_PACKET + 1  # without GRO: any datagram
+TRANSPORT_HEADER = 16  # type, receiver index, counter: where an opened packet starts
 MESSAGE_OVERHEAD = 32  # transport header (16) and tag (16) around a padded packet
 PEER_MTU_ROOM = 9000  # with GRO: room for datagrams of peers with an MTU up to this (jumbo)
 MTU_RECHECK = 0.1  # at most this often when a packet bigger than the known MTU shows up
+
+PUMP_NAME, PUMP = pump.select()
 
 _UNSET: Final = object()
 _PLACEHOLDER = Endpoint("0.0.0.0", 0)
@@ -71,9 +75,17 @@ class Interface:
     it. ``uapi_lock`` serialises UAPI operations.
     """
 
-    def __init__(self, tun: Tun) -> None:
+    def __init__(self, tun: Tun, device: Device | None = None) -> None:
         self.tun = tun
-        self.device = Device(mtu=tun.mtu, wall_offset=time.time() - time.monotonic())
+        if device is None:
+            device = Device(mtu=tun.mtu, wall_offset=time.time() - time.monotonic())
+        self.device = device
+        # The TUN fd's callback: the first batch of a wake-up is read, sealed and sent natively
+        # before any Python frame of ours runs (see tunnel/pump_ref.py); then _tun_batch_done.
+        self._outbound = PUMP.Outbound(self.device, tun.io, None, None, self._tun_batch_done, HEADROOM)
+        # The UDP fds' callback: likewise for a batch of transport messages, and the answer the
+        # TUN write makes the kernel queue; then _udp_batch_done.
+        self._inbound = PUMP.Inbound(self.device, tun.io, self._outbound, self._udp_batch_done, TRANSPORT_HEADER)
         self.bind: UdpBind | None = None
         self._fwmark = 0
         self.errors: Counter[str] = Counter()
@@ -91,6 +103,8 @@ class Interface:
         self._udp_full_size = False  # a datagram filled a slot: use 64 KiB slots from now on
         self._udp_lengths = [0] * UDP_BATCH
         self._udp_sources = [_PLACEHOLDER] * UDP_BATCH
+        self._inbound.udp_lengths = self._udp_lengths
+        self._inbound.udp_sources = self._udp_sources
         self._size_tun_buffers()
         self._size_udp_buffers()
 
@@ -116,11 +130,14 @@ class Interface:
         size = self.tun_slot_size(packet)
         if not self._tun_bufs or len(self._tun_bufs[0]) != size:
             self._tun_bufs = [bytearray(size) for _ in range(TUN_BATCH)]
+            self._outbound.tun_bufs = self._tun_bufs
+            self._outbound.tun_lengths = self._tun_lengths
 
     def _size_udp_buffers(self) -> None:
         size = self.udp_slot_size()
         if not self._udp_bufs or len(self._udp_bufs[0]) != size:
             self._udp_bufs = [bytearray(size) for _ in range(UDP_BATCH)]
+            self._inbound.udp_bufs = self._udp_bufs
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -131,7 +148,7 @@ class Interface:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start reading the TUN device and the sockets on ``loop``."""
         self._loop = loop
-        loop.add_reader(self.tun.fd, self._on_tun_readable)
+        loop.add_reader(self.tun.fd, self._outbound.on_readable)
         if self.bind is not None:
             self._watch(self.bind)
         self._rearm()
@@ -179,6 +196,8 @@ class Interface:
             return
         self._refresh_mtu()
         self.device.wall_offset = time.time() - time.monotonic()
+        if self.bind is not None:
+            self.bind.log_fallbacks()  # the pump's sends do not log them as they happen
 
     def _refresh_mtu(self) -> None:
         self._mtu_checked = time.monotonic()
@@ -198,7 +217,7 @@ class Interface:
     def _watch(self, bind: UdpBind) -> None:
         if self._loop is not None:
             for sock in bind.sockets:
-                self._loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
+                self._loop.add_reader(sock.fileno(), self._inbound.on_readable, sock, sock.io)
 
     def _unwatch(self, bind: UdpBind) -> None:
         if self._loop is not None:
@@ -213,6 +232,8 @@ class Interface:
             old.close()
         self._watch(new)
         self._size_udp_buffers()
+        self._outbound.udp4 = new.v4.io if new.v4 is not None else None
+        self._outbound.udp6 = new.v6.io if new.v6 is not None else None
         log.info("UDP bound to port %d", new.port)
 
     @property
@@ -239,25 +260,42 @@ class Interface:
 
     # ------------------------------------------------------------------ data path
 
-    def _on_tun_readable(self) -> None:
-        self._read_tun()
+    def _tun_batch_done(self, count: int, error: Exception | None) -> None:
+        """The pump's callback after the first batch of a TUN wake-up (sent if it could be)."""
+        self._read_tun((count, error, self._outbound.now))
         self._rearm()
 
-    def _read_tun(self) -> None:
-        """Read, seal and send TUN batches until the device has nothing more (MAX_ROUNDS)."""
+    def _read_tun(self, first: tuple[int, Exception | None, float] | None = None) -> None:
+        """Read, seal and send TUN batches until the device has nothing more (MAX_ROUNDS).
+
+        The pump reads each batch and, in the steady state, seals and sends it in the same
+        native call; the engine's bookkeeping for it (:meth:`Device.lane_sent`) comes after.
+        ``first`` is the outcome of a round the pump already ran (count, error, its ``now``).
+        """
         tun = self.tun
         device = self.device
+        pump = self._outbound
         io_errors = tun.io_errors
         for _ in range(MAX_ROUNDS):
-            bufs, lengths = self._tun_bufs, self._tun_lengths
-            try:
-                n = tun.read_batch(bufs, lengths, device.mtu)
-            except TunGone:
-                self._stop("the TUN device was deleted")
-                return
-            except OSError as exc:
-                self.errors["tun_read"] += 1
-                log.debug("TUN read: %s", exc)
+            error: Exception | None
+            if first is not None:
+                n, error, now = first
+                first = None
+            else:
+                now = time.monotonic()
+                try:
+                    n, error = pump.run(self._tun_bufs, self._tun_lengths, HEADROOM, device.mtu, now), None
+                except Exception as exc:
+                    n, error = 0, exc
+            if isinstance(error, OSError):  # only the TUN read raises it
+                try:
+                    tun.read_failed(error)
+                except TunGone:
+                    self._stop("the TUN device was deleted")
+                    return
+            elif error is not None:
+                self.errors["send_batch"] += 1
+                log.debug("outbound batch failed", exc_info=error)
                 break
             if n < TUN_BATCH and tun.needed:
                 # A packet larger than the slots is held (the MTU was raised, most likely):
@@ -273,58 +311,88 @@ class Interface:
                 if tun.pending:
                     continue
                 break
-            if n < TUN_BATCH:
-                bufs, lengths = bufs[:n], lengths[:n]
-            now = time.monotonic()
+            bufs, lengths, lane = pump.bufs, pump.lengths, pump.lane
             try:
-                if max(lengths) > device.mtu and now - self._mtu_checked >= MTU_RECHECK:
-                    self._refresh_mtu()  # the MTU may have been raised since we last looked
-                self._transmit(device.send_batch(bufs, lengths, now))
+                if lane is not None:
+                    out = device.lane_sent(lane[0], lane[1], bufs, lengths, pump.sealed, now)
+                    if self.bind is not None and self.bind.lost_sources:
+                        self._forget_sources(self.bind.take_lost_sources())
+                    if out.datagrams or out.packets:
+                        self._transmit(out)
+                else:
+                    if max(lengths) > device.mtu and now - self._mtu_checked >= MTU_RECHECK:
+                        self._refresh_mtu()  # the MTU may have been raised since we last looked
+                    self._transmit(device.send_batch(bufs, lengths, now))
             except Exception:
                 self.errors["send_batch"] += 1
                 log.debug("outbound batch failed", exc_info=True)
             if n < TUN_BATCH and not tun.pending:
                 break
 
-    def _on_udp_readable(self, sock: BatchSocket) -> None:
-        lengths, sources = self._udp_lengths, self._udp_sources
-        device = self.device
-        delivered = False
-        for _ in range(MAX_ROUNDS):
-            bufs = self._udp_bufs
-            try:
-                n = sock.recv_batch(bufs, lengths, sources)
-            except Exception:
-                self.errors["udp_read"] += 1
-                log.debug("UDP read failed", exc_info=True)
-                break
-            if not n:
-                break
-            now = time.monotonic()
-            try:
-                if n < UDP_BATCH:
-                    out = device.receive_batch(bufs[:n], lengths[:n], sources[:n], now)
-                else:
-                    out = device.receive_batch(bufs, lengths, sources, now)
-                if out.packets:
-                    delivered = True
-                self._transmit(out)
-            except Exception:
-                self.errors["receive_batch"] += 1
-                log.debug("inbound batch failed", exc_info=True)
-            if not self._udp_full_size and max(lengths[:n]) >= len(bufs[0]):
-                # Possibly truncated: a peer sends datagrams larger than our slots.
-                log.info("a datagram filled a %d-byte slot: using 64 KiB slots", len(bufs[0]))
-                self._udp_full_size = True
-                self._size_udp_buffers()
-            if n < UDP_BATCH and not sock.pending:
-                break
+    def _udp_batch_done(self, sock: BatchSocket, count: int, error: Exception | None) -> None:
+        """The pump's callback after the first batch of a UDP wake-up (delivered if it could
+        be, and the TUN read once after a write); then more rounds while batches come full."""
+        pump = self._inbound
+        delivered = self._udp_round(sock, count, error, pump.now)
+        if pump.written and error is None:  # the pump read the TUN after its write
+            self._read_tun((pump.replied, pump.reply_error, pump.now))
+            delivered = False
+        if count == UDP_BATCH or sock.pending:
+            for _ in range(MAX_ROUNDS - 1):
+                now = time.monotonic()
+                try:
+                    count, error = pump.run(sock.io, self._udp_bufs, self._udp_lengths, self._udp_sources, now), None
+                except Exception as exc:
+                    count, error = 0, exc
+                delivered = self._udp_round(sock, count, error, now) or delivered
+                if count < UDP_BATCH and not sock.pending:
+                    break
         if delivered and not self.stopped.is_set():
             # What we just wrote usually makes the kernel answer through the TUN at once (an
             # echo reply, a TCP ACK), queued before the write returned: read it now rather
             # than after another trip through the event loop.
             self._read_tun()
         self._rearm()
+
+    def _udp_round(self, sock: BatchSocket, count: int, error: Exception | None, now: float) -> bool:
+        """Finish one received batch (the pump's :attr:`bufs` ...): the lane's bookkeeping, or
+        the general way for a batch the lane did not take. True if packets went to the TUN."""
+        if error is not None:
+            self.errors["udp_read" if isinstance(error, OSError) else "receive_batch"] += 1
+            log.debug("inbound batch failed", exc_info=error)
+            return False
+        if not count:
+            return False
+        pump = self._inbound
+        keypair = pump.keypair
+        delivered = False
+        try:
+            if keypair is not None:
+                wire_lengths = pump.wire_lengths
+                if pump.write_error is not None:
+                    self.tun.write_failed(pump.write_error)
+                out = self.device.lane_received(keypair, wire_lengths, pump.results, pump.opened, pump.accepted, now)
+                if out is not None:
+                    self._transmit(out)
+                delivered = pump.written > 0
+            else:
+                wire_lengths = pump.lengths
+                out = self.device.receive_batch(pump.bufs, wire_lengths, pump.sources, now)
+                delivered = bool(out.packets)
+                self._transmit(out)
+        except TunGone:
+            self._stop("the TUN device was deleted")
+            return False
+        except Exception:
+            self.errors["receive_batch"] += 1
+            log.debug("inbound batch failed", exc_info=True)
+            return False
+        if not self._udp_full_size and max(wire_lengths) >= len(pump.bufs[0]):
+            # Possibly truncated: a peer sends datagrams larger than our slots.
+            log.info("a datagram filled a %d-byte slot: using 64 KiB slots", len(pump.bufs[0]))
+            self._udp_full_size = True
+            self._size_udp_buffers()
+        return delivered
 
     def _transmit(self, out: Output) -> None:
         """Send out's datagrams and write its packets, then release nothing (views die here)."""

@@ -287,6 +287,24 @@ class UdpBatch:
 
     # -- send --------------------------------------------------------------------------------
 
+    def send_slots(self, bufs: Sequence[Buffer], lengths: Sequence[int], offset: int, count: int,
+                   endpoint: Any) -> int:
+        """Send ``bufs[i][offset:offset+lengths[i]]`` for ``i < count``, all to ``endpoint``.
+
+        Exactly :meth:`send` of those datagrams (the native twin builds no object per datagram).
+        Raises ValueError (sending nothing) when a length does not fit its buffer.
+        """
+        if count < 0 or count > len(bufs) or count > len(lengths) or offset < 0:
+            raise ValueError("count or offset out of range")
+        datagrams = []
+        for i in range(count):
+            view = memoryview(bufs[i])
+            size = lengths[i]
+            if size < 0 or offset + size > len(view):
+                raise ValueError(f"datagram {i}: length {size} does not fit its buffer")
+            datagrams.append((view[offset : offset + size], endpoint))
+        return self.send(datagrams)
+
     def send(self, datagrams: Sequence[tuple[Buffer, Any]]) -> int:
         """Send each datagram (GSO runs as one message); returns how many left (see module doc)."""
         items: list[tuple[Buffer, Any, tuple[Any, ...], str | None]] = []

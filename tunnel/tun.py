@@ -36,6 +36,7 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import pytun
 
@@ -271,10 +272,17 @@ class Tun:
         try:
             return int(self._io.read(bufs, lengths, HEADROOM, mtu or self.mtu))
         except OSError as exc:
-            self._raise_read_error(exc)
+            self.read_failed(exc)
             return 0
 
-    def _raise_read_error(self, exc: OSError) -> None:
+    @property
+    def io(self) -> Any:
+        """The batch I/O object (TunBatch), for the interface's pump, which reads through it
+        directly and reports its OSErrors to :meth:`read_failed`."""
+        return self._io
+
+    def read_failed(self, exc: OSError) -> None:
+        """A read raised ``exc``: raise :class:`TunGone` if the device was deleted, else count it."""
         if exc.errno in GONE_ERRNOS and not self.alive():
             raise TunGone(exc.errno or errno.EBADFD, "the TUN device is gone") from exc
         # A packet that did not fit (EFAULT/EINVAL) or a transient error: the kernel dropped it.
@@ -290,16 +298,24 @@ class Tun:
         """
         try:
             written = int(self._io.write(views))
-            if len(self._io.fallbacks) != self._fallbacks_logged:
-                for line in self._io.fallbacks[self._fallbacks_logged:]:
-                    log.info("TUN %s: %s", self.name, line)
-                self._fallbacks_logged = len(self._io.fallbacks)
-            return written
         except OSError as exc:
-            if exc.errno in GONE_ERRNOS and not self.alive():
-                raise TunGone(exc.errno or errno.EBADFD, "the TUN device is gone") from exc
-            self._errors[f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+            self.write_failed(exc)
             return 0
+        self.log_fallbacks()
+        return written
+
+    def write_failed(self, exc: OSError) -> None:
+        """A write raised ``exc``: raise :class:`TunGone` if the device was deleted, else count it."""
+        if exc.errno in GONE_ERRNOS and not self.alive():
+            raise TunGone(exc.errno or errno.EBADFD, "the TUN device is gone") from exc
+        self._errors[f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+
+    def log_fallbacks(self) -> None:
+        """Log (verbose) the offload fallbacks the batch I/O took since the last call."""
+        if len(self._io.fallbacks) != self._fallbacks_logged:
+            for line in self._io.fallbacks[self._fallbacks_logged:]:
+                log.info("TUN %s: %s", self.name, line)
+            self._fallbacks_logged = len(self._io.fallbacks)
 
     def close(self) -> None:
         """Close the fd: the kernel deletes the (non-persistent) device, wherever it is."""

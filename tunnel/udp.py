@@ -31,6 +31,7 @@ import socket
 from collections import Counter
 from collections.abc import Sequence
 from operator import itemgetter
+from typing import Any
 
 from tunnel import offload
 from tunnel.endpoint import Endpoint
@@ -82,17 +83,31 @@ class BatchSocket:
             raise
         self.sock = sock
         self.port: int = sock.getsockname()[1]
-        self.lost_sources: list[Endpoint] = []
         kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
         if not self.gro:
             log.info("%s UDP GRO (UDP_GRO) refused by the kernel: one datagram per message", kind)
         self._fallbacks_logged = 0
-        self._log_fallbacks()
+        self.log_fallbacks()
         log.debug("%s UDP socket on port %d: %s I/O, gso=%s gro=%s", kind, self.port, IO_NAME,
                   self._io.gso, self.gro)
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def io(self) -> Any:
+        """The batch I/O object (for the interface's pump, which sends through it directly)."""
+        return self._io
+
+    @property
+    def lost_sources(self) -> list[Endpoint]:
+        """Endpoints whose sticky source was gone, appended by the batch I/O as it sends."""
+        lost: list[Endpoint] = self._io.lost_sources
+        return lost
+
+    @lost_sources.setter
+    def lost_sources(self, shared: list[Endpoint]) -> None:
+        self._io.lost_sources = shared
 
     @property
     def pending(self) -> int:
@@ -112,7 +127,8 @@ class BatchSocket:
         self._io.close()
         self.sock.close()
 
-    def _log_fallbacks(self) -> None:
+    def log_fallbacks(self) -> None:
+        """Log (verbose) the offload fallbacks the batch I/O took since the last call."""
         fallbacks = self._io.fallbacks
         while self._fallbacks_logged < len(fallbacks):
             log.info("UDP port %d: %s", self.port, fallbacks[self._fallbacks_logged])
@@ -136,12 +152,8 @@ class BatchSocket:
         :attr:`errors`; nothing raises. The payloads are only borrowed for the call.
         """
         sent = int(self._io.send(datagrams))
-        lost = self._io.lost_sources
-        if lost:
-            self.lost_sources.extend(lost)
-            lost.clear()
         if len(self._io.fallbacks) != self._fallbacks_logged:
-            self._log_fallbacks()
+            self.log_fallbacks()
         return sent
 
 
@@ -231,6 +243,11 @@ class UdpBind:
         return v4.send_batch([d for d in datagrams if not d[1].is_ipv6]) + v6.send_batch(
             [d for d in datagrams if d[1].is_ipv6]
         )
+
+    def log_fallbacks(self) -> None:
+        """Log offload fallbacks taken by sends that bypassed :meth:`send_batch` (the pump)."""
+        for sock in self.sockets:
+            sock.log_fallbacks()
 
     def take_lost_sources(self) -> list[Endpoint]:
         """The endpoints whose sticky source was gone since the last call (and forget them).

@@ -1,0 +1,48 @@
+from collections.abc import Callable
+from typing import Any
+
+class Outbound:
+    device: Any
+    tun: Any
+    udp4: Any
+    udp6: Any
+    after: Callable[[int, Exception | None], None]
+    headroom: int
+    tun_bufs: list[bytearray]
+    tun_lengths: list[int]
+    now: float
+    bufs: list[bytearray]
+    lengths: list[int]
+    lane: tuple[Any, Any] | None
+    sealed: int
+    def __init__(self, device: Any, tun: Any, udp4: Any, udp6: Any,
+                 after: Callable[[int, Exception | None], None], headroom: int) -> None: ...
+    def on_readable(self) -> None: ...
+    def run(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int, now: float) -> int: ...
+
+class Inbound:
+    device: Any
+    tun: Any
+    outbound: Outbound
+    after: Callable[[Any, int, Exception | None], None]
+    headroom: int
+    udp_bufs: list[bytearray]
+    udp_lengths: list[int]
+    udp_sources: list[Any]
+    now: float
+    bufs: list[bytearray]
+    lengths: list[int]
+    sources: list[Any]
+    keypair: Any
+    wire_lengths: list[int]
+    results: list[int]
+    opened: int
+    accepted: tuple[int, int, int]
+    written: int
+    write_error: OSError | None
+    replied: int
+    reply_error: Exception | None
+    def __init__(self, device: Any, tun: Any, outbound: Outbound,
+                 after: Callable[[Any, int, Exception | None], None], headroom: int) -> None: ...
+    def on_readable(self, sock: Any, udp: Any) -> None: ...
+    def run(self, udp: Any, bufs: list[bytearray], lengths: list[int], sources: list[Any], now: float) -> int: ...
