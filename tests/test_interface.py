@@ -31,6 +31,7 @@ class FakeTun:
         self.pending = 0
         self.needed = 0
         self.io_errors: dict[str, int] = {}
+        self.errors = self.io_errors  # what the pump reads through ``io``
         self.inbox: list[bytes] = []
         self.written: list[bytes] = []
         self.reads = 0

@@ -1,23 +1,42 @@
 from collections.abc import Callable
 from typing import Any
 
+SENT: int
+RECEIVED: int
+JOURNAL_LIMIT: int
+
+class Journal:
+    loop: Any
+    delay: float
+    flush: Callable[[], None]
+    records: list[tuple[Any, ...]]
+    armed: bool
+    def __init__(self, delay: float, flush: Callable[[], None]) -> None: ...
+    def add(self, record: tuple[Any, ...]) -> None: ...
+    def take(self) -> list[tuple[Any, ...]]: ...
+    def open(self) -> bool: ...
+
 class Outbound:
     device: Any
     tun: Any
     udp4: Any
     udp6: Any
+    journal: Journal
     after: Callable[[int, Exception | None], None]
     headroom: int
     tun_bufs: list[bytearray]
     tun_lengths: list[int]
+    too_big_seen: int
     now: float
     bufs: list[bytearray]
     lengths: list[int]
     lane: tuple[Any, Any] | None
     sealed: int
-    def __init__(self, device: Any, tun: Any, udp4: Any, udp6: Any,
+    def __init__(self, device: Any, tun: Any, udp4: Any, udp6: Any, journal: Journal,
                  after: Callable[[int, Exception | None], None], headroom: int) -> None: ...
     def on_readable(self) -> None: ...
+    def settled(self, count: int) -> bool: ...
+    def record(self, count: int) -> None: ...
     def run(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int, now: float) -> int: ...
 
 class Inbound:
@@ -40,9 +59,11 @@ class Inbound:
     accepted: tuple[int, int, int]
     written: int
     write_error: OSError | None
+    answered: bool
     replied: int
     reply_error: Exception | None
     def __init__(self, device: Any, tun: Any, outbound: Outbound,
                  after: Callable[[Any, int, Exception | None], None], headroom: int) -> None: ...
     def on_readable(self, sock: Any, udp: Any) -> None: ...
+    def settled(self, count: int, udp: Any) -> bool: ...
     def run(self, udp: Any, bufs: list[bytearray], lengths: list[int], sources: list[Any], now: float) -> int: ...

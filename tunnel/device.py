@@ -260,18 +260,13 @@ class Device:
         lane: tuple[Peer, Keypair] | None = self.datapath.lane(self, bufs, lengths, HEADROOM, now)
         return lane
 
-    def lane_sent(
-        self, peer: Peer, keypair: Keypair, bufs: list[bytearray], lengths: list[int], sealed: int, now: float
-    ) -> Output:
-        """Account a batch the shell sealed with :meth:`lane`'s keypair and sent.
-
-        ``lengths`` are as the seal left them; packets past ``sealed`` (the session was zeroed
-        meanwhile) are staged and a handshake started, as :meth:`send_batch` would.
-        """
+    def lane_sent(self, peer: Peer, keypair: Keypair, nbytes: int, now: float) -> Output | None:
+        """Account a batch the shell sealed whole with :meth:`lane`'s keypair and sent
+        (``nbytes`` datagram bytes). Returns what else to send (None: nothing)."""
         out = Output()
         # A TUN packet is never empty (only the engine makes keepalives): the batch is data.
-        self._after_seal(peer, keypair, bufs, lengths, sealed, True, now, out)
-        return out
+        self._sealed(peer, keypair, nbytes, True, now, out)
+        return out if out.datagrams else None
 
     def _send_packets(
         self, peer: Peer, bufs: list[bytearray], lengths: list[int], now: float, out: Output
@@ -301,16 +296,19 @@ class Device:
     ) -> None:
         """Counters and timers for ``sealed`` datagrams sent; the rest staged for a handshake."""
         if sealed and keypair is not None:
-            peer.tx_bytes += sum(lengths[:sealed])
-            if had_data:
-                self._timer_data_sent(peer, now)
-            self._timer_any_authenticated_packet_sent(peer)
-            self._timer_any_authenticated_packet_traversal(peer, now)
-            self._keep_key_fresh_sending(peer, keypair, now, out)
+            self._sealed(peer, keypair, sum(lengths[:sealed]), had_data, now, out)
         if sealed < len(bufs):
             for i in range(sealed, len(bufs)):
                 self._stage(peer, bytes(memoryview(bufs[i])[HEADROOM : HEADROOM + lengths[i]]))
             self._send_initiation(peer, now, False, out)
+
+    def _sealed(self, peer: Peer, keypair: Keypair, nbytes: int, had_data: bool, now: float, out: Output) -> None:
+        peer.tx_bytes += nbytes
+        if had_data:
+            self._timer_data_sent(peer, now)
+        self._timer_any_authenticated_packet_sent(peer)
+        self._timer_any_authenticated_packet_traversal(peer, now)
+        self._keep_key_fresh_sending(peer, keypair, now, out)
 
     def _stage(self, peer: Peer, payload: bytes) -> None:
         if len(peer.staged) >= MAX_STAGED_PACKETS:
@@ -612,23 +610,26 @@ class Device:
     def lane_received(
         self,
         keypair: Keypair,
-        wire_lengths: Sequence[int],
-        results: Sequence[int],
+        nbytes: int,
         opened: int,
         accepted: tuple[int, int, int],
         now: float,
+        failures: Sequence[int] = (),
     ) -> Output | None:
         """Account a batch the shell opened through the inbound lane (``datapath.receive_lane``).
 
-        ``wire_lengths`` are the datagrams' sizes, ``results`` and ``opened`` what
-        ``keypair.cipher.open_batch`` gave, ``accepted`` the (keepalives, invalid, disallowed)
-        counts of ``datapath.accept_batch`` (whose packets the shell wrote to the TUN). The lane
-        rule guarantees what the general path would otherwise do here: no session to confirm,
-        and every datagram from the peer's current endpoint object. Returns what to send (a
-        handshake when the session is old), or None.
+        ``nbytes`` is the size of the datagrams that opened (``opened`` of them), ``failures``
+        the cipher's result codes of those that did not, ``accepted`` the (keepalives, invalid,
+        disallowed) counts of ``datapath.accept_batch``, whose packets the shell wrote to the
+        TUN. The lane rule guarantees what the general path would otherwise do here: no session
+        to confirm, and every datagram from the peer's current endpoint object. Returns what to
+        send (a handshake when the session is old), or None.
         """
-        if self._count_opened(keypair, wire_lengths, results, opened) < 0:
+        for code in failures:
+            self.drops[REASONS[code]] += 1
+        if not opened:
             return None
+        keypair.peer.rx_bytes += nbytes
         out = Output()
         keepalives, invalid, disallowed = accepted
         self._after_accept(keypair, opened, keepalives, invalid, disallowed, now, out)

@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from crypto import noise
-from crypto.backend import HEADROOM, TAG_SIZE
+from crypto.backend import HEADROOM, OK, TAG_SIZE
 from tunnel import pump
 from tunnel.constants import PADDING_MULTIPLE
 from tunnel.device import Device, Output
@@ -61,6 +61,7 @@ TRANSPORT_HEADER = 16  # type, receiver index, counter: where an opened packet s
 MESSAGE_OVERHEAD = 32  # transport header (16) and tag (16) around a padded packet
 PEER_MTU_ROOM = 9000  # with GRO: room for datagrams of peers with an MTU up to this (jumbo)
 MTU_RECHECK = 0.1  # at most this often when a packet bigger than the known MTU shows up
+JOURNAL_DELAY = 0.002  # seconds: the lanes' bookkeeping waits at most this long (when idle)
 
 PUMP_NAME, PUMP = pump.select()
 
@@ -80,11 +81,12 @@ class Interface:
         if device is None:
             device = Device(mtu=tun.mtu, wall_offset=time.time() - time.monotonic())
         self.device = device
-        # The TUN fd's callback: the first batch of a wake-up is read, sealed and sent natively
-        # before any Python frame of ours runs (see tunnel/pump_ref.py); then _tun_batch_done.
-        self._outbound = PUMP.Outbound(self.device, tun.io, None, None, self._tun_batch_done, HEADROOM)
-        # The UDP fds' callback: likewise for a batch of transport messages, and the answer the
-        # TUN write makes the kernel queue; then _udp_batch_done.
+        # The fds' callbacks are native pumps (see tunnel/pump_ref.py): a batch in the steady
+        # state is read, sealed or opened, and sent or written before any Python frame of ours
+        # runs, and its bookkeeping is journaled (applied by _apply_journal). Other batches come
+        # to _tun_batch_done / _udp_batch_done.
+        self._journal = PUMP.Journal(JOURNAL_DELAY, self._journal_due)
+        self._outbound = PUMP.Outbound(self.device, tun.io, None, None, self._journal, self._tun_batch_done, HEADROOM)
         self._inbound = PUMP.Inbound(self.device, tun.io, self._outbound, self._udp_batch_done, TRANSPORT_HEADER)
         self.bind: UdpBind | None = None
         self._fwmark = 0
@@ -98,7 +100,6 @@ class Interface:
         self._mtu_checked = 0.0
         self._tun_bufs: list[bytearray] = []
         self._tun_lengths = [0] * TUN_BATCH
-        self._tun_too_big = 0
         self._udp_bufs: list[bytearray] = []
         self._udp_full_size = False  # a datagram filled a slot: use 64 KiB slots from now on
         self._udp_lengths = [0] * UDP_BATCH
@@ -148,6 +149,7 @@ class Interface:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start reading the TUN device and the sockets on ``loop``."""
         self._loop = loop
+        self._journal.loop = loop
         loop.add_reader(self.tun.fd, self._outbound.on_readable)
         if self.bind is not None:
             self._watch(self.bind)
@@ -155,6 +157,8 @@ class Interface:
 
     def close(self) -> None:
         """Stop everything and close the sockets and the TUN fd (which deletes the device)."""
+        self._apply_journal()
+        self._journal.loop = None
         loop = self._loop
         if loop is not None:
             loop.remove_reader(self.tun.fd)
@@ -171,6 +175,7 @@ class Interface:
 
     def statistics(self) -> dict[str, int]:
         """Counters of everything dropped or failed so far (engine drops, TUN and UDP errors)."""
+        self._apply_journal()
         stats: Counter[str] = Counter()
         stats.update({f"drop:{k}": v for k, v in self.device.drops.items()})
         stats.update({f"tun:{k}": v for k, v in self.tun.errors.items()})
@@ -189,6 +194,7 @@ class Interface:
 
     def housekeeping(self) -> None:
         """Called about once a second: notice a deleted device, MTU changes, clock steps."""
+        self._apply_journal()
         if self.stopped.is_set():
             return
         if not self.tun.alive():
@@ -260,8 +266,34 @@ class Interface:
 
     # ------------------------------------------------------------------ data path
 
+    def _apply_journal(self) -> None:
+        """Apply the lanes' journaled bookkeeping, oldest first: before any other engine work."""
+        records = self._journal.take()
+        if not records:
+            return
+        device = self.device
+        for record in records:
+            try:
+                if record[0] == PUMP.SENT:
+                    _, peer, keypair, nbytes, now = record
+                    out = device.lane_sent(peer, keypair, nbytes, now)
+                else:
+                    _, keypair, nbytes, opened, keepalives, invalid, disallowed, now = record
+                    out = device.lane_received(keypair, nbytes, opened, (keepalives, invalid, disallowed), now)
+                if out is not None:
+                    self._transmit(out)
+            except Exception:
+                self.errors["journal"] += 1
+                log.debug("journaled bookkeeping failed", exc_info=True)
+
+    def _journal_due(self) -> None:
+        """The journal's timer: nothing else touched the engine for JOURNAL_DELAY."""
+        self._apply_journal()
+        self._rearm()
+
     def _tun_batch_done(self, count: int, error: Exception | None) -> None:
-        """The pump's callback after the first batch of a TUN wake-up (sent if it could be)."""
+        """The pump's callback for a TUN batch that is not settled (sent if it could be)."""
+        self._apply_journal()
         self._read_tun((count, error, self._outbound.now))
         self._rearm()
 
@@ -303,8 +335,8 @@ class Interface:
                 self._refresh_mtu()
                 self._size_tun_buffers(tun.needed)
             too_big = io_errors.get("read:too_big", 0) if io_errors else 0
-            if too_big != self._tun_too_big:  # a packet did not fit: the MTU may have grown
-                self._tun_too_big = too_big
+            if too_big != pump.too_big_seen:  # a packet did not fit: the MTU may have grown
+                pump.too_big_seen = too_big
                 if time.monotonic() - self._mtu_checked >= MTU_RECHECK:
                     self._refresh_mtu()
             if not n:
@@ -314,11 +346,14 @@ class Interface:
             bufs, lengths, lane = pump.bufs, pump.lengths, pump.lane
             try:
                 if lane is not None:
-                    out = device.lane_sent(lane[0], lane[1], bufs, lengths, pump.sealed, now)
+                    sealed = pump.sealed
+                    out = device.lane_sent(lane[0], lane[1], sum(lengths[:sealed]), now) if sealed else None
                     if self.bind is not None and self.bind.lost_sources:
                         self._forget_sources(self.bind.take_lost_sources())
-                    if out.datagrams or out.packets:
+                    if out is not None:
                         self._transmit(out)
+                    if sealed < n:  # the session was zeroed meanwhile: stage the rest
+                        self._transmit(device.send_batch(bufs[sealed:], lengths[sealed:], now))
                 else:
                     if max(lengths) > device.mtu and now - self._mtu_checked >= MTU_RECHECK:
                         self._refresh_mtu()  # the MTU may have been raised since we last looked
@@ -332,9 +367,10 @@ class Interface:
     def _udp_batch_done(self, sock: BatchSocket, count: int, error: Exception | None) -> None:
         """The pump's callback after the first batch of a UDP wake-up (delivered if it could
         be, and the TUN read once after a write); then more rounds while batches come full."""
+        self._apply_journal()
         pump = self._inbound
         delivered = self._udp_round(sock, count, error, pump.now)
-        if pump.written and error is None:  # the pump read the TUN after its write
+        if pump.answered:  # the pump read the TUN after its write
             self._read_tun((pump.replied, pump.reply_error, pump.now))
             delivered = False
         if count == UDP_BATCH or sock.pending:
@@ -371,7 +407,10 @@ class Interface:
                 wire_lengths = pump.wire_lengths
                 if pump.write_error is not None:
                     self.tun.write_failed(pump.write_error)
-                out = self.device.lane_received(keypair, wire_lengths, pump.results, pump.opened, pump.accepted, now)
+                results = pump.results
+                nbytes = sum(size for size, code in zip(wire_lengths, results, strict=True) if code == OK)
+                failures = [code for code in results if code != OK]
+                out = self.device.lane_received(keypair, nbytes, pump.opened, pump.accepted, now, failures)
                 if out is not None:
                     self._transmit(out)
                 delivered = pump.written > 0
@@ -434,6 +473,7 @@ class Interface:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
+        self._apply_journal()
         try:
             self._transmit(self.device.update_timers(time.monotonic()))
         except Exception:
@@ -443,10 +483,14 @@ class Interface:
 
     # ------------------------------------------------------------------ UAPI target
 
+    def uapi_begin(self) -> None:
+        self._apply_journal()
+
     def uapi_applied(self) -> None:
         self._rearm()
 
     def send_keepalives(self, public_keys: list[bytes]) -> None:
+        self._apply_journal()
         now = time.monotonic()
         for pk in public_keys:
             peer = self.device.peers.get(pk)

@@ -4,33 +4,38 @@
 
 Why it exists: on a lightly loaded host every packet wakes the daemon from idle, with cold CPU
 caches, and then each Python frame on the way from the TUN to the socket costs microseconds (see
-docs/benchmarks.md, "Latency"). So the steady state, a batch for one peer whose session needs
-nothing but sealing, runs here without a Python frame of ours: the event loop calls
-:meth:`Outbound.on_readable`, which reads the batch, asks the engine's datapath whether it may
-take the fast lane (``datapath.lane``, the rule behind :meth:`tunnel.device.Device.lane`), seals
-it in place and sends it. Only then does it call the interface back (``after``), which does the
-bookkeeping (:meth:`~tunnel.device.Device.lane_sent`), sends a batch the lane did not take the
-general way (:meth:`~tunnel.device.Device.send_batch`) and reads more rounds with :meth:`run`.
+docs/benchmarks.md, "Latency"). So the steady state runs here without a Python frame of ours:
 
-The inbound twin, :class:`Inbound`, is the UDP fd's callback: it receives a batch and, when
-every datagram is a transport message for one established keypair from the peer's current
-endpoint (``datapath.receive_lane``), opens it in place, checks the inner packets
-(``datapath.accept_batch``) and writes them to the TUN; then, since the kernel usually queued
-its answer (an echo reply, a TCP ACK) during that write, it runs the outbound pump once, so
-the answer leaves too before the interface's callback does the bookkeeping of both
-(:meth:`~tunnel.device.Device.lane_received`, then ``lane_sent``).
+- :class:`Outbound` is the TUN fd's callback. It reads a batch and, when every packet goes to
+  one peer whose session needs nothing but sealing (``datapath.lane``, the rule behind
+  :meth:`tunnel.device.Device.lane`), seals it in place and sends it.
+- :class:`Inbound` is the UDP fds' callback. It receives a batch and, when every datagram is a
+  transport message for one established keypair from the peer's current endpoint
+  (``datapath.receive_lane``), opens it in place, checks the inner packets
+  (``datapath.accept_batch``) and writes them to the TUN. The kernel usually queues its answer
+  (an echo reply, a TCP ACK) during that write, so it then runs the outbound pump once.
 
-Contract of :meth:`Outbound.run`: ``bufs`` and ``lengths`` are TUN slots (packets at
-``bufs[i][headroom:]``, as ``TunBatch.read`` fills them). It returns how many packets were read;
-then :attr:`Outbound.bufs` and :attr:`Outbound.lengths` are the batch (the given lists or
-prefixes of them), and :attr:`Outbound.lane` is ``(peer, keypair)`` when the batch was sealed
-(``lengths`` are now datagram lengths, :attr:`Outbound.sealed` of them) and handed to the UDP
-batch I/O, or None when the caller must send it the general way. TUN read errors (OSError)
-propagate before anything else happens; UDP send failures are counted by the UDP batch I/O, as
-for any send. :meth:`Outbound.on_readable` runs once on :attr:`Outbound.tun_bufs` and
-:attr:`Outbound.tun_lengths` at :attr:`Outbound.now` (read from the monotonic clock) and calls
-``after(count, error)``, with the exception ``run`` raised (or None). Single-threaded; buffers
-are only borrowed.
+**The journal.** What the engine must still do for such a *settled* batch (counters, timers;
+:meth:`~tunnel.device.Device.lane_sent` and :meth:`~tunnel.device.Device.lane_received`) is
+appended to a :class:`Journal` instead of being done on the spot, and the interface applies the
+journal in order, ``delay`` seconds later (a loop timer) or before any other work on the engine,
+whichever comes first. So the datagrams and packets leave first, and the daemon yields the CPU
+at once (on a 2-CPU host the other end of a ping often runs on the same CPU and waits for it).
+The order of the engine's state changes is kept: records are applied in the order they arose,
+and every other entry into the engine applies them first. The lane rules guarantee that a
+pending record cannot change a later lane decision (they never stage, confirm a session or
+move an endpoint). A batch that is not settled (a full batch, leftovers to read, a lane not
+taken, a failure, an MTU question, a full journal) goes to the interface's ``after`` callback
+at once, which applies the journal and then handles that batch.
+
+Contracts. :meth:`Outbound.run` reads into ``bufs``/``lengths`` (packets at
+``bufs[i][headroom:]``, as ``TunBatch.read`` fills them) and returns the count; then
+:attr:`Outbound.bufs`/:attr:`Outbound.lengths` are the batch (the lists or prefixes of them)
+and :attr:`Outbound.lane` is ``(peer, keypair)`` if the batch was sealed (``lengths`` now
+datagram lengths, :attr:`Outbound.sealed` of them) and handed to the UDP batch I/O, else None.
+:meth:`Inbound.run` likewise; see :class:`Inbound`. TUN read errors (OSError) propagate before
+anything else happens; send failures are counted by the UDP batch I/O as for any send.
+Single-threaded (the event loop's thread); buffers are only borrowed.
 """
 
 from __future__ import annotations
@@ -41,23 +46,70 @@ from typing import Any
 
 from tunnel.peer import Keypair, Peer
 
-After = Callable[[int, "Exception | None"], None]
+SENT = 0  # (SENT, peer, keypair, datagram bytes, now): Device.lane_sent
+RECEIVED = 1  # (RECEIVED, keypair, datagram bytes, opened, keepalives, invalid, disallowed, now)
+JOURNAL_LIMIT = 64  # records; a full journal makes the next batch go to ``after``
+
+Record = tuple[Any, ...]
+
+
+class Journal:
+    """Records of settled lane batches, applied by ``flush`` (the interface) in order.
+
+    ``loop`` (None: no journaling, every batch goes to ``after``) is set by the interface when
+    it starts; :meth:`add` arms one ``loop.call_later(delay, ...)`` for the first record.
+    """
+
+    def __init__(self, delay: float, flush: Callable[[], None]) -> None:
+        self.loop: Any = None
+        self.delay = delay
+        self.flush = flush
+        self.records: list[Record] = []
+        self.armed = False
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(self.delay, self._due)
+
+    def _due(self) -> None:
+        self.armed = False
+        self.flush()
+
+    def take(self) -> list[Record]:
+        """The records so far, oldest first (the journal is empty after)."""
+        records, self.records = self.records, []
+        return records
+
+    def open(self) -> bool:
+        """Whether a settled batch may be journaled now."""
+        return self.loop is not None and len(self.records) < JOURNAL_LIMIT
 
 
 class Outbound:
     """TUN -> UDP for one interface. ``device`` is its engine, ``tun`` its TunBatch, ``udp4``
     and ``udp6`` its sockets' UdpBatch objects (either may be None; set them again after a
-    rebind), ``after`` the interface's callback, ``headroom`` where packets start in a slot."""
+    rebind), ``journal`` the interface's :class:`Journal`, ``after(count, error)`` its callback
+    for a batch that is not settled, ``headroom`` where packets start in a slot.
 
-    def __init__(self, device: Any, tun: Any, udp4: Any, udp6: Any, after: After, headroom: int) -> None:
+    :meth:`on_readable` reads into :attr:`tun_bufs`/:attr:`tun_lengths` at :attr:`now` (the
+    monotonic clock). :attr:`too_big_seen` is the TUN's ``read:too_big`` count the interface
+    last looked at: a read that changes it is not settled.
+    """
+
+    def __init__(self, device: Any, tun: Any, udp4: Any, udp6: Any, journal: Journal,
+                 after: Callable[[int, Exception | None], None], headroom: int) -> None:
         self.device = device
         self.tun = tun
         self.udp4 = udp4
         self.udp6 = udp6
+        self.journal = journal
         self.after = after
         self.headroom = headroom
         self.tun_bufs: list[bytearray] = []
         self.tun_lengths: list[int] = []
+        self.too_big_seen = 0
         self.now = 0.0
         self.bufs: list[bytearray] = []
         self.lengths: list[int] = []
@@ -65,7 +117,8 @@ class Outbound:
         self.sealed = 0
 
     def on_readable(self) -> None:
-        """The event loop's callback for the TUN fd: one :meth:`run`, then ``after``."""
+        """The event loop's callback for the TUN fd: one :meth:`run`; journal it if settled,
+        else ``after``."""
         self.now = now = time.monotonic()
         count = 0
         error: Exception | None = None
@@ -73,7 +126,25 @@ class Outbound:
             count = self.run(self.tun_bufs, self.tun_lengths, self.headroom, self.device.mtu, now)
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
+        if error is None and self.settled(count) and self.journal.open():
+            self.record(count)
+            return
         self.after(count, error)
+
+    def settled(self, count: int) -> bool:
+        """Whether the last :meth:`run` left nothing for the interface but the journal record."""
+        tun = self.tun
+        if count >= len(self.tun_bufs) or tun.pending or tun.needed:
+            return False
+        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
+            return False
+        return count == 0 or (self.lane is not None and self.sealed == count)
+
+    def record(self, count: int) -> None:
+        """Journal the last run's lane batch (nothing for an empty read)."""
+        if count and self.lane is not None:
+            peer, keypair = self.lane
+            self.journal.add((SENT, peer, keypair, sum(self.lengths), self.now))
 
     def run(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int, now: float) -> int:
         """Read one batch and, when the device grants its fast lane, seal and send it."""
@@ -104,18 +175,19 @@ class Outbound:
 
 class Inbound:
     """UDP -> TUN for one interface. ``device`` is its engine, ``tun`` its TunBatch,
-    ``outbound`` its :class:`Outbound` (run once after a write), ``after`` the interface's
-    callback ``after(sock, count, error)``, ``headroom`` where an opened packet starts (the
-    transport header's size).
+    ``outbound`` its :class:`Outbound` (run once after a write; it shares its journal),
+    ``after(sock, count, error)`` the interface's callback for a batch that is not settled,
+    ``headroom`` where an opened packet starts (the transport header's size).
 
     :meth:`on_readable` receives into :attr:`udp_bufs`, :attr:`udp_lengths` and
-    :attr:`udp_sources`. After it, :attr:`bufs`, :attr:`lengths` and :attr:`sources` are the
-    batch. :attr:`keypair` is set when the lane opened it; then :attr:`wire_lengths` are the
-    datagram sizes, :attr:`results` and :attr:`opened` the cipher's verdicts, :attr:`accepted`
-    the (keepalives, invalid, disallowed) counts, :attr:`written` how many packets the TUN took
-    and :attr:`write_error` the OSError the write raised (or None). :attr:`replied` and
-    :attr:`reply_error` are the outcome of the outbound run after a write (0/None if none ran).
-    With :attr:`keypair` None the caller handles the batch the general way.
+    :attr:`udp_sources`. After :meth:`run`, :attr:`bufs`, :attr:`lengths` and :attr:`sources`
+    are the batch. :attr:`keypair` is set when the lane opened it; then :attr:`wire_lengths` are
+    the datagram sizes, :attr:`results` and :attr:`opened` the cipher's verdicts,
+    :attr:`accepted` the (keepalives, invalid, disallowed) counts, :attr:`written` how many
+    packets the TUN took and :attr:`write_error` the OSError the write raised (or None). After
+    :meth:`on_readable`, :attr:`answered` says whether it ran the outbound pump after a write,
+    and :attr:`replied`/:attr:`reply_error` are that run's outcome. With :attr:`keypair` None
+    the caller handles the batch the general way.
     """
 
     def __init__(self, device: Any, tun: Any, outbound: Outbound,
@@ -139,13 +211,16 @@ class Inbound:
         self.accepted = (0, 0, 0)
         self.written = 0
         self.write_error: OSError | None = None
+        self.answered = False
         self.replied = 0
         self.reply_error: Exception | None = None
 
     def on_readable(self, sock: Any, udp: Any) -> None:
         """The event loop's callback for a UDP fd (``sock`` the interface's socket, ``udp`` its
-        UdpBatch): one :meth:`run`, the outbound run if packets were written, then ``after``."""
+        UdpBatch): one :meth:`run`, the outbound run if packets were written, then the journal
+        if both are settled, else ``after``."""
         self.now = now = time.monotonic()
+        self.answered = False
         self.replied = 0
         self.reply_error = None
         count = 0
@@ -154,14 +229,34 @@ class Inbound:
             count = self.run(udp, self.udp_bufs, self.udp_lengths, self.udp_sources, now)
         except Exception as exc:  # the interface sorts it out
             error = exc
+        outbound = self.outbound
         if self.written and error is None:
-            outbound = self.outbound
+            self.answered = True
             try:
                 self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound.headroom,
                                             self.device.mtu, now)
             except Exception as exc:
                 self.reply_error = exc
+        if (error is None and self.settled(count, udp) and outbound.journal.open()
+                and (not self.answered or (self.reply_error is None and outbound.settled(self.replied)))):
+            if count:
+                self.outbound.journal.add((RECEIVED, self.keypair, sum(self.wire_lengths), self.opened,
+                                           *self.accepted, now))
+            if self.answered:
+                outbound.now = now
+                outbound.record(self.replied)
+            return
         self.after(sock, count, error)
+
+    def settled(self, count: int, udp: Any) -> bool:
+        """Whether the last :meth:`run` left nothing for the interface but the journal record."""
+        if udp.pending:
+            return False
+        if count == 0:
+            return True
+        if count >= len(self.udp_bufs) or self.keypair is None or self.opened != count:
+            return False
+        return self.write_error is None and max(self.wire_lengths) < len(self.bufs[0])
 
     def run(self, udp: Any, bufs: list[bytearray], lengths: list[int], sources: list[Any], now: float) -> int:
         """Receive one batch and, when the device grants the inbound lane, open and deliver it."""

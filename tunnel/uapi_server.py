@@ -40,6 +40,9 @@ class UapiHost(UapiTarget, Protocol):
     def send_keepalives(self, public_keys: list[bytes]) -> None:
         """Send a keepalive now to each peer (its persistent keepalive was just switched on)."""
 
+    def uapi_begin(self) -> None:
+        """Called before every operation, under the lock: bring the engine's state up to date."""
+
     def uapi_applied(self) -> None:
         """Called after every operation: re-arm timers, pick up configuration changes."""
 
@@ -134,6 +137,7 @@ class UapiServer:
                 ops = session.receive(data) if data else session.receive_eof()
                 for op in ops:
                     async with host.uapi_lock:
+                        host.uapi_begin()
                         try:
                             for chunk in op:
                                 writer.write(chunk)
