@@ -1,0 +1,305 @@
+"""The per-wake-up pumps (tunnel._pump and tunnel.pump_ref) and their journal, through the shell.
+
+Each test runs against both twins. A real engine pair makes the traffic; the interface under test
+wraps one side's engine with the fakes of :mod:`tests.shellfakes`, so what the pumps read, seal,
+open, send and write is checked end to end, and what they journal is checked against the
+engine's general path (``send_batch``/``receive_batch``) fed the same traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tunnel import pump as pump_pair
+from tunnel.device import Device, Output, packet_buffer
+from tunnel.endpoint import Endpoint
+from tunnel.interface import TUN_BATCH, Interface
+from tunnel.peer import Peer
+
+from .shellfakes import FakeLoop, FakeSocket, FakeTun, make_interface, make_pair, sealed
+from .wgpair import Pair, ipv4_packet
+
+REQUEST = ipv4_packet("10.0.0.1", "10.0.0.2", b"ping" * 10)
+REPLY = ipv4_packet("10.0.0.2", "10.0.0.1", b"pong" * 10)
+
+
+@pytest.fixture(params=["cython", "pure"])
+def pump(request: pytest.FixtureRequest) -> ModuleType:
+    return pump_pair.load(request.param)
+
+
+def record_calls(target: Any, name: str, log: list[str]) -> None:
+    """Log ``name`` to ``log`` each time ``target.name`` is called (then call through)."""
+    original = getattr(target, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        log.append(name)
+        return original(*args, **kwargs)
+
+    setattr(target, name, spy)
+
+
+def answer_on_write(tun: FakeTun, *answers: bytes) -> None:
+    """Make the fake TUN queue ``answers`` when written to, as the kernel queues an echo reply."""
+    original = tun.write_batch
+
+    def write(views: Sequence[bytes | bytearray | memoryview]) -> int:
+        tun.inbox.extend(answers)
+        return original(views)
+
+    tun.write_batch = write  # type: ignore[method-assign]
+
+
+def b_side(pump: ModuleType, loop: FakeLoop | None) -> tuple[Pair, Interface, FakeTun, Any, FakeSocket]:
+    pair = make_pair()
+    interface, tun, bind = make_interface(pair.b.device, pump, loop)
+    return pair, interface, tun, bind, FakeSocket(pair.a.endpoint)
+
+
+def settle_source(pair: Pair, sock: FakeSocket, interface: Interface) -> None:
+    """b's peer endpoint becomes the object the fake socket reports (what receive_lane checks)."""
+    pair.peer_ba.endpoint = sock.source
+
+
+# ---------------------------------------------------------------------------------------- journal
+
+
+def test_journal_arms_one_timer_and_keeps_order(pump: ModuleType) -> None:
+    flushed: list[list[tuple[Any, ...]]] = []
+    journal = pump.Journal(0.002, lambda: flushed.append(journal.take()))
+    assert not journal.open()  # no loop: nothing may be journaled
+    loop = FakeLoop()
+    journal.loop = loop
+    journal.add((0, "first"))
+    journal.add((1, "second"))
+    assert [delay for delay, _ in loop.later] == [0.002]
+    assert loop.fire() == 1
+    assert flushed == [[(0, "first"), (1, "second")]] and journal.take() == []
+    journal.add((0, "third"))  # the timer fired: a new record arms a new one
+    assert len(loop.later) == 1
+    for k in range(pump.JOURNAL_LIMIT - 1):
+        assert journal.open()
+        journal.add((0, k))
+    assert not journal.open()  # full: the next batch goes to the interface
+
+
+# ---------------------------------------------------------------------------------------- outbound
+
+
+def test_settled_outbound_batch_is_sent_then_journaled(pump: ModuleType) -> None:
+    pair = make_pair()
+    loop = FakeLoop()
+    interface, tun, bind = make_interface(pair.a.device, pump, loop)
+    came_back: list[int] = []
+    interface._outbound.after = lambda count, error: came_back.append(count)
+    peer = pair.peer_ab
+    tx_before, new_handshake_before = peer.tx_bytes, peer.timers.new_handshake
+    tun.inbox.extend([REQUEST, ipv4_packet("10.0.0.1", "10.0.0.2", b"more")])
+    interface._outbound.on_readable()
+    assert came_back == [] and bind.slot_sends == 1 and len(bind.sent) == 2
+    # The datagrams left; the engine has not been told yet.
+    assert peer.tx_bytes == tx_before and peer.timers.new_handshake == new_handshake_before
+    assert len(interface._journal.records) == 1
+    assert loop.fire() == 1
+    assert interface._journal.records == []
+    assert peer.tx_bytes == tx_before + sum(len(d) for d, _ in bind.sent)
+    assert peer.timers.new_handshake is not None  # timersDataSent
+    out = pair.b.device.receive_batch([bytearray(d) for d, _ in bind.sent], [len(d) for d, _ in bind.sent],
+                                      [pair.a.endpoint] * 2, pair.now)
+    assert [bytes(p) for p in out.packets] == [REQUEST, ipv4_packet("10.0.0.1", "10.0.0.2", b"more")]
+
+
+@pytest.mark.parametrize("case", ["no_journal", "no_route", "full_batch", "pending", "too_big", "journal_full"])
+def test_unsettled_outbound_batch_comes_back_at_once(pump: ModuleType, case: str) -> None:
+    pair = make_pair()
+    loop = FakeLoop()
+    interface, tun, bind = make_interface(pair.a.device, pump, None if case == "no_journal" else loop)
+    came_back: list[tuple[int, Exception | None]] = []
+    interface._outbound.after = lambda count, error: came_back.append((count, error))
+    packets = [REQUEST]
+    if case == "no_route":
+        packets = [ipv4_packet("10.0.0.1", "10.9.9.9")]
+    elif case == "full_batch":
+        packets = [REQUEST] * TUN_BATCH
+    elif case == "pending":
+        tun.pending = 1
+    elif case == "too_big":
+        tun.errors["read:too_big"] = 1  # the read dropped a packet: the MTU may have grown
+    elif case == "journal_full":
+        interface._journal.records.extend([(99,)] * pump.JOURNAL_LIMIT)
+    tun.inbox.extend(packets)
+    interface._outbound.on_readable()
+    assert came_back == [(len(packets), None)]
+    assert len(interface._journal.records) == (pump.JOURNAL_LIMIT if case == "journal_full" else 0)
+    # A lane batch that came back was still sent by the pump; a refused one was not.
+    assert len(bind.sent) == (0 if case == "no_route" else len(packets))
+
+
+def test_unsettled_outbound_batch_is_finished_by_the_interface(pump: ModuleType) -> None:
+    """Through the real callback: the journal first, then the batch (here: no route, dropped)."""
+    pair = make_pair()
+    loop = FakeLoop()
+    interface, tun, bind = make_interface(pair.a.device, pump, loop)
+    tun.inbox.append(REQUEST)
+    interface._outbound.on_readable()  # settled: journaled
+    assert len(interface._journal.records) == 1
+    tx_before = pair.peer_ab.tx_bytes
+    tun.inbox.append(ipv4_packet("10.0.0.1", "10.9.9.9"))
+    interface._outbound.on_readable()  # no route: back to the interface, which applies the journal
+    assert interface._journal.records == []
+    assert pair.peer_ab.tx_bytes == tx_before + len(bind.sent[0][0])
+    assert pair.a.device.drops["no_route"] == 1
+
+
+# ---------------------------------------------------------------------------------------- inbound
+
+
+def test_settled_inbound_batch_and_its_answer_are_journaled_in_order(pump: ModuleType) -> None:
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    settle_source(pair, sock, interface)
+    answer_on_write(tun, REPLY)
+    came_back: list[int] = []
+    interface._inbound.after = lambda s, count, error: came_back.append(count)
+    sock.inbox.append(sealed(pair, REQUEST))
+    peer = pair.peer_ba
+    rx_before, tx_before = peer.rx_bytes, peer.tx_bytes
+    interface._inbound.on_readable(sock, sock.io)
+    assert came_back == []
+    assert tun.written == [REQUEST] and len(bind.sent) == 1
+    kinds = [record[0] for record in interface._journal.records]
+    assert kinds == [pump.RECEIVED, pump.SENT]
+    assert (peer.rx_bytes, peer.tx_bytes) == (rx_before, tx_before)
+    loop.fire()
+    assert peer.rx_bytes > rx_before and peer.tx_bytes == tx_before + len(bind.sent[0][0])
+    out = pair.a.device.receive_batch([bytearray(bind.sent[0][0])], [len(bind.sent[0][0])], [pair.b.endpoint],
+                                      pair.now)
+    assert [bytes(p) for p in out.packets] == [REPLY]
+
+
+def test_inbound_lane_needs_the_current_endpoint_object(pump: ModuleType) -> None:
+    """A datagram from an equal but different endpoint object (a roam the engine must record)
+    goes the general way, which moves the endpoint; later ones can take the lane."""
+    loop = FakeLoop()
+    pair, interface, tun, bind, _ = b_side(pump, loop)
+    sock = FakeSocket(Endpoint(pair.a.endpoint.ip, pair.a.endpoint.port))
+    assert sock.source == pair.peer_ba.endpoint and sock.source is not pair.peer_ba.endpoint
+    came_back: list[int] = []
+    done = interface._inbound.after
+    interface._inbound.after = lambda s, count, error: (came_back.append(count), done(s, count, error))
+    sock.inbox.append(sealed(pair, REQUEST))
+    interface._inbound.on_readable(sock, sock.io)
+    assert came_back == [1] and tun.written == [REQUEST]
+    assert pair.peer_ba.endpoint is sock.source
+    sock.inbox.append(sealed(pair, REQUEST))
+    interface._inbound.on_readable(sock, sock.io)
+    assert came_back == [1] and len(interface._journal.records) == 1
+
+
+def test_forged_datagram_comes_back_and_is_counted(pump: ModuleType) -> None:
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    settle_source(pair, sock, interface)
+    forged = bytearray(sealed(pair, REQUEST))
+    forged[-1] ^= 1
+    sock.inbox.extend([sealed(pair, REQUEST), bytes(forged)])
+    interface._inbound.on_readable(sock, sock.io)
+    assert interface._journal.records == [] and tun.written == [REQUEST]
+    assert sum(pair.b.device.drops.values()) == 1
+
+
+def test_journal_is_applied_before_an_unsettled_batch(pump: ModuleType) -> None:
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    settle_source(pair, sock, interface)
+    calls: list[str] = []
+    record_calls(pair.b.device, "lane_received", calls)
+    record_calls(pair.b.device, "receive_batch", calls)
+    sock.inbox.append(sealed(pair, REQUEST))
+    interface._inbound.on_readable(sock, sock.io)  # settled: journaled
+    sock.inbox.append(b"\x01junk")  # not a transport message: the general way
+    interface._inbound.on_readable(sock, sock.io)
+    assert calls == ["lane_received", "receive_batch"]
+
+
+@pytest.mark.parametrize("entry", ["statistics", "uapi_begin", "timer", "keepalives", "close"])
+def test_every_entry_into_the_engine_applies_the_journal(pump: ModuleType, entry: str) -> None:
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    settle_source(pair, sock, interface)
+    sock.inbox.append(sealed(pair, REQUEST))
+    interface._inbound.on_readable(sock, sock.io)
+    assert interface._journal.records
+    rx_before = pair.peer_ba.rx_bytes
+    entries: dict[str, Callable[[], object]] = {
+        "statistics": interface.statistics,
+        "uapi_begin": interface.uapi_begin,
+        "timer": interface._on_timer,
+        "keepalives": lambda: interface.send_keepalives([]),
+        "close": interface.close,
+    }
+    if entry == "close":
+        interface.tun.close = lambda: None  # type: ignore[method-assign]
+        interface.bind.close = lambda: None  # type: ignore[union-attr]
+    entries[entry]()
+    assert interface._journal.records == [] and pair.peer_ba.rx_bytes > rx_before
+
+
+# ---------------------------------------------------------------------------------------- equivalence
+
+
+def timer_state(peer: Peer) -> tuple[object, ...]:
+    t = peer.timers
+    return (
+        t.new_handshake is None, t.send_keepalive is None, t.persistent_keepalive is None,
+        t.retransmit_handshake is None, t.keepalive_needed, t.sent_last_minute_handshake,
+    )
+
+
+def general_way(pair: Pair, datagram: bytes, answer: bytes | None) -> Output:
+    """b handles ``datagram`` with the engine's general calls, then sends ``answer`` if any."""
+    device: Device = pair.b.device
+    out = device.receive_batch([bytearray(datagram)], [len(datagram)], [pair.peer_ba.endpoint], pair.now)
+    if answer is not None:
+        out.extend(device.send_batch([packet_buffer(answer, device.mtu)], [len(answer)], pair.now))
+    return out
+
+
+@pytest.mark.parametrize("keepalive", [0, 25])
+def test_lanes_leave_the_engine_as_the_general_way_does(pump: ModuleType, keepalive: int) -> None:
+    """Requests and answers (and a keepalive-only exchange) through b's pumps and journal leave
+    b's counters and timers as the engine's general calls do for the same traffic."""
+    loop = FakeLoop()
+    lanes, interface, tun, bind, sock = b_side(pump, loop)
+    settle_source(lanes, sock, interface)
+    reference = make_pair()
+    for pair in (lanes, reference):
+        pair.peer_ba.persistent_keepalive = keepalive
+    script: list[tuple[bytes, bytes | None]] = [(REQUEST, REPLY), (REQUEST, None), (b"", None), (REQUEST, REPLY)]
+    for payload, answer in script:
+        for pair in (lanes, reference):
+            if payload:
+                datagram = sealed(pair, payload)
+            else:  # a keepalive from a
+                out = pair.a.device.send_keepalive(pair.peer_ab, pair.now)
+                datagram = bytes(out.datagrams[0][0])
+            if pair is lanes:
+                tun.inbox.clear()
+                if answer is not None:
+                    answer_on_write(tun, answer)
+                sock.inbox.append(datagram)
+                interface._inbound.on_readable(sock, sock.io)
+                tun.write_batch = FakeTun.write_batch.__get__(tun)  # type: ignore[method-assign]
+            else:
+                general_way(pair, datagram, answer)
+        loop.fire()
+        assert interface._journal.records == []
+        mine, theirs = lanes.peer_ba, reference.peer_ba
+        assert (mine.rx_bytes, mine.tx_bytes) == (theirs.rx_bytes, theirs.tx_bytes)
+        assert timer_state(mine) == timer_state(theirs)
+        assert dict(lanes.b.device.drops) == dict(reference.b.device.drops)
+    assert tun.written == [REQUEST, REQUEST, REQUEST]
