@@ -229,7 +229,8 @@ def receive_lane(device, list bufs, list lengths, list sources, double now):
         return None
     endpoint = peer.endpoint
     for i in range(n):
-        if sources[i] is not endpoint:
+        source = sources[i]
+        if source is not endpoint and source != endpoint:
             return None
     return keypair
 

@@ -191,7 +191,8 @@ def receive_lane(device: Any, bufs: Sequence[bytearray], lengths: Sequence[int],
     check and deliver: every datagram is a transport message (type 4, at least 32 bytes) for
     one receiver index that names a keypair younger than REJECT_AFTER_TIME which is not waiting
     for its confirmation (``peer.next``), and every source is the peer's current endpoint
-    object (so no roaming to record before a reply). Reads ``device.receivers``; changes nothing.
+    (the same object, as the batch I/O hands out for a repeated source, or an equal one), so
+    there is no roaming to record before a reply. Reads ``device.receivers``; changes nothing.
     """
     if not bufs:
         return None
@@ -212,7 +213,7 @@ def receive_lane(device: Any, bufs: Sequence[bytearray], lengths: Sequence[int],
         return None
     endpoint = peer.endpoint
     for source in sources:
-        if source is not endpoint:
+        if source is not endpoint and source != endpoint:
             return None
     return keypair
 

@@ -622,7 +622,7 @@ class Device:
         the cipher's result codes of those that did not, ``accepted`` the (keepalives, invalid,
         disallowed) counts of ``datapath.accept_batch``, whose packets the shell wrote to the
         TUN. The lane rule guarantees what the general path would otherwise do here: no session
-        to confirm, and every datagram from the peer's current endpoint object. Returns what to
+        to confirm, and every datagram from the peer's current endpoint. Returns what to
         send (a handshake when the session is old), or None.
         """
         for code in failures:

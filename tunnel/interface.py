@@ -3,11 +3,18 @@
 :class:`Interface` owns a sans-I/O :class:`~tunnel.device.Device`, a :class:`~tunnel.tun.Tun`
 and a :class:`~tunnel.udp.UdpBind`, and wires them on the asyncio loop:
 
-Outbound: TUN readable -> ``tun.read_batch`` (packets at ``buf[HEADROOM:]``) ->
-``device.send_batch`` (sealed in place) -> ``bind.send_batch``.
-Inbound: UDP readable -> ``sock.recv_batch`` (datagrams at ``buf[0:]``) ->
-``device.receive_batch`` (opened in place) -> ``tun.write_batch`` and replies to ``bind``.
-Timers: one loop timer, re-armed from ``device.next_timer()`` after every batch and UAPI call.
+Outbound: TUN readable -> the native pump (``tunnel.pump``): read a batch (packets at
+``buf[HEADROOM:]``); in the steady state (``device.lane``) seal it in place and send it, all in
+one call; else :meth:`_tun_batch_done` -> ``device.send_batch`` -> ``bind.send_batch``.
+Inbound: UDP readable -> the native pump: receive a batch (datagrams at ``buf[0:]``); in the
+steady state (``datapath.receive_lane``) open it in place and write it to the TUN, then read the
+TUN once for the answer; else :meth:`_udp_batch_done` -> ``device.receive_batch`` ->
+``tun.write_batch`` and replies to ``bind``.
+The journal: the bookkeeping of batches the pumps finished alone (``device.lane_sent`` /
+``lane_received``) waits in a journal that :meth:`_apply_journal` applies, in order, at most
+``JOURNAL_DELAY`` later and before anything else touches the engine (see tunnel/pump_ref.py).
+Timers: one loop timer, re-armed from ``device.next_timer()`` after every batch handled here,
+every journal and every UAPI call.
 
 It also implements the UAPI configuration protocol (:class:`tunnel.uapi.UapiTarget`) for the
 UAPI server. Time: ``time.monotonic()`` is the engine's ``now``; ``device.wall_offset`` turns it
@@ -285,6 +292,8 @@ class Interface:
             except Exception:
                 self.errors["journal"] += 1
                 log.debug("journaled bookkeeping failed", exc_info=True)
+        if self.bind is not None and self.bind.lost_sources:  # noted by the pumps' sends
+            self._forget_sources(self.bind.take_lost_sources())
 
     def _journal_due(self) -> None:
         """The journal's timer: nothing else touched the engine for JOURNAL_DELAY."""
