@@ -14,6 +14,7 @@ import select
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,8 +22,11 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunnel.endpoint import Endpoint
+from tunnel.offload import load_io
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -449,3 +453,347 @@ def test_recv_one_slot_batches(io: ModuleType, sockets: Any, gro: bool) -> None:
         assert batch.recv(bufs, lengths, sources) == 1
         got.append(bytes(bufs[0][: lengths[0]]))
     assert got == [payload(k, 30) for k in range(3)]
+
+
+# ------------------------------------------------------------------------------------ send_slots
+
+
+def slots_of(data: list[bytes], offset: int = 0, tail: int = 0) -> tuple[list[bytearray], list[int]]:
+    """Batch slots holding ``data[i]`` at ``offset``, with garbage before it and ``tail`` garbage
+    bytes after it (so a slice taken at the wrong place shows)."""
+    bufs = [bytearray(b"\xee" * offset) + bytearray(d) + bytearray(b"\xdd" * tail) for d in data]
+    return bufs, [len(d) for d in data]
+
+
+def recv_n(sock: socket.socket, count: int, timeout: float = 2.0) -> list[bytes]:
+    """The next ``count`` datagrams on a plain socket, plus any extra already queued (bounded by
+    ``timeout`` while fewer than ``count`` came: a correctness bound, not a timing assertion)."""
+    out: list[bytes] = []
+    while len(out) < count:
+        try:
+            out.append(sock.recv(70000))
+        except BlockingIOError:
+            if not wait_readable(sock, timeout):
+                return out
+    while True:
+        try:
+            out.append(sock.recv(70000))
+        except BlockingIOError:
+            return out
+
+
+def split_message(message: bytes, segment: int) -> list[bytes]:
+    """The datagrams of one UDP_GRO message (``segment`` 0: not coalesced)."""
+    if not message or not segment:
+        return [message]
+    return [message[k : k + segment] for k in range(0, len(message), segment)]
+
+
+def recv_messages(sock: socket.socket, count: int, timeout: float = 2.0) -> list[tuple[bytes, int]]:
+    """Messages on a UDP_GRO socket as (bytes, segment size or 0) until they carried ``count``
+    datagrams, plus any extra already queued."""
+    out: list[tuple[bytes, int]] = []
+    got = 0
+    raw = bytearray(70000)
+    while True:
+        try:
+            size, ancdata, _, _ = sock.recvmsg_into([raw], socket.CMSG_SPACE(4))
+        except BlockingIOError:
+            if got >= count or not wait_readable(sock, timeout):
+                return out
+            continue
+        segment = [int.from_bytes(d[:4], "little") for lvl, kind, d in ancdata if (lvl, kind) == (SOL_UDP, UDP_GRO)]
+        out.append((bytes(raw[:size]), segment[0] if segment else 0))
+        got += len(split_message(*out[-1]))
+
+
+# Zero-length first (a GSO run never starts with it), a long run, a smaller one closing it, equal
+# small ones, a zero-length one in the middle, more than 64 equal segments and more than 65,000
+# bytes of equal segments (both split into several messages), a larger one after smaller ones.
+SLOT_SIZES = [0] + [1200] * 20 + [500] + [7, 7, 1300, 0, 1300, 1300] + [100] * 70 + [1400] * 50 + [9, 1000]
+
+
+@FAMILIES
+@pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
+def test_send_slots_received_as_datagrams(io: ModuleType, sockets: Any, family: int, gso: bool) -> None:
+    rx = sockets(family, pktinfo=False)
+    tx = sockets(family, pktinfo=False)
+    host, port = rx.getsockname()[:2]
+    data = [payload(k, s) for k, s in enumerate(SLOT_SIZES)]
+    bufs, lengths = slots_of(data, tail=40)
+    batch = io.UdpBatch(tx.fileno(), gso=gso)
+    assert batch.send_slots(bufs, lengths, 0, len(bufs), Endpoint(host, port)) == len(data)
+    got = recv_all(rx)
+    assert [d for d, _ in got] == data
+    assert all(a[:2] == tx.getsockname()[:2] for _, a in got)
+    assert batch.errors == {} and batch.lost_sources == []
+    # The slots are only read.
+    assert (bufs, lengths) == slots_of(data, tail=40)
+
+
+@FAMILIES
+@pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
+def test_send_slots_offset_skips_what_comes_before(io: ModuleType, sockets: Any, family: int, gso: bool) -> None:
+    rx = sockets(family, pktinfo=False)
+    tx = sockets(family, pktinfo=False)
+    host, port = rx.getsockname()[:2]
+    data = [payload(k, s) for k, s in enumerate([1000] * 8 + [333, 0, 64, 64])]
+    bufs, lengths = slots_of(data, offset=16, tail=32)
+    batch = io.UdpBatch(tx.fileno(), gso=gso)
+    assert batch.send_slots(bufs, lengths, 16, len(bufs), (host, port, None)) == len(data)
+    assert [d for d, _ in recv_all(rx)] == data
+    assert batch.errors == {}
+
+
+def test_send_slots_count_sends_only_the_prefix(io: ModuleType, sockets: Any) -> None:
+    rx = sockets(socket.AF_INET, pktinfo=False)
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    endpoint = Endpoint("127.0.0.1", rx.getsockname()[1])
+    data = [payload(k, 500) for k in range(10)]
+    bufs, lengths = slots_of(data, offset=4)
+    batch = io.UdpBatch(tx.fileno())
+    assert batch.send_slots(bufs, lengths, 4, 0, endpoint) == 0
+    assert batch.send_slots(bufs, lengths, 4, 4, endpoint) == 4
+    # lengths may be longer than the batch (the slot arrays of a fixed-size batch)
+    assert batch.send_slots(bufs[:6], lengths + [7] * 5, 4, 6, endpoint) == 6
+    assert recv_n(rx, 10) == data[:4] + data[:6]
+
+
+def _out_of_range_cases() -> list[Any]:
+    return [
+        pytest.param(lambda b, n: (b, n, 0, -1), id="negative-count"),
+        pytest.param(lambda b, n: (b, n, 0, len(b) + 1), id="count-over-bufs"),
+        pytest.param(lambda b, n: (b, n[:-1], 0, len(b)), id="count-over-lengths"),
+        pytest.param(lambda b, n: (b, n, -1, len(b)), id="negative-offset"),
+        pytest.param(lambda b, n: (b, n[:-1] + [-1], 0, len(b)), id="negative-length"),
+        pytest.param(lambda b, n: (b, n[:-1] + [n[-1] + 1], 0, len(b)), id="length-past-buffer"),
+        pytest.param(lambda b, n: (b, n, 1, len(b)), id="offset-pushes-slots-past-buffer"),
+        pytest.param(lambda b, n: (b, n, len(b[0]) + 1, len(b)), id="offset-past-every-buffer"),
+    ]
+
+
+@pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
+@pytest.mark.parametrize("make_args", _out_of_range_cases())
+def test_send_slots_out_of_range_raises_and_sends_nothing(io: ModuleType, sockets: Any, gso: bool,
+                                                          make_args: Callable[..., tuple[Any, ...]]) -> None:
+    rx = sockets(socket.AF_INET, pktinfo=False)
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    endpoint = Endpoint("127.0.0.1", rx.getsockname()[1])
+    # The earlier slots are valid (and would form a GSO run): the bad one is the last.
+    data = [payload(k, 200) for k in range(5)]
+    bufs = [bytearray(d) for d in data]
+    lengths = [len(d) for d in data]
+    batch = io.UdpBatch(tx.fileno(), gso=gso)
+    with pytest.raises(ValueError):
+        batch.send_slots(*make_args(bufs, lengths), endpoint)
+    assert batch.errors == {} and batch.lost_sources == []
+    # Nothing left: the next datagram on the wire is a marker the (still usable) batch sends.
+    assert batch.send_slots([bytearray(b"marker")], [6], 0, 1, endpoint) == 1
+    assert recv_n(rx, 1) == [b"marker"]
+
+
+def test_sticky_source_and_lost_source_send_slots(io: ModuleType, sockets: Any) -> None:
+    rx = sockets(socket.AF_INET, pktinfo=False)
+    tx_any = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound to 0.0.0.0: any source
+    try:
+        tx_any.bind(("0.0.0.0", 0))
+        tx_any.setblocking(False)
+        batch = io.UdpBatch(tx_any.fileno(), gso=False)
+        port = rx.getsockname()[1]
+        good = Endpoint("127.0.0.1", port, "127.0.0.2")
+        gone = Endpoint("127.0.0.1", port, "192.0.2.77")  # not an address of this host
+        bufs, lengths = slots_of([b"a" * 100, b"b" * 100], offset=8)
+        assert batch.send_slots(bufs, lengths, 8, 2, good) == 2
+        assert batch.lost_sources == []
+        bufs, lengths = slots_of([b"c" * 100], offset=8)
+        assert batch.send_slots(bufs, lengths, 8, 1, gone) == 1
+        got = recv_all(rx)
+        assert [(d, a[0]) for d, a in got] == [(b"a" * 100, "127.0.0.2"), (b"b" * 100, "127.0.0.2"),
+                                                (b"c" * 100, "127.0.0.1")]
+        assert len(batch.lost_sources) == 1 and batch.lost_sources[0] is gone
+        assert batch.errors == {}
+    finally:
+        tx_any.close()
+
+
+@pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
+def test_lost_source_of_a_run_and_a_shared_list(io: ModuleType, sockets: Any, gso: bool) -> None:
+    """Every datagram of a batch to a gone source still leaves (from any address), each loss is
+    noted as the endpoint given, and two batches given one list both append to it."""
+    rx = sockets(socket.AF_INET, pktinfo=False)
+    tx_any = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx_other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for sock in (tx_any, tx_other):
+            sock.bind(("0.0.0.0", 0))
+            sock.setblocking(False)
+        shared: list[Any] = []
+        first = io.UdpBatch(tx_any.fileno(), gso=gso)
+        second = io.UdpBatch(tx_other.fileno(), gso=gso)
+        first.lost_sources = shared
+        second.lost_sources = shared
+        assert first.lost_sources is shared and second.lost_sources is shared
+        port = rx.getsockname()[1]
+        gone1 = Endpoint("127.0.0.1", port, "192.0.2.77")
+        gone2 = ("127.0.0.1", port, "192.0.2.78")
+        data = [payload(k, 300) for k in range(4)]
+        bufs, lengths = slots_of(data)
+        assert first.send_slots(bufs, lengths, 0, 4, gone1) == 4
+        assert second.send_slots(bufs, lengths, 0, 1, gone2) == 1
+        got = recv_all(rx)
+        assert [d for d, _ in got] == data + data[:1]
+        assert all(a[0] == "127.0.0.1" for _, a in got)
+        # At least one loss per batch, each noted as the very endpoint object it was sent to.
+        assert shared and shared[0] is gone1 and shared[-1] is gone2
+        assert all(ep is gone1 for ep in shared[:-1])
+        assert first.errors == {} and second.errors == {}
+        # send (the sibling) appends to the same shared list
+        count = len(shared)
+        assert first.send([(b"x" * 10, gone1)]) == 1
+        assert len(shared) == count + 1 and shared[-1] is gone1
+    finally:
+        tx_any.close()
+        tx_other.close()
+
+
+@FAMILIES
+@pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
+def test_send_slots_bad_address_is_counted_not_raised(io: ModuleType, sockets: Any, family: int,
+                                                      gso: bool) -> None:
+    tx = sockets(family, pktinfo=False)
+    rx = sockets(family, pktinfo=False)
+    batch = io.UdpBatch(tx.fileno(), gso=gso)
+    # The other family's address: the kernel (or the resolver) refuses every datagram.
+    wrong = ("::1", 9, None) if family == socket.AF_INET else ("127.0.0.1", 9, None)
+    bufs, lengths = slots_of([payload(k, 100) for k in range(3)])
+    assert batch.send_slots(bufs, lengths, 0, 3, wrong) == 0
+    assert sum(batch.errors.values()) == 3
+    assert batch.lost_sources == []
+    # The batch goes on working.
+    host, port = rx.getsockname()[:2]
+    assert batch.send_slots(bufs, lengths, 0, 3, Endpoint(host, port)) == 3
+    assert recv_n(rx, 3) == [payload(k, 100) for k in range(3)]
+
+
+def test_send_slots_gso_reaches_gro_socket_as_one_message(io: ModuleType, sockets: Any) -> None:
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    if not io.probe_udp_gso(tx.fileno()):
+        pytest.skip("no UDP GSO in this kernel")
+    rx = sockets(socket.AF_INET, pktinfo=False)
+    assert io.enable_udp_gro(rx.fileno())
+    batch = io.UdpBatch(tx.fileno(), gso=True)
+    assert batch.gso
+    data = [payload(k, 1000) for k in range(10)] + [payload(10, 300)]
+    bufs, lengths = slots_of(data, offset=16, tail=48)
+    assert batch.send_slots(bufs, lengths, 16, len(bufs), ("127.0.0.1", rx.getsockname()[1], None)) == 11
+    # One message carried all of them: GSO really was used (and GRO kept it whole).
+    assert recv_messages(rx, len(data)) == [(b"".join(data), 1000)]
+
+
+def _send_both_ways(io: ModuleType, family: int, data: list[bytes], offset: int, count: int,
+                    gso: bool, gro: bool) -> tuple[list[Any], list[Any], int, int]:
+    """(what arrived from send, what arrived from send_slots, their two counts)."""
+    with contextlib.ExitStack() as stack:
+        rx = stack.enter_context(udp_socket(family, pktinfo=False))
+        if gro:
+            assert io.enable_udp_gro(rx.fileno())
+        arrived: list[list[Any]] = []
+        counts: list[int] = []
+        host, port = rx.getsockname()[:2]
+        endpoint = Endpoint(host, port)
+        bufs, lengths = slots_of(data, offset=offset, tail=5)
+        expected = data[:count]
+        for use_slots in (False, True):
+            tx = stack.enter_context(udp_socket(family, pktinfo=False))
+            batch = io.UdpBatch(tx.fileno(), gso=gso)
+            if use_slots:
+                counts.append(batch.send_slots(bufs, lengths, offset, count, endpoint))
+            else:
+                views = [memoryview(bufs[i])[offset:offset + lengths[i]] for i in range(count)]
+                counts.append(batch.send([(v, endpoint) for v in views]))
+            assert batch.errors == {}
+            if gro:
+                arrived.append(recv_messages(rx, len(expected)))
+            else:
+                arrived.append(recv_n(rx, len(expected)))
+        return arrived[0], arrived[1], counts[0], counts[1]
+
+
+sizes_strategy = st.lists(
+    st.one_of(st.sampled_from([0, 1, 64, 1000, 1400]), st.integers(0, 1500)), min_size=1, max_size=90
+)
+
+
+@pytest.mark.parametrize("impl", ["cython", "pure"])
+@settings(max_examples=25, deadline=None)
+@given(sizes=sizes_strategy, offset=st.integers(0, 24), cut=st.integers(0, 5),
+       gso=st.booleans(), v6=st.booleans())
+def test_send_slots_same_wire_as_send(impl: str, sizes: list[int], offset: int, cut: int, gso: bool,
+                                      v6: bool) -> None:
+    """send_slots and send of the same slices: the same datagrams, and with GSO on the same
+    messages (a UDP_GRO receiver on loopback sees each GSO message whole, with its segment)."""
+    if impl == "cython" and os.environ.get("WGPY_PURE") == "1":
+        pytest.skip("WGPY_PURE=1 disables the Cython backend")
+    io = load_io(impl)
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    data = [payload(k, s) for k, s in enumerate(sizes)]
+    count = max(0, len(data) - cut)
+    plain_send, plain_slots, n1, n2 = _send_both_ways(io, family, data, offset, count, gso, gro=False)
+    assert n1 == n2 == count
+    assert plain_send == plain_slots == data[:count]
+    if gso:
+        with udp_socket(family, pktinfo=False) as probe:
+            if not io.probe_udp_gso(probe.fileno()):
+                return
+        gro_send, gro_slots, n1, n2 = _send_both_ways(io, family, data, offset, count, gso, gro=True)
+        assert n1 == n2 == count
+        assert gro_send == gro_slots
+        # and each message is a run of the slices: split by its segment size, in order
+        assert [d for m, segment in gro_slots for d in split_message(m, segment)] == data[:count]
+
+
+# ------------------------------------------------------------------------------------ send_slots: bugs
+
+
+@pytest.mark.parametrize(("offset", "length"), [(sys.maxsize, 1), (1, sys.maxsize), (sys.maxsize - 4, 10)],
+                         ids=["huge-offset", "huge-length", "sum-just-past-max"])
+def test_send_slots_offset_plus_length_overflow_is_value_error(io: ModuleType, sockets: Any, offset: int,
+                                                               length: int) -> None:
+    """``offset + lengths[i]`` past the buffer is a ValueError however large the two are: their
+    sum must not wrap around (Py_ssize_t) and pass the bounds check, sending from a pointer
+    outside the buffer or an iovec longer than it."""
+    rx = sockets(socket.AF_INET, pktinfo=False)
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    endpoint = Endpoint("127.0.0.1", rx.getsockname()[1])
+    batch = io.UdpBatch(tx.fileno())
+    with pytest.raises(ValueError):
+        batch.send_slots([bytearray(64)], [length], offset, 1, endpoint)
+    assert batch.errors == {}
+    assert batch.send_slots([bytearray(b"marker")], [6], 0, 1, endpoint) == 1
+    assert recv_n(rx, 1) == [b"marker"]
+
+
+@pytest.mark.parametrize(("offset", "length"), [(1 << 64, 0), (0, 1 << 64)], ids=["offset", "length"])
+def test_send_slots_beyond_ssize_t_is_value_error_too(io: ModuleType, sockets: Any, offset: int,
+                                                      length: int) -> None:
+    """The twins agree on the exception for an offset or length no buffer can reach."""
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    batch = io.UdpBatch(tx.fileno())
+    with pytest.raises(ValueError):
+        batch.send_slots([bytearray(64)], [length], offset, 1, ("127.0.0.1", 9, None))
+    assert batch.errors == {}
+
+
+@pytest.mark.parametrize("port", [70000, -1])
+def test_send_slots_port_out_of_range_is_counted_not_raised(io: ModuleType, sockets: Any, port: int) -> None:
+    """An endpoint whose port no socket can use is a bad address like any other: counted, the
+    rest of the batch goes (``send`` and ``send_slots`` alike: "nothing raises for a
+    per-datagram error")."""
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    rx = sockets(socket.AF_INET, pktinfo=False)
+    batch = io.UdpBatch(tx.fileno())
+    assert batch.send_slots([bytearray(b"x")], [1], 0, 1, ("127.0.0.1", port, None)) == 0
+    good = ("127.0.0.1", rx.getsockname()[1], None)
+    assert batch.send([(b"y", ("127.0.0.1", port, None)), (b"z", good)]) == 1
+    assert sum(batch.errors.values()) == 2
+    assert recv_n(rx, 1) == [b"z"]

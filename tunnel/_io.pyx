@@ -19,6 +19,7 @@ one). Single-threaded: one event loop owns an object; a second thread gets Runti
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.errno cimport EAGAIN, EINTR, EINVAL, errno
 from libc.stdint cimport uint16_t
 from libc.stdlib cimport free, malloc

@@ -435,35 +435,39 @@ cdef class UdpBatch:
             release_views(self._sviews, pinned)
             self._busy = False
 
-    def send_slots(self, bufs not None, lengths not None, Py_ssize_t offset, Py_ssize_t count,
-                   endpoint) -> int:
+    def send_slots(self, bufs not None, lengths not None, offset, count, endpoint) -> int:
         """Send ``bufs[i][offset:offset+lengths[i]]`` for ``i < count``, all to ``endpoint``.
 
         The same sending as :meth:`send` (GSO runs, sticky source, errors counted, lost sources
         noted) without a Python object per datagram; see io_ref for the contract.
         """
-        cdef Py_ssize_t i, pinned = 0, size
-        if count < 0 or count > len(bufs) or count > len(lengths) or offset < 0:
+        cdef Py_ssize_t i, pinned = 0, size, start, n
+        # Range checks on the Python ints (a huge value is a ValueError, not an OverflowError).
+        if count < 0 or count > len(bufs) or count > len(lengths) or offset < 0 or offset > PY_SSIZE_T_MAX:
             raise ValueError("count or offset out of range")
-        if count == 0:
+        n = count
+        start = offset
+        if n == 0:
             return 0
         self._enter()
         try:
-            self._reserve_send(count)
+            self._reserve_send(n)
             if endpoint is not self._last_ep:
                 self._parse_endpoint(endpoint)
             if self._last_dest_ok:
                 memcpy(&self._dests[0], &self._last_dest, sizeof(wgpy_dest))
-            for i in range(count):
-                size = lengths[i]
+            for i in range(n):
+                length = lengths[i]
                 PyObject_GetBuffer(bufs[i], &self._sviews[i], PyBUF_SIMPLE)
                 pinned = i + 1
-                if size < 0 or offset + size > self._sviews[i].len:
-                    raise ValueError(f"datagram {i}: length {size} does not fit its buffer")
-                self._sptr[i] = <unsigned char *>self._sviews[i].buf + offset
+                # Compared without adding (start + size could overflow).
+                if length < 0 or length > self._sviews[i].len - start:
+                    raise ValueError(f"datagram {i}: length {length} does not fit its buffer")
+                size = length
+                self._sptr[i] = <unsigned char *>self._sviews[i].buf + start
                 self._slen[i] = size
                 self._sdest[i] = 0 if self._last_dest_ok else -1
-            return self._send_pinned(count, None, endpoint)
+            return self._send_pinned(n, None, endpoint)
         finally:
             release_views(self._sviews, pinned)
             self._busy = False

@@ -311,12 +311,20 @@ class UdpBatch:
         v6 = self.family == socket.AF_INET6
         for payload, endpoint in datagrams:
             ip, port, local = _unpack_endpoint(endpoint)
-            address = (ip, port, 0, 0) if v6 else (ip, port)
-            items.append((payload, endpoint, address, local or None))
+            # A port no sockaddr can hold is the caller's bad address, as in the native twin
+            # (the socket module would raise OverflowError and lose the rest of the batch).
+            address: tuple[Any, ...] | None = None
+            if isinstance(port, int) and 0 <= port <= 0xFFFF:
+                address = (ip, port, 0, 0) if v6 else (ip, port)
+            items.append((payload, endpoint, address, local or None))  # type: ignore[arg-type]
         sent = 0
         index = 0
         total = len(items)
         while index < total:
+            if items[index][2] is None:
+                self._count("send:bad_address")
+                index += 1
+                continue
             group = self._group(items, index)
             payloads = [items[k][0] for k in range(index, index + group)]
             _, endpoint, address, local = items[index]
