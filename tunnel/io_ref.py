@@ -313,15 +313,15 @@ class UdpBatch:
             ip, port, local = _unpack_endpoint(endpoint)
             # A port no sockaddr can hold is the caller's bad address, as in the native twin
             # (the socket module would raise OverflowError and lose the rest of the batch).
-            address: tuple[Any, ...] | None = None
+            address: tuple[Any, ...] = ()  # () marks a bad address: equal to no real one
             if isinstance(port, int) and 0 <= port <= 0xFFFF:
                 address = (ip, port, 0, 0) if v6 else (ip, port)
-            items.append((payload, endpoint, address, local or None))  # type: ignore[arg-type]
+            items.append((payload, endpoint, address, local or None))
         sent = 0
         index = 0
         total = len(items)
         while index < total:
-            if items[index][2] is None:
+            if not items[index][2]:
                 self._count("send:bad_address")
                 index += 1
                 continue
