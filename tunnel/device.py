@@ -273,7 +273,6 @@ class Device:
     ) -> None:
         keypair = self._sending_keypair(peer, now) if self.identity is not None else None
         sealed = 0
-        had_data = False
         if keypair is not None and peer.endpoint is not None:
             had_data = any(lengths)
             sealed = keypair.cipher.seal_batch(bufs, lengths, self.mtu)
@@ -281,28 +280,15 @@ class Device:
             datagrams = out.datagrams
             for i in range(sealed):
                 datagrams.append((memoryview(bufs[i])[: lengths[i]], endpoint))
-        self._after_seal(peer, keypair, bufs, lengths, sealed, had_data, now, out)
-
-    def _after_seal(
-        self,
-        peer: Peer,
-        keypair: Keypair | None,
-        bufs: list[bytearray],
-        lengths: list[int],
-        sealed: int,
-        had_data: bool,
-        now: float,
-        out: Output,
-    ) -> None:
-        """Counters and timers for ``sealed`` datagrams sent; the rest staged for a handshake."""
-        if sealed and keypair is not None:
-            self._sealed(peer, keypair, sum(lengths[:sealed]), had_data, now, out)
+            if sealed:
+                self._sealed(peer, keypair, sum(lengths[:sealed]), had_data, now, out)
         if sealed < len(bufs):
             for i in range(sealed, len(bufs)):
                 self._stage(peer, bytes(memoryview(bufs[i])[HEADROOM : HEADROOM + lengths[i]]))
             self._send_initiation(peer, now, False, out)
 
     def _sealed(self, peer: Peer, keypair: Keypair, nbytes: int, had_data: bool, now: float, out: Output) -> None:
+        """Counters and timers for sealed datagrams (``nbytes`` of them) sent to ``peer``."""
         peer.tx_bytes += nbytes
         if had_data:
             self._timer_data_sent(peer, now)
@@ -335,14 +321,10 @@ class Device:
     def _keep_key_fresh_sending(self, peer: Peer, keypair: Keypair, now: float, out: Output) -> None:
         # As wireguard-go's keepKeyFreshSending: the message count applies to both sides, the
         # age only to the initiator (the responder waits for the initiator's rekey).
-        if self._rekey_due(keypair, keypair.cipher.send_counter, now):
-            self._send_initiation(peer, now, False, out)
-
-    @staticmethod
-    def _rekey_due(keypair: Keypair, send_counter: int, now: float) -> bool:
-        return send_counter >= REKEY_AFTER_MESSAGES or (
+        if keypair.cipher.send_counter >= REKEY_AFTER_MESSAGES or (
             keypair.is_initiator and now - keypair.created >= REKEY_AFTER_TIME
-        )
+        ):
+            self._send_initiation(peer, now, False, out)
 
     # ----------------------------------------------------------------- handshakes out
 

@@ -209,8 +209,9 @@ class Interface:
             return
         self._refresh_mtu()
         self.device.wall_offset = time.time() - time.monotonic()
+        self.tun.log_fallbacks()  # the pumps' writes and sends do not log them as they happen
         if self.bind is not None:
-            self.bind.log_fallbacks()  # the pump's sends do not log them as they happen
+            self.bind.log_fallbacks()
 
     def _refresh_mtu(self) -> None:
         self._mtu_checked = time.monotonic()
