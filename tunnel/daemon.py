@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tunnel.interface import Interface
+from tunnel.interface import PUMP_NAME, Interface
 from tunnel.tun import Tun
 from tunnel.uapi_server import UapiServer, listen_socket, socket_path
 
@@ -109,7 +109,8 @@ def main(args: list[str]) -> int:
         _abandon(uapi_sock, name, interface)
         print(f"wg-py: failed to bind UDP sockets: {exc}", file=sys.stderr)
         return 1
-    log.info("device %s started (MTU %d, UDP port %d)", name, tun.mtu, interface.listen_port)
+    log.info("device %s started (MTU %d, UDP port %d, %s pumps)", name, tun.mtu, interface.listen_port,
+             PUMP_NAME)
     if options.foreground:
         return _run(interface, uapi_sock, uapi_inode, None)
     quiet = level is None or not os.environ.get("LOG_LEVEL")
