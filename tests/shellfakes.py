@@ -52,6 +52,10 @@ class FakeTun:
     def write(self, views: Sequence[bytes | bytearray | memoryview]) -> int:
         return self.write_batch(views)
 
+    def write_slots(self, bufs: Sequence[bytearray], lengths: Sequence[int], offset: int,
+                    verdicts: bytearray, count: int) -> int:
+        return self.write_batch([bytes(bufs[i][offset : lengths[i]]) for i in range(count) if not verdicts[i]])
+
     def write_failed(self, exc: OSError) -> None:
         raise exc
 

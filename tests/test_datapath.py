@@ -125,6 +125,36 @@ def test_accept_batch(dp: ModuleType) -> None:
     assert (keepalives, invalid, disallowed) == (1, 2, 1)
 
 
+def test_accept_slots(dp: ModuleType) -> None:
+    """The same checks as accept_batch, as per-slot verdicts and end offsets (what
+    TunBatch.write_slots takes): a delivered packet's length becomes where it ends, padding off."""
+    table = dp.RouteTable([(bytes([10, 0, 0, 1]), 32, 5), (bytes([10, 0, 0, 7]), 32, 6),
+                           (bytes.fromhex("fd00" + "00" * 13 + "01"), 128, 5)])
+    good = ipv4_packet("10.0.0.1", "10.0.0.2", b"abc")
+    good6 = ipv6_packet("fd00::1", "fd00::2", b"defg")
+    spoofed = ipv4_packet("10.0.0.7", "10.0.0.2")
+    bad_length = bytearray(ipv4_packet("10.0.0.1", "10.0.0.2"))
+    bad_length[2:4] = (999).to_bytes(2, "big")
+    padded = good + bytes(16 - len(good) % 16)
+    items = [(padded, 0), (b"", 0), (spoofed, 0), (bytes(bad_length), 0), (good, 2), (b"\x00" * 16, 0),
+             (good6 + bytes(7), 0)]
+    bufs = [_buf(p) for p, _ in items]
+    lengths = [len(p) for p, _ in items]
+    results = [r for _, r in items]
+    verdicts = bytearray(b"\x07" * len(items))
+    counts = dp.accept_slots(table, 5, bufs, lengths, results, 16, verdicts)
+    assert counts == (2, 1, 2, 1)  # delivered, keepalives, invalid, disallowed
+    assert list(verdicts) == [0, 1, 1, 1, 1, 1, 0]
+    assert lengths == [16 + len(good), 0, len(spoofed), len(bad_length), len(good), 16, 16 + len(good6)]
+    assert [bytes(bufs[i][16 : lengths[i]]) for i in range(len(items)) if not verdicts[i]] == [good, good6]
+    # accept_batch is the same decision, as views.
+    packets, *rest = dp.accept_batch(table, 5, bufs[:1] + bufs[2:], [len(padded)] + [len(p) for p, _ in items[2:]],
+                                     [0] + results[2:], 16)
+    assert [bytes(p) for p in packets] == [good, good6] and rest == [0, 2, 1]
+    with pytest.raises(ValueError):
+        dp.accept_slots(table, 5, bufs, lengths, results, 16, bytearray(len(items) - 1))
+
+
 def test_inner_length(dp: ModuleType) -> None:
     packet = ipv6_packet("fd00::1", "fd00::2", b"q" * 5)
     assert dp.inner_length(_buf(packet + bytes(11)), 16, len(packet) + 11) == len(packet)

@@ -18,7 +18,7 @@ from tunnel.datapath_ref import INVALID_SIZE, INVALID_TYPE, NO_SLOT, compile_int
 
 __all__ = [
     "NO_SLOT", "INVALID_SIZE", "INVALID_TYPE", "RouteTable", "route_batch", "lane", "receive_lane", "classify_batch",
-    "accept_batch", "inner_length", "compile_intervals",
+    "accept_batch", "accept_slots", "inner_length", "compile_intervals",
 ]
 
 
@@ -294,21 +294,26 @@ def inner_length(buf, Py_ssize_t offset, Py_ssize_t size):
     return _inner_length(raw, len(raw))
 
 
-def accept_batch(RouteTable table, int slot, list bufs, list lengths, list results, Py_ssize_t headroom):
-    """Check the plaintexts where ``results[i] == 0``; see datapath_ref.accept_batch."""
-    cdef list packets = []
-    cdef Py_ssize_t keepalives = 0, invalid = 0, disallowed = 0
+def accept_slots(RouteTable table, int slot, list bufs, list lengths, list results, Py_ssize_t headroom,
+                 verdicts):
+    """Check the plaintexts where ``results[i] == 0`` into per-slot verdicts; see
+    datapath_ref.accept_slots."""
+    cdef Py_ssize_t n = len(bufs)
+    cdef Py_ssize_t delivered = 0, keepalives = 0, invalid = 0, disallowed = 0
     cdef Py_ssize_t i, size, length
     cdef unsigned char *p
-    for i in range(len(bufs)):
+    cdef unsigned char *verdict = _data(verdicts, n)
+    if len(lengths) < n or len(results) < n:
+        raise ValueError("lengths or results is shorter than bufs")
+    for i in range(n):
+        verdict[i] = 1
         if results[i] != 0:
             continue
         size = lengths[i]
         if size == 0:
             keepalives += 1
             continue
-        buf = bufs[i]
-        p = _data(buf, headroom + size) + headroom
+        p = _data(bufs[i], headroom + size) + headroom
         length = _inner_length(p, size)
         if length < 0:
             invalid += 1
@@ -316,5 +321,17 @@ def accept_batch(RouteTable table, int slot, list bufs, list lengths, list resul
         if table.find_packet(p, length, True) != slot:
             disallowed += 1
             continue
-        packets.append(memoryview(buf)[headroom:headroom + length])
+        verdict[i] = 0
+        lengths[i] = headroom + length
+        delivered += 1
+    return delivered, keepalives, invalid, disallowed
+
+
+def accept_batch(RouteTable table, int slot, list bufs, list lengths, list results, Py_ssize_t headroom):
+    """Check the plaintexts where ``results[i] == 0``; see datapath_ref.accept_batch."""
+    cdef list ends = list(lengths)
+    cdef bytearray verdicts = bytearray(len(bufs))
+    cdef Py_ssize_t i
+    _, keepalives, invalid, disallowed = accept_slots(table, slot, bufs, ends, results, headroom, verdicts)
+    cdef list packets = [memoryview(bufs[i])[headroom:ends[i]] for i in range(len(bufs)) if not verdicts[i]]
     return packets, keepalives, invalid, disallowed

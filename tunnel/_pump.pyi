@@ -57,6 +57,7 @@ class Inbound:
     results: list[int]
     opened: int
     accepted: tuple[int, int, int]
+    verdicts: bytearray
     written: int
     write_error: OSError | None
     answered: bool

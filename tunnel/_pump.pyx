@@ -180,6 +180,7 @@ cdef class Inbound:
     cdef public list results
     cdef public Py_ssize_t opened
     cdef public tuple accepted
+    cdef public bytearray verdicts
     cdef public Py_ssize_t written
     cdef public object write_error
     cdef public bint answered
@@ -204,6 +205,7 @@ cdef class Inbound:
         self.results = []
         self.opened = 0
         self.accepted = (0, 0, 0)
+        self.verdicts = bytearray(64)  # accept_slots' per-slot verdicts (grown to the batch)
         self.written = 0
         self.write_error = None
         self.answered = False
@@ -281,12 +283,14 @@ cdef class Inbound:
         self.keypair = keypair
         self.accepted = (0, 0, 0)
         if self.opened:
-            packets, keepalives, invalid, disallowed = datapath.accept_batch(
-                device.routes(), keypair.peer.slot, bufs, lengths, results, self.headroom)
+            if len(self.verdicts) < n:
+                self.verdicts = bytearray(n)
+            delivered, keepalives, invalid, disallowed = datapath.accept_slots(
+                device.routes(), keypair.peer.slot, bufs, lengths, results, self.headroom, self.verdicts)
             self.accepted = (keepalives, invalid, disallowed)
-            if packets:
+            if delivered:
                 try:
-                    self.written = self.tun.write(packets)
+                    self.written = self.tun.write_slots(bufs, lengths, self.headroom, self.verdicts, n)
                 except OSError as exc:
                     self.write_error = exc
         return n

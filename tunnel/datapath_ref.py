@@ -15,7 +15,8 @@ loops that run once per packet to these functions, which work on a whole batch a
 - :func:`classify_batch`: inbound, message type and exact size, grouping transport messages by
   receiver index.
 - :func:`accept_batch`: inbound after decryption, padding strip and the allowed-IPs source check,
-  returning views of the packets to write to the TUN.
+  returning views of the packets to write to the TUN; :func:`accept_slots` does the same with
+  per-slot verdicts instead of views (for ``TunBatch.write_slots``).
 
 Same API and results in both implementations; the tests run against both. Buffers are only
 borrowed for the call; returned memoryviews point into them.
@@ -265,22 +266,28 @@ def inner_length(buf: Buffer, offset: int, size: int) -> int:
     return -1
 
 
-def accept_batch(
+def accept_slots(
     table: RouteTable,
     slot: int,
     bufs: Sequence[bytearray],
-    lengths: Sequence[int],
+    lengths: list[int],
     results: Sequence[int],
     headroom: int,
-) -> tuple[list[memoryview], int, int, int]:
-    """Check the plaintexts ``bufs[i][headroom:headroom+lengths[i]]`` where ``results[i] == 0``.
+    verdicts: bytearray,
+) -> tuple[int, int, int, int]:
+    """Check the plaintexts ``bufs[i][headroom:headroom+lengths[i]]`` where ``results[i] == 0``,
+    with no object per packet: the verdicts are for ``TunBatch.write_slots``.
 
-    Returns (views of packets to deliver, keepalives, invalid inner packets, packets whose source
-    is not routed to ``slot``).
+    For each ``i``: ``verdicts[i] = 0`` if the packet is to be delivered, and then ``lengths[i]``
+    becomes where it ends in its buffer (``headroom`` + its IP length: padding stripped);
+    otherwise ``verdicts[i] = 1`` and ``lengths[i]`` is left alone. Returns (delivered,
+    keepalives, invalid inner packets, packets whose source is not routed to ``slot``).
     """
-    packets: list[memoryview] = []
-    keepalives = invalid = disallowed = 0
+    if len(verdicts) < len(bufs) or len(lengths) < len(bufs) or len(results) < len(bufs):
+        raise ValueError("verdicts, lengths or results is shorter than bufs")
+    delivered = keepalives = invalid = disallowed = 0
     for i in range(len(bufs)):
+        verdicts[i] = 1
         if results[i] != 0:
             continue
         size = lengths[i]
@@ -295,5 +302,27 @@ def accept_batch(
         if table.lookup_packet(buf, headroom, length, True) != slot:
             disallowed += 1
             continue
-        packets.append(memoryview(buf)[headroom : headroom + length])
+        verdicts[i] = 0
+        lengths[i] = headroom + length
+        delivered += 1
+    return delivered, keepalives, invalid, disallowed
+
+
+def accept_batch(
+    table: RouteTable,
+    slot: int,
+    bufs: Sequence[bytearray],
+    lengths: Sequence[int],
+    results: Sequence[int],
+    headroom: int,
+) -> tuple[list[memoryview], int, int, int]:
+    """Check the plaintexts ``bufs[i][headroom:headroom+lengths[i]]`` where ``results[i] == 0``.
+
+    Returns (views of packets to deliver, keepalives, invalid inner packets, packets whose source
+    is not routed to ``slot``): :func:`accept_slots` with the delivered packets as views.
+    """
+    ends = list(lengths)
+    verdicts = bytearray(len(bufs))
+    _, keepalives, invalid, disallowed = accept_slots(table, slot, bufs, ends, results, headroom, verdicts)
+    packets = [memoryview(bufs[i])[headroom : ends[i]] for i in range(len(bufs)) if not verdicts[i]]
     return packets, keepalives, invalid, disallowed

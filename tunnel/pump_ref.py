@@ -12,7 +12,8 @@ docs/benchmarks.md, "Latency"). So the steady state runs here without a Python f
 - :class:`Inbound` is the UDP fds' callback. It receives a batch and, when every datagram is a
   transport message for one established keypair from the peer's current endpoint
   (``datapath.receive_lane``), opens it in place, checks the inner packets
-  (``datapath.accept_batch``) and writes them to the TUN. The kernel usually queues its answer
+  (``datapath.accept_slots``) and writes them to the TUN (``TunBatch.write_slots``): no Python
+  object per packet on either lane. The kernel usually queues its answer
   (an echo reply, a TCP ACK) during that write, so it then runs the outbound pump once.
 
 **The journal.** What the engine must still do for such a *settled* batch (counters, timers;
@@ -209,6 +210,7 @@ class Inbound:
         self.results: list[int] = []
         self.opened = 0
         self.accepted = (0, 0, 0)
+        self.verdicts = bytearray(64)  # accept_slots' per-slot verdicts (grown to the batch)
         self.written = 0
         self.write_error: OSError | None = None
         self.answered = False
@@ -280,12 +282,14 @@ class Inbound:
         self.keypair = keypair
         self.accepted = (0, 0, 0)
         if opened:
-            packets, keepalives, invalid, disallowed = datapath.accept_batch(
-                device.routes(), keypair.peer.slot, bufs, lengths, results, self.headroom)
+            if len(self.verdicts) < n:
+                self.verdicts = bytearray(n)
+            delivered, keepalives, invalid, disallowed = datapath.accept_slots(
+                device.routes(), keypair.peer.slot, bufs, lengths, results, self.headroom, self.verdicts)
             self.accepted = (keepalives, invalid, disallowed)
-            if packets:
+            if delivered:
                 try:
-                    self.written = self.tun.write(packets)
+                    self.written = self.tun.write_slots(bufs, lengths, self.headroom, self.verdicts, n)
                 except OSError as exc:
                     self.write_error = exc
         return n
