@@ -14,9 +14,10 @@ from types import ModuleType
 from typing import Any
 
 from crypto.backend import HEADROOM
-from tunnel.device import Device, Output, packet_buffer
+from tunnel.device import Device
 from tunnel.endpoint import Endpoint
 from tunnel.interface import Interface
+from tunnel.output import Output, packet_buffer
 
 from .wgpair import Pair
 

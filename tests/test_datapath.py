@@ -16,8 +16,8 @@ from crypto.backend import HEADROOM, TransportCipher
 from tunnel.allowedips import AllowedIPs
 from tunnel.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
 from tunnel.datapath import load
-from tunnel.device import packet_buffer
 from tunnel.endpoint import Endpoint
+from tunnel.output import packet_buffer
 from tunnel.peer import Keypair, Peer
 
 from .wgpair import Pair, Side, ipv4_packet, ipv6_packet

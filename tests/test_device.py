@@ -17,9 +17,9 @@ from tunnel.constants import (
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
 from tunnel.datapath import load as load_datapath
-from tunnel.device import packet_buffer
 from tunnel.endpoint import Endpoint
 from tunnel.messages import Drop
+from tunnel.output import packet_buffer
 
 from .wgpair import Pair, ipv4_packet, ipv6_packet
 

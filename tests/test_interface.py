@@ -7,11 +7,7 @@ fakes are in :mod:`tests.shellfakes`; the pumps and their journal in tests/test_
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-
-from tunnel.constants import REKEY_TIMEOUT_JITTER_MAX
-from tunnel.device import Device
 
 from .shellfakes import FakeSocket, make_interface, make_pair, sealed
 from .wgpair import ipv4_packet
@@ -62,23 +58,3 @@ def test_tun_callback_seals_and_sends() -> None:
     tun.inbox.extend([ipv4_packet("10.0.0.2", "10.0.0.1", bytes([i]) * 30) for i in range(3)])
     interface._outbound.on_readable()
     assert len(bind.sent) == 3 and tun.inbox == []
-
-
-def test_jitter_from_system_randomness_is_pooled_and_in_range() -> None:
-    """With os.urandom the timer jitter comes from a pool (more draws than one pool holds are
-    all in range and not all equal); an injected source is asked for 4 bytes per draw."""
-    device = Device()
-    draws = [device._jitter() for _ in range(600)]
-    assert all(0.0 <= d < REKEY_TIMEOUT_JITTER_MAX for d in draws)
-    assert len(set(draws)) > 10
-    asked: list[int] = []
-
-    def source(n: int) -> bytes:
-        asked.append(n)
-        return (999).to_bytes(4, "little") if n == 4 else os.urandom(n)
-
-    device = Device(random=source)
-    asked.clear()
-    assert device._jitter() == 999 / 1000 * REKEY_TIMEOUT_JITTER_MAX
-    assert asked == [4]
-

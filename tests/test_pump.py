@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from tunnel import pump as pump_pair
-from tunnel.device import Device, Output, packet_buffer
+from tunnel.device import Device
 from tunnel.endpoint import Endpoint
 from tunnel.interface import TUN_BATCH, Interface
+from tunnel.output import Output, packet_buffer
 from tunnel.peer import Peer
 
 from .shellfakes import FakeLoop, FakeSocket, FakeTun, make_interface, make_pair, sealed

@@ -9,7 +9,8 @@ CORE = [
     "crypto.primitives", "crypto.keys", "crypto.noise", "crypto.cookie", "crypto.tai64n",
     "crypto.backend", "crypto.transport", "crypto.replay",
     "tunnel.constants", "tunnel.messages", "tunnel.allowedips", "tunnel.ratelimiter",
-    "tunnel.peer", "tunnel.device", "tunnel.endpoint", "tunnel.uapi", "tunnel.config",
+    "tunnel.peer", "tunnel.device", "tunnel.output", "tunnel.timers", "tunnel.endpoint", "tunnel.uapi",
+    "tunnel.config",
     "tunnel.datapath", "tunnel.datapath_ref", "tunnel._datapath", "tunnel.uapi_session", "crypto.native",
     "tunnel.vxlan.engine", "tunnel.vxlan.fdb",
 ]

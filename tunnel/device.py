@@ -22,12 +22,11 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from crypto import noise, tai64n
-from crypto.backend import HEADROOM, OK, REASONS, TAG_SIZE, TransportCipher
+from crypto.backend import HEADROOM, OK, REASONS, TransportCipher
 from crypto.cookie import CookieChecker, CookieGenerator, reply_receiver
 from crypto.primitives import dh_generate
 from tunnel.allowedips import AllowedIPs
@@ -40,14 +39,12 @@ from tunnel.constants import (
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
-    PADDING_MULTIPLE,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
-    REKEY_TIMEOUT_JITTER_MAX,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
     UNDER_LOAD_HOLD,
     ZERO_KEYS_AFTER,
@@ -55,32 +52,10 @@ from tunnel.constants import (
 from tunnel.datapath import select as select_datapath
 from tunnel.endpoint import Endpoint
 from tunnel.messages import Drop
+from tunnel.output import Output, packet_buffer
 from tunnel.peer import Keypair, Peer
 from tunnel.ratelimiter import InitiationLimiter, RateLimiter
-from tunnel.timers import TimerQueue
-
-Datagram = tuple[bytes | bytearray | memoryview, Endpoint]
-JITTER_POOL = 1024  # bytes of system randomness read at once for timer jitter (256 draws)
-
-
-@dataclass(slots=True)
-class Output:
-    """What a call asks the shell to do: datagrams to send, packets to write to the TUN."""
-
-    datagrams: list[Datagram] = field(default_factory=list)
-    packets: list[memoryview] = field(default_factory=list)
-
-    def extend(self, other: Output) -> None:
-        self.datagrams.extend(other.datagrams)
-        self.packets.extend(other.packets)
-
-
-def packet_buffer(payload: bytes | bytearray | memoryview, mtu: int) -> bytearray:
-    """A fresh buffer holding payload at HEADROOM with room for padding and the tag."""
-    size = HEADROOM + max(len(payload), mtu) + PADDING_MULTIPLE + TAG_SIZE
-    buf = bytearray(size)
-    buf[HEADROOM : HEADROOM + len(payload)] = payload
-    return buf
+from tunnel.timers import Jitter, TimerQueue
 
 
 class Device:
@@ -101,10 +76,7 @@ class Device:
         self._cipher = cipher if cipher is not None else TransportCipher
         self.wall_offset = wall_offset
         self._random = random
-        # Jitter needs no secrecy: with the system's randomness it is drawn from a pool refilled
-        # JITTER_POOL bytes at a time, so a data packet costs no getrandom() system call.
-        self._jitter_pool = b""
-        self._jitter_used = 0
+        self._jitter = Jitter(random)  # for the handshake timers (pooled system randomness)
         self.identity: noise.StaticIdentity | None = None
         self.cookie_checker = CookieChecker(random)
         self.peers: dict[bytes, Peer] = {}
@@ -335,23 +307,6 @@ class Device:
                 self.receivers[index] = entry
                 return index
 
-    def _jitter(self) -> float:
-        """A random delay in [0, REKEY_TIMEOUT_JITTER_MAX), from 4 random bytes.
-
-        An injected ``random`` is asked for 4 bytes each time (tests replay its sequence); the
-        system's one is read in batches (see ``__init__``).
-        """
-        if self._random is os.urandom:
-            used = self._jitter_used
-            if used >= len(self._jitter_pool):
-                self._jitter_pool = os.urandom(JITTER_POOL)
-                used = 0
-            self._jitter_used = used + 4
-            draw = int.from_bytes(self._jitter_pool[used : used + 4], "little")
-        else:
-            draw = int.from_bytes(self._random(4), "little")
-        return (draw % 1000) / 1000 * REKEY_TIMEOUT_JITTER_MAX
-
     def _send_initiation(self, peer: Peer, now: float, is_retry: bool, out: Output) -> None:
         if not is_retry:
             peer.timers.handshake_attempts = 0
@@ -374,7 +329,7 @@ class Device:
             return
         peer.cookies.add_macs(msg, now)
         peer.last_initiation_sent = now
-        self._arm(peer, "retransmit_handshake", now + REKEY_TIMEOUT + self._jitter())
+        self._arm(peer, "retransmit_handshake", now + REKEY_TIMEOUT + self._jitter.draw())
         self._timer_any_authenticated_packet_traversal(peer, now)
         self._timer_any_authenticated_packet_sent(peer)
         if peer.endpoint is not None:
@@ -667,7 +622,7 @@ class Device:
 
     def _timer_data_sent(self, peer: Peer, now: float) -> None:
         if peer.timers.new_handshake is None:
-            self._arm(peer, "new_handshake", now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter())
+            self._arm(peer, "new_handshake", now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter.draw())
 
     def _timer_data_received(self, peer: Peer, now: float) -> None:
         if peer.timers.send_keepalive is None:

@@ -50,8 +50,9 @@ from crypto import noise
 from crypto.backend import HEADROOM, OK, TAG_SIZE
 from tunnel import pump
 from tunnel.constants import PADDING_MULTIPLE
-from tunnel.device import Device, Output
+from tunnel.device import Device
 from tunnel.endpoint import Endpoint
+from tunnel.output import Output
 from tunnel.tun import Tun, TunGone
 from tunnel.uapi import PeerInfo
 from tunnel.udp import BatchSocket, UdpBind

@@ -1,4 +1,5 @@
-"""One queue for every peer's timers, with lazy re-arming (sans-I/O: deadlines are plain floats).
+"""One queue for every peer's timers, with lazy re-arming (sans-I/O: deadlines are plain floats),
+and the random jitter of the handshake timers.
 
 A peer's five timers (retransmit handshake, send keepalive, new handshake, zero key material,
 persistent keepalive) live as deadlines in :class:`tunnel.peer.Timers`. This queue keeps a heap
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
+
+from tunnel.constants import REKEY_TIMEOUT_JITTER_MAX
 
 if TYPE_CHECKING:
     from tunnel.peer import Peer
@@ -75,3 +79,33 @@ class TimerQueue:
 
     def __len__(self) -> int:
         return len(self._heap)
+
+
+JITTER_POOL = 1024  # bytes of system randomness read at once for timer jitter (256 draws)
+
+
+class Jitter:
+    """Random delays in [0, REKEY_TIMEOUT_JITTER_MAX), from 4 random bytes each.
+
+    Jitter needs no secrecy. With the system's randomness (``os.urandom``, the default) the
+    bytes come from a pool refilled JITTER_POOL bytes at a time, so a data packet that arms a
+    timer costs no getrandom() system call; an injected ``random`` is asked for 4 bytes per
+    draw (tests replay its sequence).
+    """
+
+    def __init__(self, random: Callable[[int], bytes] = os.urandom) -> None:
+        self._random = random
+        self._pool = b""
+        self._used = 0
+
+    def draw(self) -> float:
+        if self._random is os.urandom:
+            used = self._used
+            if used >= len(self._pool):
+                self._pool = os.urandom(JITTER_POOL)
+                used = 0
+            self._used = used + 4
+            value = int.from_bytes(self._pool[used : used + 4], "little")
+        else:
+            value = int.from_bytes(self._random(4), "little")
+        return (value % 1000) / 1000 * REKEY_TIMEOUT_JITTER_MAX
