@@ -409,3 +409,31 @@ def test_open_sequence_agrees_across_backends(counters: list[int], order: list[i
         if fresh:
             seen.add(counter)
             highest = max(highest, counter)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    counter=st.integers(0, REJECT - 1),
+    size=st.integers(0, 200),
+    flip=st.integers(8 * 8, 8 * (16 + 208 + 16) - 1),
+)
+def test_small_and_large_messages_against_the_reference(key: bytes, counter: int, size: int, flip: int) -> None:
+    """Around the size where the Cython cipher switches from its scalar small-message code to
+    OpenSSL (128 bytes), with any key and counter: the seal is the reference's, the opener of
+    either implementation accepts it, and any flipped bit past the receiver index is refused."""
+    payload = random.Random(counter ^ size).randbytes(size)
+    cython, pure = load("cython"), load("pure")
+    bufs, lengths = [packet(payload)], [size]
+    assert cython.TransportCipher(key, KEY_B, INDEX, send_counter=counter).seal_batch(bufs, lengths, MTU) == 1
+    message = bytes(bufs[0][: lengths[0]])
+    assert message == reference_seal(key, INDEX, counter, payload, MTU)
+    for module in (cython, pure):
+        status, plain = open_one(module.TransportCipher(KEY_B, key, 1), message)
+        assert (status, plain[:size]) == (module.OK, payload)
+        if flip < 8 * len(message):
+            forged = bytearray(message)
+            forged[flip // 8] ^= 1 << (flip % 8)
+            limit = int.from_bytes(forged[8:16], "little") >= REJECT  # checked before the tag
+            expected = module.COUNTER_LIMIT if limit else module.AUTH
+            assert open_one(module.TransportCipher(KEY_B, key, 1), forged)[0] == expected
