@@ -157,22 +157,26 @@ def test_recv_rejects_short_lists(io: ModuleType, sockets: Any) -> None:
 # ------------------------------------------------------------------------------------ send
 
 
+# Zero-length first (a GSO run never starts with it), a long run, a smaller one closing it, equal
+# small ones, a zero-length one in the middle, more than 64 equal segments and more than 65,000
+# bytes of equal segments (both split into several messages), a larger one after smaller ones.
+SLOT_SIZES = [0] + [1200] * 20 + [500] + [7, 7, 1300, 0, 1300, 1300] + [100] * 70 + [1400] * 50 + [9, 1000]
+
+
 @FAMILIES
 @pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
-def test_send_batch_received_as_datagrams(io: ModuleType, sockets: Any, family: int, gso: bool) -> None:
+@pytest.mark.parametrize("way", ["send", "send_slots"])
+def test_send_received_as_datagrams(io: ModuleType, sockets: Any, family: int, gso: bool, way: str) -> None:
     rx = sockets(family, pktinfo=False)
     tx = sockets(family, pktinfo=False)
     host, port = rx.getsockname()[:2]
-    sizes = [1200] * 20 + [500] + [7, 7, 1300, 0, 1300]
-    bufs = [bytearray(payload(k, s)) for k, s in enumerate(sizes)]
-    endpoint = Endpoint(host, port)
+    data = [payload(k, s) for k, s in enumerate(SLOT_SIZES)]
     batch = io.UdpBatch(tx.fileno(), gso=gso)
-    sent = batch.send([(memoryview(b), endpoint) for b in bufs])
-    assert sent == len(sizes)
+    assert send_way(batch, way, data, Endpoint(host, port)) == len(data)
     got = recv_all(rx)
-    assert [d for d, _ in got] == [bytes(b) for b in bufs]
+    assert [d for d, _ in got] == data
     assert all(a[:2] == tx.getsockname()[:2] for _, a in got)
-    assert batch.errors == {}
+    assert batch.errors == {} and batch.lost_sources == []
 
 
 def test_send_many_peers_and_tuple_endpoints(io: ModuleType, sockets: Any) -> None:
@@ -511,30 +515,6 @@ def recv_messages(sock: socket.socket, count: int, timeout: float = 2.0) -> list
         got += len(split_message(*out[-1]))
 
 
-# Zero-length first (a GSO run never starts with it), a long run, a smaller one closing it, equal
-# small ones, a zero-length one in the middle, more than 64 equal segments and more than 65,000
-# bytes of equal segments (both split into several messages), a larger one after smaller ones.
-SLOT_SIZES = [0] + [1200] * 20 + [500] + [7, 7, 1300, 0, 1300, 1300] + [100] * 70 + [1400] * 50 + [9, 1000]
-
-
-@FAMILIES
-@pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
-def test_send_slots_received_as_datagrams(io: ModuleType, sockets: Any, family: int, gso: bool) -> None:
-    rx = sockets(family, pktinfo=False)
-    tx = sockets(family, pktinfo=False)
-    host, port = rx.getsockname()[:2]
-    data = [payload(k, s) for k, s in enumerate(SLOT_SIZES)]
-    bufs, lengths = slots_of(data, tail=40)
-    batch = io.UdpBatch(tx.fileno(), gso=gso)
-    assert batch.send_slots(bufs, lengths, 0, len(bufs), Endpoint(host, port)) == len(data)
-    got = recv_all(rx)
-    assert [d for d, _ in got] == data
-    assert all(a[:2] == tx.getsockname()[:2] for _, a in got)
-    assert batch.errors == {} and batch.lost_sources == []
-    # The slots are only read.
-    assert (bufs, lengths) == slots_of(data, tail=40)
-
-
 @FAMILIES
 @pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
 def test_send_slots_offset_skips_what_comes_before(io: ModuleType, sockets: Any, family: int, gso: bool) -> None:
@@ -547,6 +527,7 @@ def test_send_slots_offset_skips_what_comes_before(io: ModuleType, sockets: Any,
     assert batch.send_slots(bufs, lengths, 16, len(bufs), (host, port, None)) == len(data)
     assert [d for d, _ in recv_all(rx)] == data
     assert batch.errors == {}
+    assert (bufs, lengths) == slots_of(data, offset=16, tail=32)  # the slots are only read
 
 
 def test_send_slots_count_sends_only_the_prefix(io: ModuleType, sockets: Any) -> None:
