@@ -141,24 +141,39 @@ def open_receiver(config: VxlanConfig) -> socket.socket:
     """The non-blocking UDP socket bound to ``dstport``: on ``local`` when given (and no
     group, whose datagrams are addressed to the group), else on the wildcard address."""
     family = family_of(config)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock = _new_socket(family)
     try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         host = config.local if config.local and not config.group else ""
         sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), config.dstport))
         join_group(sock, config)
-        _multicast_options(sock, config)
-        if not config.udpcsum and family == socket.AF_INET:
-            sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
-        sock.setblocking(False)
+        _finish(sock, config)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _new_socket(family: int) -> socket.socket:
+    """A UDP socket of ``family`` (IPv6: v6 only) with a large send buffer, not bound yet."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _finish(sock: socket.socket, config: VxlanConfig) -> None:
+    """After the bind: the multicast sending options, ``noudpcsum`` (IPv4), non-blocking."""
+    _multicast_options(sock, config)
+    if not config.udpcsum and sock.family == socket.AF_INET:
+        sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    sock.setblocking(False)
 
 
 class _BatchSender:
@@ -282,17 +297,11 @@ def open_pool(config: VxlanConfig, size: int = POOL_SIZE) -> list[socket.socket]
             if ranged and not candidates:
                 break
             port = candidates.pop() if ranged else 0
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock = _new_socket(family)
             try:
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
                 sock.bind((host, port))
                 _attach_drop_all(sock)
-                _multicast_options(sock, config)
-                if not config.udpcsum and family == socket.AF_INET:
-                    sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
-                sock.setblocking(False)
+                _finish(sock, config)
             except OSError as exc:
                 sock.close()
                 if ranged and exc.errno == errno.EADDRINUSE:
