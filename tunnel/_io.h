@@ -438,12 +438,4 @@ static int wgpy_tun_gone(int code) {
     return code == EBADFD || code == EBADF || code == EIO || code == ENXIO || code == ENODEV;
 }
 
-static int wgpy_socket_family(int fd) {
-    int family = 0;
-    socklen_t len = sizeof(family);
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) != 0)
-        return -1;
-    return family;
-}
-
 #endif /* WGPY_IO_H */

@@ -27,7 +27,7 @@ from libc.string cimport memcmp, memcpy, memset
 from posix.uio cimport iovec, readv, writev
 
 from tunnel._socket cimport (
-    getsockopt, mmsghdr, msghdr, recvmmsg, sendmmsg, sendmsg, setsockopt, socklen_t,
+    getsockopt, mmsghdr, msghdr, recvmmsg, sendmmsg, sendmsg, setsockopt, socket_family, socklen_t,
 )
 
 import errno as _errno
@@ -80,7 +80,6 @@ cdef extern from "_io.h":
     int wgpy_parse_super(wgpy_super *w, const unsigned char *pkt, size_t len,
                          const unsigned char *hdr, size_t mtu) nogil
     size_t wgpy_cut(wgpy_super *w, unsigned char *out, size_t room) nogil
-    int wgpy_socket_family(int fd) nogil
     void wgpy_tcp_info(const unsigned char *p, size_t len, wgpy_tcpinfo *t) nogil
     int wgpy_tcp_follows(const unsigned char *first, const wgpy_tcpinfo *tf,
                          const unsigned char *prev, const wgpy_tcpinfo *tp,

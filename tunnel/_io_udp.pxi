@@ -70,7 +70,7 @@ cdef class UdpBatch:
         self._mfirst = NULL
         self._mcount = NULL
         self.fd = fd
-        self.family = wgpy_socket_family(fd)
+        self.family = socket_family(fd)
         if self.family not in (AF_INET, AF_INET6):
             raise OSError(_errno.ENOTSOCK, "not an IPv4 or IPv6 socket")
         self._make = make_source if make_source is not None else _tuple_source

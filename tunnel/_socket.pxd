@@ -1,6 +1,7 @@
 # The socket declarations the batch I/O modules share (tunnel/_io.pyx, tunnel/vxlan/_fast.pyx):
 # struct msghdr / mmsghdr and the multi-message calls of <sys/socket.h>, which Cython's bundled
-# posix declarations lack. Field names only; the C compiler takes the layout from the header.
+# posix declarations lack, and socket_family(). Field names only; the C compiler takes the
+# layout from the header.
 
 from posix.uio cimport iovec
 
@@ -22,3 +23,16 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
     int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
+    enum:
+        SOL_SOCKET
+        SO_DOMAIN
+        AF_INET6
+
+
+cdef inline int socket_family(int fd) noexcept nogil:
+    """The address family of socket ``fd`` (SO_DOMAIN), or -1 if it is not a socket."""
+    cdef int family = 0
+    cdef socklen_t size = sizeof(family)
+    if getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &size) != 0:
+        return -1
+    return family

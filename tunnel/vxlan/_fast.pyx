@@ -20,7 +20,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 from posix.uio cimport iovec
 
-from tunnel._socket cimport mmsghdr, sendmmsg, socklen_t
+from tunnel._socket cimport AF_INET6, mmsghdr, sendmmsg, socket_family, socklen_t
 
 import errno as _errno
 
@@ -570,13 +570,12 @@ cdef class _Frames:
         self.count = 0
 
 
-cdef int _socket_is_ipv6(int fd) except -1:
-    import socket
-    probe = socket.socket(fileno=fd)
-    try:
-        return probe.family == socket.AF_INET6
-    finally:
-        probe.detach()
+cdef bint _is_ipv6(int fd) except -1:
+    """Whether socket ``fd`` is IPv6; OSError if ``fd`` is not a socket."""
+    cdef int family = socket_family(fd)
+    if family < 0:
+        raise OSError(errno, "not a socket")
+    return family == AF_INET6
 
 
 cdef class RawBatch:
@@ -593,7 +592,7 @@ cdef class RawBatch:
     def __cinit__(self, int fd, *, bint udpcsum=True) -> None:
         self.fd = fd
         self.udpcsum = udpcsum
-        self.ipv6 = _socket_is_ipv6(fd)
+        self.ipv6 = _is_ipv6(fd)
         self.frames = _Frames()
         self.msgs = <mmsghdr *>PyMem_Malloc(C_MAX_BATCH * sizeof(mmsghdr))
         self.iov = <iovec *>PyMem_Malloc(2 * C_MAX_BATCH * sizeof(iovec))
@@ -721,7 +720,7 @@ cdef class GsoBatch:
             raise MemoryError()
         for i in range(self.nfds):
             self.fds[i] = fds[i]
-        self.ipv6 = _socket_is_ipv6(self.fds[0])
+        self.ipv6 = _is_ipv6(self.fds[0])
 
     def __dealloc__(self) -> None:
         PyMem_Free(self.fds)
