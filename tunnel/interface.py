@@ -380,7 +380,7 @@ class Interface:
         be, and the TUN read once after a write); then more rounds while batches come full."""
         self._apply_journal()
         pump = self._inbound
-        delivered = self._udp_round(sock, count, error, pump.now)
+        delivered = self._udp_round(count, error, pump.now)
         if pump.answered:  # the pump read the TUN after its write
             self._read_tun((pump.replied, pump.reply_error, pump.now))
             delivered = False
@@ -391,7 +391,7 @@ class Interface:
                     count, error = pump.run(sock.io, self._udp_bufs, self._udp_lengths, self._udp_sources, now), None
                 except Exception as exc:
                     count, error = 0, exc
-                delivered = self._udp_round(sock, count, error, now) or delivered
+                delivered = self._udp_round(count, error, now) or delivered
                 if count < UDP_BATCH and not sock.pending:
                     break
         if delivered and not self.stopped.is_set():
@@ -401,7 +401,7 @@ class Interface:
             self._read_tun()
         self._rearm()
 
-    def _udp_round(self, sock: BatchSocket, count: int, error: Exception | None, now: float) -> bool:
+    def _udp_round(self, count: int, error: Exception | None, now: float) -> bool:
         """Finish one received batch (the pump's :attr:`bufs` ...): the lane's bookkeeping, or
         the general way for a batch the lane did not take. True if packets went to the TUN."""
         if error is not None:
