@@ -1,6 +1,6 @@
 # wg-py: build, lint, test, demo. Run as root on Debian (deps installs system packages).
 #   make test   deps + venv + in-place build + lint + the whole test suite
-#   make demo   deps + venv + build, then the demo (python -m tunnel.demo)
+#   make demo   deps + venv + build, then the demo (python -m tunnel.lab.demo)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -51,7 +51,7 @@ test: build lint
 	$(PY) -m pytest tests -q
 
 demo: build
-	$(PY) -m tunnel.demo
+	$(PY) -m tunnel.lab.demo
 
 bench: build
 	$(VENV)/bin/wg-py bench

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/hops.py [--only wgpy,wggo] [--blocks 4] [--pings 100]
 
-Builds the same namespace pairs as ``wg-py bench`` (``tunnel.bench.build_pair``; removed on the
+Builds the same namespace pairs as ``wg-py bench`` (``tunnel.lab.bench.build_pair``; removed on the
 way out), and for each block of ``--pings`` pings (10 ms apart) through each contender in turn
 records every packet on the four interfaces of the path (both TUNs, both veth ends) with an
 AF_PACKET socket and ``SO_TIMESTAMPNS``: the kernel's own timestamp of when the packet passed,
@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tunnel.bench import Pair, build_pair  # noqa: E402
-from tunnel.netns import Lab  # noqa: E402
+from tunnel.lab.bench import Pair, build_pair  # noqa: E402
+from tunnel.lab.netns import Lab  # noqa: E402
 
 SO_TIMESTAMPNS = 35
 ETH_P_ALL = 3

@@ -3,7 +3,7 @@
     .venv/bin/python bench/profile.py [--target wgpy|wgpy-vxlan] [--time 10] [--rate 250]
                                       [--native] [--idle]
 
-Builds the same namespace pair as ``wg-py bench`` (``tunnel.bench.build_pair``; removed on the
+Builds the same namespace pair as ``wg-py bench`` (``tunnel.lab.bench.build_pair``; removed on the
 way out), starts ``py-spy record --format raw`` on the sending and the receiving daemon, runs a
 single-stream iperf3 TCP test for ``--time`` seconds, then prints, per side, the functions with
 the most samples on top of the stack (self) and anywhere on it (inclusive), and writes the same
@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tunnel.bench import build_pair, measure_tcp, results_dir  # noqa: E402
-from tunnel.netns import Lab  # noqa: E402
+from tunnel.lab.bench import build_pair, measure_tcp, results_dir  # noqa: E402
+from tunnel.lab.netns import Lab  # noqa: E402
 
 _LINE = re.compile(r" \(([^:()]+):\d+\)$")
 

@@ -14,14 +14,14 @@ import os
 import struct
 from collections.abc import Callable
 
-from crypto.primitives import MAC_SIZE, DecryptError, hash_, mac, xaead_decrypt, xaead_encrypt
-from tunnel.constants import (
+from crypto.constants import (
     COOKIE_REFRESH_TIME,
     COOKIE_REPLY_SIZE,
     LABEL_COOKIE,
     LABEL_MAC1,
     MESSAGE_COOKIE_REPLY,
 )
+from crypto.primitives import MAC_SIZE, DecryptError, hash_, mac, xaead_decrypt, xaead_encrypt
 
 _REPLY = struct.Struct("<II24s32s")  # type, receiver, nonce, encrypted cookie (16 + tag 16)
 

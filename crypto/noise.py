@@ -11,6 +11,16 @@ import struct
 from dataclasses import dataclass, field
 from enum import Enum
 
+from crypto.constants import (
+    CONSTRUCTION,
+    IDENTIFIER,
+    INITIATION_SIZE,
+    LABEL_COOKIE,
+    LABEL_MAC1,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    RESPONSE_SIZE,
+)
 from crypto.primitives import (
     DecryptError,
     DHError,
@@ -22,16 +32,6 @@ from crypto.primitives import (
     kdf1,
     kdf2,
     kdf3,
-)
-from tunnel.constants import (
-    CONSTRUCTION,
-    IDENTIFIER,
-    INITIATION_SIZE,
-    LABEL_COOKIE,
-    LABEL_MAC1,
-    MESSAGE_INITIATION,
-    MESSAGE_RESPONSE,
-    RESPONSE_SIZE,
 )
 
 INITIAL_CHAINING_KEY = hash_(CONSTRUCTION)

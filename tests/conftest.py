@@ -4,7 +4,7 @@
 (``crypto._transport``) and once as the pure-Python reference (``crypto.transport``); both
 modules expose the same API. The Cython case is skipped only when WGPY_PURE=1 is set; a
 missing build is an error (``make build`` or ``make test`` builds it).
-``io``: the same for the batch I/O (``tunnel._io`` / ``tunnel.io_ref``). ``device_pair``: a
+``io``: the same for the batch I/O (``tunnel.io._io`` / ``tunnel.io.io_ref``). ``device_pair``: a
 socketpair standing in for a TUN/TAP fd.
 """
 
@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 
 from crypto.backend import load
-from tunnel.offload import load_io
+from tunnel.io.offload import load_io
 
 BACKENDS = ("cython", "pure")
 
@@ -33,7 +33,7 @@ def backend(request: pytest.FixtureRequest) -> ModuleType:
 
 @pytest.fixture(params=BACKENDS)
 def io(request: pytest.FixtureRequest) -> ModuleType:
-    """The batch I/O implementation under test: ``tunnel._io`` (Cython) or ``tunnel.io_ref``."""
+    """The batch I/O implementation under test: ``tunnel.io._io`` (Cython) or ``tunnel.io.io_ref``."""
     name: str = request.param
     if name == "cython" and os.environ.get("WGPY_PURE") == "1":
         pytest.skip("WGPY_PURE=1 disables the Cython backend")

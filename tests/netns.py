@@ -1,4 +1,4 @@
-"""Namespace test helpers, shared by every netns test module (the code is in tunnel.netns).
+"""Namespace test helpers, shared by every netns test module (the code is in tunnel.lab.netns).
 
 Use in a test module::
 
@@ -9,11 +9,11 @@ Use in a test module::
     def test_x(netns_factory: Lab) -> None:
         a, b = wg_pair(netns_factory, "wg-py", "wireguard-go")
 
-``netns_factory`` yields a :class:`tunnel.netns.Lab` whose namespaces, processes, daemons and
+``netns_factory`` yields a :class:`tunnel.lab.netns.Lab` whose namespaces, processes, daemons and
 sockets are removed when the test ends, failed or not. ``wg_pair`` builds two namespaces joined
 by a veth with a WireGuard daemon in each, configured with the real ``wg``.
 
-Implementations: ``wg-py`` (this package's daemon, skipped until ``tunnel.daemon`` exists) and
+Implementations: ``wg-py`` (this package's daemon, skipped until ``tunnel.wireguard.daemon`` exists) and
 ``wireguard-go`` (Debian's). ``WGPY_INTEROP_PAIRS`` overrides the pairs the interop tests use,
 e.g. ``wireguard-go:wireguard-go,wg-py:wg-py``.
 """
@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from crypto import keys
-from tunnel import quick
-from tunnel.netns import (
+from tunnel.lab.netns import (
     CommandError,
     Lab,
     iperf3_bits_per_second,
     missing_requirements,
     wait_for,
 )
+from tunnel.wireguard import quick
 
 __all__ = [
     "CommandError", "Lab", "Node", "implementation", "interop_pairs", "iperf3_bits_per_second",
@@ -62,7 +62,7 @@ def netns_factory() -> Iterator[Lab]:
 
 
 def wg_py_available() -> bool:
-    return importlib.util.find_spec("tunnel.daemon") is not None
+    return importlib.util.find_spec("tunnel.wireguard.daemon") is not None
 
 
 def implementation(name: str) -> list[str]:
@@ -73,7 +73,7 @@ def implementation(name: str) -> list[str]:
         return ["wireguard-go"]
     if name == "wg-py":
         if not wg_py_available():
-            pytest.skip("the wg-py daemon (tunnel.daemon) does not exist yet")
+            pytest.skip("the wg-py daemon (tunnel.wireguard.daemon) does not exist yet")
         return quick.daemon_command()
     raise ValueError(name)
 

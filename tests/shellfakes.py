@@ -1,7 +1,7 @@
 """Stand-ins for the interface shell's devices and loop (no TUN, no sockets), for shell tests.
 
-:class:`FakeTun`, :class:`FakeSocket` and :class:`FakeBind` duck-type :class:`tunnel.tun.Tun`,
-:class:`tunnel.udp.BatchSocket` and :class:`tunnel.udp.UdpBind` together with the batch I/O
+:class:`FakeTun`, :class:`FakeSocket` and :class:`FakeBind` duck-type :class:`tunnel.io.tun.Tun`,
+:class:`tunnel.io.udp.BatchSocket` and :class:`tunnel.io.udp.UdpBind` together with the batch I/O
 objects the pumps use (each fake is its own ``io``). :class:`FakeLoop` records ``call_later``.
 A real engine pair (:mod:`tests.wgpair`) makes the datagrams.
 """
@@ -14,16 +14,16 @@ from types import ModuleType
 from typing import Any
 
 from crypto.backend import HEADROOM
-from tunnel.device import Device
-from tunnel.endpoint import Endpoint
-from tunnel.interface import Interface
-from tunnel.output import Output, packet_buffer
+from tunnel.io.endpoint import Endpoint
+from tunnel.wireguard.device import Device
+from tunnel.wireguard.interface import Interface
+from tunnel.wireguard.output import Output, packet_buffer
 
 from .wgpair import Pair
 
 
 class FakeTun:
-    """Duck-typed :class:`tunnel.tun.Tun`: packets queued in ``inbox`` are what reads return."""
+    """Duck-typed :class:`tunnel.io.tun.Tun`: packets queued in ``inbox`` are what reads return."""
 
     def __init__(self) -> None:
         self.name = "fake0"
@@ -45,7 +45,7 @@ class FakeTun:
 
     def read(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int, mtu: int) -> int:
         assert headroom == HEADROOM
-        return self.read_batch(bufs, lengths, mtu)
+        return self.read_batch(bufs, lengths, headroom, mtu)
 
     def read_failed(self, exc: OSError) -> None:
         raise exc
@@ -60,12 +60,13 @@ class FakeTun:
     def write_failed(self, exc: OSError) -> None:
         raise exc
 
-    def read_batch(self, bufs: Sequence[bytearray], lengths: list[int], mtu: int | None = None) -> int:
+    def read_batch(self, bufs: Sequence[bytearray], lengths: list[int], headroom: int,
+                   mtu: int | None = None) -> int:
         self.reads += 1
         count = 0
         while self.inbox and count < len(bufs):
             packet = self.inbox.pop(0)
-            bufs[count][HEADROOM : HEADROOM + len(packet)] = packet
+            bufs[count][headroom : headroom + len(packet)] = packet
             lengths[count] = len(packet)
             count += 1
         return count
@@ -76,7 +77,7 @@ class FakeTun:
 
 
 class FakeSocket:
-    """Duck-typed :class:`tunnel.udp.BatchSocket` receiving the datagrams queued in ``inbox``."""
+    """Duck-typed :class:`tunnel.io.udp.BatchSocket` receiving the datagrams queued in ``inbox``."""
 
     def __init__(self, source: Endpoint) -> None:
         self.source = source
@@ -103,7 +104,7 @@ class FakeSocket:
 
 
 class FakeBind:
-    """Duck-typed :class:`tunnel.udp.UdpBind` recording what is sent, by either way: its
+    """Duck-typed :class:`tunnel.io.udp.UdpBind` recording what is sent, by either way: its
     ``send_batch`` or the batch I/O's ``send_slots`` (the pump's way; ``v4.io`` is the bind)."""
 
     def __init__(self) -> None:
@@ -162,7 +163,7 @@ def make_interface(
     """An Interface around ``device`` with fake devices; ``pump`` picks the pump twin (default:
     the selected one); with ``loop`` the lanes journal their bookkeeping (else every batch comes
     back to the interface at once)."""
-    import tunnel.interface as shell
+    import tunnel.wireguard.interface as shell
 
     tun = FakeTun()
     saved = shell.PUMP

@@ -1,4 +1,4 @@
-"""Tests for tunnel.allowedips: longest-prefix match against a brute-force reference."""
+"""Tests for tunnel.wireguard.allowedips: longest-prefix match against a brute-force reference."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.allowedips import AllowedIPs, parse_prefix
+from tunnel.wireguard.allowedips import AllowedIPs, parse_prefix
 
 
 class Peer:

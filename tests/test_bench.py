@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tunnel import bench
-from tunnel import benchreport as report
-from tunnel.netns import missing_requirements
+from tunnel.lab import bench
+from tunnel.lab import benchreport as report
+from tunnel.lab.netns import missing_requirements
 
 # ---- options -------------------------------------------------------------------------------------
 

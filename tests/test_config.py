@@ -12,7 +12,7 @@ import pytest
 
 from crypto.keys import to_base64
 from tests.test_uapi import PRIV_A, PSK, PUB_B, PUB_C, FakeTarget, run_set
-from tunnel.config import (
+from tunnel.wireguard.config import (
     AllowedIP,
     ConfigError,
     Endpoint,
@@ -24,7 +24,7 @@ from tunnel.config import (
     strip,
     to_uapi_set,
 )
-from tunnel.uapi_session import UapiSession
+from tunnel.wireguard.uapi_session import UapiSession
 
 K_PRIV = to_base64(PRIV_A)
 K_B = to_base64(PUB_B)

@@ -20,7 +20,7 @@ from crypto.primitives import (
     xaead_decrypt,
     xaead_encrypt,
 )
-from tunnel.constants import CONSTRUCTION, IDENTIFIER, INITIATION_SIZE, RESPONSE_SIZE
+from tunnel.wireguard.constants import CONSTRUCTION, IDENTIFIER, INITIATION_SIZE, RESPONSE_SIZE
 
 # Vectors from wireguard-go device/kdf_test.go (key, input, t0, t1, t2), hex.
 KDF_VECTORS = [

@@ -16,7 +16,7 @@ import os
 import pytest
 
 from tests.netns import Lab, netns_factory, requires_root_netns, wait_for, wg_pair  # noqa: F401
-from tunnel.netns import iperf3_bits_per_second
+from tunnel.lab.netns import iperf3_bits_per_second
 
 pytestmark = [pytest.mark.netns, requires_root_netns]
 

@@ -1,6 +1,6 @@
 """The wg-py daemon for real: TUN devices, UDP sockets and the real ``wg``, in namespaces.
 
-Each test builds its own namespaces through :class:`tunnel.netns.Lab` (unique names, everything
+Each test builds its own namespaces through :class:`tunnel.lab.netns.Lab` (unique names, everything
 removed afterwards, failures included) and bounds every wait. Nothing here asserts on timing:
 "recent" handshakes are checked to be Unix times (not "seconds ago"), with a wide margin.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.netns import Lab, Node, implementation, requires_root_netns, wait_for, wg_pair
-from tunnel import netns
-from tunnel.netns import UAPI_DIR, tool_env
+from tunnel.lab import netns
+from tunnel.lab.netns import UAPI_DIR, tool_env
 
 pytestmark = [pytest.mark.netns, requires_root_netns]
 

@@ -1,4 +1,4 @@
-"""The engine's batch loops (tunnel._datapath and tunnel.datapath_ref) against simple references."""
+"""The engine's batch loops (tunnel.wireguard._datapath and tunnel.wireguard.datapath_ref) against simple references."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from crypto import keys
 from crypto.backend import HEADROOM, TransportCipher
-from tunnel.allowedips import AllowedIPs
-from tunnel.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
-from tunnel.datapath import load
-from tunnel.endpoint import Endpoint
-from tunnel.output import packet_buffer
-from tunnel.peer import Keypair, Peer
+from tunnel.io.endpoint import Endpoint
+from tunnel.wireguard.allowedips import AllowedIPs
+from tunnel.wireguard.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
+from tunnel.wireguard.datapath import load
+from tunnel.wireguard.output import packet_buffer
+from tunnel.wireguard.peer import Keypair, Peer
 
 from .wgpair import Pair, Side, ipv4_packet, ipv6_packet
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.endpoint import Endpoint
+from tunnel.io.endpoint import Endpoint
 
 from .wgpair import Pair
 

@@ -10,16 +10,16 @@ from types import ModuleType
 import pytest
 
 from crypto.backend import load as load_backend
-from tunnel.constants import (
+from tunnel.io.endpoint import Endpoint
+from tunnel.wireguard.constants import (
     INITIATION_SIZE,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
-from tunnel.datapath import load as load_datapath
-from tunnel.endpoint import Endpoint
-from tunnel.messages import Drop
-from tunnel.output import packet_buffer
+from tunnel.wireguard.datapath import load as load_datapath
+from tunnel.wireguard.messages import Drop
+from tunnel.wireguard.output import packet_buffer
 
 from .wgpair import Pair, ipv4_packet, ipv6_packet
 

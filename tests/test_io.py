@@ -1,4 +1,4 @@
-"""Batched UDP I/O (tunnel._io and tunnel.io_ref, same tests): recvmmsg/sendmmsg, IP_PKTINFO,
+"""Batched UDP I/O (tunnel.io._io and tunnel.io.io_ref, same tests): recvmmsg/sendmmsg, IP_PKTINFO,
 UDP GSO send and UDP GRO receive over loopback, and the GSO fallback in a namespace.
 
 The peers on the other side are plain Python sockets (``sendmsg`` with a hand-made UDP_SEGMENT
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.endpoint import Endpoint
-from tunnel.offload import load_io
+from tunnel.io.endpoint import Endpoint
+from tunnel.io.offload import load_io
 
 SOL_UDP = 17
 UDP_SEGMENT = 103

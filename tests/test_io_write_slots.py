@@ -1,4 +1,4 @@
-"""``TunBatch.write_slots`` (tunnel._io and tunnel.io_ref, same tests): writing the selected slots
+"""``TunBatch.write_slots`` (tunnel.io._io and tunnel.io.io_ref, same tests): writing the selected slots
 of a batch must be exactly ``write`` on the list of their slices
 ``[memoryview(bufs[i])[offset:lengths[i]] for i in range(count) if verdicts[i] == 0]``: same
 frames on the wire, same return value, same coalescing, errors and exceptions.
@@ -23,7 +23,7 @@ import pytest
 from tests.test_offload import ACK, FIN, PSH, SYN, VNET
 from tests.test_tun_gro import drain, segment, stream
 from tests.test_vxlan_offload import segments
-from tunnel.offload import load_io
+from tunnel.io.offload import load_io
 
 GSO_TCPV4, GSO_TCPV6 = 1, 4
 OFFSET = 16

@@ -1,4 +1,4 @@
-"""TUN offloads (tunnel._io and tunnel.io_ref, same tests): TSO super-packets cut into MTU-sized
+"""TUN offloads (tunnel.io._io and tunnel.io.io_ref, same tests): TSO super-packets cut into MTU-sized
 packets, partial checksums completed, the virtio-net header on writes, and a real TUN device with
 IFF_VNET_HDR + TUNSETOFFLOAD in a namespace receiving super-packets from a kernel TCP sender.
 
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.test_io import in_netns, namespace
-from tunnel import offload
+from tunnel.io import offload
 
 VNET = struct.Struct("=BBHHHH")
 NEEDS_CSUM = 1

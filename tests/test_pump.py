@@ -1,4 +1,4 @@
-"""The per-wake-up pumps (tunnel._pump and tunnel.pump_ref) and their journal, through the shell.
+"""The per-wake-up pumps (tunnel.wireguard._pump and tunnel.wireguard.pump_ref) and their journal, through the shell.
 
 Each test runs against both twins. A real engine pair makes the traffic; the interface under test
 wraps one side's engine with the fakes of :mod:`tests.shellfakes`, so what the pumps read, seal,
@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from tunnel import pump as pump_pair
-from tunnel.device import Device
-from tunnel.endpoint import Endpoint
-from tunnel.interface import TUN_BATCH, Interface
-from tunnel.output import Output, packet_buffer
-from tunnel.peer import Peer
+from tunnel.io.endpoint import Endpoint
+from tunnel.wireguard import pump as pump_pair
+from tunnel.wireguard.device import Device
+from tunnel.wireguard.interface import TUN_BATCH, Interface
+from tunnel.wireguard.output import Output, packet_buffer
+from tunnel.wireguard.peer import Peer
 
 from .shellfakes import FakeLoop, FakeSocket, FakeTun, make_interface, make_pair, sealed
 from .wgpair import Pair, ipv4_packet

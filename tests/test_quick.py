@@ -1,4 +1,4 @@
-"""tunnel.quick without root: file resolution, errors, hooks, and the command plans as data."""
+"""tunnel.wireguard.quick without root: file resolution, errors, hooks, and the command plans as data."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from crypto import keys
-from tunnel import config as wgconfig
-from tunnel import quick
-from tunnel.quick import Facts, Step
+from tunnel.wireguard import config as wgconfig
+from tunnel.wireguard import quick
+from tunnel.wireguard.quick import Facts, Step
 
 PRIVATE = keys.to_base64(bytes(range(32)))
 PEER = keys.to_base64(keys.public_from_private(bytes(range(1, 33))))
@@ -104,7 +104,7 @@ def test_daemon_command(monkeypatch: pytest.MonkeyPatch) -> None:
     assert quick.daemon_command() == ["wireguard-go", "--foo"]
     monkeypatch.delenv("WG_PY_IMPLEMENTATION")
     program = quick.daemon_command()
-    assert program[0].endswith("wg-py") or program[-1] == "tunnel.cli"
+    assert program[0].endswith("wg-py") or program[-1] == "tunnel.wireguard.daemon"
 
 
 # --- plans ----------------------------------------------------------------------------------

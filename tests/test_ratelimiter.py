@@ -1,4 +1,4 @@
-"""Tests for tunnel.ratelimiter, driven by a fake clock (time is always an explicit argument)."""
+"""Tests for tunnel.wireguard.ratelimiter, driven by a fake clock (time is always an explicit argument)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.ratelimiter import HANDSHAKE_BURST, HANDSHAKE_RATE, InitiationLimiter, RateLimiter
+from tunnel.wireguard.ratelimiter import HANDSHAKE_BURST, HANDSHAKE_RATE, InitiationLimiter, RateLimiter
 
 
 class FakeClock:

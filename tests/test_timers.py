@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from tunnel.constants import REKEY_TIMEOUT_JITTER_MAX
-from tunnel.timers import JITTER_POOL, Jitter
+from tunnel.wireguard.constants import REKEY_TIMEOUT_JITTER_MAX
+from tunnel.wireguard.timers import JITTER_POOL, Jitter
 
 
 def test_jitter_from_system_randomness_is_pooled_and_in_range() -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.test_offload import ACK, FIN, PSH, SYN, VNET, l4_checksum_ok, ones_sum, tcp_packet
-from tunnel import io_ref
-from tunnel.offload import load_io
+from tunnel.io import io_ref
+from tunnel.io.offload import load_io
 
 HEADROOM = 16
 GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM = 1, 4, 1

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.keys import generate_private, public_from_private, to_base64
-from tunnel.uapi import (
+from tunnel.wireguard.uapi import (
     GET_CHUNK,
     PeerInfo,
     UapiError,
@@ -32,7 +32,7 @@ from tunnel.uapi import (
     parse_set,
     render_get,
 )
-from tunnel.uapi_session import UapiSession
+from tunnel.wireguard.uapi_session import UapiSession
 
 Prefix = tuple[bytes, int]
 
@@ -835,7 +835,7 @@ def test_real_wg_set_and_show(wg_server: tuple[str, FakeTarget], tmp_path: Path)
 
 
 def test_real_wg_setconf_matches_to_uapi_set(wg_server: tuple[str, FakeTarget], tmp_path: Path) -> None:
-    from tunnel.config import parse_config, strip, to_uapi_set
+    from tunnel.wireguard.config import parse_config, strip, to_uapi_set
 
     name, target = wg_server
     text = (

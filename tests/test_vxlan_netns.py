@@ -1,6 +1,6 @@
 """wg-py VXLAN against the Linux kernel's vxlan driver, in network namespaces.
 
-Each test builds its own namespaces with a unique prefix (``tunnel.netns.Lab``) and tears them
+Each test builds its own namespaces with a unique prefix (``tunnel.lab.netns.Lab``) and tears them
 down in a ``finally`` even on failure (the daemons die with their namespaces; the Lab kills
 every process left in them). Every wait is bounded. The daemons' control sockets live in the
 Lab's temporary directory (``WGPY_VXLAN_RUN_DIR``), removed with it.
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tunnel.netns import CommandError, Lab, iperf3_bits_per_second, missing_requirements, wait_for
+from tunnel.lab.netns import CommandError, Lab, iperf3_bits_per_second, missing_requirements, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""TAP offloads for the VXLAN data path: ``TunBatch(fd, l2=14)`` (tunnel._io and tunnel.io_ref,
+"""TAP offloads for the VXLAN data path: ``TunBatch(fd, l2=14)`` (tunnel.io._io and tunnel.io.io_ref,
 same tests) cuts TCP super-frames behind an Ethernet header and coalesces Ethernet frames of one
 TCP flow into a super-frame; ``offload.open_tun(tap=True)`` opens a real TAP with IFF_VNET_HDR.
 
@@ -29,7 +29,7 @@ from tests.test_offload import (
     super_packet,
     tcp_packet,
 )
-from tunnel import offload
+from tunnel.io import offload
 
 HEADROOM = 8
 DST_MAC = bytes.fromhex("020000000002")

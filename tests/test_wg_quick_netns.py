@@ -24,8 +24,8 @@ from tests.netns import (
     start_node,
     wait_for,
 )
-from tunnel import config as wgconfig
-from tunnel.netns import UAPI_DIR
+from tunnel.lab.netns import UAPI_DIR
+from tunnel.wireguard import config as wgconfig
 
 pytestmark = [pytest.mark.netns, requires_root_netns]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from crypto import keys
 from crypto.backend import TransportCipher
-from tunnel.device import Device
-from tunnel.endpoint import Endpoint
-from tunnel.output import Output, packet_buffer
+from tunnel.io.endpoint import Endpoint
+from tunnel.wireguard.device import Device
+from tunnel.wireguard.output import Output, packet_buffer
 
 WALL = 1_700_000_000.0
 

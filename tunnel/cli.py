@@ -62,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wg-py v{version('wg-py')}")
         return 0
     if command in ("up", "down"):
-        return _run("tunnel.quick", command, rest)
+        return _run("tunnel.wireguard.quick", command, rest)
     if command == "vxlan":
         return _run("tunnel.vxlan.cli", rest)
     if command == "bench":
-        return _run("tunnel.bench", rest)
-    return _run("tunnel.daemon", args)
+        return _run("tunnel.lab.bench", rest)
+    return _run("tunnel.wireguard.daemon", args)
 
 
 def _run(module_name: str, *args: object) -> int:

@@ -10,13 +10,13 @@ fd, or the periodic ifindex check), then closes everything: the TAP goes with it
 control socket file is removed. :func:`start` adds the daemonizing double fork: the parent
 exits 0 only once ``open`` succeeded in the daemon, else prints the reason and exits 1.
 
-TAP offloads. The TAP is opened by ``tunnel.offload.open_tun(name, tap=True)`` with
+TAP offloads. The TAP is opened by ``tunnel.io.offload.open_tun(name, tap=True)`` with
 IFF_VNET_HDR and TUNSETOFFLOAD (CSUM, TSO4, TSO6): the local stack then hands us TCP
 super-frames of up to 64 KiB and leaves checksums partial. ``TunBatch(fd, l2=14)`` (the same
 native splitter as the WireGuard TUN, behind the Ethernet header) cuts each super-frame into
 MTU-sized frames with their IP/TCP headers and checksums fixed and completes partial checksums;
 on the way in it coalesces runs of TCP segments of one flow (identical Ethernet headers, see
-``tunnel/io_ref.py``) into one super-frame written with a GSO virtio-net header, each segment's
+``tunnel/io/io_ref.py``) into one super-frame written with a GSO virtio-net header, each segment's
 TCP checksum verified first (``verify=True``: nothing vouches for a VXLAN payload but its own
 checksum). What the kernel refused is logged and shown as ``offloads`` in ``show``;
 ``WGPY_NO_OFFLOAD=1`` opens a plain TAP, read and written frame by frame by the same
@@ -40,7 +40,7 @@ one C loop, coalesced into super-frames with offloads. GRO segments left over af
 do not make the socket readable again, so each UDP callback takes up to ``UDP_ROUNDS`` batches
 and then reschedules itself. Receive slots hold 9 KiB (jumbo frames) and grow to 64 KiB for good
 when a datagram fills one (that datagram, possibly cut, is dropped as ``too_short``).
-``tunnel.vxlan.fast`` and ``tunnel.offload.select_io`` pick the Cython modules or their pure
+``tunnel.vxlan.fast`` and ``tunnel.io.offload.select_io`` pick the Cython modules or their pure
 twins (``WGPY_PURE=1``). Buffers are reused once the batch is sent (the engine keeps no
 references). An exception in a batch is logged and counted (``rx_exception``/``tx_exception``)
 and never stops the daemon. Shell-side drops join the engine's ``drops`` counter: ``tx_error``,
@@ -67,7 +67,7 @@ from array import array
 from dataclasses import replace
 from typing import Any
 
-from tunnel.offload import TunOffload, get_hwaddr, get_mtu, open_tun, select_io, set_mtu
+from tunnel.io.offload import TunOffload, get_hwaddr, get_mtu, open_tun, select_io, set_mtu
 
 from .config import VxlanConfig
 from .control import handle_request, is_alive, socket_path

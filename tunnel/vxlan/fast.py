@@ -1,7 +1,7 @@
 """Picks the VXLAN data path's per-packet loops: ``tunnel.vxlan._fast`` (Cython) or
 ``tunnel.vxlan.fast_ref`` (pure Python, same API).
 
-``WGPY_PURE=1`` (or a missing build) selects the reference, as ``tunnel.datapath`` does for the
+``WGPY_PURE=1`` (or a missing build) selects the reference, as ``tunnel.wireguard.datapath`` does for the
 WireGuard engine.
 """
 

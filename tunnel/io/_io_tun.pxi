@@ -1,0 +1,477 @@
+# The TunBatch class of tunnel/io/_io.pyx (included there: it shares the module's C declarations
+# and helpers). Contract: the docstring of tunnel/io/io_ref.py.
+
+cdef class TunBatch:
+    """Batch read/write on one TUN fd; see tunnel/io/io_ref.py for the contract."""
+
+    cdef readonly int fd
+    cdef readonly bint vnet_hdr
+    cdef readonly dict errors
+    cdef readonly long super_packets
+    cdef readonly bint gro
+    cdef readonly long coalesced
+    cdef readonly list fallbacks
+    cdef int _gro_refused
+    cdef unsigned char _shdr[192]
+    cdef readonly int l2
+    cdef readonly bint verify
+    cdef unsigned char _svnet[C_VNET]
+    cdef bint _busy
+    cdef unsigned char *_scratch     # one super-packet: 2 x 64 KiB (slot head + overflow)
+    cdef unsigned char _hdr[C_VNET]
+    cdef wgpy_super _work
+    cdef bint _has_work
+    cdef readonly bint hold_oversized
+    cdef bint _has_big              # an oversized packet held in the scratch (hold_oversized)
+    cdef Py_ssize_t _big_len
+    cdef Py_buffer *_views          # the pinned buffers of the call (released at its end)
+    cdef Py_ssize_t *_lens          # read: lengths out; write: packet i's length
+    cdef unsigned char **_ptrs      # write: packet i's first byte (in a pinned buffer)
+    cdef int *_codes
+    cdef Py_ssize_t _cap
+    # per-call error tallies (read side), turned into ``errors`` entries with the GIL
+    cdef int _too_big
+    cdef int _short
+    cdef int _bad_gso
+    cdef int _bad_csum
+
+    def __cinit__(self, int fd, *, bint vnet_hdr=True, bint gro=False,
+                  bint hold_oversized=False, int l2=0, bint verify=False) -> None:
+        if l2 != 0 and l2 != C_ETH:
+            raise ValueError("l2 must be 0 (TUN) or 14 (TAP: Ethernet)")
+        self.l2 = l2
+        self.verify = verify
+        self.fd = fd
+        self.hold_oversized = hold_oversized and vnet_hdr
+        self._has_big = False
+        self._big_len = 0
+        self.vnet_hdr = vnet_hdr
+        self.gro = gro and vnet_hdr
+        self.coalesced = 0
+        self.fallbacks = []
+        self._gro_refused = 0
+        self.errors = {}
+        self.super_packets = 0
+        self._busy = False
+        self._has_work = False
+        self._views = NULL
+        self._lens = NULL
+        self._ptrs = NULL
+        self._codes = NULL
+        self._cap = 0
+        self._scratch = <unsigned char *>malloc(2 * WGPY_SUPER)
+        if self._scratch == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self) -> None:
+        free(self._scratch)
+        PyMem_Free(self._views)
+        PyMem_Free(self._lens)
+        PyMem_Free(self._ptrs)
+        PyMem_Free(self._codes)
+
+    @property
+    def pending(self) -> int:
+        """Segments of a super-packet cut but not handed out yet (or 1: a held packet)."""
+        if self._has_big:
+            return 1
+        if not self._has_work:
+            return 0
+        return (self._work.len - self._work.next + self._work.mss - 1) // self._work.mss
+
+    @property
+    def needed(self) -> int:
+        """Bytes (after the headroom) the held oversized packet needs in a slot; 0 if none."""
+        return self._big_len if self._has_big else 0
+
+    cdef int _reserve(self, Py_ssize_t n) except -1:
+        if n <= self._cap:
+            return 0
+        PyMem_Free(self._views)
+        PyMem_Free(self._lens)
+        PyMem_Free(self._ptrs)
+        PyMem_Free(self._codes)
+        self._cap = 0
+        self._views = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
+        self._lens = <Py_ssize_t *>PyMem_Malloc(n * sizeof(Py_ssize_t))
+        self._ptrs = <unsigned char **>PyMem_Malloc(n * sizeof(unsigned char *))
+        self._codes = <int *>PyMem_Malloc(n * sizeof(int))
+        if self._views == NULL or self._lens == NULL or self._ptrs == NULL or self._codes == NULL:
+            raise MemoryError()
+        self._cap = n
+        return 0
+
+    cdef int _enter(self) except -1:
+        if self._busy:
+            raise RuntimeError("TunBatch used from two threads at once")
+        self._busy = True
+        return 0
+
+    cdef void _tally(self, str key, int amount):
+        if amount:
+            self.errors[key] = self.errors.get(key, 0) + amount
+
+    def read(self, bufs not None, list lengths not None, Py_ssize_t headroom, Py_ssize_t mtu) -> int:
+        """Read packets into ``bufs[i][headroom:]`` until EAGAIN or the batch is full."""
+        cdef Py_ssize_t n = len(bufs)
+        cdef Py_ssize_t i, pinned = 0, count = 0, limit, want
+        cdef int err = 0
+        if len(lengths) < n:
+            raise ValueError("lengths is shorter than bufs")
+        if headroom < 0 or mtu <= 0:
+            raise ValueError("headroom must be >= 0 and mtu > 0")
+        if n == 0:
+            return 0
+        self._enter()
+        try:
+            self._reserve(n)
+            self._too_big = self._short = self._bad_gso = self._bad_csum = 0
+            # Slots are pinned as the batch fills (2, then 8, 32, ...): a lone packet (a ping)
+            # touches two buffers, not the whole batch.
+            limit = 0
+            while True:
+                want = n if limit * 4 >= n or n <= 2 else (2 if limit == 0 else limit * 4)
+                for i in range(pinned, want):
+                    PyObject_GetBuffer(bufs[i], &self._views[i], PyBUF_WRITABLE)
+                    pinned = i + 1
+                    if self._views[i].len < headroom:
+                        raise ValueError(f"buffer {i} is shorter than the headroom")
+                limit = want
+                with nogil:
+                    count = self._read_nogil(count, limit, headroom, mtu, &err)
+                if count < limit or limit == n or err:
+                    break
+            for i in range(count):
+                lengths[i] = self._lens[i]
+            self._tally("read:too_big", self._too_big)
+            self._tally("read:short", self._short)
+            self._tally("read:bad_gso", self._bad_gso)
+            self._tally("read:bad_csum", self._bad_csum)
+            if err and count == 0:
+                raise OSError(err, _errname(err))
+            return count
+        finally:
+            release_views(self._views, pinned)
+            self._busy = False
+
+    cdef Py_ssize_t _drain(self, Py_ssize_t count, Py_ssize_t n, Py_ssize_t headroom) noexcept nogil:
+        cdef size_t size = 0
+        cdef size_t l2 = <size_t>self.l2
+        cdef unsigned char *slot
+        while self._has_work and count < n:
+            slot = <unsigned char *>self._views[count].buf + headroom
+            if <size_t>(self._views[count].len - headroom) > l2:
+                size = wgpy_cut(&self._work, slot + l2, self._views[count].len - headroom - l2)
+            else:
+                size = 0
+            if size == 0:
+                self._too_big += 1
+                self._has_work = False
+                break
+            if l2:
+                memcpy(slot, self._scratch, l2)   # the link header of the super-frame
+            self._lens[count] = size + l2
+            count += 1
+            if self._work.next >= self._work.len:
+                self._has_work = False
+        return count
+
+    cdef Py_ssize_t _read_nogil(self, Py_ssize_t count, Py_ssize_t n, Py_ssize_t headroom,
+                                Py_ssize_t mtu, int *err) noexcept nogil:
+        """Fill slots count..n-1 (pinned); returns the new count. Stops at EAGAIN (count < n),
+        an error (``err``), a held oversized packet, or a full batch."""
+        cdef iovec iov[3]
+        cdef ssize_t got
+        cdef Py_ssize_t room, size, head
+        cdef unsigned char *slot
+        cdef uint16_t csum_start, csum_offset
+        if self._has_big and count == 0:
+            # The packet held last time: now it fits, or it is dropped (never held twice).
+            self._has_big = False
+            if self._big_len <= self._views[0].len - headroom:
+                memcpy(<unsigned char *>self._views[0].buf + headroom, self._scratch, self._big_len)
+                self._lens[0] = self._big_len
+                count = 1
+            else:
+                self._too_big += 1
+        count = self._drain(count, n, headroom)
+        while count < n and not self._has_work:
+            slot = <unsigned char *>self._views[count].buf + headroom
+            room = self._views[count].len - headroom
+            if not self.vnet_hdr:
+                iov[0].iov_base = slot
+                iov[0].iov_len = room
+                got = readv(self.fd, iov, 1)
+            else:
+                iov[0].iov_base = self._hdr
+                iov[0].iov_len = C_VNET
+                iov[1].iov_base = slot
+                iov[1].iov_len = room
+                iov[2].iov_base = self._scratch + (room if room < WGPY_SUPER else WGPY_SUPER)
+                iov[2].iov_len = WGPY_SUPER
+                got = readv(self.fd, iov, 3)
+            if got < 0:
+                if errno == EINTR:
+                    continue
+                if errno != EAGAIN:
+                    err[0] = errno
+                break
+            if not self.vnet_hdr:
+                self._lens[count] = got
+                count += 1
+                continue
+            if got < C_VNET:
+                self._short += 1
+                continue
+            size = got - C_VNET
+            if (self._hdr[1] & 0x7F) == 0:
+                if size > room:
+                    if self.hold_oversized:
+                        # Keep it (contiguous in the scratch) for a call with larger slots.
+                        memcpy(self._scratch, slot, room)
+                        self._big_len = size
+                        self._has_big = True
+                        break
+                    self._too_big += 1
+                    continue
+                if self._hdr[0] & 1:
+                    memcpy(&csum_start, self._hdr + 6, 2)
+                    memcpy(&csum_offset, self._hdr + 8, 2)
+                    if not wgpy_complete_csum(slot, size, csum_start, csum_offset):
+                        self._bad_csum += 1
+                        continue
+                self._lens[count] = size
+                count += 1
+                continue
+            # A super-packet: make it contiguous in the scratch (the overflow is already there).
+            head = size if size < room else room
+            memcpy(self._scratch, slot, head)
+            if not self._parse(size, mtu):
+                self._bad_gso += 1
+                continue
+            self._has_work = True
+            self.super_packets += 1
+            count = self._drain(count, n, headroom)
+        return count
+
+    cdef int _parse(self, size_t size, size_t mtu) noexcept nogil:
+        """Parse the super-packet (frame, with l2) in the scratch into self._work."""
+        cdef unsigned char hdr[C_VNET]
+        cdef uint16_t start
+        cdef size_t l2 = <size_t>self.l2
+        if l2 == 0:
+            return wgpy_parse_super(&self._work, self._scratch, size, self._hdr, mtu)
+        if wgpy_l3(self._scratch, size, l2) == NULL:
+            return 0
+        memcpy(hdr, self._hdr, C_VNET)
+        if hdr[0] & 1:
+            memcpy(&start, hdr + 6, 2)
+            if start < l2:
+                return 0
+            start = <uint16_t>(start - l2)   # csum_start counts from the frame's start
+            memcpy(hdr + 6, &start, 2)
+        return wgpy_parse_super(&self._work, self._scratch + l2, size - l2, hdr, mtu)
+
+    def write(self, packets not None) -> int:
+        """Write each packet (behind a zeroed virtio-net header if on); returns how many went.
+
+        With ``gro`` on, runs of consecutive TCP segments of one flow leave as one super-packet
+        (one writev: header, then each segment's payload in place; see io_ref.coalesce_run).
+        """
+        cdef Py_ssize_t n = len(packets)
+        cdef Py_ssize_t i, pinned = 0, done = 0
+        if n == 0:
+            return 0
+        self._enter()
+        try:
+            self._reserve(n)
+            for i in range(n):
+                PyObject_GetBuffer(packets[i], &self._views[i], PyBUF_SIMPLE)
+                pinned = i + 1
+                self._ptrs[i] = <unsigned char *>self._views[i].buf
+                self._lens[i] = self._views[i].len
+            with nogil:
+                done = self._write_nogil(n)
+            return self._written(done)
+        finally:
+            release_views(self._views, pinned)
+            self._busy = False
+
+    def write_slots(self, bufs not None, lengths not None, Py_ssize_t offset, verdicts not None,
+                    Py_ssize_t count) -> int:
+        """Write ``bufs[i][offset:lengths[i]]`` for each ``i < count`` with ``verdicts[i] == 0``;
+        the same as ``write`` on the list of those slices (see io_ref.TunBatch.write_slots).
+
+        No Python object per packet: each selected buffer is pinned and its packet's address and
+        length go into C arrays that the write path reads.
+        """
+        cdef Py_buffer verdict_view
+        cdef bint verdicts_pinned = False
+        cdef const unsigned char *verdict
+        cdef Py_ssize_t i, end, size, pinned = 0, done = 0
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        if count < 0 or count > len(bufs) or count > len(lengths) or count > len(verdicts):
+            raise ValueError("count must be >= 0 and at most len(bufs), len(lengths), len(verdicts)")
+        if count == 0:
+            return 0
+        self._enter()
+        try:
+            PyObject_GetBuffer(verdicts, &verdict_view, PyBUF_SIMPLE)
+            verdicts_pinned = True
+            if verdict_view.len < count:
+                raise ValueError("verdicts is shorter than count")
+            verdict = <const unsigned char *>verdict_view.buf
+            self._reserve(count)
+            for i in range(count):
+                if verdict[i]:
+                    continue
+                end = lengths[i]
+                PyObject_GetBuffer(bufs[i], &self._views[pinned], PyBUF_SIMPLE)
+                size = self._views[pinned].len
+                if end > size:
+                    end = size
+                self._ptrs[pinned] = <unsigned char *>self._views[pinned].buf + (offset if offset < size else size)
+                self._lens[pinned] = end - offset if end > offset else 0
+                pinned += 1
+            if pinned == 0:
+                return 0
+            with nogil:
+                done = self._write_nogil(pinned)
+            return self._written(done)
+        finally:
+            release_views(self._views, pinned)
+            if verdicts_pinned:
+                PyBuffer_Release(&verdict_view)
+            self._busy = False
+
+    cdef Py_ssize_t _written(self, Py_ssize_t done) except -1:
+        """After _write_nogil: note a GRO refusal, tally errors, raise if the device is gone;
+        returns how many packets went."""
+        cdef Py_ssize_t i, written = 0
+        cdef int code
+        if self._gro_refused:
+            self.fallbacks.append(
+                f"TUN GRO (coalesced TCP writes) refused by the kernel "
+                f"({_errname(self._gro_refused)}): writing packets one by one")
+            self._gro_refused = 0
+        for i in range(done):
+            code = self._codes[i]
+            if code == 0:
+                written += 1
+            elif code in TUN_GONE:
+                raise OSError(code, _errname(code))
+            else:
+                self._tally("write:" + _errname(code), 1)
+        return written
+
+    cdef Py_ssize_t _run(self, Py_ssize_t i, Py_ssize_t n, wgpy_tcpinfo *tf, size_t *total) noexcept nogil:
+        """How many packets from i on coalesce into one TCP super-packet (1: none)."""
+        cdef wgpy_tcpinfo tp, tq
+        cdef size_t l2 = <size_t>self.l2
+        cdef const unsigned char *frame = self._ptrs[i]
+        cdef const unsigned char *first = wgpy_l3(frame, <size_t>self._lens[i], l2)
+        cdef const unsigned char *prev = first
+        cdef const unsigned char *q
+        cdef const unsigned char *qf
+        cdef Py_ssize_t k = i + 1, count = 1
+        cdef size_t size = <size_t>self._lens[i] - l2
+        if first == NULL:
+            return 1
+        wgpy_tcp_info(first, size, tf)
+        if tf.version == 0 or first[tf.l4 + 13] & 0x08:
+            return 1
+        if self.verify and not wgpy_tcp_csum_ok(first, tf):
+            return 1
+        tp = tf[0]
+        while k < n and count < C_GRO_SEGMENTS:
+            qf = self._ptrs[k]
+            q = wgpy_l3(qf, <size_t>self._lens[k], l2)
+            if q == NULL or (l2 and memcmp(qf, frame, l2)):
+                break
+            wgpy_tcp_info(q, <size_t>self._lens[k] - l2, &tq)
+            if tq.version == 0 or not wgpy_tcp_follows(first, tf, prev, &tp, q, &tq):
+                break
+            if self.verify and not wgpy_tcp_csum_ok(q, &tq):
+                break
+            if size + tq.payload > C_GRO_BYTES:
+                break
+            size += tq.payload
+            count += 1
+            k += 1
+            if tq.payload < tf.payload or q[tf.l4 + 13] & 0x08:
+                break
+            prev = q
+            tp = tq
+        total[0] = size
+        return count
+
+    cdef Py_ssize_t _write_nogil(self, Py_ssize_t n) noexcept nogil:
+        cdef iovec iov[C_GRO_SEGMENTS + 2]
+        cdef unsigned char zero[C_VNET]
+        cdef Py_ssize_t i = 0, k, count
+        cdef ssize_t r
+        cdef int code
+        cdef wgpy_tcpinfo tf
+        cdef size_t total = 0
+        cdef size_t l2 = <size_t>self.l2
+        cdef uint16_t v16
+        memset(zero, 0, C_VNET)
+        while i < n:
+            if self.gro and n - i > 1:
+                count = self._run(i, n, &tf, &total)
+                if count > 1:
+                    wgpy_tcp_super(self._shdr + l2, self._svnet,
+                                   self._ptrs[i] + l2, &tf, self._ptrs[i + count - 1] + l2, total)
+                    if l2:
+                        memcpy(self._shdr, self._ptrs[i], l2)
+                        memcpy(&v16, self._svnet + 2, 2)     # hdr_len
+                        v16 = <uint16_t>(v16 + l2)
+                        memcpy(self._svnet + 2, &v16, 2)
+                        memcpy(&v16, self._svnet + 6, 2)     # csum_start
+                        v16 = <uint16_t>(v16 + l2)
+                        memcpy(self._svnet + 6, &v16, 2)
+                    iov[0].iov_base = self._svnet
+                    iov[0].iov_len = C_VNET
+                    iov[1].iov_base = self._shdr
+                    iov[1].iov_len = l2 + tf.header
+                    for k in range(count):
+                        iov[2 + k].iov_base = self._ptrs[i + k] + l2 + tf.header
+                        iov[2 + k].iov_len = <size_t>self._lens[i + k] - l2 - tf.header
+                    while True:
+                        r = writev(self.fd, iov, <int>(count + 2))
+                        if r < 0 and errno == EINTR:
+                            continue
+                        break
+                    code = errno if r < 0 else 0
+                    if code == EINVAL:
+                        # The kernel does not take our super-packets: write packets one by one.
+                        self.gro = False
+                        self._gro_refused = code
+                        continue
+                    for k in range(count):
+                        self._codes[i + k] = code
+                    i += count
+                    if code == 0:
+                        self.coalesced += 1
+                    elif wgpy_tun_gone(code):
+                        return i
+                    continue
+            iov[0].iov_base = zero
+            iov[0].iov_len = C_VNET
+            iov[1].iov_base = self._ptrs[i]
+            iov[1].iov_len = <size_t>self._lens[i]
+            while True:
+                if self.vnet_hdr:
+                    r = writev(self.fd, iov, 2)
+                else:
+                    r = writev(self.fd, &iov[1], 1)
+                if r < 0 and errno == EINTR:
+                    continue
+                break
+            code = errno if r < 0 else 0
+            self._codes[i] = code
+            i += 1
+            if code and wgpy_tun_gone(code):
+                return i
+        return n

@@ -1,0 +1,434 @@
+"""``wg-py bench``: wg-py against the references, side by side, on this machine.
+
+One run builds, per contender, two namespaces joined by a veth pair (one :class:`~tunnel.lab.netns.Lab`,
+prefix ``wgb<pid>``; everything is removed on the way out, also after Ctrl-C, SIGTERM or a
+failure; every command has a timeout) and alternates the contenders round by round (the order
+rotates each round) so that slow drifts of the machine hit all of them alike:
+
+``veth``        raw veth, no tunnel (the ceiling)
+``wgpy``        wg-py WireGuard on both ends (MTU 1420, configured with ``wg setconf``)
+``wggo``        Debian's wireguard-go on both ends (MTU 1420)
+``wgpy-vxlan``  ``wg-py vxlan`` on both ends (TAP MTU 1450, from the veth)
+``kvxlan``      the kernel's vxlan driver on both ends (MTU 1450)
+
+Per round and contender: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte payloads at
+an unlimited offered rate (packets/s that arrived), and ping RTT. Around each single-stream TCP
+run: the CPU time (utime+stime from ``/proc/PID/stat``) of the tunnel processes on both ends and
+the machine's busy time (``/proc/stat``), each divided by the bytes moved. After the rounds: the
+tunnel processes' peak RSS (``VmHWM``) and, for wg-py and wireguard-go, the RSS (``VmRSS``) of a
+fresh daemon before and after ``wg setconf`` of ``--peers`` generated peers (one /32 each).
+
+Figures are medians over the rounds. The report is a table with each figure, its ratio to the
+reference (wg-py / wireguard-go, wg-py VXLAN / kernel vxlan) and to raw veth, the targets of
+issue 5 marked met or not, a JSON file and a PNG bar chart (written by :func:`tunnel.lab.benchreport.png_chart`, pure
+Python) under ``bench/results/``. The pure functions (parsing, statistics, report, chart) take
+and return plain data and are unit-tested; :func:`run` does the I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crypto import keys
+from tunnel.lab.benchreport import (
+    CONTENDERS,
+    METRICS,
+    PEER_RSS,
+    REFERENCES,
+    TUNNEL_PROCESSES,
+    evaluate_targets,
+    fmt,
+    parse_ping,
+    per_gigabyte,
+    png_chart,
+    proc_cpu_ticks,
+    ratio,
+    render_table,
+    status_kib,
+    summarize,
+    system_busy_ticks,
+    tcp_figures,
+    udp_received_pps,
+)
+from tunnel.lab.netns import CommandError, Lab, missing_requirements
+from tunnel.wireguard import quick
+
+# ---- options -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    rounds: int = 3
+    time: int = 5
+    only: list[str] = field(default_factory=lambda: list(CONTENDERS))
+    json_path: Path | None = None
+    chart: bool = True
+    peers: int = 10_000
+    ping_count: int = 200  # per contender and round: the RTT medians of 50 were too noisy
+    ping_interval: float = 0.01
+    quick: bool = False
+
+
+def parse_args(args: Sequence[str]) -> Options:
+    """The command line -> :class:`Options`; raises SystemExit (argparse) on bad input."""
+    p = argparse.ArgumentParser(prog="wg-py bench", description="Benchmark wg-py against "
+                                "wireguard-go, the kernel's vxlan and raw veth, in namespaces.")
+    p.add_argument("--rounds", type=int, help="rounds per contender (default 3; --quick: 1)")
+    p.add_argument("--time", type=int, help="seconds per iperf3 run (default 5; --quick: 1)")
+    p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--only", help="comma-separated subset of: " + ",".join(CONTENDERS))
+    p.add_argument("--json", type=Path, help="write the JSON here (the PNG next to it) "
+                   "instead of bench/results/")
+    p.add_argument("--no-chart", action="store_true", help="no PNG")
+    p.add_argument("--peers", type=int, help="peers for the RSS test (default 10000; "
+                   "--quick: 500; 0 skips it)")
+    ns = p.parse_args(list(args))
+    opts = Options(quick=ns.quick, chart=not ns.no_chart, json_path=ns.json)
+    if ns.quick:
+        opts.rounds, opts.time, opts.peers, opts.ping_count = 1, 1, 500, 10
+    for name in ("rounds", "time", "peers"):
+        value = getattr(ns, name)
+        if value is not None:
+            setattr(opts, name, value)
+    if opts.rounds < 1 or opts.time < 1 or opts.peers < 0:
+        p.error("--rounds and --time must be >= 1, --peers >= 0")
+    if ns.only:
+        wanted = [w.strip() for w in ns.only.split(",") if w.strip()]
+        unknown = [w for w in wanted if w not in CONTENDERS]
+        if unknown or not wanted:
+            p.error(f"--only: unknown {','.join(unknown)}; choose from {','.join(CONTENDERS)}")
+        opts.only = [c for c in CONTENDERS if c in wanted]
+    return opts
+
+
+# ---- the lab side ------------------------------------------------------------------------------
+
+OUTER = ("10.200.0.1", "10.200.0.2")
+INNER = ("10.201.0.1", "10.201.0.2")
+VNI = "42"
+WG_MTU = 1420
+SETUP_TIMEOUT = 15.0
+
+
+class SetupError(RuntimeError):
+    """A contender could not be built (it is left out of the run)."""
+
+
+@dataclass
+class Pair:
+    """One contender's two namespaces: ``client`` (sends) and ``server``; ``server_addr`` is the
+    address traffic goes to (inside the tunnel); ``pids`` are the tunnel processes of both ends."""
+
+    name: str
+    client: str
+    server: str
+    server_addr: str
+    pids: list[int] = field(default_factory=list)
+    mtu: int = 1500
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime+stime of ``pids`` (all threads), in seconds; vanished processes count 0."""
+    tck = os.sysconf("SC_CLK_TCK")
+    return sum(proc_cpu_ticks(t) for p in pids if (t := _read(f"/proc/{p}/stat"))) / tck
+
+
+def machine_cpu_seconds() -> float:
+    return system_busy_ticks(_read("/proc/stat")) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pids: Sequence[int], field_name: str = "VmRSS") -> float:
+    return sum(status_kib(_read(f"/proc/{p}/status"), field_name) for p in pids) / 1024
+
+
+def _wg_program(name: str) -> list[str]:
+    return quick.daemon_command() if name == "wgpy" else ["wireguard-go"]
+
+
+def _wg_conf(private: bytes, port: int, peers: str) -> str:
+    return f"[Interface]\nPrivateKey = {keys.to_base64(private)}\nListenPort = {port}\n\n{peers}"
+
+
+def build_pair(lab: Lab, name: str) -> Pair:
+    """Two namespaces on a veth (OUTER addresses), and the contender's tunnel between them
+    (INNER addresses), reachable by ping; raises SetupError otherwise."""
+    a, b = lab.namespace(f"{name[:6]}a"), lab.namespace(f"{name[:6]}b")
+    lab.veth(a, b, [f"{OUTER[0]}/24"], [f"{OUTER[1]}/24"])
+    ends = ((a, "veth0", 0), (b, "veth1", 1))
+    pair = Pair(name, a, b, INNER[1])
+    env = {"WGPY_VXLAN_RUN_DIR": str(lab.path("vxlan-run")), "LOG_LEVEL": "error"}
+    if name == "veth":
+        pair.server_addr = OUTER[1]
+        return pair
+    if name in ("wgpy", "wggo"):
+        privs = [keys.generate_private(), keys.generate_private()]
+        for ns, _, i in ends:
+            iface = lab.start_daemon(ns, _wg_program(name), env=env)
+            other = 1 - i
+            peer = (f"[Peer]\nPublicKey = {keys.to_base64(keys.public_from_private(privs[other]))}\n"
+                    f"AllowedIPs = {INNER[other]}/32\nEndpoint = {OUTER[other]}:{51820 + other}\n")
+            conf = lab.path(f"{iface}.conf")
+            conf.write_text(_wg_conf(privs[i], 51820 + i, peer))
+            lab.run(ns, ["wg", "setconf", iface, str(conf)])
+            lab.run(ns, ["ip", "addr", "add", f"{INNER[i]}/24", "dev", iface])
+            lab.run(ns, ["ip", "link", "set", "mtu", str(WG_MTU), "up", "dev", iface])
+        pair.mtu = WG_MTU
+    else:
+        for ns, veth, i in ends:
+            opts = ["id", VNI, "dstport", "4789", "remote", OUTER[1 - i], "local", OUTER[i],
+                    "dev", veth]
+            if name == "kvxlan":
+                lab.run(ns, ["ip", "link", "add", "vx0", "type", "vxlan", *opts])
+            else:
+                lab.run(ns, [*quick.daemon_command(), "vxlan", "add", "vx0", *opts], env=env)
+            lab.run(ns, ["ip", "addr", "add", f"{INNER[i]}/24", "dev", "vx0"])
+            lab.run(ns, ["ip", "link", "set", "vx0", "up"])
+        pair.mtu = int(lab.run(a, ["cat", "/sys/class/net/vx0/mtu"]).stdout.strip() or 0)
+    if name in TUNNEL_PROCESSES:
+        pair.pids = lab.daemon_pids(a) + lab.daemon_pids(b)
+    if not lab.wait_ping(a, pair.server_addr, timeout=SETUP_TIMEOUT):
+        raise SetupError(f"{name}: no ping reply through the tunnel within {SETUP_TIMEOUT:.0f}s")
+    return pair
+
+
+def measure_tcp(lab: Lab, pair: Pair, streams: int, seconds: int) -> dict[str, float | None]:
+    """One iperf3 TCP run client -> server; throughput and, around it, CPU per gigabyte."""
+    cpu0, sys0 = cpu_seconds(pair.pids), machine_cpu_seconds()
+    result = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=seconds,
+                        extra=["-P", str(streams)] if streams > 1 else [])
+    cpu1, sys1 = cpu_seconds(pair.pids), machine_cpu_seconds()
+    bps, nbytes = tcp_figures(result)
+    return {"gbps": bps / 1e9,
+            "cpu_tunnel": per_gigabyte(cpu1 - cpu0, nbytes) if pair.pids else None,
+            "cpu_system": per_gigabyte(sys1 - sys0, nbytes)}
+
+
+def measure_udp(lab: Lab, pair: Pair, seconds: int) -> float:
+    """iperf3 UDP, 64-byte payloads, unlimited offered rate: received kpps."""
+    result = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=seconds, udp=True,
+                        bandwidth="0", extra=["-l", "64"])
+    return udp_received_pps(result) / 1e3
+
+
+def measure_ping(lab: Lab, pair: Pair, count: int, interval: float) -> tuple[float, float]:
+    """(median, mean) RTT in ms of ``count`` pings at ``interval`` seconds."""
+    limit = int(count * interval + 10)
+    done = lab.run(pair.client, ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1",
+                                 "-w", str(limit), pair.server_addr], check=False,
+                   timeout=limit + 5)
+    rtts = parse_ping(done.stdout)
+    if not rtts:
+        raise CommandError(f"no ping replies: {done.stdout}{done.stderr}")
+    return statistics.median(rtts), statistics.fmean(rtts)
+
+
+def measure_peer_rss(lab: Lab, name: str, peers: int) -> tuple[float, float]:
+    """A fresh daemon in its own namespace: (VmRSS MiB idle, VmRSS MiB after ``wg setconf`` of
+    ``peers`` generated peers with one /32 each)."""
+    ns = lab.namespace(f"{name[:6]}p")
+    iface = lab.start_daemon(ns, _wg_program(name), env={"LOG_LEVEL": "error"})
+    pids = lab.daemon_pids(ns)
+    time.sleep(0.5)
+    idle = rss_mib(pids)
+    sections = []
+    for i in range(peers):
+        ip = 0x0A800000 + i + 1  # 10.128.0.1 on
+        sections.append(f"[Peer]\nPublicKey = {keys.to_base64(os.urandom(32))}\nAllowedIPs = "
+                        f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}/32\n")
+    conf = lab.path(f"{iface}-peers.conf")
+    conf.write_text(_wg_conf(keys.generate_private(), 51900, "\n".join(sections)))
+    lab.run(ns, ["wg", "setconf", iface, str(conf)], timeout=300)
+    listed = lab.run(ns, ["wg", "show", iface, "peers"], timeout=120).stdout.split()
+    if len(listed) != peers:
+        raise CommandError(f"{name}: {len(listed)} peers configured, expected {peers}")
+    time.sleep(1.0)
+    return idle, rss_mib(pids)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _attempt(what: str, fn: Callable[[], str]) -> None:
+    """Run one measurement; print its line, or why it failed (the run goes on)."""
+    try:
+        _say(f"{what:<34} {fn()}")
+    except (CommandError, KeyError, ValueError, OSError) as exc:
+        _say(f"{what:<34} FAILED: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+
+def run(opts: Options) -> dict[str, Any]:
+    """Build the contenders, measure them (rounds alternate), return the results document."""
+    samples: dict[str, dict[str, list[float | None]]] = {}
+    info: dict[str, Any] = {}
+    started = time.time()
+    with Lab(f"wgb{os.getpid() % 100000}") as lab:
+        pairs: list[Pair] = []
+        for name in opts.only:
+            t0 = time.monotonic()
+            try:
+                pair = build_pair(lab, name)
+            except (SetupError, CommandError, OSError) as exc:
+                _say(f"setup {name:<28} FAILED: {exc}")
+                info[name] = {"label": CONTENDERS[name], "error": str(exc)}
+                continue
+            pairs.append(pair)
+            info[name] = {"label": CONTENDERS[name], "mtu": pair.mtu, "pids": pair.pids}
+            samples[name] = {m.key: [] for m in METRICS}
+            _say(f"setup {name:<28} ok (mtu {pair.mtu}, {time.monotonic() - t0:.1f}s)")
+        for r in range(opts.rounds):
+            order = pairs[r % len(pairs):] + pairs[: r % len(pairs)] if pairs else []
+            for p in order:
+                s = samples[p.name]
+                tag = f"[{r + 1}/{opts.rounds}] {p.name}"
+
+                def tcp(streams: int, p: Pair = p, s: dict[str, list[float | None]] = s) -> str:
+                    got = measure_tcp(lab, p, streams, opts.time)
+                    s[f"tcp{streams}_gbps"].append(got["gbps"])
+                    if streams == 1:
+                        s["cpu_tunnel_s_per_gb"].append(got["cpu_tunnel"])
+                        s["cpu_system_s_per_gb"].append(got["cpu_system"])
+                    return (f"{got['gbps']:.3f} Gbit/s  tunnel cpu {fmt(got['cpu_tunnel'])} s/GB"
+                            f"  machine cpu {fmt(got['cpu_system'])} s/GB")
+
+                def udp(p: Pair = p, s: dict[str, list[float | None]] = s) -> str:
+                    s["udp64_kpps"].append(kpps := measure_udp(lab, p, opts.time))
+                    return f"{kpps:.1f} kpps received"
+
+                def ping(p: Pair = p, s: dict[str, list[float | None]] = s) -> str:
+                    med, avg = measure_ping(lab, p, opts.ping_count, opts.ping_interval)
+                    s["ping_median_ms"].append(med)
+                    s["ping_avg_ms"].append(avg)
+                    return f"median {med:.3f} ms  avg {avg:.3f} ms"
+
+                _attempt(f"{tag} tcp x1", lambda: tcp(1))
+                _attempt(f"{tag} tcp x4", lambda: tcp(4))
+                _attempt(f"{tag} udp 64B", udp)
+                _attempt(f"{tag} ping x{opts.ping_count}", ping)
+        for p in pairs:
+            if p.pids:
+                per = [rss_mib([pid], "VmHWM") for pid in p.pids]
+                samples[p.name]["peak_rss_mib"].append(max(per))
+                _say(f"{p.name + ' peak rss':<34} {max(per):.1f} MiB (max of {len(per)} processes)")
+        if opts.peers:
+            for p in pairs:
+                if p.name not in PEER_RSS:
+                    continue
+
+                def peers(p: Pair = p) -> str:
+                    idle, full = measure_peer_rss(lab, p.name, opts.peers)
+                    samples[p.name]["rss_idle_mib"].append(idle)
+                    samples[p.name]["rss_peers_mib"].append(full)
+                    return f"{idle:.1f} MiB idle, {full:.1f} MiB with {opts.peers} peers"
+
+                _attempt(f"{p.name} rss {opts.peers} peers", peers)
+    names = [p.name for p in pairs]
+    summary = summarize(samples)
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "host": host_info(),
+        "options": {**asdict(opts), "json_path": str(opts.json_path or "")},
+        "contenders": info,
+        "order": names,
+        "samples": samples,
+        "summary": summary,
+        "ratios": {f"{a}/{b}": {m.key: ratio(summary, m.key, a, b) for m in METRICS}
+                   for a, b in [*REFERENCES.items(), *((c, "veth") for c in names)]
+                   if a in names and b in names},
+        "targets": evaluate_targets(summary),
+    }
+
+
+def host_info() -> dict[str, Any]:
+    def version(argv: list[str]) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return "n/a"
+        return (done.stdout or done.stderr).strip().splitlines()[0] if done.stdout or done.stderr else ""
+
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "wireguard-go": version(["wireguard-go", "--version"]), "iperf3": version(["iperf3", "--version"]),
+            "wgpy_pure": os.environ.get("WGPY_PURE") == "1"}
+
+
+def results_dir() -> Path:
+    """``bench/results`` of the source tree this module lives in, else under the cwd."""
+    root = Path(__file__).resolve().parent.parent
+    return (root if (root / "bench").is_dir() else Path.cwd()) / "bench" / "results"
+
+
+def write_results(doc: Mapping[str, Any], opts: Options) -> list[Path]:
+    """The JSON (and PNG) files: ``--json PATH`` (+ .png), else timestamped + ``latest.*``."""
+    text = json.dumps(doc, indent=2) + "\n"
+    title = f"wg-py bench {doc.get('started', '')}"
+    chart = (png_chart(doc["summary"], doc["order"], title, opts.peers)
+             if opts.chart and doc["order"] else None)
+    if opts.json_path:
+        targets = [opts.json_path]
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        targets = [results_dir() / f"bench-{stamp}.json", results_dir() / "latest.json"]
+    written = []
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+        if chart is not None:
+            path.with_suffix(".png").write_bytes(chart)
+            written.append(path.with_suffix(".png"))
+    return written
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through Lab.close()
+
+
+def main(args: list[str]) -> int:
+    """``wg-py bench [options]``: 0 when the run completed, 1 on a setup problem, 130 on Ctrl-C."""
+    try:
+        opts = parse_args(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    missing = missing_requirements(("ip", "wg", "ping", "ss", "iperf3"))
+    if missing is None and "wggo" in opts.only and shutil.which("wireguard-go") is None:
+        opts.only.remove("wggo")
+        _say("wireguard-go is not installed: left out")
+    if missing:
+        print(f"wg-py bench: {missing}", file=sys.stderr)
+        return 1
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        doc = run(opts)
+    except KeyboardInterrupt:
+        print("wg-py bench: interrupted; namespaces removed", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _say("")
+    sys.stdout.write(render_table(doc["summary"], doc["order"], opts.peers))
+    for path in write_results(doc, opts):
+        _say(f"wrote {path}")
+    return 0

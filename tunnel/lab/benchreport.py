@@ -1,0 +1,346 @@
+"""The pure half of ``wg-py bench``: what is measured, the targets, parsing of tool output,
+statistics, the text table and the PNG chart (zlib + struct, no plotting dependency).
+
+Everything here takes and returns plain data and is unit-tested; :mod:`tunnel.lab.bench` runs the
+lab and calls these.
+"""
+
+from __future__ import annotations
+
+import statistics
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tunnel.lab.netns import iperf3_bits_per_second
+
+CONTENDERS: dict[str, str] = {
+    "veth": "raw veth",
+    "wgpy": "wg-py WireGuard",
+    "wggo": "wireguard-go",
+    "wgpy-vxlan": "wg-py VXLAN",
+    "kvxlan": "kernel vxlan",
+}
+REFERENCES: dict[str, str] = {"wgpy": "wggo", "wgpy-vxlan": "kvxlan"}
+TUNNEL_PROCESSES = ("wgpy", "wggo", "wgpy-vxlan")  # contenders with userspace tunnel processes
+PEER_RSS = ("wgpy", "wggo")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("tcp1_gbps", "TCP 1 stream", "Gbit/s", True),
+    Metric("tcp4_gbps", "TCP 4 streams", "Gbit/s", True),
+    Metric("udp64_kpps", "UDP 64 B received", "kpps", True),
+    Metric("ping_median_ms", "ping RTT median", "ms", False),
+    Metric("ping_avg_ms", "ping RTT avg", "ms", False),
+    Metric("cpu_tunnel_s_per_gb", "tunnel CPU (TCP 1)", "s/GB", False),
+    Metric("cpu_system_s_per_gb", "machine CPU (TCP 1)", "s/GB", False),
+    Metric("peak_rss_mib", "tunnel peak RSS", "MiB", False),
+    Metric("rss_idle_mib", "RSS, no peers", "MiB", False),
+    Metric("rss_peers_mib", "RSS, N peers", "MiB", False),
+)
+METRIC = {m.key: m for m in METRICS}
+CHART_METRICS = ("tcp1_gbps", "tcp4_gbps", "udp64_kpps", "ping_median_ms", "cpu_tunnel_s_per_gb",
+                 "rss_peers_mib")
+
+
+@dataclass(frozen=True)
+class Target:
+    """``metric`` of ``contender`` divided by that of ``reference`` must be >= ``at_least``
+    (or <= ``at_most``)."""
+
+    text: str
+    metric: str
+    contender: str
+    reference: str
+    at_least: float | None = None
+    at_most: float | None = None
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("wg-py WireGuard >= 4x wireguard-go, TCP 1 stream", "tcp1_gbps", "wgpy", "wggo",
+           at_least=4.0),
+    Target("wg-py VXLAN >= 0.4x kernel vxlan, TCP 1 stream", "tcp1_gbps", "wgpy-vxlan", "kvxlan",
+           at_least=0.4),
+    Target("ping RTT through wg-py <= through wireguard-go", "ping_median_ms", "wgpy", "wggo",
+           at_most=1.0),
+)
+
+
+# ---- parsing and statistics (pure) ---------------------------------------------------------------
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    """Median of the values that are not None; None if there are none."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def parse_ping(text: str) -> list[float]:
+    """The per-reply RTTs (ms) in ``ping`` output (``... time=0.045 ms`` lines)."""
+    rtts = []
+    for line in text.splitlines():
+        _, found, rest = line.partition(" time=")
+        if found and "bytes from" in line:
+            rtts.append(float(rest.split()[0]))
+    return rtts
+
+
+def proc_cpu_ticks(stat_text: str) -> int:
+    """utime + stime (clock ticks, all threads) from a ``/proc/PID/stat`` line.
+
+    The command name (field 2) may hold spaces and parentheses: fields are counted after the
+    last ')'; utime and stime are fields 14 and 15."""
+    rest = stat_text[stat_text.rindex(")") + 2 :].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def system_busy_ticks(proc_stat_text: str) -> int:
+    """Busy ticks of all CPUs from ``/proc/stat`` (everything but idle and iowait)."""
+    for line in proc_stat_text.splitlines():
+        if line.startswith("cpu "):
+            f = [int(x) for x in line.split()[1:]]
+            return f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def status_kib(status_text: str, name: str) -> int:
+    """A ``VmRSS``/``VmHWM``-style field of ``/proc/PID/status`` in KiB (0 if absent)."""
+    for line in status_text.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def tcp_figures(result: Mapping[str, Any]) -> tuple[float, int]:
+    """(bits/s, bytes) the iperf3 TCP receiver saw."""
+    return iperf3_bits_per_second(result), int(result["end"]["sum_received"]["bytes"])
+
+
+def udp_received_pps(result: Mapping[str, Any]) -> float:
+    """Packets per second that reached the iperf3 UDP server (sent minus lost)."""
+    s = result["end"]["sum"]
+    return (int(s["packets"]) - int(s["lost_packets"])) / float(s["seconds"])
+
+
+def per_gigabyte(seconds: float, nbytes: int) -> float | None:
+    return seconds / (nbytes / 1e9) if nbytes > 0 else None
+
+
+def summarize(samples: Mapping[str, Mapping[str, Sequence[float | None]]]) -> dict[str, dict[str, float]]:
+    """contender -> metric -> median over the rounds (metrics without a value left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for contender, metrics in samples.items():
+        row = {k: m for k, v in metrics.items() if (m := median(v)) is not None}
+        out[contender] = row
+    return out
+
+
+def ratio(summary: Mapping[str, Mapping[str, float]], metric: str, a: str, b: str) -> float | None:
+    """summary[a][metric] / summary[b][metric], or None if either is missing or b is 0."""
+    x, y = summary.get(a, {}).get(metric), summary.get(b, {}).get(metric)
+    if x is None or not y:
+        return None
+    return x / y
+
+
+def evaluate_targets(summary: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+    """Each target with its measured ratio and ``met`` (True, False, or None if not measured)."""
+    out = []
+    for t in TARGETS:
+        r = ratio(summary, t.metric, t.contender, t.reference)
+        met = None
+        if r is not None:
+            met = (t.at_least is None or r >= t.at_least) and (t.at_most is None or r <= t.at_most)
+        out.append({**asdict(t), "ratio": r, "met": met})
+    return out
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if value == 0 or abs(value) >= 10 ** (digits - 1):
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _label(m: Metric, peers: int | None) -> str:
+    return m.label.replace(" N ", f" {peers} ") if peers else m.label
+
+
+def render_table(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
+                 peers: int | None = None) -> str:
+    """The report: figures, ratios to the references and to raw veth, targets (``peers``
+    replaces the N in the RSS row's label)."""
+    refs = [(a, b) for a, b in REFERENCES.items() if a in contenders and b in contenders]
+    head = ["metric", "unit", *contenders, *(f"{a}/{b}" for a, b in refs)]
+    rows = [head]
+    for m in METRICS:
+        if not any(m.key in summary.get(c, {}) for c in contenders):
+            continue
+        cells = [fmt(summary.get(c, {}).get(m.key)) for c in contenders]
+        cells += [fmt(ratio(summary, m.key, a, b)) + "x" if ratio(summary, m.key, a, b) else "n/a"
+                  for a, b in refs]
+        rows.append([_label(m, peers), m.unit, *cells])
+    lines = _grid(rows)
+    if "veth" in contenders:
+        vrows = [["ratio to raw veth", "", *contenders]]
+        for m in METRICS:
+            if m.key in summary.get("veth", {}):
+                vrows.append([_label(m, peers), "x", *(fmt(ratio(summary, m.key, c, "veth"))
+                                               for c in contenders)])
+        if len(vrows) > 1:
+            lines += ["", *_grid(vrows)]
+    lines.append("")
+    for t in evaluate_targets(summary):
+        state = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+        lines.append(f"target: {t['text']}: {fmt(t['ratio'])}{'x' if t['ratio'] else ''} -> {state}")
+    return "\n".join(lines) + "\n"
+
+
+def _grid(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+# ---- the PNG chart (pure Python: zlib + struct) -----------------------------------------------
+
+# A 3x5 pixel font: per character five rows of three pixels, "#" = ink (space: blank).
+_FONT = """
+0 ### #.# #.# #.# ###
+1 .#. ##. .#. .#. ###
+2 ### ..# ### #.. ###
+3 ### ..# .## ..# ###
+4 #.# #.# ### ..# ..#
+5 ### #.. ### ..# ###
+6 ### #.. ### #.# ###
+7 ### ..# .#. .#. .#.
+8 ### #.# ### #.# ###
+9 ### #.# ### ..# ###
+A .#. #.# ### #.# #.#
+B ##. #.# ##. #.# ##.
+C .## #.. #.. #.. .##
+D ##. #.# #.# #.# ##.
+E ### #.. ##. #.. ###
+F ### #.. ##. #.. #..
+G .## #.. #.# #.# .##
+H #.# #.# ### #.# #.#
+I ### .#. .#. .#. ###
+J ..# ..# ..# #.# .#.
+K #.# ##. #.. ##. #.#
+L #.. #.. #.. #.. ###
+M #.# ### ### #.# #.#
+N ##. #.# #.# #.# #.#
+O .#. #.# #.# #.# .#.
+P ##. #.# ##. #.. #..
+Q .#. #.# #.# ##. .##
+R ##. #.# ##. #.# #.#
+S .## #.. .#. ..# ##.
+T ### .#. .#. .#. .#.
+U #.# #.# #.# #.# ###
+V #.# #.# #.# #.# .#.
+W #.# #.# ### ### #.#
+X #.# #.# .#. #.# #.#
+Y #.# #.# .#. .#. .#.
+Z ### ..# .#. #.. ###
+. ... ... ... ... .#.
+- ... ... ### ... ...
+/ ..# ..# .#. #.. #..
+, ... ... ... .#. #..
+( .#. #.. #.. #.. .#.
+) .#. ..# ..# ..# .#.
+> #.. .#. ..# .#. #..
+= ... ### ... ### ...
+"""
+_GLYPHS = {line[0]: line[2:].split() for line in _FONT.strip("\n").splitlines()}
+_GLYPHS[" "] = ["..."] * 5
+
+_COLORS = {"veth": (150, 150, 150), "wgpy": (31, 119, 180), "wggo": (255, 127, 14),
+           "wgpy-vxlan": (44, 160, 44), "kvxlan": (214, 39, 40)}
+_SCALE = 2  # pixels per font pixel
+
+
+class _Canvas:
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.pixels = bytearray(b"\xff" * (width * height * 3))
+
+    def rect(self, x: int, y: int, w: int, h: int, color: tuple[int, int, int]) -> None:
+        x0, x1 = max(0, x), min(self.width, x + w)
+        for row in range(max(0, y), min(self.height, y + h)):
+            start = (row * self.width + x0) * 3
+            self.pixels[start : start + (x1 - x0) * 3] = bytes(color) * max(0, x1 - x0)
+
+    def text(self, x: int, y: int, s: str, color: tuple[int, int, int] = (0, 0, 0)) -> None:
+        for ch in s.upper():
+            rows = _GLYPHS.get(ch, _GLYPHS[" "])
+            for ry, bits in enumerate(rows):
+                for rx, bit in enumerate(bits):
+                    if bit == "#":
+                        self.rect(x + rx * _SCALE, y + ry * _SCALE, _SCALE, _SCALE, color)
+            x += 4 * _SCALE
+
+    def png(self) -> bytes:
+        raw = b"".join(b"\x00" + bytes(self.pixels[r * self.width * 3 : (r + 1) * self.width * 3])
+                       for r in range(self.height))
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(
+                ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def text_width(s: str) -> int:
+    return len(s) * 4 * _SCALE
+
+
+def png_chart(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
+              title: str = "wg-py bench", peers: int | None = None) -> bytes:
+    """A PNG: one panel per metric in CHART_METRICS, one bar per contender (scaled to the
+    panel's largest value), the value above each bar, a legend below."""
+    metrics = [k for k in CHART_METRICS if any(k in summary.get(c, {}) for c in contenders)]
+    bar, gap, ph = 40, 8, 220
+    pw = max(len(contenders) * (bar + gap) + gap, 200)
+    width = max(len(metrics), 1) * (pw + 20) + 20
+    height = ph + 130
+    cv = _Canvas(width, height)
+    cv.text(20, 10, title)
+    for i, key in enumerate(metrics):
+        m = METRIC[key]
+        x0, top = 20 + i * (pw + 20), 60
+        values = [summary.get(c, {}).get(key) for c in contenders]
+        peak = max((v for v in values if v is not None), default=0.0) or 1.0
+        cv.text(x0, top - 24, _label(m, peers))
+        cv.text(x0, top - 12, f"{m.unit} ({'higher' if m.higher_is_better else 'lower'} better)",
+                (90, 90, 90))
+        cv.rect(x0, top + ph - 20, pw, 1, (0, 0, 0))
+        for j, (c, v) in enumerate(zip(contenders, values, strict=True)):
+            bx = x0 + gap + j * (bar + gap)
+            label = fmt(v)
+            h = 0 if v is None else int((ph - 50) * v / peak)
+            cv.rect(bx, top + ph - 20 - h, bar, h, _COLORS.get(c, (0, 0, 0)))
+            cv.text(bx + (bar - text_width(label)) // 2, top + ph - 34 - h, label)
+    x, y = 20, height - 40
+    for c in contenders:
+        cv.rect(x, y, 14, 14, _COLORS.get(c, (0, 0, 0)))
+        cv.text(x + 20, y + 2, CONTENDERS.get(c, c))
+        x += 20 + text_width(CONTENDERS.get(c, c)) + 24
+    return cv.png()

@@ -1,0 +1,337 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The engine's per-packet loops in Cython: same API and results as ``tunnel/wireguard/datapath_ref.py``.
+
+Read that module's docstring for the contract. Here the loops read packet bytes through raw
+pointers into the batch's bytearrays (the buffers must be ``bytearray``s, as the shell's are) and
+the route table is two sorted C arrays per family searched by bisection: no Python object per
+packet except the group lists and the views returned for delivery. The GIL stays held: each call
+is short, and it builds Python lists.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+
+from tunnel.wireguard.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
+from tunnel.wireguard.peer import Keypair
+from tunnel.wireguard.datapath_ref import INVALID_SIZE, INVALID_TYPE, NO_SLOT, compile_intervals
+
+__all__ = [
+    "NO_SLOT", "INVALID_SIZE", "INVALID_TYPE", "RouteTable", "route_batch", "lane", "receive_lane", "classify_batch",
+    "accept_batch", "accept_slots", "inner_length", "compile_intervals",
+]
+
+
+cdef inline uint32_t load32(const unsigned char *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline uint64_t load64(const unsigned char *p) noexcept nogil:
+    return (<uint64_t>load32(p) << 32) | load32(p + 4)
+
+
+cdef class RouteTable:
+    """A compiled, read-only longest-prefix-match table: address -> peer slot (or -1)."""
+
+    cdef uint32_t *starts4
+    cdef int32_t *slots4
+    cdef Py_ssize_t n4
+    cdef uint64_t *hi6
+    cdef uint64_t *lo6
+    cdef int32_t *slots6
+    cdef Py_ssize_t n6
+
+    def __cinit__(self):
+        self.starts4 = NULL
+        self.slots4 = NULL
+        self.hi6 = NULL
+        self.lo6 = NULL
+        self.slots6 = NULL
+
+    def __init__(self, entries):
+        v4 = []
+        v6 = []
+        for entry in entries:
+            (v4 if len(entry[0]) == 4 else v6).append(entry)
+        starts, slots = compile_intervals(v4, 32)
+        self.n4 = len(starts)
+        self.starts4 = <uint32_t *>PyMem_Malloc(self.n4 * sizeof(uint32_t))
+        self.slots4 = <int32_t *>PyMem_Malloc(self.n4 * sizeof(int32_t))
+        if self.starts4 == NULL or self.slots4 == NULL:
+            raise MemoryError()
+        for i in range(self.n4):
+            self.starts4[i] = starts[i]
+            self.slots4[i] = slots[i]
+        starts, slots = compile_intervals(v6, 128)
+        self.n6 = len(starts)
+        self.hi6 = <uint64_t *>PyMem_Malloc(self.n6 * sizeof(uint64_t))
+        self.lo6 = <uint64_t *>PyMem_Malloc(self.n6 * sizeof(uint64_t))
+        self.slots6 = <int32_t *>PyMem_Malloc(self.n6 * sizeof(int32_t))
+        if self.hi6 == NULL or self.lo6 == NULL or self.slots6 == NULL:
+            raise MemoryError()
+        mask = (1 << 64) - 1
+        for i in range(self.n6):
+            self.hi6[i] = starts[i] >> 64
+            self.lo6[i] = starts[i] & mask
+            self.slots6[i] = slots[i]
+
+    def __dealloc__(self):
+        PyMem_Free(self.starts4)
+        PyMem_Free(self.slots4)
+        PyMem_Free(self.hi6)
+        PyMem_Free(self.lo6)
+        PyMem_Free(self.slots6)
+
+    cdef inline int find4(self, uint32_t addr) noexcept nogil:
+        # greatest i with starts4[i] <= addr; starts4[0] == 0 so it exists
+        cdef Py_ssize_t low = 0, high = self.n4
+        cdef Py_ssize_t middle
+        while high - low > 1:
+            middle = (low + high) >> 1
+            if self.starts4[middle] <= addr:
+                low = middle
+            else:
+                high = middle
+        return self.slots4[low]
+
+    cdef inline int find6(self, uint64_t hi, uint64_t lo) noexcept nogil:
+        cdef Py_ssize_t low = 0, high = self.n6
+        cdef Py_ssize_t middle
+        while high - low > 1:
+            middle = (low + high) >> 1
+            if self.hi6[middle] < hi or (self.hi6[middle] == hi and self.lo6[middle] <= lo):
+                low = middle
+            else:
+                high = middle
+        return self.slots6[low]
+
+    cdef inline int find_packet(self, const unsigned char *p, Py_ssize_t size, bint source) noexcept nogil:
+        if size < 1:
+            return -1
+        cdef int version = p[0] >> 4
+        if version == 4 and size >= 20:
+            return self.find4(load32(p + (12 if source else 16)))
+        if version == 6 and size >= 40:
+            p = p + (8 if source else 24)
+            return self.find6(load64(p), load64(p + 8))
+        return -1
+
+    def lookup(self, addr):
+        """The slot of the longest prefix containing ``addr`` (4 or 16 bytes), or -1."""
+        cdef bytes raw = bytes(addr)
+        cdef const unsigned char *p = raw
+        if len(raw) == 4:
+            return self.find4(load32(p))
+        if len(raw) == 16:
+            return self.find6(load64(p), load64(p + 8))
+        return -1
+
+    def lookup_packet(self, buf, Py_ssize_t offset, Py_ssize_t size, bint source):
+        """Slot for the source or destination of the IP packet at buf[offset:offset+size]."""
+        cdef bytes raw = bytes(buf[offset:offset + size])
+        return self.find_packet(raw, len(raw), source)
+
+
+cdef inline unsigned char *_data(object buf, Py_ssize_t need) except NULL:
+    cdef bytearray b = <bytearray?>buf
+    if PyByteArray_GET_SIZE(b) < need:
+        raise ValueError("buffer shorter than its length")
+    return <unsigned char *>PyByteArray_AS_STRING(b)
+
+
+def route_batch(RouteTable table, list bufs, list lengths, Py_ssize_t headroom, Py_ssize_t mtu):
+    """Group packets ``bufs[i][headroom:headroom+lengths[i]]`` by destination peer slot.
+
+    Returns (slot -> indices in batch order, packets with no route, packets over the MTU).
+    """
+    cdef dict groups = {}
+    cdef Py_ssize_t i, size, no_route = 0, too_big = 0
+    cdef int slot
+    cdef unsigned char *p
+    for i in range(len(bufs)):
+        size = lengths[i]
+        if size > mtu:
+            too_big += 1
+            continue
+        p = _data(bufs[i], headroom + size)
+        slot = table.find_packet(p + headroom, size, False)
+        if slot < 0:
+            no_route += 1
+            continue
+        group = groups.get(slot)
+        if group is None:
+            groups[slot] = [i]
+        else:
+            (<list>group).append(i)
+    return groups, no_route, too_big
+
+
+cdef double _REJECT_AFTER_TIME = REJECT_AFTER_TIME
+cdef double _REKEY_AFTER_TIME = REKEY_AFTER_TIME
+cdef object _REKEY_AFTER_MESSAGES = REKEY_AFTER_MESSAGES
+
+
+def lane(device, list bufs, list lengths, Py_ssize_t headroom, double now):
+    """``(peer, keypair)`` if the batch may take the fast lane, else None (see datapath_ref.lane)."""
+    if device.identity is None or not bufs:
+        return None
+    cdef RouteTable table = device.routes()
+    cdef Py_ssize_t mtu = device.mtu
+    cdef Py_ssize_t i, size, n = len(bufs)
+    cdef int slot = -1, found
+    cdef unsigned char *p
+    for i in range(n):
+        size = lengths[i]
+        if size > mtu:
+            return None
+        p = _data(bufs[i], headroom + size)
+        found = table.find_packet(p + headroom, size, False)
+        if found < 0 or (slot >= 0 and found != slot):
+            return None
+        slot = found
+    peer = device.peer_slots[slot]
+    if peer is None or peer.staged or peer.endpoint is None:
+        return None
+    keypair = peer.current
+    if keypair is None:
+        return None
+    cdef double age = now - <double>keypair.created
+    if age >= _REJECT_AFTER_TIME or (keypair.is_initiator and age >= _REKEY_AFTER_TIME):
+        return None
+    if keypair.cipher.send_counter + n >= _REKEY_AFTER_MESSAGES:
+        return None
+    return peer, keypair
+
+
+def receive_lane(device, list bufs, list lengths, list sources, double now):
+    """The keypair to open the whole batch with in the inbound fast lane, else None (see
+    datapath_ref.receive_lane)."""
+    cdef Py_ssize_t i, n = len(bufs)
+    cdef unsigned char *p
+    cdef long long receiver = -1, index
+    if n == 0 or len(lengths) < n or len(sources) < n:
+        return None
+    for i in range(n):
+        if <Py_ssize_t>lengths[i] < 32:
+            return None
+        p = _data(bufs[i], 32)
+        if p[0] != 4 or p[1] or p[2] or p[3]:
+            return None
+        index = (<uint32_t>p[4]) | (<uint32_t>p[5] << 8) | (<uint32_t>p[6] << 16) | (<uint32_t>p[7] << 24)
+        if receiver >= 0 and index != receiver:
+            return None
+        receiver = index
+    keypair = device.receivers.get(receiver)
+    if not isinstance(keypair, Keypair):  # None, or the peer of a handshake in progress
+        return None
+    peer = keypair.peer
+    if now - <double>keypair.created >= _REJECT_AFTER_TIME or peer.next is keypair:
+        return None
+    endpoint = peer.endpoint
+    for i in range(n):
+        source = sources[i]
+        if source is not endpoint and source != endpoint:
+            return None
+    return keypair
+
+
+def classify_batch(list bufs, list lengths):
+    """Sort datagrams into transport groups by receiver index and handshake messages (types
+    1-3 of the exact size, in order); count the rest by reason."""
+    cdef dict transport = {}
+    cdef list handshakes = []
+    cdef Py_ssize_t invalid_type = 0, invalid_size = 0
+    cdef Py_ssize_t i, size
+    cdef unsigned char *p
+    cdef int kind
+    cdef uint32_t receiver
+    for i in range(len(bufs)):
+        size = lengths[i]
+        p = _data(bufs[i], size)
+        kind = p[0] if size >= 4 and not (p[1] or p[2] or p[3]) else 0
+        if kind == 4:
+            if size >= 32:
+                receiver = (<uint32_t>p[4]) | (<uint32_t>p[5] << 8) | (<uint32_t>p[6] << 16) | (<uint32_t>p[7] << 24)
+                group = transport.get(receiver)
+                if group is None:
+                    transport[receiver] = [i]
+                else:
+                    (<list>group).append(i)
+                continue
+            invalid_size += 1
+        elif kind == 1 or kind == 2 or kind == 3:
+            if size == (148 if kind == 1 else 92 if kind == 2 else 64):
+                handshakes.append(i)
+                continue
+            invalid_size += 1
+        else:
+            invalid_type += 1
+    cdef dict drops = {}
+    if invalid_type:
+        drops[INVALID_TYPE] = invalid_type
+    if invalid_size:
+        drops[INVALID_SIZE] = invalid_size
+    return transport, handshakes, drops
+
+
+cdef inline Py_ssize_t _inner_length(const unsigned char *p, Py_ssize_t size) noexcept nogil:
+    if size < 1:
+        return -1
+    cdef int version = p[0] >> 4
+    cdef Py_ssize_t total
+    if version == 4 and size >= 20:
+        total = (p[2] << 8) | p[3]
+        return total if 20 <= total <= size else -1
+    if version == 6 and size >= 40:
+        total = 40 + ((p[4] << 8) | p[5])
+        return total if total <= size else -1
+    return -1
+
+
+def inner_length(buf, Py_ssize_t offset, Py_ssize_t size):
+    """Length of the IP packet at buf[offset:offset+size] from its header (padding stripped), or -1."""
+    cdef bytes raw = bytes(buf[offset:offset + size])
+    return _inner_length(raw, len(raw))
+
+
+def accept_slots(RouteTable table, int slot, list bufs, list lengths, list results, Py_ssize_t headroom,
+                 verdicts):
+    """Check the plaintexts where ``results[i] == 0`` into per-slot verdicts; see
+    datapath_ref.accept_slots."""
+    cdef Py_ssize_t n = len(bufs)
+    cdef Py_ssize_t delivered = 0, keepalives = 0, invalid = 0, disallowed = 0
+    cdef Py_ssize_t i, size, length
+    cdef unsigned char *p
+    cdef unsigned char *verdict = _data(verdicts, n)
+    if len(lengths) < n or len(results) < n:
+        raise ValueError("lengths or results is shorter than bufs")
+    for i in range(n):
+        verdict[i] = 1
+        if results[i] != 0:
+            continue
+        size = lengths[i]
+        if size == 0:
+            keepalives += 1
+            continue
+        p = _data(bufs[i], headroom + size) + headroom
+        length = _inner_length(p, size)
+        if length < 0:
+            invalid += 1
+            continue
+        if table.find_packet(p, length, True) != slot:
+            disallowed += 1
+            continue
+        verdict[i] = 0
+        lengths[i] = headroom + length
+        delivered += 1
+    return delivered, keepalives, invalid, disallowed
+
+
+def accept_batch(RouteTable table, int slot, list bufs, list lengths, list results, Py_ssize_t headroom):
+    """Check the plaintexts where ``results[i] == 0``; see datapath_ref.accept_batch."""
+    cdef list ends = list(lengths)
+    cdef bytearray verdicts = bytearray(len(bufs))
+    cdef Py_ssize_t i
+    _, keepalives, invalid, disallowed = accept_slots(table, slot, bufs, ends, results, headroom, verdicts)
+    cdef list packets = [memoryview(bufs[i])[headroom:ends[i]] for i in range(len(bufs)) if not verdicts[i]]
+    return packets, keepalives, invalid, disallowed

@@ -1,0 +1,296 @@
+# cython: language_level=3
+"""One wake-up's work in one native call: TUN -> UDP and UDP -> TUN, and the lanes' journal.
+
+The Cython twin of ``tunnel/wireguard/pump_ref.py``: same API and behaviour; read that module's docstring
+for the contract and the reason. Each step is a call into another native object (the TUN and UDP
+batch I/O, the datapath's lane rules, the transport cipher); what this saves is the Python
+frames between them, which cost most on a cold wake-up. The GIL is held here; the callees
+release it around their system calls and crypto.
+"""
+
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from tunnel.wireguard.pump_ref import JOURNAL_LIMIT, RECEIVED, SENT
+
+__all__ = ["Journal", "Outbound", "Inbound", "SENT", "RECEIVED", "JOURNAL_LIMIT"]
+
+cdef Py_ssize_t _LIMIT = JOURNAL_LIMIT
+cdef object _SENT = SENT
+cdef object _RECEIVED = RECEIVED
+
+
+cdef inline double _monotonic() noexcept nogil:
+    # The clock of Python's time.monotonic(), which the rest of the shell reads.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef class Journal:
+    """Records of settled lane batches; see tunnel/wireguard/pump_ref.py."""
+
+    cdef public object loop
+    cdef public double delay
+    cdef public object flush
+    cdef public list records
+    cdef public bint armed
+
+    def __init__(self, double delay, flush):
+        self.loop = None
+        self.delay = delay
+        self.flush = flush
+        self.records = []
+        self.armed = False
+
+    cpdef add(self, tuple record):
+        self.records.append(record)
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(self.delay, self._due)
+
+    def _due(self):
+        self.armed = False
+        self.flush()
+
+    def take(self):
+        """The records so far, oldest first (the journal is empty after)."""
+        cdef list records = self.records
+        self.records = []
+        return records
+
+    cpdef bint open(self):
+        """Whether a settled batch may be journaled now."""
+        return self.loop is not None and len(self.records) < _LIMIT
+
+
+cdef class Outbound:
+    """TUN -> UDP for one interface; see tunnel/wireguard/pump_ref.py."""
+
+    cdef public object device
+    cdef public object tun
+    cdef public object udp4
+    cdef public object udp6
+    cdef public Journal journal
+    cdef public object after
+    cdef public Py_ssize_t headroom
+    cdef public list tun_bufs
+    cdef public list tun_lengths
+    cdef public object too_big_seen
+    cdef public double now
+    cdef public list bufs
+    cdef public list lengths
+    cdef public object lane
+    cdef public Py_ssize_t sealed
+
+    def __init__(self, device, tun, udp4, udp6, Journal journal not None, after, Py_ssize_t headroom):
+        self.device = device
+        self.tun = tun
+        self.udp4 = udp4
+        self.udp6 = udp6
+        self.journal = journal
+        self.after = after
+        self.headroom = headroom
+        self.tun_bufs = []
+        self.tun_lengths = []
+        self.too_big_seen = 0
+        self.now = 0.0
+        self.bufs = []
+        self.lengths = []
+        self.lane = None
+        self.sealed = 0
+
+    def on_readable(self):
+        """The event loop's callback for the TUN fd: one run; journal it if settled, else
+        ``after(count, error)``."""
+        cdef Py_ssize_t count = 0
+        error = None
+        self.now = _monotonic()
+        try:
+            count = self.run(self.tun_bufs, self.tun_lengths, self.headroom, self.device.mtu, self.now)
+        except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
+            error = exc
+        if error is None and self.settled(count) and self.journal.open():
+            self.record(count)
+            return
+        self.after(count, error)
+
+    cpdef bint settled(self, Py_ssize_t count):
+        """Whether the last run left nothing for the interface but the journal record."""
+        tun = self.tun
+        if count >= len(self.tun_bufs) or tun.pending or tun.needed:
+            return False
+        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
+            return False
+        return count == 0 or (self.lane is not None and self.sealed == count)
+
+    cpdef record(self, Py_ssize_t count):
+        """Journal the last run's lane batch (nothing for an empty read)."""
+        if count and self.lane is not None:
+            peer, keypair = self.lane
+            self.journal.add((_SENT, peer, keypair, sum(self.lengths), self.now))
+
+    def run(self, list bufs not None, list lengths not None, Py_ssize_t headroom, Py_ssize_t mtu,
+            double now):
+        """Read one batch and, when the device grants its fast lane, seal and send it."""
+        cdef Py_ssize_t n
+        self.lane = None
+        self.sealed = 0
+        n = self.tun.read(bufs, lengths, headroom, mtu)
+        if n < len(bufs):
+            bufs = bufs[:n]
+            lengths = lengths[:n]
+        self.bufs = bufs
+        self.lengths = lengths
+        if n == 0:
+            return 0
+        device = self.device
+        lane = device.datapath.lane(device, bufs, lengths, headroom, now)
+        if lane is None:
+            return n
+        peer, keypair = lane
+        endpoint = peer.endpoint
+        udp = self.udp6 if (":" in endpoint.ip and self.udp6 is not None) else self.udp4
+        if udp is None:
+            udp = self.udp6
+            if udp is None:  # no socket yet: the general way drops it as it would
+                return n
+        self.sealed = keypair.cipher.seal_batch(bufs, lengths, mtu)
+        self.lane = lane
+        udp.send_slots(bufs, lengths, 0, self.sealed, endpoint)
+        return n
+
+
+cdef class Inbound:
+    """UDP -> TUN for one interface; see tunnel/wireguard/pump_ref.py."""
+
+    cdef public object device
+    cdef public object tun
+    cdef public Outbound outbound
+    cdef public object after
+    cdef public Py_ssize_t headroom
+    cdef public list udp_bufs
+    cdef public list udp_lengths
+    cdef public list udp_sources
+    cdef public double now
+    cdef public list bufs
+    cdef public list lengths
+    cdef public list sources
+    cdef public object keypair
+    cdef public list wire_lengths
+    cdef public list results
+    cdef public Py_ssize_t opened
+    cdef public tuple accepted
+    cdef public bytearray verdicts
+    cdef public Py_ssize_t written
+    cdef public object write_error
+    cdef public bint answered
+    cdef public Py_ssize_t replied
+    cdef public object reply_error
+
+    def __init__(self, device, tun, Outbound outbound not None, after, Py_ssize_t headroom):
+        self.device = device
+        self.tun = tun
+        self.outbound = outbound
+        self.after = after
+        self.headroom = headroom
+        self.udp_bufs = []
+        self.udp_lengths = []
+        self.udp_sources = []
+        self.now = 0.0
+        self.bufs = []
+        self.lengths = []
+        self.sources = []
+        self.keypair = None
+        self.wire_lengths = []
+        self.results = []
+        self.opened = 0
+        self.accepted = (0, 0, 0)
+        self.verdicts = bytearray(64)  # accept_slots' per-slot verdicts (grown to the batch)
+        self.written = 0
+        self.write_error = None
+        self.answered = False
+        self.replied = 0
+        self.reply_error = None
+
+    def on_readable(self, sock, udp):
+        """The event loop's callback for a UDP fd: one run, the outbound run if packets were
+        written, then the journal if both are settled, else ``after(sock, count, error)``."""
+        cdef Py_ssize_t count = 0
+        cdef Outbound outbound = self.outbound
+        error = None
+        self.now = _monotonic()
+        self.answered = False
+        self.replied = 0
+        self.reply_error = None
+        try:
+            count = self.run(udp, self.udp_bufs, self.udp_lengths, self.udp_sources, self.now)
+        except Exception as exc:  # the interface sorts it out
+            error = exc
+        if self.written and error is None:
+            self.answered = True
+            try:
+                self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound.headroom,
+                                            self.device.mtu, self.now)
+            except Exception as exc:
+                self.reply_error = exc
+        if (error is None and self.settled(count, udp) and outbound.journal.open()
+                and (not self.answered or (self.reply_error is None and outbound.settled(self.replied)))):
+            if count:
+                keepalives, invalid, disallowed = self.accepted
+                outbound.journal.add((_RECEIVED, self.keypair, sum(self.wire_lengths), self.opened,
+                                      keepalives, invalid, disallowed, self.now))
+            if self.answered:
+                outbound.now = self.now
+                outbound.record(self.replied)
+            return
+        self.after(sock, count, error)
+
+    cpdef bint settled(self, Py_ssize_t count, udp):
+        """Whether the last run left nothing for the interface but the journal record."""
+        if udp.pending:
+            return False
+        if count == 0:
+            return True
+        if count >= len(self.udp_bufs) or self.keypair is None or self.opened != count:
+            return False
+        return self.write_error is None and max(self.wire_lengths) < len(self.bufs[0])
+
+    def run(self, udp, list bufs not None, list lengths not None, list sources not None, double now):
+        """Receive one batch and, when the device grants the inbound lane, open and deliver it."""
+        cdef Py_ssize_t n
+        self.keypair = None
+        self.written = 0
+        self.write_error = None
+        n = udp.recv(bufs, lengths, sources)
+        if n < len(bufs):
+            bufs = bufs[:n]
+            lengths = lengths[:n]
+            sources = sources[:n]
+        self.bufs = bufs
+        self.lengths = lengths
+        self.sources = sources
+        if n == 0:
+            return 0
+        device = self.device
+        datapath = device.datapath
+        keypair = datapath.receive_lane(device, bufs, lengths, sources, now)
+        if keypair is None:
+            return n
+        self.wire_lengths = list(lengths)
+        results = [0] * n
+        self.results = results
+        self.opened = keypair.cipher.open_batch(bufs, lengths, results)
+        self.keypair = keypair
+        self.accepted = (0, 0, 0)
+        if self.opened:
+            if len(self.verdicts) < n:
+                self.verdicts = bytearray(n)
+            delivered, keepalives, invalid, disallowed = datapath.accept_slots(
+                device.routes(), keypair.peer.slot, bufs, lengths, results, self.headroom, self.verdicts)
+            self.accepted = (keepalives, invalid, disallowed)
+            if delivered:
+                try:
+                    self.written = self.tun.write_slots(bufs, lengths, self.headroom, self.verdicts, n)
+                except OSError as exc:
+                    self.write_error = exc
+        return n

@@ -1,0 +1,232 @@
+"""``wg-py [-f|--foreground] IFACE``: the WireGuard daemon, a drop-in for ``wireguard-go IFACE``.
+
+Start-up order (what callers such as wg-quick rely on): create the TUN device, bind the UAPI
+socket ``/var/run/wireguard/IFACE.sock`` and the UDP sockets, and only then return to the caller
+by daemonizing (double fork; the parent exits 0 once the child runs its event loop, 1 with the
+reason printed if anything failed). ``-f`` stays in the foreground.
+
+The daemon exits 0, removing its socket, when the TUN device is deleted, when its socket file is
+removed or replaced, and on SIGTERM/SIGINT. LOG_LEVEL is read as wireguard-go reads it:
+``error`` (the default), ``verbose``, ``debug`` (ours: verbose = INFO, debug adds per-packet
+DEBUG messages) and ``silent``. Logs go to stdout. A daemonized child keeps stdout and stderr
+only when LOG_LEVEL is set and not silent; otherwise all three of its standard fds are
+/dev/null, as wireguard-go does (stdin is /dev/null in every case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tunnel.io.tun import Tun
+from tunnel.wireguard.constants import DEFAULT_MTU
+from tunnel.wireguard.interface import PUMP_NAME, Interface
+from tunnel.wireguard.uapi_server import UapiServer, listen_socket, socket_path
+
+log = logging.getLogger("tunnel")
+
+HOUSEKEEPING_INTERVAL = 1.0
+USAGE = "usage: wg-py [-f|--foreground] INTERFACE-NAME\n"
+_early_signals: list[int] = []  # SIGTERM/SIGINT received before the event loop took them over
+_LEVELS = {"error": logging.ERROR, "verbose": logging.INFO, "debug": logging.DEBUG, "silent": None}
+
+
+@dataclass(slots=True)
+class Options:
+    name: str
+    foreground: bool
+
+
+def parse_args(args: Sequence[str]) -> Options | None:
+    """``[-f|--foreground] IFACE`` (the flag before or after the name); None if malformed."""
+    foreground = False
+    names: list[str] = []
+    for arg in args:
+        if arg in ("-f", "--foreground"):
+            foreground = True
+        elif arg.startswith("-"):
+            return None
+        else:
+            names.append(arg)
+    if len(names) != 1:
+        return None
+    return Options(names[0], foreground)
+
+
+def setup_logging(name: str) -> int | None:
+    """Configure the ``tunnel`` logger from LOG_LEVEL; returns the level (None: silent).
+
+    An unset LOG_LEVEL means ``error`` (a daemonized child then has no stdout to log to).
+    """
+    level = _LEVELS.get(os.environ.get("LOG_LEVEL", "error").lower(), logging.ERROR)
+    logger = logging.getLogger("tunnel")
+    logger.handlers.clear()
+    logger.propagate = False
+    if level is None:
+        logger.addHandler(logging.NullHandler())
+        logger.setLevel(logging.CRITICAL + 1)
+        return None
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        logging.Formatter(f"%(levelname)s: ({name}) %(asctime)s %(message)s", "%Y/%m/%d %H:%M:%S")
+    )
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return level
+
+
+def main(args: list[str]) -> int:
+    options = parse_args(args)
+    if options is None:
+        sys.stderr.write(USAGE)
+        return 1
+    name = options.name
+    level = setup_logging(name)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # from now on a signal means a clean exit
+        signal.signal(signum, lambda signum, _frame: _early_signals.append(signum))
+    try:
+        tun = Tun(name, DEFAULT_MTU)
+    except (OSError, ValueError) as exc:
+        print(f"wg-py: failed to create TUN device {name}: {exc}", file=sys.stderr)
+        return 1
+    name = tun.name
+    try:
+        uapi_sock, uapi_inode = listen_socket(name)
+    except OSError as exc:
+        tun.close()
+        print(f"wg-py: failed to open UAPI socket {socket_path(name)}: {exc}", file=sys.stderr)
+        return 1
+    interface = Interface(tun)
+    try:
+        interface.open_bind(0)
+    except OSError as exc:
+        _abandon(uapi_sock, name, interface)
+        print(f"wg-py: failed to bind UDP sockets: {exc}", file=sys.stderr)
+        return 1
+    log.info("device %s started (MTU %d, UDP port %d, %s pumps)", name, tun.mtu, interface.listen_port,
+             PUMP_NAME)
+    if options.foreground:
+        return _run(interface, uapi_sock, uapi_inode, None)
+    quiet = level is None or not os.environ.get("LOG_LEVEL")
+    return _daemonize(interface, uapi_sock, uapi_inode, quiet=quiet)
+
+
+def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(socket_path(name))
+    uapi_sock.close()
+    interface.close()
+
+
+def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, quiet: bool) -> int:
+    """Double fork; the original process returns 0 once the grandchild reports it is running."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(ready_w)
+        # The child owns the device, the socket file and the sockets from here on; this process
+        # only drops its references (closing fds shared with the child deletes nothing).
+        status = b""
+        with os.fdopen(ready_r, "rb") as pipe:
+            status = pipe.read(1)
+        os.waitpid(pid, 0)
+        if status == b"1":
+            return 0
+        with contextlib.suppress(OSError):  # the daemon died before serving: leave no stale file
+            os.unlink(socket_path(interface.name))
+        print(f"wg-py: the daemon for {interface.name} failed to start", file=sys.stderr)
+        return 1
+    # First child: a new session, then fork again so the daemon is no session leader.
+    os.close(ready_r)
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        if quiet:
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+        os.close(null)
+        code = _run(interface, uapi_sock, uapi_inode, ready_w)
+    except BaseException:
+        log.exception("daemon failed")
+        code = 1
+    finally:
+        sys.stdout.flush()
+    os._exit(code)
+
+
+def _run(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None) -> int:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(interface, uapi_sock, uapi_inode, ready_fd))
+
+
+async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None) -> int:
+    loop = asyncio.get_running_loop()
+    name = interface.name
+    server = UapiServer(uapi_sock, socket_path(name), uapi_inode, interface)
+    stop = asyncio.Event()
+    reason = ["stopped"]
+
+    def on_signal(signum: int) -> None:
+        reason[0] = f"received {signal.Signals(signum).name}"
+        stop.set()
+
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        interface.start(loop)
+        await server.start()
+    except BaseException:
+        await server.close()
+        interface.close()
+        raise
+    if _early_signals:
+        on_signal(_early_signals[0])
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+    log.info("UAPI listening on %s", server.path)
+
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(interface.stopped.wait())]
+    try:
+        while not stop.is_set() and not interface.stopped.is_set():
+            await asyncio.wait(waiters, timeout=HOUSEKEEPING_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set() or interface.stopped.is_set():
+                break
+            if not server.intact():
+                reason[0] = "the UAPI socket was removed"
+                break
+            try:
+                interface.housekeeping()
+            except Exception:
+                log.debug("housekeeping failed", exc_info=True)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        if interface.stopped.is_set():
+            reason[0] = interface.stop_reason
+        log.info("shutting down: %s", reason[0])
+        log.info("statistics: %s", interface.statistics())
+        await server.close()
+        interface.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

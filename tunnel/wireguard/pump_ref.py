@@ -1,0 +1,295 @@
+"""One wake-up's work in one call: TUN -> UDP and UDP -> TUN (pure-Python reference).
+
+``tunnel.wireguard._pump`` is the Cython twin with the same API; ``tunnel.wireguard.pump.select()`` picks one.
+
+Why it exists: on a lightly loaded host every packet wakes the daemon from idle, with cold CPU
+caches, and then each Python frame on the way from the TUN to the socket costs microseconds (see
+docs/benchmarks.md, "Latency"). So the steady state runs here without a Python frame of ours:
+
+- :class:`Outbound` is the TUN fd's callback. It reads a batch and, when every packet goes to
+  one peer whose session needs nothing but sealing (``datapath.lane``, the rule behind
+  :meth:`tunnel.wireguard.device.Device.lane`), seals it in place and sends it.
+- :class:`Inbound` is the UDP fds' callback. It receives a batch and, when every datagram is a
+  transport message for one established keypair from the peer's current endpoint
+  (``datapath.receive_lane``), opens it in place, checks the inner packets
+  (``datapath.accept_slots``) and writes them to the TUN (``TunBatch.write_slots``): no Python
+  object per packet on either lane. The kernel usually queues its answer
+  (an echo reply, a TCP ACK) during that write, so it then runs the outbound pump once.
+
+**The journal.** What the engine must still do for such a *settled* batch (counters, timers;
+:meth:`~tunnel.wireguard.device.Device.lane_sent` and :meth:`~tunnel.wireguard.device.Device.lane_received`) is
+appended to a :class:`Journal` instead of being done on the spot, and the interface applies the
+journal in order, ``delay`` seconds later (a loop timer) or before any other work on the engine,
+whichever comes first. So the datagrams and packets leave first, and the daemon yields the CPU
+at once (on a 2-CPU host the other end of a ping often runs on the same CPU and waits for it).
+The order of the engine's state changes is kept: records are applied in the order they arose,
+and every other entry into the engine applies them first. The lane rules guarantee that a
+pending record cannot change a later lane decision (they never stage, confirm a session or
+move an endpoint). A batch that is not settled (a full batch, leftovers to read, a lane not
+taken, a failure, an MTU question, a full journal) goes to the interface's ``after`` callback
+at once, which applies the journal and then handles that batch.
+
+Contracts. :meth:`Outbound.run` reads into ``bufs``/``lengths`` (packets at
+``bufs[i][headroom:]``, as ``TunBatch.read`` fills them) and returns the count; then
+:attr:`Outbound.bufs`/:attr:`Outbound.lengths` are the batch (the lists or prefixes of them)
+and :attr:`Outbound.lane` is ``(peer, keypair)`` if the batch was sealed (``lengths`` now
+datagram lengths, :attr:`Outbound.sealed` of them) and handed to the UDP batch I/O, else None.
+:meth:`Inbound.run` likewise; see :class:`Inbound`. TUN read errors (OSError) propagate before
+anything else happens; send failures are counted by the UDP batch I/O as for any send.
+Single-threaded (the event loop's thread); buffers are only borrowed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tunnel.wireguard.peer import Keypair, Peer
+
+SENT = 0  # (SENT, peer, keypair, datagram bytes, now): Device.lane_sent
+RECEIVED = 1  # (RECEIVED, keypair, datagram bytes, opened, keepalives, invalid, disallowed, now)
+JOURNAL_LIMIT = 64  # records; a full journal makes the next batch go to ``after``
+
+Record = tuple[Any, ...]
+
+
+class Journal:
+    """Records of settled lane batches, applied by ``flush`` (the interface) in order.
+
+    ``loop`` (None: no journaling, every batch goes to ``after``) is set by the interface when
+    it starts; :meth:`add` arms one ``loop.call_later(delay, ...)`` for the first record.
+    """
+
+    def __init__(self, delay: float, flush: Callable[[], None]) -> None:
+        self.loop: Any = None
+        self.delay = delay
+        self.flush = flush
+        self.records: list[Record] = []
+        self.armed = False
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(self.delay, self._due)
+
+    def _due(self) -> None:
+        self.armed = False
+        self.flush()
+
+    def take(self) -> list[Record]:
+        """The records so far, oldest first (the journal is empty after)."""
+        records, self.records = self.records, []
+        return records
+
+    def open(self) -> bool:
+        """Whether a settled batch may be journaled now."""
+        return self.loop is not None and len(self.records) < JOURNAL_LIMIT
+
+
+class Outbound:
+    """TUN -> UDP for one interface. ``device`` is its engine, ``tun`` its TunBatch, ``udp4``
+    and ``udp6`` its sockets' UdpBatch objects (either may be None; set them again after a
+    rebind), ``journal`` the interface's :class:`Journal`, ``after(count, error)`` its callback
+    for a batch that is not settled, ``headroom`` where packets start in a slot.
+
+    :meth:`on_readable` reads into :attr:`tun_bufs`/:attr:`tun_lengths` at :attr:`now` (the
+    monotonic clock). :attr:`too_big_seen` is the TUN's ``read:too_big`` count the interface
+    last looked at: a read that changes it is not settled.
+    """
+
+    def __init__(self, device: Any, tun: Any, udp4: Any, udp6: Any, journal: Journal,
+                 after: Callable[[int, Exception | None], None], headroom: int) -> None:
+        self.device = device
+        self.tun = tun
+        self.udp4 = udp4
+        self.udp6 = udp6
+        self.journal = journal
+        self.after = after
+        self.headroom = headroom
+        self.tun_bufs: list[bytearray] = []
+        self.tun_lengths: list[int] = []
+        self.too_big_seen = 0
+        self.now = 0.0
+        self.bufs: list[bytearray] = []
+        self.lengths: list[int] = []
+        self.lane: tuple[Peer, Keypair] | None = None
+        self.sealed = 0
+
+    def on_readable(self) -> None:
+        """The event loop's callback for the TUN fd: one :meth:`run`; journal it if settled,
+        else ``after``."""
+        self.now = now = time.monotonic()
+        count = 0
+        error: Exception | None = None
+        try:
+            count = self.run(self.tun_bufs, self.tun_lengths, self.headroom, self.device.mtu, now)
+        except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
+            error = exc
+        if error is None and self.settled(count) and self.journal.open():
+            self.record(count)
+            return
+        self.after(count, error)
+
+    def settled(self, count: int) -> bool:
+        """Whether the last :meth:`run` left nothing for the interface but the journal record."""
+        tun = self.tun
+        if count >= len(self.tun_bufs) or tun.pending or tun.needed:
+            return False
+        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
+            return False
+        return count == 0 or (self.lane is not None and self.sealed == count)
+
+    def record(self, count: int) -> None:
+        """Journal the last run's lane batch (nothing for an empty read)."""
+        if count and self.lane is not None:
+            peer, keypair = self.lane
+            self.journal.add((SENT, peer, keypair, sum(self.lengths), self.now))
+
+    def run(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int, now: float) -> int:
+        """Read one batch and, when the device grants its fast lane, seal and send it."""
+        self.lane = None
+        self.sealed = 0
+        n: int = self.tun.read(bufs, lengths, headroom, mtu)
+        if n < len(bufs):
+            bufs, lengths = bufs[:n], lengths[:n]
+        self.bufs, self.lengths = bufs, lengths
+        if n == 0:
+            return 0
+        device = self.device
+        lane = device.datapath.lane(device, bufs, lengths, headroom, now)
+        if lane is None:
+            return n
+        peer, keypair = lane
+        endpoint = peer.endpoint
+        udp = self.udp6 if ":" in endpoint.ip and self.udp6 is not None else self.udp4
+        if udp is None:
+            udp = self.udp6
+            if udp is None:  # no socket yet: the general way drops it as it would
+                return n
+        self.sealed = keypair.cipher.seal_batch(bufs, lengths, mtu)
+        self.lane = lane
+        udp.send_slots(bufs, lengths, 0, self.sealed, endpoint)
+        return n
+
+
+class Inbound:
+    """UDP -> TUN for one interface. ``device`` is its engine, ``tun`` its TunBatch,
+    ``outbound`` its :class:`Outbound` (run once after a write; it shares its journal),
+    ``after(sock, count, error)`` the interface's callback for a batch that is not settled,
+    ``headroom`` where an opened packet starts (the transport header's size).
+
+    :meth:`on_readable` receives into :attr:`udp_bufs`, :attr:`udp_lengths` and
+    :attr:`udp_sources`. After :meth:`run`, :attr:`bufs`, :attr:`lengths` and :attr:`sources`
+    are the batch. :attr:`keypair` is set when the lane opened it; then :attr:`wire_lengths` are
+    the datagram sizes, :attr:`results` and :attr:`opened` the cipher's verdicts,
+    :attr:`accepted` the (keepalives, invalid, disallowed) counts, :attr:`written` how many
+    packets the TUN took and :attr:`write_error` the OSError the write raised (or None). After
+    :meth:`on_readable`, :attr:`answered` says whether it ran the outbound pump after a write,
+    and :attr:`replied`/:attr:`reply_error` are that run's outcome. With :attr:`keypair` None
+    the caller handles the batch the general way.
+    """
+
+    def __init__(self, device: Any, tun: Any, outbound: Outbound,
+                 after: Callable[[Any, int, Exception | None], None], headroom: int) -> None:
+        self.device = device
+        self.tun = tun
+        self.outbound = outbound
+        self.after = after
+        self.headroom = headroom
+        self.udp_bufs: list[bytearray] = []
+        self.udp_lengths: list[int] = []
+        self.udp_sources: list[Any] = []
+        self.now = 0.0
+        self.bufs: list[bytearray] = []
+        self.lengths: list[int] = []
+        self.sources: list[Any] = []
+        self.keypair: Any = None
+        self.wire_lengths: list[int] = []
+        self.results: list[int] = []
+        self.opened = 0
+        self.accepted = (0, 0, 0)
+        self.verdicts = bytearray(64)  # accept_slots' per-slot verdicts (grown to the batch)
+        self.written = 0
+        self.write_error: OSError | None = None
+        self.answered = False
+        self.replied = 0
+        self.reply_error: Exception | None = None
+
+    def on_readable(self, sock: Any, udp: Any) -> None:
+        """The event loop's callback for a UDP fd (``sock`` the interface's socket, ``udp`` its
+        UdpBatch): one :meth:`run`, the outbound run if packets were written, then the journal
+        if both are settled, else ``after``."""
+        self.now = now = time.monotonic()
+        self.answered = False
+        self.replied = 0
+        self.reply_error = None
+        count = 0
+        error: Exception | None = None
+        try:
+            count = self.run(udp, self.udp_bufs, self.udp_lengths, self.udp_sources, now)
+        except Exception as exc:  # the interface sorts it out
+            error = exc
+        outbound = self.outbound
+        if self.written and error is None:
+            self.answered = True
+            try:
+                self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound.headroom,
+                                            self.device.mtu, now)
+            except Exception as exc:
+                self.reply_error = exc
+        if (error is None and self.settled(count, udp) and outbound.journal.open()
+                and (not self.answered or (self.reply_error is None and outbound.settled(self.replied)))):
+            if count:
+                self.outbound.journal.add((RECEIVED, self.keypair, sum(self.wire_lengths), self.opened,
+                                           *self.accepted, now))
+            if self.answered:
+                outbound.now = now
+                outbound.record(self.replied)
+            return
+        self.after(sock, count, error)
+
+    def settled(self, count: int, udp: Any) -> bool:
+        """Whether the last :meth:`run` left nothing for the interface but the journal record."""
+        if udp.pending:
+            return False
+        if count == 0:
+            return True
+        if count >= len(self.udp_bufs) or self.keypair is None or self.opened != count:
+            return False
+        return self.write_error is None and max(self.wire_lengths) < len(self.bufs[0])
+
+    def run(self, udp: Any, bufs: list[bytearray], lengths: list[int], sources: list[Any], now: float) -> int:
+        """Receive one batch and, when the device grants the inbound lane, open and deliver it."""
+        self.keypair = None
+        self.written = 0
+        self.write_error = None
+        n: int = udp.recv(bufs, lengths, sources)
+        if n < len(bufs):
+            bufs, lengths, sources = bufs[:n], lengths[:n], sources[:n]
+        self.bufs, self.lengths, self.sources = bufs, lengths, sources
+        if n == 0:
+            return 0
+        device = self.device
+        datapath = device.datapath
+        keypair = datapath.receive_lane(device, bufs, lengths, sources, now)
+        if keypair is None:
+            return n
+        self.wire_lengths = list(lengths)
+        self.results = results = [0] * n
+        self.opened = opened = keypair.cipher.open_batch(bufs, lengths, results)
+        self.keypair = keypair
+        self.accepted = (0, 0, 0)
+        if opened:
+            if len(self.verdicts) < n:
+                self.verdicts = bytearray(n)
+            delivered, keepalives, invalid, disallowed = datapath.accept_slots(
+                device.routes(), keypair.peer.slot, bufs, lengths, results, self.headroom, self.verdicts)
+            self.accepted = (keepalives, invalid, disallowed)
+            if delivered:
+                try:
+                    self.written = self.tun.write_slots(bufs, lengths, self.headroom, self.verdicts, n)
+                except OSError as exc:
+                    self.write_error = exc
+        return n
