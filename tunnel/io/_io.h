@@ -433,6 +433,87 @@ static int wgpy_tcp_csum_ok(const unsigned char *p, const wgpy_tcpinfo *t) {
     return wgpy_sum(p + t->l4, len - t->l4, pseudo) == 0xFFFF;
 }
 
+/* --- Partial checksums left by the sender's kernel (CHECKSUM_PARTIAL) ----------------
+ *
+ * Facts (Linux): a stack that relies on checksum offload stores in the L4 checksum field only
+ * the folded pseudo-header sum, not complemented (udp4_hwcsum / udp_set_csum:
+ * ``uh->check = ~csum_tcpudp_magic(saddr, daddr, len, IPPROTO_UDP, 0)``; TCP likewise with
+ * ``~tcp_v4_check(len, saddr, daddr, 0)``, IPv6 with ``~csum_ipv6_magic(..., 0)``) and marks the
+ * skb CHECKSUM_PARTIAL with csum_start/csum_offset for the device to finish. The vxlan device
+ * offers NETIF_F_HW_CSUM, so the inner packet keeps that state through the encapsulation (the
+ * outer UDP checksum is computed as if the inner one were finished: local checksum offload,
+ * lco_csum). veth passes the state across namespaces unchanged (it does not touch ip_summed,
+ * so a bad checksum is never turned into a good one), and a UDP socket's receive path does not
+ * finish it either: udp_rcv_segment segments a tunnel GSO skb with NETIF_F_IP_CSUM |
+ * NETIF_F_IPV6_CSUM, leaving each inner segment partial, and recvmsg copies the bytes as they
+ * are. A kernel vxlan receiver keeps the skb partial and its stack trusts it; a userspace
+ * receiver reads an inner packet whose checksum field holds the pseudo-header sum, which the
+ * local stack drops as bad (flannel #1279, #2152: "ethtool -K flannel.1 tx off" workarounds).
+ *
+ * A receiver cannot tell such a field from a wrong one except by comparing it with the
+ * pseudo-header sum P of the packet (source, destination, protocol, L4 length), which is never
+ * 0 (protocol + length > 0): the field is partial if it equals P, 0xFFFF and 0 being the same
+ * one's complement zero (TCP only: a UDP field of 0 means "no checksum" over IPv4 and is
+ * invalid over IPv6). If a packet is partial AND happens to verify as complete, finishing it
+ * rewrites the same value (sum(data) + 2P = 0xFFFF gives ~(sum(data) + P) = P), so the two
+ * readings never disagree. Anything else (complete and valid, or simply wrong) is left alone.
+ * What the partial field cannot give is integrity: nothing checked those bytes in flight (the
+ * outer UDP checksum, which covers them, is checked by the receiving kernel only when it is
+ * not itself partial), which is exactly the trust a kernel vxlan receiver gives them too. */
+
+/* Is the L4 checksum of the IP packet p[0:len] (IPv4 without fragmentation, or IPv6 with TCP
+   or UDP as the first next header) exactly its pseudo-header sum? Fills *start (the L4 offset),
+   *offset (16 TCP, 6 UDP) and *iplen (the IP packet's own length, <= len: trailing link
+   padding is not summed) and returns 1; returns 0 otherwise (including malformed packets). */
+static int wgpy_csum_partial(const unsigned char *p, size_t len, size_t *start, size_t *offset,
+                             size_t *iplen) {
+    size_t l4, total;
+    uint32_t proto, field, pseudo;
+    if (len < 20)
+        return 0;
+    if ((p[0] >> 4) == 4) {
+        l4 = (size_t)(p[0] & 15) * 4;
+        total = wgpy_get16(p + 2);
+        if (l4 < 20 || total < l4 || total > len || (wgpy_get16(p + 6) & 0x3FFF))
+            return 0;
+        proto = p[9];
+    } else if ((p[0] >> 4) == 6 && len >= 40) {
+        l4 = 40;
+        total = 40 + wgpy_get16(p + 4);
+        if (total > len)
+            return 0;
+        proto = p[6];
+    } else {
+        return 0;
+    }
+    if (proto == 6 && total >= l4 + 20)
+        *offset = 16;
+    else if (proto == 17 && total >= l4 + 8)
+        *offset = 6;
+    else
+        return 0;
+    field = wgpy_get16(p + l4 + *offset);
+    if (field == 0 && proto == 17)
+        return 0;
+    if ((p[0] >> 4) == 4)
+        pseudo = wgpy_sum(p + 12, 8, proto + (uint32_t)(total - l4));
+    else
+        pseudo = wgpy_sum(p + 8, 32, proto + (uint32_t)(total - l4));
+    if (field == 0)
+        field = 0xFFFF;
+    if (field != pseudo)
+        return 0;
+    *start = l4;
+    *iplen = total;
+    return 1;
+}
+
+/* Is the TCP checksum of a TCP segment (t from wgpy_tcp_info) exactly its pseudo-header sum? */
+static int wgpy_tcp_csum_partial(const unsigned char *p, const wgpy_tcpinfo *t) {
+    size_t start, offset, iplen;
+    return wgpy_csum_partial(p, t->header + t->payload, &start, &offset, &iplen);
+}
+
 /* EBADFD, EBADF, EIO, ENXIO, ENODEV: the device behind a TUN fd is (or may be) gone. */
 static int wgpy_tun_gone(int code) {
     return code == EBADFD || code == EBADF || code == EIO || code == ENXIO || code == ENODEV;

@@ -53,6 +53,7 @@ class TunBatch:
     hold_oversized: bool
     l2: int
     verify: bool
+    csum_partial: int
     def __init__(self, fd: int, *, vnet_hdr: bool = True, gro: bool = False,
                  hold_oversized: bool = False, l2: int = 0, verify: bool = False) -> None: ...
     @property

@@ -89,6 +89,9 @@ cdef extern from "_io.h":
     int wgpy_tun_gone(int code) nogil
     const unsigned char *wgpy_l3(const unsigned char *p, size_t len, size_t l2) nogil
     int wgpy_tcp_csum_ok(const unsigned char *p, const wgpy_tcpinfo *t) nogil
+    int wgpy_tcp_csum_partial(const unsigned char *p, const wgpy_tcpinfo *t) nogil
+    int wgpy_csum_partial(const unsigned char *p, size_t len, size_t *start, size_t *offset,
+                          size_t *iplen) nogil
 
 
 # --- Public constants: defined once in tunnel/io/constants.py, shared with the pure twin ---

@@ -15,6 +15,8 @@ cdef class TunBatch:
     cdef unsigned char _shdr[192]
     cdef readonly int l2
     cdef readonly bint verify
+    cdef readonly long csum_partial  # partial checksums delivered (verify only; see io_ref)
+    cdef unsigned char *_wscratch   # write side: a frame whose partial checksum is finished
     cdef unsigned char _svnet[C_VNET]
     cdef bint _busy
     cdef unsigned char *_scratch     # one super-packet: 2 x 64 KiB (slot head + overflow)
@@ -59,12 +61,19 @@ cdef class TunBatch:
         self._ptrs = NULL
         self._codes = NULL
         self._cap = 0
+        self.csum_partial = 0
+        self._wscratch = NULL
         self._scratch = <unsigned char *>malloc(2 * WGPY_SUPER)
         if self._scratch == NULL:
             raise MemoryError()
+        if verify and not vnet_hdr:
+            self._wscratch = <unsigned char *>malloc(WGPY_SUPER + C_ETH)
+            if self._wscratch == NULL:
+                raise MemoryError()
 
     def __dealloc__(self) -> None:
         free(self._scratch)
+        free(self._wscratch)
         PyMem_Free(self._views)
         PyMem_Free(self._lens)
         PyMem_Free(self._ptrs)
@@ -365,8 +374,10 @@ cdef class TunBatch:
                 self._tally("write:" + _errname(code), 1)
         return written
 
-    cdef Py_ssize_t _run(self, Py_ssize_t i, Py_ssize_t n, wgpy_tcpinfo *tf, size_t *total) noexcept nogil:
-        """How many packets from i on coalesce into one TCP super-packet (1: none)."""
+    cdef Py_ssize_t _run(self, Py_ssize_t i, Py_ssize_t n, wgpy_tcpinfo *tf, size_t *total,
+                         Py_ssize_t *partials) noexcept nogil:
+        """How many packets from i on coalesce into one TCP super-packet (1: none); with
+        ``verify``, ``partials`` gets how many of them carry a partial checksum."""
         cdef wgpy_tcpinfo tp, tq
         cdef size_t l2 = <size_t>self.l2
         cdef const unsigned char *frame = self._ptrs[i]
@@ -376,13 +387,19 @@ cdef class TunBatch:
         cdef const unsigned char *qf
         cdef Py_ssize_t k = i + 1, count = 1
         cdef size_t size = <size_t>self._lens[i] - l2
+        cdef bint partial
+        partials[0] = 0
         if first == NULL:
             return 1
         wgpy_tcp_info(first, size, tf)
         if tf.version == 0 or first[tf.l4 + 13] & 0x08:
             return 1
-        if self.verify and not wgpy_tcp_csum_ok(first, tf):
-            return 1
+        if self.verify:
+            # a partial checksum may join: the super-packet's checksum is partial anyway
+            partial = wgpy_tcp_csum_partial(first, tf)
+            if not partial and not wgpy_tcp_csum_ok(first, tf):
+                return 1
+            partials[0] = partial
         tp = tf[0]
         while k < n and count < C_GRO_SEGMENTS:
             qf = self._ptrs[k]
@@ -392,10 +409,15 @@ cdef class TunBatch:
             wgpy_tcp_info(q, <size_t>self._lens[k] - l2, &tq)
             if tq.version == 0 or not wgpy_tcp_follows(first, tf, prev, &tp, q, &tq):
                 break
-            if self.verify and not wgpy_tcp_csum_ok(q, &tq):
-                break
+            if self.verify:
+                partial = wgpy_tcp_csum_partial(q, &tq)
+                if not partial and not wgpy_tcp_csum_ok(q, &tq):
+                    break
+            else:
+                partial = False
             if size + tq.payload > C_GRO_BYTES:
                 break
+            partials[0] += partial
             size += tq.payload
             count += 1
             k += 1
@@ -414,12 +436,17 @@ cdef class TunBatch:
         cdef int code
         cdef wgpy_tcpinfo tf
         cdef size_t total = 0
+        cdef bint partial
         cdef size_t l2 = <size_t>self.l2
         cdef uint16_t v16
+        cdef Py_ssize_t partials = 0
+        cdef unsigned char partial_hdr[C_VNET]
+        cdef size_t start = 0, offset = 0, iplen = 0
+        cdef const unsigned char *l3
         memset(zero, 0, C_VNET)
         while i < n:
             if self.gro and n - i > 1:
-                count = self._run(i, n, &tf, &total)
+                count = self._run(i, n, &tf, &total, &partials)
                 if count > 1:
                     wgpy_tcp_super(self._shdr + l2, self._svnet,
                                    self._ptrs[i] + l2, &tf, self._ptrs[i + count - 1] + l2, total)
@@ -454,6 +481,7 @@ cdef class TunBatch:
                     i += count
                     if code == 0:
                         self.coalesced += 1
+                        self.csum_partial += partials
                     elif wgpy_tun_gone(code):
                         return i
                     continue
@@ -461,6 +489,29 @@ cdef class TunBatch:
             iov[0].iov_len = C_VNET
             iov[1].iov_base = self._ptrs[i]
             iov[1].iov_len = <size_t>self._lens[i]
+            partial = False
+            if self.verify and (self.vnet_hdr or <size_t>self._lens[i] <= WGPY_SUPER + C_ETH):
+                l3 = wgpy_l3(self._ptrs[i], <size_t>self._lens[i], l2)
+                if l3 != NULL and wgpy_csum_partial(l3, <size_t>self._lens[i] - l2,
+                                                    &start, &offset, &iplen):
+                    partial = True
+                    if self.vnet_hdr:
+                        # handed on partial, as the kernel's vxlan would: NEEDS_CSUM
+                        memset(partial_hdr, 0, C_VNET)
+                        partial_hdr[0] = 1
+                        v16 = <uint16_t>(l2 + start + offset + 2)      # hdr_len
+                        memcpy(partial_hdr + 2, &v16, 2)
+                        v16 = <uint16_t>(l2 + start)                   # csum_start
+                        memcpy(partial_hdr + 6, &v16, 2)
+                        v16 = <uint16_t>offset                         # csum_offset
+                        memcpy(partial_hdr + 8, &v16, 2)
+                        iov[0].iov_base = partial_hdr
+                    else:
+                        # no virtio-net header: finished here, in a copy (the buffer may be
+                        # read-only and is the caller's)
+                        memcpy(self._wscratch, self._ptrs[i], <size_t>self._lens[i])
+                        wgpy_complete_csum(self._wscratch + l2, iplen, start, offset)
+                        iov[1].iov_base = self._wscratch
             while True:
                 if self.vnet_hdr:
                     r = writev(self.fd, iov, 2)
@@ -471,6 +522,8 @@ cdef class TunBatch:
                 break
             code = errno if r < 0 else 0
             self._codes[i] = code
+            if code == 0 and partial:
+                self.csum_partial += 1
             i += 1
             if code and wgpy_tun_gone(code):
                 return i

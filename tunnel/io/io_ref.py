@@ -71,9 +71,20 @@ start) is cut as above and each segment gets a copy of the Ethernet header; ``mt
 (segments are at most ``14 + mtu`` bytes). On write with ``gro``, runs of frames with identical
 Ethernet headers whose IP packets coalesce (as above) leave as one super-frame (hdr_len and
 csum_start counting the Ethernet header). With ``verify=True`` a segment joins a run only if its
-TCP checksum is right (a frame that fails is written on its own, for the kernel to judge): for
-payloads no authenticated transport vouches for (VXLAN), so coalescing never turns a bad
-checksum into a trusted partial one.
+TCP checksum is right or partial (a frame that fails is written on its own, for the kernel to
+judge): for payloads no authenticated transport vouches for (VXLAN), so coalescing never turns
+a bad checksum into a trusted partial one.
+
+Partial checksums (``verify=True``, TAP or TUN, with or without the virtio-net header): a
+TCP/UDP packet whose checksum field holds exactly its pseudo-header sum was left
+CHECKSUM_PARTIAL by the sending kernel (facts and rule: ``segment_ref.checksum_partial`` and the
+comment above ``wgpy_csum_partial`` in ``tunnel/io/_io.h``). Written on its own, it goes behind
+a virtio-net header with VIRTIO_NET_HDR_F_NEEDS_CSUM, ``csum_start`` (from the frame's start)
+and ``csum_offset`` (16 TCP, 6 UDP), as the kernel's own vxlan would hand it on; without the
+virtio-net header it is finished in software in a copy (frames up to 65,550 bytes; the
+caller's buffer is never written). In a coalesced run it simply joins (the super-packet's
+checksum is partial). :attr:`TunBatch.csum_partial` counts such packets written. A checksum
+that is neither right nor partial is written as it is (the stack drops it).
 
 Read errors other than EAGAIN/EINTR raise OSError when nothing was read yet (else the batch
 ends and the next call meets the error); write errors that mean the device is gone (EBADFD,
@@ -108,11 +119,14 @@ from tunnel.io.constants import VNET_HDR_LEN as VNET_HDR_LEN
 from tunnel.io.segment_ref import (
     _VNET,
     _Super,
+    checksum_partial,
     coalesce_run,
     cut_segment,
     l3_offset,
     parse_super,
     super_header,
+    tcp_checksum_partial,
+    tcp_info,
 )
 from tunnel.io.segment_ref import complete_checksum as complete_checksum
 
@@ -407,6 +421,11 @@ class UdpBatch:
         return 0, False
 
 
+def _partial_segment(packet: Buffer) -> bool:
+    info = tcp_info(packet)
+    return info is not None and tcp_checksum_partial(packet, info)
+
+
 def _source_cmsg(local: str | None, v6: bool) -> list[tuple[int, int, bytes]]:
     if not local:
         return []
@@ -442,6 +461,7 @@ class TunBatch:
         self.fallbacks: list[str] = []
         self.errors: dict[str, int] = {}
         self.super_packets = 0  # GSO super-packets cut so far (a statistic)
+        self.csum_partial = 0  # partial checksums delivered (verify only; a statistic)
         self._work: _Super | None = None
         self._link = b""  # the link header of the super-frame being cut
         self._header = bytearray(VNET_HDR_LEN)
@@ -561,6 +581,20 @@ class TunBatch:
         self._link = frame[:l2]
         return parse_super(frame[l2:], (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset), mtu)
 
+    def _partial(self, frame: Buffer) -> tuple[int, int, int] | None:
+        """``(csum_start, csum_offset, end)`` counted from the frame's start if the frame's IP
+        packet carries a partial checksum (see ``checksum_partial``), else None."""
+        l2 = self.l2
+        if not self.vnet_hdr and len(frame) > SUPER_PACKET + 14:
+            return None  # as the native twin: larger than its copy area, written as it is
+        if l3_offset(frame, l2) < 0:
+            return None
+        found = checksum_partial(memoryview(frame)[l2:])
+        if found is None:
+            return None
+        start, offset, iplen = found
+        return l2 + start, offset, l2 + iplen
+
     def write_slots(self, bufs: Sequence[bytearray], lengths: Sequence[int], offset: int,
                     verdicts: bytearray, count: int) -> int:
         """Write ``bufs[i][offset:lengths[i]]`` for each ``i < count`` with ``verdicts[i] == 0``;
@@ -604,6 +638,9 @@ class TunBatch:
                         os.writev(self.fd, [vnet, header, *(memoryview(p)[start:] for p in run)])
                         written += count
                         self.coalesced += 1
+                        if self.verify:
+                            self.csum_partial += sum(
+                                _partial_segment(memoryview(p)[l2:]) for p in run)
                     except OSError as exc:
                         if exc.errno == errno.EINVAL:
                             self.gro = False
@@ -619,12 +656,24 @@ class TunBatch:
                     continue
             packet = packets[index]
             index += 1
+            vnet_header = _ZERO_VNET
+            partial = self._partial(packet) if self.verify else None
+            if partial is not None:
+                start, offset, end = partial
+                if self.vnet_hdr:  # handed on partial, as the kernel's vxlan would
+                    vnet_header = _VNET.pack(VNET_F_NEEDS_CSUM, GSO_NONE, start + offset + 2, 0,
+                                             start, offset)
+                else:  # finished here, in a copy (the buffer is the caller's)
+                    packet = bytearray(packet)
+                    complete_checksum(memoryview(packet)[self.l2:end], start - self.l2, offset)
             try:
                 if self.vnet_hdr:
-                    os.writev(self.fd, [_ZERO_VNET, packet])
+                    os.writev(self.fd, [vnet_header, packet])
                 else:
                     os.write(self.fd, packet)
                 written += 1
+                if partial is not None:
+                    self.csum_partial += 1
             except OSError as exc:
                 if exc.errno in TUN_GONE:
                     raise

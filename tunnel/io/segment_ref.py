@@ -5,7 +5,10 @@
 - Segmentation (TSO split): :func:`parse_super` reads a TCP GSO super-packet and its
   virtio-net header into a :class:`_Super`; :func:`cut_segment` writes its next segment (IP
   length, IPv4 id and header checksum, TCP sequence number, flags and checksum rewritten).
-- :func:`complete_checksum` finishes a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM).
+- :func:`complete_checksum` finishes a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM);
+  :func:`checksum_partial` says whether a received packet's checksum was left partial by the
+  sender's kernel (the facts and the rule: the comment above ``wgpy_csum_partial`` in
+  ``tunnel/io/_io.h``).
 - Coalescing (GRO): :func:`tcp_info` says whether a packet is a plain TCP data segment,
   :func:`tcp_follows` whether one may follow another in a run, :func:`coalesce_run` measures a
   run, and :func:`super_header` builds the run's virtio-net header and IP+TCP header.
@@ -96,6 +99,51 @@ def l3_offset(frame: Buffer, l2: int) -> int:
     if (kind == 0x0800 and version == 4) or (kind == 0x86DD and version == 6):
         return l2
     return -1
+
+
+def checksum_partial(packet: Buffer) -> tuple[int, int, int] | None:
+    """``(L4 offset, checksum field offset in L4, IP length)`` if the TCP/UDP checksum of the IP
+    packet holds exactly its pseudo-header sum (CHECKSUM_PARTIAL left unfinished by the
+    sender's kernel; 0 and 0xFFFF are the same zero, but a UDP field of 0 means "none"); None
+    otherwise. IPv4 without fragmentation, IPv6 without extension headers; the IP length may
+    be shorter than ``packet`` (link padding). See ``wgpy_csum_partial`` in ``_io.h``."""
+    size = len(packet)
+    if size < 20:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        l4 = (packet[0] & 15) * 4
+        total = (packet[2] << 8) | packet[3]
+        if l4 < 20 or total < l4 or total > size or ((packet[6] << 8) | packet[7]) & 0x3FFF:
+            return None
+        proto = packet[9]
+    elif version == 6 and size >= 40:
+        l4 = 40
+        total = 40 + ((packet[4] << 8) | packet[5])
+        if total > size:
+            return None
+        proto = packet[6]
+    else:
+        return None
+    if proto == 6 and total >= l4 + 20:
+        offset = 16
+    elif proto == 17 and total >= l4 + 8:
+        offset = 6
+    else:
+        return None
+    field = (packet[l4 + offset] << 8) | packet[l4 + offset + 1]
+    if field == 0 and proto == 17:
+        return None
+    pseudo = _pseudo_sum(packet, version, proto, total - l4)
+    if (field or 0xFFFF) != pseudo:
+        return None
+    return l4, offset, total
+
+
+def tcp_checksum_partial(packet: Buffer, info: TcpInfo) -> bool:
+    """Does the TCP checksum of ``packet`` (described by :func:`tcp_info`) hold exactly its
+    pseudo-header sum (see :func:`checksum_partial`)?"""
+    return checksum_partial(packet[: info.header + info.payload]) is not None
 
 
 def tcp_checksum_ok(packet: Buffer, info: TcpInfo) -> bool:
@@ -235,13 +283,14 @@ def coalesce_run(packets: Sequence[Buffer], start: int, l2: int = 0,
     """``(count, total IP length, info of the first)`` of the run of segments from ``start``
     that coalesce into one super-packet; count 1 means none (write the packet as it is).
     ``l2``: link header bytes before each IP packet (identical within a run); ``verify``: only
-    segments with a right TCP checksum join."""
+    segments with a right or a partial (:func:`tcp_checksum_partial`) TCP checksum join (the
+    super-packet's checksum is partial anyway)."""
     frame = packets[start]
     if l3_offset(frame, l2) < 0:
         return 1, len(frame), None
     first = memoryview(frame)[l2:]
     tf = tcp_info(first)
-    if tf is None or first[tf.l4 + 13] & 0x08 or (verify and not tcp_checksum_ok(first, tf)):
+    if tf is None or first[tf.l4 + 13] & 0x08 or (verify and not _checks(first, tf)):
         return 1, len(first), tf
     link = bytes(frame[:l2])
     prev, tp = first, tf
@@ -256,7 +305,7 @@ def coalesce_run(packets: Sequence[Buffer], start: int, l2: int = 0,
         tq = tcp_info(q)
         if tq is None or not tcp_follows(first, tf, prev, tp, q, tq):
             break
-        if verify and not tcp_checksum_ok(q, tq):
+        if verify and not _checks(q, tq):
             break
         if size + tq.payload > GRO_BYTES:
             break
@@ -267,6 +316,10 @@ def coalesce_run(packets: Sequence[Buffer], start: int, l2: int = 0,
             break
         prev, tp = q, tq
     return count, size, tf
+
+
+def _checks(packet: Buffer, info: TcpInfo) -> bool:
+    return tcp_checksum_partial(packet, info) or tcp_checksum_ok(packet, info)
 
 
 def super_header(first: Buffer, tf: TcpInfo, last: Buffer, total: int) -> tuple[bytes, bytearray]:

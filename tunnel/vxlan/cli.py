@@ -186,7 +186,9 @@ def render_show(show: dict[str, Any]) -> str:
         f"source port {show.get('source_port')}"
     )
     st = show["stats"]
-    lines.append(f"  rx: {st['rx_packets']} packets {st['rx_bytes']} bytes")
+    partial = show.get("rx_csum_partial")
+    lines.append(f"  rx: {st['rx_packets']} packets {st['rx_bytes']} bytes"
+                 + (f", {partial} partial checksums completed" if partial else ""))
     lines.append(f"  tx: {st['tx_packets']} packets {st['tx_bytes']} bytes")
     lines.append(
         f"  fdb: {st['fdb_entries']} entries, learned {st['fdb_learned']} migrated "

@@ -18,7 +18,15 @@ MTU-sized frames with their IP/TCP headers and checksums fixed and completes par
 on the way in it coalesces runs of TCP segments of one flow (identical Ethernet headers, see
 ``tunnel/io/io_ref.py``) into one super-frame written with a GSO virtio-net header, each segment's
 TCP checksum verified first (``verify=True``: nothing vouches for a VXLAN payload but its own
-checksum). What the kernel refused is logged and shown as ``offloads`` in ``show``;
+checksum). Partial inner checksums: a sender's kernel that relied on checksum offload (veth,
+virtio) leaves the inner TCP/UDP checksum holding only the pseudo-header sum
+(CHECKSUM_PARTIAL), and our UDP socket reads it so; ``verify=True`` recognizes exactly that
+value and hands the frame on partial (VIRTIO_NET_HDR_F_NEEDS_CSUM, or as part of a coalesced
+super-frame), or on the plain TAP finishes it in software; a checksum that is simply wrong is
+written as it is and the stack drops it. ``show`` counts them as ``rx_csum_partial``. On the
+way out every inner checksum is complete: the TAP batch finishes NEEDS_CSUM frames and cuts
+super-frames with full checksums, and a plain TAP gets complete ones from the kernel (no
+checksum offload offered). What the kernel refused is logged and shown as ``offloads`` in ``show``;
 ``WGPY_NO_OFFLOAD=1`` opens a plain TAP, read and written frame by frame by the same
 ``TunBatch`` without the virtio-net header.
 
@@ -196,7 +204,8 @@ class VxlanDaemon:
             self.offloads = self.offload.describe().split("offloads=", 1)[1] + ",gro"
         else:
             # frame by frame: the same batch I/O without the virtio-net header
-            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=False, l2=ETH_HLEN)
+            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=False, l2=ETH_HLEN,
+                                           verify=True)
             self.offloads = "none (WGPY_NO_OFFLOAD=1)" if plain else "none (no IFF_VNET_HDR)"
         log.info("%s: TAP offloads: %s", name, self.offloads)
 
@@ -474,6 +483,7 @@ class VxlanDaemon:
             "io": self.io_name,
             "offloads": self.offloads,
             "source_port": self.sender.source_port if self.sender else None,
+            "rx_csum_partial": self.tap_io.csum_partial if self.tap_io is not None else 0,
         }
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
