@@ -4,8 +4,9 @@ namespaces (``python tests/vxlan_wire.py capture|relay ...``).
 
 Nothing here imports wg-py: it is the oracle the VXLAN checksum tests compare wg-py with.
 
-- ``capture DEV SRC SECONDS OUT``: an AF_PACKET socket on DEV records every VXLAN datagram
-  (UDP to 4789) whose outer source address is SRC for at most SECONDS, and writes a JSON
+- ``capture DEV SRC SECONDS OUT``: an AF_PACKET socket on DEV checks the VXLAN datagrams
+  (UDP to 4789) whose outer source address is SRC for at most SECONDS (or 5,000 inner
+  frames; SIGTERM ends it early), and writes a JSON
   summary to OUT: inner frames seen, TCP/UDP checksums checked, how many were complete and
   valid, how many partial, how many wrong. A UDP GSO train (one skb on the veth, up to 64
   KiB) is cut back into its datagrams by the inner IP lengths.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import socket
 import struct
 import sys
@@ -30,12 +32,17 @@ VXLAN_PORT = 4789
 
 
 def ones_sum(data: bytes, initial: int = 0) -> int:
-    """16-bit one's complement sum (not complemented), written from RFC 1071."""
+    """16-bit one's complement sum (not complemented), written from RFC 1071: the words are
+    summed in the machine's order and the folded sum byte-swapped (the sum does not depend on
+    the byte order, section 2(B)), then ``initial`` is added."""
     if len(data) % 2:
         data += b"\0"
-    total = initial
-    for (word,) in struct.iter_unpack("!H", data):
-        total += word
+    total = sum(memoryview(data).cast("H"))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    if sys.byteorder == "little":
+        total = ((total & 0xFF) << 8) | (total >> 8)
+    total += initial
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
@@ -139,32 +146,36 @@ def outer_udp(frame: bytes) -> tuple[str, int, bytes] | None:
     return src, struct.unpack_from("!H", ip, l4 + 2)[0], ip[l4 + 8:]
 
 
-def _capture(dev: str, source: str, seconds: float, out: str) -> None:
+def _capture(dev: str, source: str, seconds: float, out: str, limit: int = 5000) -> None:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     sock.bind((dev, 0))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     counts = {"frames": 0, "valid": 0, "partial": 0, "none": 0, "wrong": 0, "other": 0}
     wrong: list[str] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("ready", flush=True)
     deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0 and counts["frames"] < 200_000:
-        ready, _, _ = select.select([sock], [], [], min(left, 0.2))
-        if not ready:
-            continue
-        data, address = sock.recvfrom(1 << 17)
-        if address[2] == socket.PACKET_OUTGOING:
-            continue
-        udp = outer_udp(data)
-        if udp is None or udp[0] != source or udp[1] != VXLAN_PORT:
-            continue
-        for frame in inner_frames(udp[2]):
-            counts["frames"] += 1
-            kind = verdict(frame[14:]) if frame[12:14] in (b"\x08\x00", b"\x86\xdd") else "other"
-            counts[kind] += 1
-            if kind == "wrong" and len(wrong) < 5:
-                wrong.append(frame[:80].hex())
-    with open(out, "w") as f:
-        json.dump({**counts, "wrong_examples": wrong}, f)
+    try:
+        while (left := deadline - time.monotonic()) > 0 and counts["frames"] < limit:
+            ready, _, _ = select.select([sock], [], [], min(left, 0.2))
+            if not ready:
+                continue
+            data, address = sock.recvfrom(1 << 17)
+            if address[2] == socket.PACKET_OUTGOING:
+                continue
+            udp = outer_udp(data)
+            if udp is None or udp[0] != source or udp[1] != VXLAN_PORT:
+                continue
+            for frame in inner_frames(udp[2]):
+                counts["frames"] += 1
+                ip = frame[12:14] in (b"\x08\x00", b"\x86\xdd")
+                kind = verdict(frame[14:]) if ip else "other"
+                counts[kind] += 1
+                if kind == "wrong" and len(wrong) < 5:
+                    wrong.append(frame[:80].hex())
+    finally:
+        with open(out, "w") as f:
+            json.dump({**counts, "wrong_examples": wrong}, f)
 
 
 def _relay(ip: str, port: int, to_port: int, seconds: float, out: str) -> None:
