@@ -104,10 +104,15 @@ def underlay_pair(lab: Lab, a_addr: str, b_addr: str) -> tuple[str, str]:
     return a, b
 
 
-def bridged_hosts(lab: Lab, count: int, address: str = "10.77.0.{}/24") -> list[str]:
-    """``count`` namespaces whose eth0 (``address`` with i+1) sit on one Linux bridge."""
+def bridged_hosts(lab: Lab, count: int, address: str = "10.77.0.{}/24",
+                  querier: bool = False) -> list[str]:
+    """``count`` namespaces whose eth0 (``address`` with i+1) sit on one Linux bridge (default
+    settings: multicast snooping on). With ``querier`` the bridge also sends IGMP/MLD queries:
+    a snooping bridge that knows of a querier forwards a group's traffic only to the ports it
+    saw join (without one it floods), so a join that is never seen cuts that host off."""
     br = lab.namespace("br")
-    lab.run(br, ["ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])
+    extra = ["mcast_querier", "1"] if querier else []
+    lab.run(br, ["ip", "link", "add", "br0", "type", "bridge", *extra])
     lab.run(br, ["ip", "link", "set", "br0", "up"])
     hosts = []
     for i in range(count):
@@ -288,20 +293,39 @@ def _alive(pid: int) -> bool:
     "underlay, group_ip", [("10.77.0.{}/24", "239.1.1.1"), ("fd00:77::{}/64", "ff05::4242")]
 )
 def test_multicast_group_three_hosts_mixed(lab: Lab, underlay: str, group_ip: str) -> None:
-    h1, h2, h3 = bridged_hosts(lab, 3, underlay)
+    """A kernel vxlan and two wg-py endpoints in one multicast group behind a snooping bridge
+    with a querier: the bridge's MDB lists the group on the wg-py hosts' ports (our joins were
+    seen), ping between every pair, and TCP both ways between every pair on default
+    offloads (the kernel's partial checksums reach both wg-py hosts)."""
+    h1, h2, h3 = bridged_hosts(lab, 3, underlay, querier=True)
     group = f"id 42 dstport 4789 group {group_ip} dev eth0"
     kernel_vxlan(lab, h1, group, "192.168.9.1/24")
     wgpy_vxlan(lab, h2, group, "192.168.9.2/24")
     wgpy_vxlan(lab, h3, group, "192.168.9.3/24")
+    br = h1[: -len("h1")] + "br"
+    assert lab.link_exists(br, "br0")
+
+    def joined() -> bool:
+        mdb = lab.run(br, ["bridge", "mdb", "show"]).stdout
+        return all(f"port {p} grp {group_ip}" in mdb for p in ("p1", "p2", "p3"))
+
+    assert wait_for(joined, 15.0), lab.run(br, ["bridge", "mdb", "show"]).stdout
     hosts = {h1: "192.168.9.1", h2: "192.168.9.2", h3: "192.168.9.3"}
     for src in hosts:
         for dst_ns, dst in hosts.items():
             if dst_ns != src:
                 assert ping_ok(lab, src, dst), f"{src} -> {dst}"
+    names = list(hosts)
+    for i, server in enumerate(names):
+        for client in names[i + 1:]:
+            for reverse in (False, True):
+                result = lab.iperf3(server, client, hosts[server], seconds=1, reverse=reverse)
+                assert result["end"]["sum_received"]["bytes"] > 500_000, (server, client, reverse)
     for ns in (h2, h3):
         info = show(lab, ns)
         assert f"00:00:00:00:00:00 dst {group_ip} via eth0 self permanent" in info["fdb_lines"]
         assert info["stats"]["rx_packets"] > 0 and not info["drops"].get("own_source_mac")
+        assert info["rx_csum_partial"] > 0  # from the kernel host h1
 
 
 # ---- learning and moving ----------------------------------------------------------------------------
