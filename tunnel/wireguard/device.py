@@ -361,19 +361,14 @@ class Device:
         ``bufs[i][16:]``. Anything malformed, forged or replayed is dropped and counted in
         :attr:`drops`; nothing raises on peer input.
 
-        Transport messages are handled before the batch's handshake messages, so a flood of
-        handshake messages cannot delay data already received. This cannot change what
-        WireGuard's state machine does with them. A transport message can only use a keypair
-        that existed before its sender sent it, and none in the batch can use a keypair that a
-        handshake message of the same batch creates: a responder sends no data before the
-        initiator's first transport message confirmed the session (which the initiator sends
-        only after our response reached it), and an initiator's keypair comes from a response
-        whose sender waits for our first transport message. What a handshake message does to
-        older keypairs (a new session moves them along or drops the oldest) only reaches
-        transport messages handled after it, so handling those first delivers what the other
-        order could have dropped as an unknown receiver. Roaming: the peer's endpoint ends up
-        the source of its last handshake message in the batch rather than of its last transport
-        message; both are authenticated sources of the same peer.
+        Transport messages go first, so a handshake flood cannot delay data already received.
+        That changes nothing for the state machine: no transport message of a batch can use a
+        keypair that a handshake message of the same batch creates (a responder sends no data
+        before the initiator's first transport message confirmed the session, and that comes
+        only after our response; an initiator's keypair comes from a response whose sender
+        waits for our first transport message), and older keypairs a new session retires are
+        still there for the transport messages handled first. The endpoint roams to the last
+        authenticated source, now a handshake's rather than a transport message's.
         """
         out = Output()
         transport, handshakes, drops = self.datapath.classify_batch(bufs, lengths)
@@ -399,16 +394,12 @@ class Device:
         now: float,
         out: Output,
     ) -> None:
-        """WireGuard's checks in its order: mac1, then under load mac2 (else a cookie reply) and
-        the per-source token bucket, then the Noise handshake (with the per-peer limit).
-
-        The MAC checks and cookie replies of the whole batch run in one call of the screen
-        (``crypto._screen`` or its twin), which appends the replies to ``out.datagrams``; only
-        messages that pass reach a Python frame here. The engine keeps the load state: the
-        handshake messages with a valid mac1 counted over the current second; at
-        ``UNDER_LOAD_HANDSHAKES_PER_SECOND`` of them the device is under load for
-        ``UNDER_LOAD_HOLD`` seconds, from that very message on (the screen is told after how
-        many valid messages of the batch load begins).
+        """WireGuard's checks in order: mac1; under load mac2 (else a cookie reply) and the
+        per-source token bucket; then Noise with the per-peer limit. One call of the batch
+        screen (``crypto._screen`` / ``crypto.screen``) does the MACs and the cookie replies
+        (appended to ``out.datagrams``); only messages that pass reach a Python frame. The load
+        state is ours: valid-mac1 messages counted per second; at the threshold the device is
+        under load for ``UNDER_LOAD_HOLD``, from that very message on (``load_after``).
         """
         if self.identity is None:
             for i in handshakes:
