@@ -21,8 +21,10 @@ address twice a second until the flood ends: its first ping triggers its first h
 needs a cookie round (the victim is under load). Measured: when the first ping got through
 (seconds after the first ping), pings answered, ``wg show`` response time inside the victim
 (once a second), the victim's RSS and CPU share (once a second), the offered and achieved flood rate, the
-cookie replies the attacker received, and ``/proc/loadavg`` before and after (the machine may be
-shared). Prints one JSON document; ``--json PATH`` also writes it. Needs root.
+cookie replies the attacker received, datagrams dropped by the kernel's input backlogs
+(``/proc/net/softnet_stat``, the whole machine) and at the victim's socket (``/proc/net/udp``),
+and ``/proc/loadavg`` before and after (the machine may be shared). Prints one JSON document;
+``--json PATH`` also writes it. Needs root.
 """
 
 from __future__ import annotations
@@ -151,6 +153,28 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def softnet_dropped() -> int:
+    """Packets the kernel dropped from its per-CPU input backlogs so far (all namespaces)."""
+    total = 0
+    for line in Path("/proc/net/softnet_stat").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 1:
+            total += int(fields[1], 16)
+    return total
+
+
+def udp_drops(lab: Lab, ns: str, port: int) -> int:
+    """Datagrams dropped at the UDP sockets bound to ``port`` in ``ns`` (full receive buffer)."""
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        text = lab.run(ns, ["cat", table], check=False).stdout
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 12 and fields[1].rsplit(":", 1)[-1] == f"{port:04X}":
+                total += int(fields[-1])
+    return total
+
+
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().strip()
 
@@ -215,12 +239,15 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        backlog_before = softnet_dropped()
         time.sleep(opts.warmup)
         ping_seconds = max(1, int(opts.time - opts.warmup - 1))
         ping_start = time.time()
         done = lab.run(legit, ["ping", "-D", "-n", "-i", "0.5", "-W", "1", "-w", str(ping_seconds), INNER[0]],
                        check=False, timeout=ping_seconds + 15)
         flood.wait(opts.time + 30)
+        doc["dropped"] = {"kernel_backlog": softnet_dropped() - backlog_before,
+                          "victim_socket": udp_drops(lab, victim, PORT)}
         stop.set()
         sampler.join(15)
         replies = [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", done.stdout, re.M)]
