@@ -1,7 +1,8 @@
 """Build the Cython extensions of wg-py (everything else is declared in pyproject.toml).
 
 Every ``*.pyx`` under ``crypto/`` and ``tunnel/`` becomes an extension module of the same dotted
-name, linked against OpenSSL libcrypto (Debian: libssl-dev). ``WGPY_DEBUG=1`` builds with
+name, linked against OpenSSL libcrypto (Debian: libssl-dev) and, where ``EXTRA_LIBRARIES``
+says so, libsodium (Debian: libsodium-dev). ``WGPY_DEBUG=1`` builds with
 ``-O0 -g`` and Cython's bounds checks on.
 
 Development: ``python setup.py build_ext --inplace`` puts the ``.so`` next to its ``.pyx``
@@ -18,6 +19,8 @@ from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
 DEBUG = os.environ.get("WGPY_DEBUG") == "1"
+# Modules that link more than OpenSSL libcrypto (Debian: libsodium-dev for libsodium).
+EXTRA_LIBRARIES = {"crypto/_screen.pyx": ["sodium"]}
 
 
 def extensions() -> list[Extension]:
@@ -29,7 +32,7 @@ def extensions() -> list[Extension]:
             Extension(
                 ".".join(relative.with_suffix("").parts),
                 [relative.as_posix()],
-                libraries=["crypto"],
+                libraries=["crypto", *EXTRA_LIBRARIES.get(relative.as_posix(), [])],
                 extra_compile_args=["-O0", "-g"] if DEBUG else [],
             )
         )

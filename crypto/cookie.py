@@ -6,6 +6,10 @@ Two roles, as in wireguard-go:
 - :class:`CookieGenerator` (one per peer): adds mac1/mac2 to our outgoing handshake messages and
   consumes the peer's cookie replies.
 Time comes in as ``now``; randomness from the ``random`` callable given at construction.
+
+The engine screens handshake messages a batch at a time with :data:`SCREENS`: ``crypto._screen``
+(Cython over OpenSSL and libsodium) or its pure twin ``crypto.screen``, which check mac1 and
+mac2 and make the cookie replies with the keys and secret of a :class:`CookieChecker`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from crypto.constants import (
     LABEL_MAC1,
     MESSAGE_COOKIE_REPLY,
 )
+from crypto.native import Implementations
 from crypto.primitives import MAC_SIZE, DecryptError, hash_, mac, xaead_decrypt, xaead_encrypt
 
+SCREENS = Implementations(cython="crypto._screen", pure="crypto.screen")
 _REPLY = struct.Struct("<II24s32s")  # type, receiver, nonce, encrypted cookie (16 + tag 16)
 
 
@@ -57,11 +63,16 @@ class CookieChecker:
         off = mac1_offset(msg)
         return mac(self.mac1_key, bytes(msg[:off])) == bytes(msg[off : off + MAC_SIZE])
 
-    def _cookie(self, source: bytes, now: float) -> bytes:
+    def secret_for(self, now: float) -> bytes:
+        """The cookie secret at ``now``: a fresh random one when the last is older than two
+        minutes (or there is none yet). The batch screen (:data:`SCREENS`) takes it."""
         if self._secret_set is None or now - self._secret_set > COOKIE_REFRESH_TIME:
             self._secret = self._random(32)
             self._secret_set = now
-        return mac(self._secret, source)
+        return self._secret
+
+    def _cookie(self, source: bytes, now: float) -> bytes:
+        return mac(self.secret_for(now), source)
 
     def check_mac2(self, msg: bytes | bytearray | memoryview, source: bytes, now: float) -> bool:
         """mac2 valid for a cookie of ``source`` (the sender's address and port bytes)."""

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE = [
     "crypto.primitives", "crypto.keys", "crypto.noise", "crypto.cookie", "crypto.tai64n",
     "crypto.backend", "crypto.transport", "crypto.replay", "crypto.constants", "crypto.native",
+    "crypto.screen", "crypto._screen",
     "tunnel.wireguard.constants", "tunnel.wireguard.messages", "tunnel.wireguard.allowedips",
     "tunnel.wireguard.ratelimiter", "tunnel.wireguard.peer", "tunnel.wireguard.device",
     "tunnel.wireguard.output", "tunnel.wireguard.timers", "tunnel.io.endpoint", "tunnel.wireguard.uapi",

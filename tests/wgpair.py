@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from crypto import keys
 from crypto.backend import TransportCipher
+from crypto.cookie import SCREENS
 from tunnel.io.endpoint import Endpoint
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.output import Output, packet_buffer
@@ -79,6 +80,9 @@ class Pair:
         kwargs["cipher"] = recording_cipher
         if datapath is not None:
             kwargs["datapath"] = datapath
+            # The handshake screen of the same twin as the batch loops.
+            pure = getattr(datapath, "__name__", "").endswith("_ref")
+            kwargs["screen"] = SCREENS.load("pure" if pure else "cython")
         self.a = Side("a", Device(ka, **kwargs), Endpoint("192.0.2.1", 51820))  # type: ignore[arg-type]
         self.b = Side("b", Device(kb, **kwargs), Endpoint("192.0.2.2", 51821))  # type: ignore[arg-type]
         for side, other, v4, v6 in ((self.a, self.b, "10.0.0.2/32", "fd00::2/128"),

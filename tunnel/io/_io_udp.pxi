@@ -28,8 +28,8 @@ cdef class UdpBatch:
     cdef int _pend_msg          # GRO: next message to hand out, its offset, how many messages
     cdef Py_ssize_t _pend_off
     cdef int _pend_count
-    cdef wgpy_source _last_src
-    cdef object _last_obj
+    cdef wgpy_source _src_cache[16]  # recent sources and their objects, direct-mapped by port
+    cdef list _obj_cache
     # send side
     cdef Py_ssize_t _scap
     cdef mmsghdr *_smsgs
@@ -84,11 +84,11 @@ cdef class UdpBatch:
         self._pend_msg = 0
         self._pend_off = 0
         self._pend_count = 0
-        self._last_obj = None
+        self._obj_cache = [None] * 16
         self._last_ep = None
         self._last_dest_ok = False
         self._busy = False
-        memset(&self._last_src, 0, sizeof(wgpy_source))
+        memset(self._src_cache, 0, sizeof(self._src_cache))
 
     def __dealloc__(self) -> None:
         PyMem_Free(self._rmsgs)
@@ -163,12 +163,17 @@ cdef class UdpBatch:
     cdef object _source_object(self, wgpy_source *s):
         cdef char ip[64]
         cdef char local[64]
-        if self._last_obj is not None and memcmp(s, &self._last_src, sizeof(wgpy_source)) == 0:
-            return self._last_obj
+        # A repeated source gets the same object: a peer's datagrams (the lanes compare the
+        # source with the peer's endpoint by identity first), and the few ports of a flood,
+        # interleaved or not, cost no object per datagram.
+        cdef int slot = (s.port ^ (s.port >> 4)) & 15
+        obj = self._obj_cache[slot]
+        if obj is not None and memcmp(s, &self._src_cache[slot], sizeof(wgpy_source)) == 0:
+            return obj
         wgpy_source_text(s, ip, local)
         obj = self._make(ip.decode("ascii"), s.port, local.decode("ascii") if local[0] else None)
-        memcpy(&self._last_src, s, sizeof(wgpy_source))
-        self._last_obj = obj
+        memcpy(&self._src_cache[slot], s, sizeof(wgpy_source))
+        self._obj_cache[slot] = obj
         return obj
 
     cdef void _prepare(self, Py_ssize_t j, void *base, size_t size) noexcept nogil:

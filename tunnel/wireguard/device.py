@@ -8,9 +8,10 @@ Outbound: 1. the shell reads a batch of IP packets from TUN, each at ``buf[HEADR
 cipher); others stage copies and start a handshake 4. the result lists datagrams for the shell.
 
 Inbound: 1. the shell reads a batch of datagrams into buffers 2. :meth:`Device.receive_batch`
-classifies them; handshake messages are handled in order first 3. transport messages are grouped
-by keypair and opened in place in one batch call 4. each plaintext passes the padding and
-allowed-IPs source checks and is listed for the TUN.
+classifies them 3. transport messages are grouped by keypair and opened in place in one batch
+call 4. each plaintext passes the padding and allowed-IPs source checks and is listed for the TUN
+5. then the handshake messages: the batch screen checks mac1 (and under load mac2, answering
+with cookie replies) natively, and only those that pass are handled in order, in Python.
 
 Contract: the engine never reads a clock or does I/O. ``now`` is monotonic seconds; ``wall_offset``
 turns it into Unix time for TAI64N and for "latest handshake". Outputs that are memoryviews point
@@ -27,7 +28,7 @@ from typing import Any
 
 from crypto import noise, tai64n
 from crypto.backend import HEADROOM, OK, REASONS, TransportCipher
-from crypto.cookie import CookieChecker, CookieGenerator, reply_receiver
+from crypto.cookie import SCREENS, CookieChecker, CookieGenerator, reply_receiver
 from crypto.primitives import dh_generate
 from tunnel.io.endpoint import Endpoint
 from tunnel.wireguard.allowedips import AllowedIPs
@@ -70,6 +71,7 @@ class Device:
         random: Callable[[int], bytes] = os.urandom,
         cipher: Callable[[bytes, bytes, int], TransportCipher] | None = None,
         datapath: ModuleType | None = None,
+        screen: ModuleType | None = None,
     ) -> None:
         self.mtu = mtu
         # The transport implementation (Cython or the pure-Python reference); tests pick both.
@@ -79,6 +81,8 @@ class Device:
         self._jitter = Jitter(random)  # for the handshake timers (pooled system randomness)
         self.identity: noise.StaticIdentity | None = None
         self.cookie_checker = CookieChecker(random)
+        # The batch handshake screen (crypto._screen, or its pure twin crypto.screen).
+        self._screen = screen if screen is not None else SCREENS.select()[1]
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.drops: Counter[str] = Counter()
@@ -356,14 +360,20 @@ class Device:
         Transport messages are decrypted in place; the delivered packets are views of
         ``bufs[i][16:]``. Anything malformed, forged or replayed is dropped and counted in
         :attr:`drops`; nothing raises on peer input.
+
+        Transport messages go first, so a handshake flood cannot delay data already received.
+        That changes nothing for the state machine: no transport message of a batch can use a
+        keypair that a handshake message of the same batch creates (a responder sends no data
+        before the initiator's first transport message confirmed the session, and that comes
+        only after our response; an initiator's keypair comes from a response whose sender
+        waits for our first transport message), and older keypairs a new session retires are
+        still there for the transport messages handled first. The endpoint roams to the last
+        authenticated source, now a handshake's rather than a transport message's.
         """
         out = Output()
         transport, handshakes, drops = self.datapath.classify_batch(bufs, lengths)
         for reason, count in drops.items():
             self.drops[reason] += count
-        for i in handshakes:
-            buf = bufs[i]
-            self._receive_handshake(buf[0], memoryview(buf)[: lengths[i]], sources[i], now, out)
         index = self.receivers
         for receiver, indices in transport.items():
             entry = index.get(receiver)
@@ -371,45 +381,72 @@ class Device:
                 self._receive_transport(entry, bufs, lengths, sources, indices, now, out)
             else:
                 self.drops[Drop.UNKNOWN_RECEIVER] += len(indices)
+        if handshakes:
+            self._receive_handshakes(bufs, lengths, sources, handshakes, now, out)
         return out
 
-    def _under_load(self, now: float) -> bool:
-        if now - self._handshake_second >= 1.0:
+    def _receive_handshakes(
+        self,
+        bufs: Sequence[bytearray],
+        lengths: Sequence[int],
+        sources: Sequence[Endpoint],
+        handshakes: list[int],
+        now: float,
+        out: Output,
+    ) -> None:
+        """WireGuard's checks in order: mac1; under load mac2 (else a cookie reply) and the
+        per-source token bucket; then Noise with the per-peer limit. One call of the batch
+        screen (``crypto._screen`` / ``crypto.screen``) does the MACs and the cookie replies
+        (appended to ``out.datagrams``); only messages that pass reach a Python frame. The load
+        state is ours: valid-mac1 messages counted per second; at the threshold the device is
+        under load for ``UNDER_LOAD_HOLD``, from that very message on (``load_after``).
+        """
+        if self.identity is None:
+            for i in handshakes:
+                if bufs[i][0] == MESSAGE_COOKIE_REPLY:
+                    self._receive_cookie_reply(memoryview(bufs[i])[: lengths[i]], now)
+                else:
+                    self.drops[Drop.NO_PRIVATE_KEY] += 1
+            return
+        if now - self._handshake_second >= 1.0:  # a new second of the handshake count
             self._handshake_second = now
             self._handshakes_this_second = 0
-            self.rate_limiter.collect_garbage(now)  # the table only grows here, so sweep here
-        self._handshakes_this_second += 1
-        if self._handshakes_this_second >= UNDER_LOAD_HANDSHAKES_PER_SECOND:
-            self._under_load_until = now + UNDER_LOAD_HOLD
-        return now < self._under_load_until
-
-    def _receive_handshake(
-        self, kind: int, msg: memoryview, source: Endpoint, now: float, out: Output
-    ) -> None:
-        if kind == MESSAGE_COOKIE_REPLY:
-            self._receive_cookie_reply(msg, now)
-            return
-        if self.identity is None:
-            self.drops[Drop.NO_PRIVATE_KEY] += 1
-            return
-        if not self.cookie_checker.check_mac1(msg):
-            self.drops[Drop.INVALID_MAC1] += 1
-            return
-        if self._under_load(now):
-            source_bytes = source.source_bytes()
-            if not self.cookie_checker.check_mac2(msg, source_bytes, now):
-                sender = int.from_bytes(msg[4:8], "little")
-                reply = self.cookie_checker.create_reply(msg, sender, source_bytes, now)
-                out.datagrams.append((reply, source))
-                self.drops[Drop.COOKIE_SENT] += 1
-                return
-            if not self.rate_limiter.allow(source_bytes[:-2], now):
+            self.rate_limiter.collect_garbage(now)  # the table only grows under load, so sweep here
+        if now < self._under_load_until:
+            load_after = 0
+        else:
+            load_after = UNDER_LOAD_HANDSHAKES_PER_SECOND - self._handshakes_this_second
+        checker = self.cookie_checker
+        secret = checker.secret_for(now) if load_after <= len(handshakes) else b""
+        verdicts = bytearray(len(bufs))
+        passed, invalid, cookies, counted = self._screen.screen_batch(
+            checker.mac1_key, checker.cookie_key, secret, bufs, lengths, handshakes, sources, load_after,
+            self._random, verdicts, out.datagrams,
+        )
+        if invalid:
+            self.drops[Drop.INVALID_MAC1] += invalid
+        if cookies:
+            self.drops[Drop.COOKIE_SENT] += cookies
+        if counted:
+            self._handshakes_this_second += counted
+            if self._handshakes_this_second >= UNDER_LOAD_HANDSHAKES_PER_SECOND:
+                self._under_load_until = now + UNDER_LOAD_HOLD
+        loaded = self._screen.PASSED_LOADED
+        for i in passed:
+            buf = bufs[i]
+            kind = buf[0]
+            msg = memoryview(buf)[: lengths[i]]
+            if kind == MESSAGE_COOKIE_REPLY:
+                self._receive_cookie_reply(msg, now)
+                continue
+            source = sources[i]
+            if verdicts[i] == loaded and not self.rate_limiter.allow(source.source_bytes()[:-2], now):
                 self.drops[Drop.RATE_LIMITED] += 1
-                return
-        if kind == MESSAGE_INITIATION:
-            self._receive_initiation(msg, source, now, out)
-        elif kind == MESSAGE_RESPONSE:
-            self._receive_response(msg, source, now, out)
+                continue
+            if kind == MESSAGE_INITIATION:
+                self._receive_initiation(msg, source, now, out)
+            elif kind == MESSAGE_RESPONSE:
+                self._receive_response(msg, source, now, out)
 
     def _receive_cookie_reply(self, msg: memoryview, now: float) -> None:
         entry = self.receivers.get(reply_receiver(msg))
