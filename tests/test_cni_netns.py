@@ -265,3 +265,36 @@ def test_status_and_gc(lab: Lab) -> None:
     assert down.returncode != 0 and down.obj["code"] == 50
     # STATUS and GC need 1.1.0.
     assert rt.call("STATUS", conf={**rt.config(), "cniVersion": "1.0.0"}).obj["code"] == 1
+
+
+def test_the_kubernetes_config_gives_a_default_route_that_check_accepts(lab: Lab) -> None:
+    """docs/kubernetes.md's config: ``isDefaultGateway`` adds a default route via the bridge."""
+    rt = node(lab)
+    rt.extra = {"delegate": {"isDefaultGateway": True}}
+    p = pod(lab)
+    result = rt.add("c1", p)
+    assert {"dst": "0.0.0.0/0", "gw": GATEWAY} in result["routes"]
+    table = {r["dst"]: r.get("gateway") for r in routes(lab, p)}
+    assert table["default"] == GATEWAY and table[NETWORK_CIDR] == GATEWAY
+    ok = rt.call("CHECK", "c1", p, conf={**rt.config(), "prevResult": result})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lab.run(p, ["ip", "route", "del", "default"])
+    broken = rt.call("CHECK", "c1", p, conf={**rt.config(), "prevResult": result})
+    assert broken.obj["code"] == 104 and "0.0.0.0/0" in broken.obj["msg"]
+
+
+def test_add_as_kubernetes_calls_it_keeps_the_prev_result_first(lab: Lab) -> None:
+    """CNI_ARGS as containerd passes them for a pod, and a previous plugin's result."""
+    rt = node(lab)
+    p = pod(lab)
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "lo", "sandbox": f"/var/run/netns/{p}"}],
+            "ips": [{"interface": 0, "address": "127.0.0.1/8"}], "dns": {"nameservers": ["10.96.0.10"]}}
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c1"
+    result = rt.add("c1", p, conf={**rt.config(), "prevResult": prev}, env={"CNI_ARGS": args})
+    assert [i["name"] for i in result["interfaces"]][0] == "lo"
+    assert result["ips"][0] == prev["ips"][0]
+    ours = result["ips"][1]
+    assert result["interfaces"][ours["interface"]]["name"] == "eth0"
+    assert ours["address"].startswith("10.61.3.")
+    assert result["dns"] == prev["dns"]
+    assert "eth0" in links(lab, p)
