@@ -285,6 +285,14 @@ def test_check_attachment_default_route() -> None:
     assert dg.check_attachment(result, "eth0", None, LINKS, routes) == []
 
 
+def test_prev_result_problems() -> None:
+    assert dg.prev_result_problems(dg.merge_prev_result({"interfaces": [{"name": "lo"}]}, OURS), OURS, "eth0") == []
+    assert dg.prev_result_problems({"interfaces": [], "ips": []}, OURS, "eth0") == [
+        "prevResult has no sandbox interface eth0", "prevResult lacks address 10.5.7.2/24 that ADD gave eth0"]
+    other = {**OURS, "ips": [{"interface": 2, "address": "10.5.7.3/24"}]}
+    assert dg.prev_result_problems(other, OURS, "eth0") == ["prevResult lacks address 10.5.7.2/24 that ADD gave eth0"]
+
+
 def test_attachments_to_collect() -> None:
     cached = [("a", "eth0"), ("b", "eth0"), ("a", "net1")]
     assert dg.attachments_to_collect(cached, {("a", "eth0")}) == [("a", "net1"), ("b", "eth0")]

@@ -190,8 +190,12 @@ def test_check_passes_then_fails_when_the_route_or_lease_goes(lab: Lab) -> None:
     assert rt.call("CHECK", "c1", p, conf=conf).obj["code"] == 105
     (rt.state_dir / f"{MESH}.json").unlink()
     assert rt.call("CHECK", "c1", p, conf=conf).obj["code"] == 11
-    # Nothing cached for another container.
     write_state(rt.state_dir, MESH, network_cidr=NETWORK_CIDR, subnet=SUBNET, address=TUNNEL_ADDRESS, mtu=MTU)
+    assert rt.call("CHECK", "c1", p, conf=conf).returncode == 0
+    # A prevResult that is not what ADD gave (the runtime's record of another attachment).
+    stale = {**conf, "prevResult": {**result, "ips": [{"interface": 2, "address": "10.61.3.200/24"}]}}
+    assert rt.call("CHECK", "c1", p, conf=stale).obj["code"] == 104
+    # Nothing cached for another container.
     assert rt.call("CHECK", "other", p, conf=conf).obj["code"] == 103
 
 

@@ -295,6 +295,22 @@ def check_attachment(
     return problems
 
 
+def prev_result_problems(prev: Mapping[str, Any], cached: Mapping[str, Any], ifname: str) -> list[str]:
+    """CHECK: what the runtime's ``prevResult`` lacks of the result ADD gave for ``ifname``.
+
+    The runtime passes the chain's final result; our sandbox interface and its addresses must
+    be in it (in any position, since plugins before us shift the indices).
+    """
+    problems = []
+    if not any(i.get("name") == ifname and i.get("sandbox") for i in prev.get("interfaces") or []):
+        problems.append(f"prevResult has no sandbox interface {ifname}")
+    listed = {str(ip.get("address")) for ip in prev.get("ips") or []}
+    for ip in cached.get("ips") or []:
+        if str(ip.get("address")) not in listed:
+            problems.append(f"prevResult lacks address {ip.get('address')} that ADD gave {ifname}")
+    return problems
+
+
 def attachments_to_collect(
     cached: Iterable[tuple[str, str]], valid: set[tuple[str, str]]
 ) -> list[tuple[str, str]]:

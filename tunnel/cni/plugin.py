@@ -16,8 +16,9 @@ Files (each directory overridable, for tests and odd layouts):
 
 Semantics: ADD refuses (and changes nothing) on a bad config or environment, a missing netns,
 no mesh lease or a missing delegate. DEL succeeds when there is nothing to delete. CHECK
-compares the pod namespace with the cached result, checks that the mesh still leases the same
-subnet, then runs the delegate's CHECK. STATUS reports 50 without a mesh lease or a delegate.
+checks that the mesh still leases the same subnet, that the runtime's ``prevResult`` holds the
+interface and addresses ADD gave, compares the pod namespace with the cached result (the
+delegate's own, exact), then runs the delegate's CHECK. STATUS reports 50 without a mesh lease or a delegate.
 GC runs the delegate's DEL for every cached attachment not in ``cni.dev/valid-attachments``.
 """
 
@@ -280,7 +281,8 @@ def cmd_check(config: Config, env: Env, environ: Mapping[str, str]) -> None:
     routes = {4: in_netns(env.netns, ["ip", "-j", "-4", "route", "show"]),
               6: in_netns(env.netns, ["ip", "-j", "-6", "route", "show"])}
     mtu = conf.get("mtu") if isinstance(conf.get("mtu"), int) else None
-    problems = dg.check_attachment(record["result"], env.ifname, mtu, links, routes)
+    problems = dg.prev_result_problems(config.prev_result or {}, record["result"], env.ifname)
+    problems += dg.check_attachment(record["result"], env.ifname, mtu, links, routes)
     if problems:
         raise CniError(CHECK_FAILED, problems[0], "; ".join(problems))
     conf["prevResult"] = record["result"]
