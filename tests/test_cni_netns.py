@@ -137,6 +137,15 @@ def test_del_is_idempotent_and_works_without_the_mesh_state(lab: Lab) -> None:
     # A DEL for something never added, and one without a netns (the runtime lost it).
     assert rt.call("DEL", "never", p).returncode == 0
     assert rt.call("DEL", "never", netns_path="").returncode == 0
+    # The pod's namespace is already gone when DEL comes: the address is still released.
+    write_state(rt.state_dir, MESH, network_cidr=NETWORK_CIDR, subnet=SUBNET, address=TUNNEL_ADDRESS, mtu=MTU)
+    q = pod(lab)
+    addr = rt.pod_address(rt.add("c2", q))
+    assert addr in rt.reserved()
+    lab.run(None, ["ip", "netns", "del", q])
+    done = rt.call("DEL", "c2", q)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert addr not in rt.reserved() and rt.cached() == []
 
 
 def test_del_after_a_failed_add_cleans_up_and_spares_other_pods(lab: Lab) -> None:
