@@ -2,10 +2,12 @@
 
 Layers, lowest first: ``crypto`` <- ``tunnel.io`` (batch I/O both protocols share) <- the
 engines and their shells (``tunnel.wireguard``, ``tunnel.vxlan``) <- ``tunnel.lab`` (namespaces,
-demo, bench) <- ``tunnel.cli``. A module may import its own layer and the ones below it, never one
-above. Imports are read statically from every source file (``.py``, ``.pyx``, ``.pxi``, ``.pxd``,
-``.pyi``), including those inside functions and module names written as strings (the
-native/pure twins and the CLI load modules by name), so a lazy import cannot hide a back edge.
+demo, bench) <- ``tunnel.cli``. ``tunnel.cni`` (the CNI plugin) stands apart: it reads the mesh
+agent's state file and imports no other package of ours; nothing below the lab imports it.
+A module may import its own layer and the ones below it, never one above. Imports are read
+statically from every source file (``.py``, ``.pyx``, ``.pxi``, ``.pxd``, ``.pyi``), including
+those inside functions and module names written as strings (the native/pure twins and the CLI
+load modules by name), so a lazy import cannot hide a back edge.
 """
 
 from __future__ import annotations
@@ -30,15 +32,20 @@ CORE = [
     "tunnel.wireguard.config", "tunnel.wireguard.datapath", "tunnel.wireguard.datapath_ref",
     "tunnel.wireguard._datapath", "tunnel.wireguard.uapi_session",
     "tunnel.vxlan.engine", "tunnel.vxlan.fdb",
+    "tunnel.cni.spec", "tunnel.cni.mesh", "tunnel.cni.delegate",
 ]
 
 # Each rule: modules under the first prefix may not import modules under any of the others.
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("crypto", ("tunnel",)),
-    ("tunnel.io", ("tunnel.wireguard", "tunnel.vxlan", "tunnel.lab", "tunnel.cli", "tunnel.demo")),
-    ("tunnel.wireguard", ("tunnel.lab", "tunnel.cli", "tunnel.demo")),
-    ("tunnel.vxlan", ("tunnel.lab", "tunnel.cli", "tunnel.demo")),
+    ("tunnel.io", ("tunnel.wireguard", "tunnel.vxlan", "tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
+    ("tunnel.wireguard", ("tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
+    ("tunnel.vxlan", ("tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
     ("tunnel.lab", ("tunnel.cli",)),
+    # The CNI plugin talks to the mesh only through the agent's state file: it stands beside
+    # the engines, imports none of them (nor crypto), and none of them imports it.
+    ("tunnel.cni", ("crypto", "tunnel.io", "tunnel.wireguard", "tunnel.vxlan", "tunnel.lab", "tunnel.cli",
+                    "tunnel.demo")),
 ]
 
 SOURCES = ("*.py", "*.pyx", "*.pxi", "*.pxd", "*.pyi")
@@ -135,6 +142,11 @@ def test_the_checker_sees_every_kind_of_back_edge(tmp_path: Path) -> None:
         "tunnel/lab/__init__.py": "",
         "tunnel/lab/bad_cli.py": "import tunnel.cli\n",
         "tunnel/lab/good.py": "from tunnel.wireguard import quick\n",
+        "tunnel/cni/__init__.py": "",
+        "tunnel/cni/bad_engine.py": "from tunnel.wireguard import uapi\n",
+        "tunnel/cni/bad_lazy_io.py": "def f():\n    import tunnel.io.udp\n",
+        "tunnel/cni/good.py": "from tunnel.cni import spec\nimport json\n",
+        "tunnel/vxlan/bad_cni.py": "MODULE = 'tunnel.cni.plugin'\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
