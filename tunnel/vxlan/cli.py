@@ -4,6 +4,7 @@
     wg-py vxlan add NAME id VNI [dstport PORT] [remote ADDR | group ADDR] [local ADDR]
                     [dev IFACE] [srcport MIN MAX] [ttl N|auto] [ageing SECONDS]
                     [maxaddress N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
+                    [--metrics ADDR:PORT]
     wg-py vxlan del NAME
     wg-py vxlan show NAME [--json]
     wg-py vxlan fdb show NAME
@@ -27,6 +28,7 @@ from .control import ControlError, request, socket_path
 USAGE = """usage: wg-py vxlan add NAME id VNI [dstport PORT] [remote ADDR | group ADDR] [local ADDR]
                        [dev IFACE] [srcport MIN MAX] [ttl N|auto] [ageing SECONDS]
                        [maxaddress N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
+                       [--metrics ADDR:PORT]
        wg-py vxlan del NAME
        wg-py vxlan show NAME [--json]
        wg-py vxlan fdb show NAME
@@ -129,11 +131,35 @@ def parse_add(args: Sequence[str]) -> tuple[VxlanConfig, bool]:
 # ---- commands --------------------------------------------------------------------------------
 
 
+def split_metrics(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """Take ``--metrics ADDR:PORT`` (or ``--metrics=ADDR:PORT``) out of ``args``: the rest and
+    the address (None if absent; ``WGPY_METRICS`` is read by the daemon). Raises UsageError."""
+    rest: list[str] = []
+    address: str | None = None
+    words = list(args)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--metrics":
+            if i + 1 >= len(words):
+                raise UsageError("--metrics needs ADDR:PORT")
+            address = words[i + 1]
+            i += 2
+            continue
+        if word.startswith("--metrics="):
+            address = word.split("=", 1)[1]
+        else:
+            rest.append(word)
+        i += 1
+    return rest, address
+
+
 def _add(args: Sequence[str]) -> int:
-    config, foreground = parse_add(args)
+    words, metrics = split_metrics(args)
+    config, foreground = parse_add(words)
     from .daemon import start
 
-    return start(config, foreground)
+    return start(config, foreground, metrics)
 
 
 def _del(args: Sequence[str]) -> int:

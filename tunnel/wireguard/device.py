@@ -82,6 +82,7 @@ class Device:
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.drops: Counter[str] = Counter()
+        self.cookie_replies_sent = 0  # cookie replies sent to initiations/responses under load
         self.rate_limiter = RateLimiter()
         self._initiation_limiters: dict[Peer, InitiationLimiter] = {}
         # Our receiver indices: the peer of a handshake in progress, or a session's keypair.
@@ -334,6 +335,7 @@ class Device:
         self._timer_any_authenticated_packet_sent(peer)
         if peer.endpoint is not None:
             peer.tx_bytes += len(msg)
+            peer.initiations_sent += 1
             out.datagrams.append((msg, peer.endpoint))
 
     def initiate(self, peer: Peer, now: float) -> Output:
@@ -401,6 +403,7 @@ class Device:
                 sender = int.from_bytes(msg[4:8], "little")
                 reply = self.cookie_checker.create_reply(msg, sender, source_bytes, now)
                 out.datagrams.append((reply, source))
+                self.cookie_replies_sent += 1
                 self.drops[Drop.COOKIE_SENT] += 1
                 return
             if not self.rate_limiter.allow(source_bytes[:-2], now):
@@ -500,6 +503,7 @@ class Device:
         t.handshake_attempts = 0
         t.sent_last_minute_handshake = False
         peer.last_handshake_wall = now + self.wall_offset
+        peer.handshakes += 1
         self._arm(peer, "zero_key_material", now + ZERO_KEYS_AFTER)
 
     def _drop_keypair(self, keypair: Keypair | None) -> None:
