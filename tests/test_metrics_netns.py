@@ -151,3 +151,35 @@ def test_busy_metrics_port_fails_the_start(netns_factory: Lab) -> None:
     assert done.returncode == 1
     assert "cannot serve metrics on 127.0.0.1:9586" in done.stdout + done.stderr
     assert not lab.link_exists(ns, name)
+
+
+def test_vxlan_endpoint_metrics_per_remote(netns_factory: Lab) -> None:
+    """wg-py vxlan (--metrics) against a kernel vxlan device: per-remote frames and bytes, FDB
+    learning and drops in a scrape, and a positive rate in Prometheus."""
+    from tests.test_vxlan_netns import kernel_vxlan, underlay_pair, wgpy_vxlan
+
+    lab = netns_factory
+    a, b = underlay_pair(lab, "10.99.9.1/24", "10.99.9.2/24")
+    kernel_vxlan(lab, a, "id 42 dstport 4789 remote 10.99.9.2 local 10.99.9.1 dev eth0", "192.168.8.101/24")
+    wgpy_vxlan(lab, b, "id 42 dstport 4789 remote 10.99.9.1 local 10.99.9.2 dev eth0 "
+               f"--metrics 127.0.0.1:{METRICS_PORT}",
+               "192.168.8.102/24")
+    assert lab.wait_ping(b, "192.168.8.101", timeout=10.0)
+    start_prometheus(lab, b, f"127.0.0.1:{METRICS_PORT}")
+    pinger = lab.spawn(b, ["ping", "-i", "0.2", "-w", "60", "-q", "192.168.8.101"])
+    try:
+        expr = 'rate(vxlan_received_frames_total{interface="vxlan0",remote="10.99.9.1"}[10s]) > 0'
+        result = wait_query(lab, b, expr)
+        assert float(result[0]["value"][1]) > 0
+    finally:
+        pinger.stop()
+    text = http_get(lab, b, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    assert text is not None
+    got = samples(text)
+    remote = frozenset({("interface", "vxlan0"), ("remote", "10.99.9.1")})
+    assert got[("vxlan_received_frames_total", remote)] >= 3
+    assert got[("vxlan_sent_frames_total", remote)] >= 3
+    assert got[("vxlan_received_bytes_total", remote)] > got[("vxlan_received_frames_total", remote)] * 14
+    iface = frozenset({("interface", "vxlan0")})
+    assert got[("vxlan_fdb_learned_total", iface)] >= 1  # the kernel's MAC, learned from traffic
+    assert got[("vxlan_fdb_entries", iface)] >= 2  # the flood entry and the learned MAC
