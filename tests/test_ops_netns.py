@@ -71,18 +71,25 @@ def test_show_adds_rates_drops_offloads_and_wg_still_works(netns_factory: Lab) -
 
 @pytest.fixture
 def overlay(netns_factory: Lab) -> Iterator[tuple[Lab, Node, Node, dict[str, str]]]:
-    """wg-py <-> wg-py, and a VXLAN device vx0 in each namespace over the tunnel."""
+    """wg-py <-> wg-py, and a VXLAN device vx0 in each namespace over the tunnel, brought up by
+    ``wg-py vxlan up vx0`` from a configuration file (what wg-py-vxlan@.service runs)."""
     lab = netns_factory
     a, b = wg_pair(lab, "wg-py", "wg-py")
     env = {"WGPY_VXLAN_RUN_DIR": str(lab.path("run"))}
     for node, peer, addr in ((a, b, "192.168.50.1/24"), (b, a, "192.168.50.2/24")):
-        lab.run(node.ns, ["wg-py", "vxlan", "add", "vx0", "id", "42", "dstport", "4789", "remote", peer.inner4,
-                          "local", node.inner4], env=env)
-        lab.run(node.ns, ["ip", "addr", "add", addr, "dev", "vx0"])
-        lab.run(node.ns, ["ip", "link", "set", "vx0", "up"])
+        conf_dir = lab.path(f"conf-{node.index}")
+        conf_dir.mkdir()
+        (conf_dir / "vx0.conf").write_text(
+            f"# L2 over WireGuard\nid 42 dstport 4789\nremote {peer.inner4} local {node.inner4}\n"
+            f"address {addr}\nmtu 1350\n")
+        lab.run(node.ns, ["wg-py", "vxlan", "up", "vx0"], env={**env, "WGPY_VXLAN_CONF_DIR": str(conf_dir)})
+    link = lab.run(a.ns, ["ip", "-o", "link", "show", "dev", "vx0"]).stdout
+    assert "mtu 1350" in link and ",UP" in link
     assert lab.wait_ping(a.ns, b.inner4, timeout=15.0)
     assert lab.wait_ping(a.ns, "192.168.50.2", timeout=15.0)  # L2 over WireGuard
     yield lab, a, b, env
+    lab.run(b.ns, ["wg-py", "vxlan", "down", "vx0"], env=env)
+    assert not lab.link_exists(b.ns, "vx0")
 
 
 def test_top_once_json_lists_peers_and_remotes_by_rate(overlay: tuple[Lab, Node, Node, dict[str, str]]) -> None:

@@ -6,6 +6,7 @@
                     [maxaddress N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
                     [--metrics ADDR:PORT]
     wg-py vxlan del NAME
+    wg-py vxlan up|down NAME|FILE.conf     (tunnel/vxlan/conf.py: the add arguments from a file)
     wg-py vxlan show NAME [--json]
     wg-py vxlan fdb show NAME
     wg-py vxlan fdb add|append|del NAME MAC [dst ADDR] [port PORT] [vni VNI] [via IFACE]
@@ -30,6 +31,7 @@ USAGE = """usage: wg-py vxlan add NAME id VNI [dstport PORT] [remote ADDR | grou
                        [maxaddress N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
                        [--metrics ADDR:PORT]
        wg-py vxlan del NAME
+       wg-py vxlan up|down NAME|FILE.conf
        wg-py vxlan show NAME [--json]
        wg-py vxlan fdb show NAME
        wg-py vxlan fdb add|append|del NAME MAC [dst ADDR] [port PORT] [vni VNI] [via IFACE]
@@ -249,7 +251,19 @@ def _fdb(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"add": _add, "del": _del, "delete": _del, "show": _show, "fdb": _fdb}
+def _up(args: Sequence[str]) -> int:
+    from .conf import up
+
+    return up(args)
+
+
+def _down(args: Sequence[str]) -> int:
+    from .conf import down
+
+    return down(args)
+
+
+COMMANDS = {"add": _add, "del": _del, "delete": _del, "show": _show, "fdb": _fdb, "up": _up, "down": _down}
 
 
 def main(args: list[str]) -> int:
