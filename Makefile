@@ -53,7 +53,9 @@ test: build lint
 demo: build
 	$(PY) -m tunnel.lab.demo
 
+# The chart needs matplotlib (the optional "bench" extra).
 bench: build
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[bench]'
 	$(VENV)/bin/wg-py bench
 
 clean:
