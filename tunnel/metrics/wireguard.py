@@ -4,8 +4,9 @@ Names and labels of the per-peer metrics are those of the usual WireGuard export
 (``wireguard_sent_bytes_total``, ``wireguard_received_bytes_total``,
 ``wireguard_latest_handshake_seconds``; labels ``interface`` and ``public_key``), so existing
 dashboards work. wg-py adds per-peer handshakes and initiations, the engine's drops by reason
-(every :class:`~tunnel.wireguard.messages.Drop` name, zero included, so ``rate()`` has a series
-from the first scrape), cookie replies sent, the shell's I/O errors and an info metric.
+(every :class:`~tunnel.wireguard.messages.Drop` name and transport verdict - ``auth``,
+``replay``, ... -, zero included, so ``rate()`` has a series from the first scrape), cookie
+replies sent, the shell's I/O errors and an info metric.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from crypto.backend import REASONS
 from tunnel.wireguard.messages import Drop
 
-DROP_REASONS: tuple[str, ...] = tuple(
-    sorted(value for key, value in vars(Drop).items() if key.isupper() and isinstance(value, str))
-)
+# Every reason the engine counts: the Drop names and the transport cipher's verdicts.
+DROP_REASONS: tuple[str, ...] = tuple(sorted(
+    {value for key, value in vars(Drop).items() if key.isupper() and isinstance(value, str)}
+    | {reason for reason in REASONS if reason != "ok"}
+))
 PEER_LABELS = ["interface", "public_key"]
 
 
