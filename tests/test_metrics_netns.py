@@ -151,6 +151,11 @@ def test_busy_metrics_port_fails_the_start(netns_factory: Lab) -> None:
     assert done.returncode == 1
     assert "cannot serve metrics on 127.0.0.1:9586" in done.stdout + done.stderr
     assert not lab.link_exists(ns, name)
+    # The same command on a free port: the detached daemon serves its (peerless) interface.
+    lab.run(ns, [*program, "--metrics", "127.0.0.1:9587", name])
+    text = http_get(lab, ns, "http://127.0.0.1:9587/metrics")
+    assert text is not None
+    assert samples(text)[("wireguard_peers", frozenset({("interface", name)}))] == 0
 
 
 def test_vxlan_endpoint_metrics_per_remote(netns_factory: Lab) -> None:
