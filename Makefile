@@ -10,7 +10,8 @@ VENV_STAMP := $(VENV)/.wgpy-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEB_PACKAGES := wireguard-go wireguard-tools iperf3 iputils-ping ncat iptables iproute2 \
-	libssl-dev libsodium-dev python3-venv python3-dev gcc containernetworking-plugins
+	libssl-dev libsodium-dev python3-venv python3-dev gcc containernetworking-plugins \
+	prometheus tmux systemd
 
 .PHONY: all deps venv build lint test demo bench clean distclean
 
@@ -53,7 +54,9 @@ test: build lint
 demo: build
 	$(PY) -m tunnel.lab.demo
 
+# The chart needs matplotlib (the optional "bench" extra).
 bench: build
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[bench]'
 	$(VENV)/bin/wg-py bench
 
 clean:

@@ -131,9 +131,10 @@ class Node:
         self.lab.run(self.ns, ["wg", "setconf", self.iface, str(path)], timeout=120)
 
 
-def start_node(lab: Lab, impl: str, ns: str, index: int, port: int) -> Node:
+def start_node(lab: Lab, impl: str, ns: str, index: int, port: int,
+               env: dict[str, str] | None = None) -> Node:
     program = implementation(impl)
-    iface = lab.start_daemon(ns, program)
+    iface = lab.start_daemon(ns, program, env=env)
     return Node(lab, impl, ns, iface, index, keys.generate_private(), port,
                 inner4=f"10.9.0.{index}", inner6=f"fd09::{index}")
 
@@ -165,15 +166,17 @@ def wg_pair(
     outer: int = 4,
     mtu: int = 1420,
     veth_mtu: int = 1500,
+    env_a: dict[str, str] | None = None,
 ) -> tuple[Node, Node]:
     """Namespaces ``a`` and ``b`` joined by a veth (192.168.77.0/24 and fd77::/64), a daemon in
-    each, peered over ``outer`` IPv4 or IPv6 with inner 10.9.0.0/24 and fd09::/64."""
+    each, peered over ``outer`` IPv4 or IPv6 with inner 10.9.0.0/24 and fd09::/64. ``env_a``:
+    extra environment for a's daemon."""
     ns_a, ns_b = lab.namespace("a"), lab.namespace("b")
     lab.veth(ns_a, ns_b, ["192.168.77.1/24", "fd77::1/64"], ["192.168.77.2/24", "fd77::2/64"])
     if veth_mtu != 1500:
         for ns, dev in ((ns_a, "veth0"), (ns_b, "veth1")):
             lab.run(ns, ["ip", "link", "set", "dev", dev, "mtu", str(veth_mtu)])
-    a = start_node(lab, impl_a, ns_a, 1, 51821)
+    a = start_node(lab, impl_a, ns_a, 1, 51821, env_a)
     b = start_node(lab, impl_b, ns_b, 2, 51822)
     a.veth, b.veth = "veth0", "veth1"
     host = OUTER[outer][1]

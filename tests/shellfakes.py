@@ -30,6 +30,8 @@ class FakeTun:
         self.fd = -1
         self.mtu = 1420
         self.vnet_hdr = True
+        self.offloads = "csum,tso4,tso6"  # what Interface.stats reports
+        self.gro = True
         self.pending = 0
         self.needed = 0
         self.io_errors: dict[str, int] = {}
@@ -109,6 +111,8 @@ class FakeBind:
 
     def __init__(self) -> None:
         self.gro = True
+        self.gso = True
+        self.port = 51820
         self.lost_sources: list[Endpoint] = []
         self.sent: list[tuple[bytes, Endpoint]] = []
         self.v4 = self

@@ -1,5 +1,5 @@
 """``wg-py bench``: the option parsing, the parsers of /proc and tool output, the statistics, the
-report and the PNG writer (pure functions), plus one short smoke run in namespaces.
+report and the matplotlib chart (pure functions), plus one short smoke run in namespaces.
 
 Nothing here asserts on speed: the smoke run only checks that traffic flowed and that the
 files were written.
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
 
-from tunnel.lab import bench
+from tunnel.lab import bench, benchchart
 from tunnel.lab import benchreport as report
 from tunnel.lab.netns import missing_requirements
 
@@ -159,42 +157,47 @@ def test_render_table() -> None:
     assert "/" not in sub.splitlines()[0] and "not measured" in sub
 
 
-# ---- PNG -----------------------------------------------------------------------------------------
+# ---- chart (matplotlib) --------------------------------------------------------------------------
 
 
-def _png_chunks(data: bytes) -> dict[bytes, bytes]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    chunks: dict[bytes, bytes] = {}
-    pos = 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body)
-        chunks[kind] = chunks.get(kind, b"") + body
-        pos += 12 + length
-    return chunks
-
-
-def test_png_chart_is_a_valid_png_with_bars() -> None:
+def test_chart_has_a_bar_value_and_ratio_per_contender() -> None:
     summary = report.summarize(SAMPLES)
-    data = report.png_chart(summary, list(report.CONTENDERS))
-    chunks = _png_chunks(data)
-    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, color) == (8, 2) and b"IEND" in chunks
-    raw = zlib.decompress(chunks[b"IDAT"])
-    assert len(raw) == height * (1 + 3 * width)
-    colors = {bytes(raw[i : i + 3]) for r in range(height)
-              for i in range(r * (1 + 3 * width) + 1, (r + 1) * (1 + 3 * width), 3)}
+    contenders = list(report.CONTENDERS)
+    figure = benchchart.figure(summary, contenders, "t", 100)
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    measured = [k for k in report.CHART_METRICS if any(k in summary.get(c, {}) for c in contenders)]
+    assert [ax.get_title() for ax in panels] == [report.METRIC[k].label for k in measured]
+    tcp = panels[measured.index("tcp1_gbps")]
+    heights = [bar.get_height() for bar in tcp.patches]
+    assert heights == [summary[c].get("tcp1_gbps", 0.0) for c in contenders]
+    texts = [t.get_text() for t in tcp.texts]
+    assert "1.5" in texts and "0.35" in texts  # the values on the bars
+    assert "4.29x\nvs wggo" in texts and "0.03x\nvs kvxlan" in texts  # the ratios on wg-py's bars
+    ping = panels[measured.index("ping_median_ms")]
+    assert "0.80x\nvs wggo" in [t.get_text() for t in ping.texts]
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert legend == [report.CONTENDERS[c] for c in contenders]
+
+
+def test_ratio_labels_need_the_reference() -> None:
+    summary = report.summarize(SAMPLES)
+    assert benchchart.ratio_labels(summary, "tcp1_gbps", ["wgpy", "wggo"]) == {"wgpy": "4.29x\nvs wggo"}
+    assert benchchart.ratio_labels(summary, "tcp1_gbps", ["wgpy", "veth"]) == {}
+    assert benchchart.ratio_labels(summary, "udp64_kpps", ["wgpy", "wggo"]) == {}
+
+
+def test_chart_png_shows_the_contender_colors() -> None:
+    import io
+
+    import matplotlib.image
+
+    data = benchchart.chart(report.summarize(SAMPLES), ["wgpy", "wggo", "kvxlan"])
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    pixels = matplotlib.image.imread(io.BytesIO(data), format="png")
+    colors = {tuple(int(round(255 * c)) for c in px[:3]) for row in pixels[::3] for px in row[::3]}
     for contender in ("wgpy", "wggo", "kvxlan"):
-        assert bytes(report._COLORS[contender]) in colors
-
-
-def test_every_label_character_has_a_glyph() -> None:
-    text = " ".join([*report.CONTENDERS.values(), *(m.label + m.unit for m in report.METRICS),
-                     "higher better lower better 0123456789 n/a (x)"])
-    assert {c for c in text.upper()} <= set(report._GLYPHS)
-    assert all(len(g) == 5 and all(len(row) == 3 for row in g) for g in report._GLYPHS.values())
+        hexcolor = benchchart.COLORS[contender]
+        assert tuple(int(hexcolor[i:i + 2], 16) for i in (1, 3, 5)) in colors
 
 
 def test_write_results_json_and_png(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@
 ``wg-py genkey|pubkey|genpsk``           keys, interchangeable with ``wg genkey|pubkey|genpsk``
 ``wg-py up|down NAME|FILE``              bring an interface up/down from a wg-quick file
 ``wg-py vxlan ...``                      the VXLAN endpoint
+``wg-py show [IFACE] [--json]``          wg show plus rates, drops, offloads, twins
+``wg-py top [--once [--json]]``          live per-peer view of every wg-py interface
+``wg-py install-units [--dir DIR]``      copy the systemd service units
 ``wg-py bench``                          benchmarks against the references
 """
 
@@ -15,10 +18,13 @@ from collections.abc import Sequence
 
 from crypto import keys
 
-USAGE = """usage: wg-py [-f|--foreground] INTERFACE-NAME
+USAGE = """usage: wg-py [-f|--foreground] [--metrics ADDR:PORT] INTERFACE-NAME
        wg-py genkey | pubkey | genpsk
        wg-py up | down CONFIG-NAME|CONFIG-FILE
        wg-py vxlan add|del|show|fdb ...
+       wg-py show [INTERFACE] [--json]
+       wg-py top [--interval S] [--once [--json]]
+       wg-py install-units [--dir DIR]
        wg-py bench [options]
        wg-py --version
 """
@@ -67,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run("tunnel.vxlan.cli", rest)
     if command == "bench":
         return _run("tunnel.lab.bench", rest)
+    if command == "show":
+        return _run("tunnel.ops.show", rest)
+    if command == "top":
+        return _run("tunnel.ops.top", rest)
+    if command == "install-units":
+        return _run("tunnel.ops.units", rest)
     return _run("tunnel.wireguard.daemon", args)
 
 

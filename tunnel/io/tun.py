@@ -126,6 +126,8 @@ class Tun:
             self.fd: int = fd
             self.name: str = info.name
             self.vnet_hdr: bool = info.vnet_hdr
+            #: what the kernel took: ``csum,tso4,tso6,...`` or ``none`` (shown by ``wg-py show``)
+            self.offloads: str = info.describe().split("offloads=", 1)[1]
             log.info("TUN %s (%s I/O)", info.describe(), IO_NAME)
             for note in info.notes:
                 log.info("TUN %s: %s", info.name, note)
@@ -134,6 +136,7 @@ class Tun:
             self.fd = self._dev.fileno()
             self.name = self._dev.name
             self.vnet_hdr = False
+            self.offloads = "none (WGPY_NO_OFFLOAD=1)"
             log.info("TUN %s: plain (offloads disabled by WGPY_NO_OFFLOAD=1, %s I/O)", self.name, IO_NAME)
         try:
             offload.set_mtu(self.name, mtu)  # as wireguard-go creates its TUN with its default MTU
@@ -146,6 +149,7 @@ class Tun:
         # A packet larger than its slot (the MTU was raised) is held for a call with larger
         # slots instead of being dropped (see :attr:`needed`).
         self._io = _io.TunBatch(self.fd, vnet_hdr=self.vnet_hdr, gro=gro, hold_oversized=self.vnet_hdr)
+        self.gro: bool = gro
         self._fallbacks_logged = 0
         self._errors: Counter[str] = Counter()
         self._own_netns = os.stat("/proc/self/ns/net").st_ino

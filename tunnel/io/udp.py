@@ -215,6 +215,11 @@ class UdpBind:
         """True if every socket coalesces with UDP GRO (receive slots may then be small)."""
         return all(sock.gro for sock in self.sockets)
 
+    @property
+    def gso(self) -> bool:
+        """True if every socket sends with UDP GSO (the kernel took UDP_SEGMENT)."""
+        return all(bool(sock.io.gso) for sock in self.sockets)
+
     def set_mark(self, mark: int) -> None:
         for sock in self.sockets:
             sock.set_mark(mark)

@@ -20,14 +20,16 @@ fresh daemon before and after ``wg setconf`` of ``--peers`` generated peers (one
 
 Figures are medians over the rounds. The report is a table with each figure, its ratio to the
 reference (wg-py / wireguard-go, wg-py VXLAN / kernel vxlan) and to raw veth, the targets of
-issue 5 marked met or not, a JSON file and a PNG bar chart (written by :func:`tunnel.lab.benchreport.png_chart`, pure
-Python) under ``bench/results/``. The pure functions (parsing, statistics, report, chart) take
-and return plain data and are unit-tested; :func:`run` does the I/O.
+issue 5 marked met or not, a JSON file and a PNG bar chart (:func:`tunnel.lab.benchchart.chart`,
+matplotlib from the ``bench`` extra; without it no PNG is written) under ``bench/results/``.
+The pure functions (parsing, statistics, report, chart) take and return plain data and are
+unit-tested; :func:`run` does the I/O and shows a progress bar (rich) on a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,12 +39,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crypto import keys
+from tunnel.lab import benchchart
 from tunnel.lab.benchreport import (
     CONTENDERS,
     METRICS,
@@ -53,7 +56,6 @@ from tunnel.lab.benchreport import (
     fmt,
     parse_ping,
     per_gigabyte,
-    png_chart,
     proc_cpu_ticks,
     ratio,
     render_table,
@@ -266,16 +268,52 @@ def measure_peer_rss(lab: Lab, name: str, peers: int) -> tuple[float, float]:
     return idle, rss_mib(pids)
 
 
+_progress: Any = None  # the rich Progress of the run under way (lines print above its bar)
+
+
 def _say(text: str) -> None:
-    print(text, flush=True)
+    if _progress is not None:
+        _progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+    else:
+        print(text, flush=True)
+
+
+def _step(description: str | None = None, total: int | None = None) -> None:
+    """Advance the progress bar by one step (or only change its text or total)."""
+    if _progress is None:
+        return
+    task = _progress.task_ids[0]
+    if total is not None or description is not None:
+        _progress.update(task, total=total, description=description)
+    else:
+        _progress.advance(task)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int) -> Iterator[None]:
+    """A progress bar for the run (rich; drawn only on a terminal, removed when done)."""
+    global _progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   transient=True)
+    bar.add_task("setting up", total=total)
+    _progress = bar
+    try:
+        with bar:
+            yield
+    finally:
+        _progress = None
 
 
 def _attempt(what: str, fn: Callable[[], str]) -> None:
     """Run one measurement; print its line, or why it failed (the run goes on)."""
+    _step(description=what)
     try:
         _say(f"{what:<34} {fn()}")
     except (CommandError, KeyError, ValueError, OSError) as exc:
         _say(f"{what:<34} FAILED: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    _step()
 
 
 def run(opts: Options) -> dict[str, Any]:
@@ -283,20 +321,25 @@ def run(opts: Options) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float | None]]] = {}
     info: dict[str, Any] = {}
     started = time.time()
-    with Lab(f"wgb{os.getpid() % 100000}") as lab:
+    with Lab(f"wgb{os.getpid() % 100000}") as lab, progress_bar(len(opts.only)):
         pairs: list[Pair] = []
         for name in opts.only:
+            _step(description=f"setup {name}")
             t0 = time.monotonic()
             try:
                 pair = build_pair(lab, name)
             except (SetupError, CommandError, OSError) as exc:
                 _say(f"setup {name:<28} FAILED: {exc}")
                 info[name] = {"label": CONTENDERS[name], "error": str(exc)}
+                _step()
                 continue
             pairs.append(pair)
             info[name] = {"label": CONTENDERS[name], "mtu": pair.mtu, "pids": pair.pids}
             samples[name] = {m.key: [] for m in METRICS}
             _say(f"setup {name:<28} ok (mtu {pair.mtu}, {time.monotonic() - t0:.1f}s)")
+            _step()
+        peer_runs = sum(1 for p in pairs if p.name in PEER_RSS) if opts.peers else 0
+        _step(total=len(opts.only) + opts.rounds * len(pairs) * 4 + peer_runs)
         for r in range(opts.rounds):
             order = pairs[r % len(pairs):] + pairs[: r % len(pairs)] if pairs else []
             for p in order:
@@ -384,8 +427,12 @@ def write_results(doc: Mapping[str, Any], opts: Options) -> list[Path]:
     """The JSON (and PNG) files: ``--json PATH`` (+ .png), else timestamped + ``latest.*``."""
     text = json.dumps(doc, indent=2) + "\n"
     title = f"wg-py bench {doc.get('started', '')}"
-    chart = (png_chart(doc["summary"], doc["order"], title, opts.peers)
-             if opts.chart and doc["order"] else None)
+    chart: bytes | None = None
+    if opts.chart and doc["order"]:
+        if benchchart.available():
+            chart = benchchart.chart(doc["summary"], doc["order"], title, opts.peers)
+        else:
+            _say("matplotlib is not installed (pip install 'wg-py[bench]'): no chart")
     if opts.json_path:
         targets = [opts.json_path]
     else:

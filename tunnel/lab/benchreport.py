@@ -1,5 +1,5 @@
 """The pure half of ``wg-py bench``: what is measured, the targets, parsing of tool output,
-statistics, the text table and the PNG chart (zlib + struct, no plotting dependency).
+statistics and the text table (the PNG chart is :mod:`tunnel.lab.benchchart`, matplotlib).
 
 Everything here takes and returns plain data and is unit-tested; :mod:`tunnel.lab.bench` runs the
 lab and calls these.
@@ -8,8 +8,6 @@ lab and calls these.
 from __future__ import annotations
 
 import statistics
-import struct
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -216,131 +214,3 @@ def _grid(rows: Sequence[Sequence[str]]) -> list[str]:
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
-
-
-# ---- the PNG chart (pure Python: zlib + struct) -----------------------------------------------
-
-# A 3x5 pixel font: per character five rows of three pixels, "#" = ink (space: blank).
-_FONT = """
-0 ### #.# #.# #.# ###
-1 .#. ##. .#. .#. ###
-2 ### ..# ### #.. ###
-3 ### ..# .## ..# ###
-4 #.# #.# ### ..# ..#
-5 ### #.. ### ..# ###
-6 ### #.. ### #.# ###
-7 ### ..# .#. .#. .#.
-8 ### #.# ### #.# ###
-9 ### #.# ### ..# ###
-A .#. #.# ### #.# #.#
-B ##. #.# ##. #.# ##.
-C .## #.. #.. #.. .##
-D ##. #.# #.# #.# ##.
-E ### #.. ##. #.. ###
-F ### #.. ##. #.. #..
-G .## #.. #.# #.# .##
-H #.# #.# ### #.# #.#
-I ### .#. .#. .#. ###
-J ..# ..# ..# #.# .#.
-K #.# ##. #.. ##. #.#
-L #.. #.. #.. #.. ###
-M #.# ### ### #.# #.#
-N ##. #.# #.# #.# #.#
-O .#. #.# #.# #.# .#.
-P ##. #.# ##. #.. #..
-Q .#. #.# #.# ##. .##
-R ##. #.# ##. #.# #.#
-S .## #.. .#. ..# ##.
-T ### .#. .#. .#. .#.
-U #.# #.# #.# #.# ###
-V #.# #.# #.# #.# .#.
-W #.# #.# ### ### #.#
-X #.# #.# .#. #.# #.#
-Y #.# #.# .#. .#. .#.
-Z ### ..# .#. #.. ###
-. ... ... ... ... .#.
-- ... ... ### ... ...
-/ ..# ..# .#. #.. #..
-, ... ... ... .#. #..
-( .#. #.. #.. #.. .#.
-) .#. ..# ..# ..# .#.
-> #.. .#. ..# .#. #..
-= ... ### ... ### ...
-"""
-_GLYPHS = {line[0]: line[2:].split() for line in _FONT.strip("\n").splitlines()}
-_GLYPHS[" "] = ["..."] * 5
-
-_COLORS = {"veth": (150, 150, 150), "wgpy": (31, 119, 180), "wggo": (255, 127, 14),
-           "wgpy-vxlan": (44, 160, 44), "kvxlan": (214, 39, 40)}
-_SCALE = 2  # pixels per font pixel
-
-
-class _Canvas:
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.pixels = bytearray(b"\xff" * (width * height * 3))
-
-    def rect(self, x: int, y: int, w: int, h: int, color: tuple[int, int, int]) -> None:
-        x0, x1 = max(0, x), min(self.width, x + w)
-        for row in range(max(0, y), min(self.height, y + h)):
-            start = (row * self.width + x0) * 3
-            self.pixels[start : start + (x1 - x0) * 3] = bytes(color) * max(0, x1 - x0)
-
-    def text(self, x: int, y: int, s: str, color: tuple[int, int, int] = (0, 0, 0)) -> None:
-        for ch in s.upper():
-            rows = _GLYPHS.get(ch, _GLYPHS[" "])
-            for ry, bits in enumerate(rows):
-                for rx, bit in enumerate(bits):
-                    if bit == "#":
-                        self.rect(x + rx * _SCALE, y + ry * _SCALE, _SCALE, _SCALE, color)
-            x += 4 * _SCALE
-
-    def png(self) -> bytes:
-        raw = b"".join(b"\x00" + bytes(self.pixels[r * self.width * 3 : (r + 1) * self.width * 3])
-                       for r in range(self.height))
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(
-                ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def text_width(s: str) -> int:
-    return len(s) * 4 * _SCALE
-
-
-def png_chart(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
-              title: str = "wg-py bench", peers: int | None = None) -> bytes:
-    """A PNG: one panel per metric in CHART_METRICS, one bar per contender (scaled to the
-    panel's largest value), the value above each bar, a legend below."""
-    metrics = [k for k in CHART_METRICS if any(k in summary.get(c, {}) for c in contenders)]
-    bar, gap, ph = 40, 8, 220
-    pw = max(len(contenders) * (bar + gap) + gap, 200)
-    width = max(len(metrics), 1) * (pw + 20) + 20
-    height = ph + 130
-    cv = _Canvas(width, height)
-    cv.text(20, 10, title)
-    for i, key in enumerate(metrics):
-        m = METRIC[key]
-        x0, top = 20 + i * (pw + 20), 60
-        values = [summary.get(c, {}).get(key) for c in contenders]
-        peak = max((v for v in values if v is not None), default=0.0) or 1.0
-        cv.text(x0, top - 24, _label(m, peers))
-        cv.text(x0, top - 12, f"{m.unit} ({'higher' if m.higher_is_better else 'lower'} better)",
-                (90, 90, 90))
-        cv.rect(x0, top + ph - 20, pw, 1, (0, 0, 0))
-        for j, (c, v) in enumerate(zip(contenders, values, strict=True)):
-            bx = x0 + gap + j * (bar + gap)
-            label = fmt(v)
-            h = 0 if v is None else int((ph - 50) * v / peak)
-            cv.rect(bx, top + ph - 20 - h, bar, h, _COLORS.get(c, (0, 0, 0)))
-            cv.text(bx + (bar - text_width(label)) // 2, top + ph - 34 - h, label)
-    x, y = 20, height - 40
-    for c in contenders:
-        cv.rect(x, y, 14, 14, _COLORS.get(c, (0, 0, 0)))
-        cv.text(x + 20, y + 2, CONTENDERS.get(c, c))
-        x += 20 + text_width(CONTENDERS.get(c, c)) + 24
-    return cv.png()

@@ -4,7 +4,9 @@
     wg-py vxlan add NAME id VNI [dstport PORT] [remote ADDR | group ADDR] [local ADDR]
                     [dev IFACE] [srcport MIN MAX] [ttl N|auto] [ageing SECONDS]
                     [maxaddress N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
+                    [--metrics ADDR:PORT]
     wg-py vxlan del NAME
+    wg-py vxlan up|down NAME|FILE.conf     (tunnel/vxlan/conf.py: the add arguments from a file)
     wg-py vxlan show NAME [--json]
     wg-py vxlan fdb show NAME
     wg-py vxlan fdb add|append|del NAME MAC [dst ADDR] [port PORT] [vni VNI] [via IFACE]
@@ -27,7 +29,9 @@ from .control import ControlError, request, socket_path
 USAGE = """usage: wg-py vxlan add NAME id VNI [dstport PORT] [remote ADDR | group ADDR] [local ADDR]
                        [dev IFACE] [srcport MIN MAX] [ttl N|auto] [ageing SECONDS]
                        [maxaddress N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
+                       [--metrics ADDR:PORT]
        wg-py vxlan del NAME
+       wg-py vxlan up|down NAME|FILE.conf
        wg-py vxlan show NAME [--json]
        wg-py vxlan fdb show NAME
        wg-py vxlan fdb add|append|del NAME MAC [dst ADDR] [port PORT] [vni VNI] [via IFACE]
@@ -129,11 +133,35 @@ def parse_add(args: Sequence[str]) -> tuple[VxlanConfig, bool]:
 # ---- commands --------------------------------------------------------------------------------
 
 
+def split_metrics(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """Take ``--metrics ADDR:PORT`` (or ``--metrics=ADDR:PORT``) out of ``args``: the rest and
+    the address (None if absent; ``WGPY_METRICS`` is read by the daemon). Raises UsageError."""
+    rest: list[str] = []
+    address: str | None = None
+    words = list(args)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--metrics":
+            if i + 1 >= len(words):
+                raise UsageError("--metrics needs ADDR:PORT")
+            address = words[i + 1]
+            i += 2
+            continue
+        if word.startswith("--metrics="):
+            address = word.split("=", 1)[1]
+        else:
+            rest.append(word)
+        i += 1
+    return rest, address
+
+
 def _add(args: Sequence[str]) -> int:
-    config, foreground = parse_add(args)
+    words, metrics = split_metrics(args)
+    config, foreground = parse_add(words)
     from .daemon import start
 
-    return start(config, foreground)
+    return start(config, foreground, metrics)
 
 
 def _del(args: Sequence[str]) -> int:
@@ -225,7 +253,19 @@ def _fdb(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"add": _add, "del": _del, "delete": _del, "show": _show, "fdb": _fdb}
+def _up(args: Sequence[str]) -> int:
+    from .conf import up
+
+    return up(args)
+
+
+def _down(args: Sequence[str]) -> int:
+    from .conf import down
+
+    return down(args)
+
+
+COMMANDS = {"add": _add, "del": _del, "delete": _del, "show": _show, "fdb": _fdb, "up": _up, "down": _down}
 
 
 def main(args: list[str]) -> int:

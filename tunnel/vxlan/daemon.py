@@ -9,6 +9,8 @@ SIGTERM/SIGINT, or the TAP device disappearing (``ip link del NAME``: a read err
 fd, or the periodic ifindex check), then closes everything: the TAP goes with its fd, and the
 control socket file is removed. :func:`start` adds the daemonizing double fork: the parent
 exits 0 only once ``open`` succeeded in the daemon, else prints the reason and exits 1.
+With ``--metrics ADDR:PORT`` (or ``WGPY_METRICS``) ``open`` also binds a Prometheus endpoint,
+served from ``run`` on (``tunnel.metrics``; scrapes read the engine on the loop).
 
 TAP offloads. The TAP is opened by ``tunnel.io.offload.open_tun(name, tap=True)`` with
 IFF_VNET_HDR and TUNSETOFFLOAD (CSUM, TSO4, TSO6): the local stack then hands us TCP
@@ -106,8 +108,10 @@ class DaemonError(Exception):
 class VxlanDaemon:
     """One VXLAN device. Not thread-safe; everything happens on the loop thread."""
 
-    def __init__(self, config: VxlanConfig) -> None:
+    def __init__(self, config: VxlanConfig, metrics: str | None = None) -> None:
         self.config = replace(config, hash_seed=random.getrandbits(32))
+        self.metrics_address = metrics  # --metrics ADDR:PORT (else WGPY_METRICS, see open)
+        self.metrics: Any = None  # a tunnel.metrics.MetricsServer while serving
         self.name = config.name
         self.engine: VxlanEngine | None = None
         self.tap_fd = -1
@@ -186,7 +190,30 @@ class VxlanDaemon:
             raise DaemonError(f"cannot open the sending sockets: {exc.strerror or exc}") from None
         self.engine = VxlanEngine(self.config, time.monotonic(), self.fast)
         self.engine.set_own_mac(own_mac)
+        self._open_metrics()
         self._open_control(path)
+
+    def _open_metrics(self) -> None:
+        """Bind the Prometheus endpoint if ``--metrics``/``WGPY_METRICS`` asks for one."""
+        from tunnel.metrics import MetricsError, open_server
+
+        try:
+            self.metrics = open_server(self.metrics_address)
+        except MetricsError as exc:
+            raise DaemonError(str(exc)) from None
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The engine's counters and the shell's facts (for ``tunnel.metrics.vxlan``; on the loop)."""
+        assert self.engine is not None
+        stats = self.engine.stats()
+        stats.update({
+            "interface": self.name,
+            "kind": "vxlan",
+            "implementation": {"datapath": self.fast_name, "batch_io": self.io_name,
+                               "sender": self.sender.mode if self.sender else ""},
+            "offloads": {"tap": self.offloads},
+        })
+        return stats
 
     def _open_tap(self, name: str) -> None:
         """The TAP device, with offloads unless WGPY_NO_OFFLOAD=1 (see module doc)."""
@@ -229,6 +256,9 @@ class VxlanDaemon:
 
     def close(self) -> None:
         """Release everything (idempotent). The TAP device disappears with its fd."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -281,6 +311,11 @@ class VxlanDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
         server = await asyncio.start_unix_server(self._on_control, sock=self.control)
+        if self.metrics is not None:
+            from tunnel.metrics import LoopCollector
+            from tunnel.metrics.vxlan import families
+
+            self.metrics.start(loop, LoopCollector(self.metrics_snapshot, families))
         timers = [
             asyncio.ensure_future(self._every(AGE_INTERVAL, self._age)),
             asyncio.ensure_future(self._every(LINK_CHECK_INTERVAL, self._check_link)),
@@ -534,12 +569,12 @@ def _setup_logging(foreground: bool) -> None:
     log.setLevel(logging.DEBUG if os.environ.get("WGPY_VXLAN_DEBUG") else logging.INFO)
 
 
-def start(config: VxlanConfig, foreground: bool) -> int:
+def start(config: VxlanConfig, foreground: bool, metrics: str | None = None) -> int:
     """Run the daemon for ``config``: in the foreground (returns when it stops), or daemonized
     (returns 0 once the device and control socket exist, 1 with a message otherwise)."""
     if foreground:
         _setup_logging(True)
-        daemon = VxlanDaemon(config)
+        daemon = VxlanDaemon(config, metrics)
         try:
             daemon.open()
         except DaemonError as exc:
@@ -564,7 +599,7 @@ def start(config: VxlanConfig, foreground: bool) -> int:
         os.setsid()
         if os.fork():
             os._exit(0)
-        _daemon_main(config, w)
+        _daemon_main(config, w, metrics)
     finally:
         os._exit(1)
 
@@ -585,14 +620,14 @@ def _read_status(fd: int) -> str:
         data += chunk
 
 
-def _daemon_main(config: VxlanConfig, status_fd: int) -> None:
+def _daemon_main(config: VxlanConfig, status_fd: int, metrics: str | None) -> None:
     os.chdir("/")
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
     _setup_logging(False)
-    daemon = VxlanDaemon(config)
+    daemon = VxlanDaemon(config, metrics)
     try:
         daemon.open()
     except Exception as exc:

@@ -43,7 +43,8 @@ entry and no flood list), ``no_remote_address`` (a remote of 0.0.0.0 / ::).
 
 Counters: ``rx_packets``/``rx_bytes`` count frames delivered (bytes = inner frame length);
 ``tx_packets``/``tx_bytes`` count datagrams handed out (bytes = inner frame length, once per
-remote, as the kernel counts per copy).
+remote, as the kernel counts per copy). ``remotes`` splits both per remote VTEP (outer IP,
+bounded: ``tunnel.vxlan.counters``).
 
 Divergence from the kernel, on purpose: with ``proxy`` the kernel swallows every ARP frame from
 the local side, answering only from its neighbour table (filled by a control plane). We answer
@@ -70,6 +71,7 @@ from .arp import (
     parse_arp,
 )
 from .config import VxlanConfig, format_mac, parse_mac
+from .counters import RemoteCounters
 from .fast import select as select_fast
 from .fdb import DROP_STATIC_CONFLICT, ZERO_MAC, Fdb, FdbEntry, Remote
 from .flow import flow_hash, scale_port
@@ -126,6 +128,8 @@ class VxlanEngine:
         self.tx_packets = 0
         self.tx_bytes = 0
         self.arp_proxied = 0
+        #: frames and bytes per remote VTEP (outer IP), bounded (tunnel.vxlan.counters)
+        self.remotes = RemoteCounters()
         self._apply(config)
         flood_ip = config.remote or config.group
         if flood_ip is not None:
@@ -176,6 +180,7 @@ class VxlanEngine:
             self._snoop_neighbour(view, smac, now)
         self.rx_packets += 1
         self.rx_bytes += n - VXLAN_HLEN
+        self.remotes.received(str(src[0]), 1, n - VXLAN_HLEN)
         return view[VXLAN_HLEN:]
 
     def receive_batch(
@@ -235,6 +240,7 @@ class VxlanEngine:
                     self._snoop_neighbour(view, bytes(view[14:20]), now)
         self.rx_packets += accepted
         self.rx_bytes += nbytes
+        self.remotes.received_bufs(lengths, sources, verdicts, count, accepted, nbytes, VXLAN_HLEN)
         return accepted
 
     def _snoop_neighbour(self, view: memoryview, smac: bytes, now: float) -> None:
@@ -311,6 +317,7 @@ class VxlanEngine:
                 items.append((start, end, remote))
                 self.tx_packets += frames
                 self.tx_bytes += nbytes
+                self.remotes.sent(remote.ip, frames, nbytes)
         return plan
 
     def _transmit_into(
@@ -344,6 +351,7 @@ class VxlanEngine:
             out.append((p, (remote.ip, remote.port), sport))
             self.tx_packets += 1
             self.tx_bytes += inner_len
+            self.remotes.sent(remote.ip, 1, inner_len)
 
     def _header(self, vni: int) -> bytes:
         hdr = self._headers.get(vni)
@@ -407,6 +415,7 @@ class VxlanEngine:
             "fdb_aged": fdb.aged_count,
             "neighbours": len(self.neigh),
             "drops": dict(sorted(self.drops.items())),
+            "remotes": self.remotes.as_dict(),
         }
 
     def show(self, now: float | None = None) -> dict[str, Any]:

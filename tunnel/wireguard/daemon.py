@@ -1,4 +1,5 @@
-"""``wg-py [-f|--foreground] IFACE``: the WireGuard daemon, a drop-in for ``wireguard-go IFACE``.
+"""``wg-py [-f|--foreground] [--metrics ADDR:PORT] IFACE``: the WireGuard daemon, a drop-in for
+``wireguard-go IFACE``.
 
 Start-up order (what callers such as wg-quick rely on): create the TUN device, bind the UAPI
 socket ``/var/run/wireguard/IFACE.sock`` and the UDP sockets, and only then return to the caller
@@ -6,7 +7,13 @@ by daemonizing (double fork; the parent exits 0 once the child runs its event lo
 reason printed if anything failed). ``-f`` stays in the foreground.
 
 The daemon exits 0, removing its socket, when the TUN device is deleted, when its socket file is
-removed or replaced, and on SIGTERM/SIGINT. LOG_LEVEL is read as wireguard-go reads it:
+removed or replaced, and on SIGTERM/SIGINT.
+
+Metrics: with ``--metrics ADDR:PORT``, or ``WGPY_METRICS=ADDR:PORT`` in the environment (which is
+how it reaches a daemon that wg-quick starts with the interface name alone), the Prometheus
+endpoint is bound before daemonizing (a busy port fails the start) and served by the daemon
+(``tunnel.metrics``: each scrape reads the interface's stats on the event loop, journal
+applied first, as a UAPI get does). LOG_LEVEL is read as wireguard-go reads it:
 ``error`` (the default), ``verbose``, ``debug`` (ours: verbose = INFO, debug adds per-packet
 DEBUG messages) and ``silent``. Logs go to stdout. A daemonized child keeps stdout and stderr
 only when LOG_LEVEL is set and not silent; otherwise all three of its standard fds are
@@ -26,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tunnel.io.tun import Tun
+from tunnel.metrics import LoopCollector, MetricsError, MetricsServer, open_server
+from tunnel.metrics.wireguard import families as wireguard_families
 from tunnel.wireguard.constants import DEFAULT_MTU
 from tunnel.wireguard.interface import PUMP_NAME, Interface
 from tunnel.wireguard.uapi_server import UapiServer, listen_socket, socket_path
@@ -33,7 +42,7 @@ from tunnel.wireguard.uapi_server import UapiServer, listen_socket, socket_path
 log = logging.getLogger("tunnel")
 
 HOUSEKEEPING_INTERVAL = 1.0
-USAGE = "usage: wg-py [-f|--foreground] INTERFACE-NAME\n"
+USAGE = "usage: wg-py [-f|--foreground] [--metrics ADDR:PORT] INTERFACE-NAME\n"
 _early_signals: list[int] = []  # SIGTERM/SIGINT received before the event loop took them over
 _LEVELS = {"error": logging.ERROR, "verbose": logging.INFO, "debug": logging.DEBUG, "silent": None}
 
@@ -42,22 +51,32 @@ _LEVELS = {"error": logging.ERROR, "verbose": logging.INFO, "debug": logging.DEB
 class Options:
     name: str
     foreground: bool
+    metrics: str | None = None  # --metrics ADDR:PORT (WGPY_METRICS is read later)
 
 
 def parse_args(args: Sequence[str]) -> Options | None:
-    """``[-f|--foreground] IFACE`` (the flag before or after the name); None if malformed."""
+    """``[-f|--foreground] [--metrics ADDR:PORT] IFACE`` (options before or after the name);
+    None if malformed."""
     foreground = False
+    metrics: str | None = None
     names: list[str] = []
-    for arg in args:
+    words = iter(args)
+    for arg in words:
         if arg in ("-f", "--foreground"):
             foreground = True
+        elif arg == "--metrics":
+            metrics = next(words, None)
+            if metrics is None:
+                return None
+        elif arg.startswith("--metrics="):
+            metrics = arg.split("=", 1)[1]
         elif arg.startswith("-"):
             return None
         else:
             names.append(arg)
     if len(names) != 1:
         return None
-    return Options(names[0], foreground)
+    return Options(names[0], foreground, metrics)
 
 
 def setup_logging(name: str) -> int | None:
@@ -110,12 +129,20 @@ def main(args: list[str]) -> int:
         _abandon(uapi_sock, name, interface)
         print(f"wg-py: failed to bind UDP sockets: {exc}", file=sys.stderr)
         return 1
+    try:
+        metrics = open_server(options.metrics)
+    except MetricsError as exc:
+        _abandon(uapi_sock, name, interface)
+        print(f"wg-py: {exc}", file=sys.stderr)
+        return 1
     log.info("device %s started (MTU %d, UDP port %d, %s pumps)", name, tun.mtu, interface.listen_port,
              PUMP_NAME)
+    if metrics is not None:
+        log.info("metrics on http://%s:%d/metrics", metrics.host or "*", metrics.port)
     if options.foreground:
-        return _run(interface, uapi_sock, uapi_inode, None)
+        return _run(interface, uapi_sock, uapi_inode, None, metrics)
     quiet = level is None or not os.environ.get("LOG_LEVEL")
-    return _daemonize(interface, uapi_sock, uapi_inode, quiet=quiet)
+    return _daemonize(interface, uapi_sock, uapi_inode, metrics, quiet=quiet)
 
 
 def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
@@ -125,7 +152,8 @@ def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
     interface.close()
 
 
-def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, quiet: bool) -> int:
+def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, metrics: MetricsServer | None,
+               quiet: bool) -> int:
     """Double fork; the original process returns 0 once the grandchild reports it is running."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -158,7 +186,7 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, 
             os.dup2(null, 1)
             os.dup2(null, 2)
         os.close(null)
-        code = _run(interface, uapi_sock, uapi_inode, ready_w)
+        code = _run(interface, uapi_sock, uapi_inode, ready_w, metrics)
     except BaseException:
         log.exception("daemon failed")
         code = 1
@@ -167,14 +195,20 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, 
     os._exit(code)
 
 
-def _run(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None) -> int:
+def _run(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None,
+         metrics: MetricsServer | None = None) -> int:
     import uvloop
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(interface, uapi_sock, uapi_inode, ready_fd))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_serve(interface, uapi_sock, uapi_inode, ready_fd, metrics))
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
-async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None) -> int:
+async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None,
+                 metrics: MetricsServer | None = None) -> int:
     loop = asyncio.get_running_loop()
     name = interface.name
     server = UapiServer(uapi_sock, socket_path(name), uapi_inode, interface)
@@ -190,6 +224,8 @@ async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int
             loop.add_signal_handler(signum, on_signal, signum)
         interface.start(loop)
         await server.start()
+        if metrics is not None:
+            metrics.start(loop, LoopCollector(interface.stats, wireguard_families))
     except BaseException:
         await server.close()
         interface.close()

@@ -86,6 +86,7 @@ class Device:
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.drops: Counter[str] = Counter()
+        self.cookie_replies_sent = 0  # cookie replies sent to initiations/responses under load
         self.rate_limiter = RateLimiter()
         self._initiation_limiters: dict[Peer, InitiationLimiter] = {}
         # Our receiver indices: the peer of a handshake in progress, or a session's keypair.
@@ -338,6 +339,7 @@ class Device:
         self._timer_any_authenticated_packet_sent(peer)
         if peer.endpoint is not None:
             peer.tx_bytes += len(msg)
+            peer.initiations_sent += 1
             out.datagrams.append((msg, peer.endpoint))
 
     def initiate(self, peer: Peer, now: float) -> Output:
@@ -427,6 +429,7 @@ class Device:
             self.drops[Drop.INVALID_MAC1] += invalid
         if cookies:
             self.drops[Drop.COOKIE_SENT] += cookies
+            self.cookie_replies_sent += cookies
         if counted:
             self._handshakes_this_second += counted
             if self._handshakes_this_second >= UNDER_LOAD_HANDSHAKES_PER_SECOND:
@@ -537,6 +540,7 @@ class Device:
         t.handshake_attempts = 0
         t.sent_last_minute_handshake = False
         peer.last_handshake_wall = now + self.wall_offset
+        peer.handshakes += 1
         self._arm(peer, "zero_key_material", now + ZERO_KEYS_AFTER)
 
     def _drop_keypair(self, keypair: Keypair | None) -> None:

@@ -44,17 +44,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 from crypto import noise
 from crypto.backend import HEADROOM, OK, TAG_SIZE
+from crypto.backend import NAME as CIPHER_NAME
 from tunnel.io.endpoint import Endpoint
-from tunnel.io.tun import Tun, TunGone
+from tunnel.io.tun import IO_NAME, Tun, TunGone
 from tunnel.io.udp import BatchSocket, UdpBind
 from tunnel.wireguard import pump
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.output import Output
+from tunnel.wireguard.stats import RateMeter, device_stats, peer_counters
 from tunnel.wireguard.uapi import PeerInfo
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class Interface:
         self._inbound.udp_sources = self._udp_sources
         self._size_tun_buffers()
         self._size_udp_buffers()
+        self.rates: RateMeter[bytes] = RateMeter()  # sampled by housekeeping
 
     @property
     def name(self) -> str:
@@ -192,6 +195,38 @@ class Interface:
         stats.update({f"loop:{k}": v for k, v in self.errors.items()})
         return dict(stats)
 
+    def stats(self) -> dict[str, Any]:
+        """Everything ``wg-py show`` reports (JSON-ready), the journal applied first: the
+        engine's counters and rates (:func:`tunnel.wireguard.stats.device_stats`) and the
+        shell's facts: the batch I/O, the pumps and cipher in use (``cython`` or ``pure``), the
+        TUN and UDP offloads, and the I/O error counters."""
+        self._apply_journal()
+        device = self.device
+        counters = peer_counters(device)
+        stats = device_stats(device, self.rates.rates(time.monotonic(), counters))
+        bind = self.bind
+        errors: Counter[str] = Counter()
+        errors.update({f"tun:{k}": v for k, v in self.tun.errors.items()})
+        if bind is not None:
+            errors.update({f"udp:{k}": v for k, v in bind.errors().items()})
+        errors.update({f"loop:{k}": v for k, v in self.errors.items()})
+        stats.update({
+            "interface": self.name,
+            "kind": "wireguard",
+            "listen_port": self.listen_port,
+            "fwmark": self._fwmark,
+            "mtu": device.mtu,
+            "rate_window": self.rates.window,
+            "implementation": {"pumps": PUMP_NAME, "batch_io": IO_NAME, "cipher": CIPHER_NAME,
+                               "datapath": stats.pop("datapath")},
+            "offloads": {"tun": self.tun.offloads, "tun_vnet_hdr": self.tun.vnet_hdr,
+                         "tun_gro": self.tun.gro,
+                         "udp_gso": bind.gso if bind is not None else False,
+                         "udp_gro": bind.gro if bind is not None else False},
+            "errors": dict(sorted((k, v) for k, v in errors.items() if v)),
+        })
+        return stats
+
     def _stop(self, reason: str) -> None:
         if not self.stopped.is_set():
             self.stop_reason = reason
@@ -210,6 +245,7 @@ class Interface:
             return
         self._refresh_mtu()
         self.device.wall_offset = time.time() - time.monotonic()
+        self.rates.sample(time.monotonic(), peer_counters(self.device))
         self.tun.log_fallbacks()  # the pumps' writes and sends do not log them as they happen
         if self.bind is not None:
             self.bind.log_fallbacks()

@@ -61,6 +61,8 @@ class Peer:
     last_handshake_wall: float | None = None  # Unix time of the last completed handshake
     rx_bytes: int = 0
     tx_bytes: int = 0
+    handshakes: int = 0  # sessions derived (completed handshakes, either role)
+    initiations_sent: int = 0  # handshake initiations sent (first tries and retries)
     slot: int = -1  # index in the device's peer table (what the native route table returns)
 
     @property

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import stat
-from typing import Protocol
+from typing import Any, Protocol
 
 from tunnel.wireguard.uapi import UapiTarget
 from tunnel.wireguard.uapi_session import UapiSession
@@ -46,6 +46,9 @@ class UapiHost(UapiTarget, Protocol):
 
     def uapi_applied(self) -> None:
         """Called after every operation: re-arm timers, pick up configuration changes."""
+
+    def stats(self) -> dict[str, Any]:
+        """The ``stats=1`` answer (see tunnel/wireguard/uapi_session.py), JSON-ready."""
 
 
 def socket_path(name: str, directory: str = SOCKET_DIR) -> str:
@@ -131,7 +134,7 @@ class UapiServer:
         if task is not None:
             self._tasks.add(task)
         host = self.host
-        session = UapiSession(host, on_keepalive=host.send_keepalives)
+        session = UapiSession(host, on_keepalive=host.send_keepalives, stats=host.stats)
         try:
             while not session.closed:
                 data = await reader.read(READ_SIZE)

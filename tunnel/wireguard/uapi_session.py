@@ -3,12 +3,20 @@
 The grammar, validation, atomic application and the get rendering live in :mod:`tunnel.wireguard.uapi`;
 this module turns a byte stream from ``wg`` into operations on a :class:`~tunnel.wireguard.uapi.UapiTarget`
 and the ``errno=`` replies, for the asyncio shell in :mod:`tunnel.wireguard.uapi_server`.
+
+Extension (wg-py's own, read-only; ``wg`` never sends it): ``stats=1\n\n`` is answered with one
+line ``json=`` + a compact JSON object (no newline inside: what
+:meth:`tunnel.wireguard.interface.Interface.stats` returns; see ``tunnel/wireguard/stats.py``),
+then ``errno=0`` and a blank line, framed like a ``get``. A session made without a ``stats``
+callable answers it as any unknown operation (EINVAL, connection closed), as wireguard-go does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from tunnel.wireguard.uapi import (
     EINVAL,
@@ -91,17 +99,19 @@ class UapiSession:
         *,
         public_from_private: Callable[[bytes], bytes] = default_public_from_private,
         on_keepalive: Callable[[list[bytes]], None] | None = None,
+        stats: Callable[[], Mapping[str, Any]] | None = None,
         max_line: int = MAX_LINE,
         max_set_bytes: int = MAX_SET_BYTES,
     ) -> None:
         self.target = target
         self.public_from_private = public_from_private
         self.on_keepalive = on_keepalive
+        self.stats = stats
         self.max_line = max_line
         self.max_set_bytes = max_set_bytes
         self.closed = False
         self._buf = bytearray()
-        self._state = "op"  # "op" (want an operation line), "get" (want its "\n"), "set"
+        self._state = "op"  # "op" (want an operation line), "get"/"stats" (want its "\n"), "set"
         self._parser: SetParser | None = None
         self._set_bytes = 0
 
@@ -116,16 +126,16 @@ class UapiSession:
         buf += data
         pos = 0
         while not self.closed:
-            if self._state == "get":
+            if self._state in ("get", "stats"):
                 if pos >= len(buf):
                     break
                 byte = buf[pos]
                 pos += 1
-                self._state = "op"
+                kind, self._state = self._state, "op"
                 if byte == 0x0A:
-                    ops.append(UapiOperation("get", self._run_get))
+                    ops.append(UapiOperation(kind, self._run_get if kind == "get" else self._run_stats))
                 else:
-                    ops.append(_error_op(EINVAL, f"trailing character in get: {byte:#x}"))
+                    ops.append(_error_op(EINVAL, f"trailing character in {kind}: {byte:#x}"))
                 continue
             end = buf.find(b"\n", pos)
             if end < 0:
@@ -137,6 +147,8 @@ class UapiSession:
             if self._state == "op":
                 if line == b"get=1":
                     self._state = "get"
+                elif line == b"stats=1" and self.stats is not None:
+                    self._state = "stats"
                 elif line == b"set=1":
                     self._state = "set"
                     self._parser = SetParser()
@@ -217,3 +229,16 @@ class UapiSession:
             yield errno_reply(ENOANO)
             return
         op.errno = 0
+
+    def _run_stats(self, op: UapiOperation) -> Iterator[bytes]:
+        assert self.stats is not None
+        try:
+            text = json.dumps(self.stats(), separators=(",", ":"), sort_keys=True)
+        except Exception:
+            log.exception("UAPI stats failed")
+            op.errno = ENOANO
+            yield errno_reply(ENOANO)
+            return
+        op.errno = 0
+        yield f"json={text}\n".encode()
+        yield errno_reply(0)

@@ -1,0 +1,92 @@
+"""The benchmark's PNG chart, drawn with matplotlib (the optional ``bench`` extra).
+
+:func:`chart` draws one panel per metric of ``CHART_METRICS`` that was measured (each metric has
+its own unit, so its own axis), with one bar per contender in the run's order, the value on top
+of each bar and, on the bars of wg-py, the ratio to the reference it is judged against
+(wg-py WireGuard / wireguard-go, wg-py VXLAN / kernel vxlan) written inside the bar.
+:func:`available` tells whether matplotlib can be imported; ``wg-py bench`` writes no PNG
+without it (``make bench`` installs the extra). Pure: data in, PNG bytes out (Agg backend, no
+display).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tunnel.lab.benchreport import CHART_METRICS, CONTENDERS, METRIC, REFERENCES, _label, fmt, ratio
+
+COLORS = {"veth": "#969696", "wgpy": "#1f77b4", "wggo": "#ff7f0e", "wgpy-vxlan": "#2ca02c", "kvxlan": "#d62728"}
+
+
+def available() -> bool:
+    """True if matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ratio_labels(summary: Mapping[str, Mapping[str, float]], metric: str,
+                 contenders: Sequence[str]) -> dict[str, str]:
+    """The ratio written on each contender's bar (``"4.29x\\nvs wggo"``: to wireguard-go), for
+    contenders whose reference was measured too."""
+    out = {}
+    for contender in contenders:
+        reference = REFERENCES.get(contender)
+        if reference is None or reference not in contenders:
+            continue
+        value = ratio(summary, metric, contender, reference)
+        if value is not None:
+            out[contender] = f"{value:.2f}x\nvs {reference}"
+    return out
+
+
+def chart(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
+          title: str = "wg-py bench", peers: int | None = None) -> bytes:
+    """The PNG (see module doc). Raises ImportError without matplotlib."""
+    out = io.BytesIO()
+    figure(summary, contenders, title, peers).savefig(out, format="png")
+    return out.getvalue()
+
+
+def figure(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
+           title: str = "wg-py bench", peers: int | None = None) -> Any:
+    """The chart as a matplotlib ``Figure`` (not attached to any display)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    metrics = [k for k in CHART_METRICS if any(k in summary.get(c, {}) for c in contenders)]
+    columns = max(1, min(3, len(metrics)))
+    rows = max(1, -(-len(metrics) // columns))
+    fig = Figure(figsize=(4.6 * columns, 3.8 * rows + 0.9), dpi=110, layout="constrained")
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for index, key in enumerate(metrics):
+        ax = axes[index // columns][index % columns]
+        metric = METRIC[key]
+        values = [summary.get(c, {}).get(key) for c in contenders]
+        heights = [v if v is not None else 0.0 for v in values]
+        bars = ax.bar(range(len(contenders)), heights, color=[COLORS.get(c, "#444444") for c in contenders])
+        ax.set_title(_label(metric, peers), fontsize=10)
+        ax.set_ylabel(f"{metric.unit} ({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=8)
+        ax.set_xticks(range(len(contenders)), [c for c in contenders], fontsize=8, rotation=20)
+        peak = max(heights, default=0.0) or 1.0
+        ax.set_ylim(0, peak * 1.3)
+        ratios = ratio_labels(summary, key, contenders)
+        for bar, contender, value in zip(bars, contenders, values, strict=True):
+            x = bar.get_x() + bar.get_width() / 2
+            ax.text(x, bar.get_height() + peak * 0.02, fmt(value), ha="center", va="bottom", fontsize=8)
+            if contender in ratios:
+                inside = bar.get_height() > peak * 0.3
+                ax.text(x, bar.get_height() / 2 if inside else bar.get_height() + peak * 0.08, ratios[contender],
+                        ha="center", va="center" if inside else "bottom", fontsize=7, fontweight="bold",
+                        color="white" if inside else "black")
+        ax.grid(axis="y", alpha=0.3)
+    for index in range(len(metrics), rows * columns):
+        axes[index // columns][index % columns].set_visible(False)
+    fig.legend(handles=[Patch(color=COLORS.get(c, "#444444"), label=CONTENDERS.get(c, c)) for c in contenders],
+                  loc="outside lower center", ncols=len(contenders), fontsize=8)
+    return fig
