@@ -61,10 +61,15 @@ typed = st.builds(
     lambda kind, pad, body: bytes([kind]) + pad + body,
     st.integers(0, 6),
     st.sampled_from([b"\0\0\0", b"\0\0\1", b"\1\0\0"]),
-    st.one_of(st.binary(max_size=40), st.binary(min_size=140, max_size=150),
+    st.one_of(st.binary(max_size=40), st.binary(min_size=26, max_size=30),  # 32 - 4 at the edge
+              st.binary(min_size=140, max_size=150),
               st.binary(min_size=85, max_size=95), st.binary(min_size=56, max_size=66)),
 )
-datagram = st.one_of(st.binary(max_size=200), typed)
+# type 4 around its 32-byte minimum, handshake types around their exact sizes
+edges = st.builds(lambda kind, size: bytes([kind, 0, 0, 0]) + bytes(size - 4),
+                  st.sampled_from([1, 2, 3, 4]),
+                  st.sampled_from([4, 31, 32, 33, 63, 64, 65, 91, 92, 93, 147, 148, 149]))
+datagram = st.one_of(st.binary(max_size=200), typed, edges)
 
 
 @fuzz_settings(300)
@@ -106,10 +111,18 @@ addresses = st.one_of(
                      bytes.fromhex("fd00ffff000000000000000000000009")]),
     st.binary(min_size=16, max_size=16),
 )
+def ip_packet_near(version: int, src: bytes, dst: bytes, delta: int, body: bytes) -> bytes:
+    """A packet whose declared length is its real one plus ``delta`` (padding, truncation)."""
+    real = len(body) + (20 if version == 4 else 0)
+    return ip_packet(version, src, dst, max(0, real + delta), body)
+
+
 inner = st.one_of(
     st.binary(max_size=80),
     st.builds(ip_packet, st.sampled_from([4, 6]), addresses, addresses,
               st.one_of(st.integers(0, 200), st.integers(0, 0xFFFF)), st.binary(max_size=120)),
+    st.builds(ip_packet_near, st.sampled_from([4, 6]), addresses, addresses, st.integers(-3, 3),
+              st.binary(max_size=60)),
 )
 
 
@@ -222,7 +235,10 @@ def vxlan_header(vni: int, flags: int = 0x08) -> bytes:
 macs = st.one_of(st.sampled_from([OWN, bytes(6), b"\xff" * 6, bytes.fromhex("020000000001"),
                                   bytes.fromhex("020000000002"), bytes.fromhex("010000000003")]),
                  st.binary(min_size=6, max_size=6))
-frames = st.builds(lambda d, s, rest: d + s + rest, macs, macs, st.binary(max_size=60))
+ethertypes = st.one_of(st.sampled_from([b"\x08\x06", b"\x08\x00", b"\x86\xdd", b"\x81\x00",
+                                        b"\x08", b""]), st.binary(min_size=2, max_size=2))
+frames = st.builds(lambda d, s, et, rest: d + s + et + rest, macs, macs, ethertypes,
+                   st.binary(max_size=60))
 rx_datagram = st.one_of(
     st.binary(max_size=40),
     st.builds(lambda f: vxlan_header(VNI) + f, frames),

@@ -119,8 +119,9 @@ def decap_batch(
     VXLAN header, no I flag, VNI other than ``vni``, any reserved bit, too short for the inner
     Ethernet header, inner source MAC equal to ``own_mac`` (``b""``: not known yet), and with
     ``learning`` a multicast or all-zeros source MAC. ``inner_bytes`` sums the accepted inner
-    frame lengths. A length beyond its buffer is cut to the buffer (the slice's meaning). With ``learning``, the index of every accepted datagram that starts a run
-    (see module doc) is appended to ``runs``.
+    frame lengths. A length beyond its buffer is cut to the buffer (the slice's meaning).
+    With ``learning``, the index of every accepted datagram that starts a run (see module doc)
+    is appended to ``runs``.
     """
     _check_count(bufs, lengths, count, verdicts)
     if len(sources) < count:
