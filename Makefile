@@ -1,6 +1,8 @@
 # wg-py: build, lint, test, demo. Run as root on Debian (deps installs system packages).
 #   make test   deps + venv + in-place build + lint + the whole test suite
 #   make demo   deps + venv + build, then the demo (python -m tunnel.lab.demo)
+#   make fuzz   the fuzz tests with FUZZ_EXAMPLES examples each (not part of make test),
+#               stopped after FUZZ_SECONDS at most
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,7 +15,7 @@ DEB_PACKAGES := wireguard-go wireguard-tools iperf3 iputils-ping ncat iptables i
 	libssl-dev libsodium-dev python3-venv python3-dev gcc containernetworking-plugins \
 	prometheus tmux systemd
 
-.PHONY: all deps venv build lint test demo bench clean distclean
+.PHONY: all deps venv build lint test fuzz demo bench clean distclean
 
 all: build
 
@@ -50,6 +52,15 @@ lint: venv
 
 test: build lint
 	$(PY) -m pytest tests -q
+
+# Every fuzz test (tests/fuzzing.py reads WGPY_FUZZ_EXAMPLES) with many more examples.
+FUZZ_EXAMPLES ?= 20000
+FUZZ_SECONDS ?= 3600
+FUZZ_TESTS := tests/test_twin_fuzz.py tests/test_decoder_fuzz.py tests/test_vxlan_fuzz.py
+
+fuzz: build
+	WGPY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) timeout --signal=INT --kill-after=60 $(FUZZ_SECONDS) \
+		$(PY) -m pytest $(FUZZ_TESTS) -q --hypothesis-show-statistics
 
 demo: build
 	$(PY) -m tunnel.lab.demo

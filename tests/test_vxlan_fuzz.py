@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+import os
+import zlib
+from array import array
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzzing import fuzz_settings
 from tests.test_vxlan_frames import vxlan_header
 from tunnel.vxlan import VxlanConfig, VxlanEngine
-from tunnel.vxlan.flow import flow_hash, scale_port
+from tunnel.vxlan.fast import load as load_fast
+from tunnel.vxlan.flow import flow_hash, scale_port, source_port
 
 OWN = bytes.fromhex("0200000000aa")
 
@@ -33,7 +42,7 @@ def make(proxy: bool, learning: bool) -> VxlanEngine:
     )
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(
     items=st.lists(st.tuples(datagrams, sources), max_size=20),
     proxy=st.booleans(),
@@ -58,7 +67,7 @@ def test_receive_delivers_or_counts(
     assert len(e.fdb) == 1
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(
     frames=st.lists(st.binary(max_size=100), max_size=20),
     proxy=st.booleans(),
@@ -78,15 +87,142 @@ def test_transmit_never_raises(frames: list[bytes], proxy: bool, headroom: int) 
         assert handled == 1 or len(f) < 14
 
 
-@given(
-    frame=st.binary(max_size=100),
-    seed=st.integers(0, 2**32 - 1),
-    lo=st.integers(1, 65534),
-    width=st.integers(1, 65534),
+def oracle_flow_hash(frame: bytes, seed: int) -> int:
+    """The flow hash from its definition (tunnel/vxlan/flow.py docstring), written without the
+    code under test: CRC-32 seeded with ``seed`` over one flow key. IPv4: addresses, then the
+    L4 ports (TCP/UDP/UDP-Lite/SCTP/DCCP, not a fragment, IHL >= 5, ports present), then the
+    protocol byte; IPv6: addresses, ports (same protocols, no extension walk), next header;
+    anything else or truncated: the 14-byte Ethernet header (or all of a shorter frame).
+    One 802.1Q/802.1ad tag is skipped."""
+    if len(frame) < 14:
+        return zlib.crc32(frame, seed)
+    l3, ethertype = 14, int.from_bytes(frame[12:14], "big")
+    if ethertype in (0x8100, 0x88A8) and len(frame) >= 18:
+        l3, ethertype = 18, int.from_bytes(frame[16:18], "big")
+    ported = {6, 17, 33, 132, 136}
+    key = None
+    if ethertype == 0x0800 and len(frame) >= l3 + 20:
+        ihl = (frame[l3] & 0x0F) * 4
+        proto = frame[l3 + 9]
+        fragment = int.from_bytes(frame[l3 + 6 : l3 + 8], "big") & 0x3FFF
+        key = frame[l3 + 12 : l3 + 20]
+        if proto in ported and fragment == 0 and ihl >= 20 and len(frame) >= l3 + ihl + 4:
+            key += frame[l3 + ihl : l3 + ihl + 4]
+        key += bytes([proto])
+    elif ethertype == 0x86DD and len(frame) >= l3 + 40:
+        nh = frame[l3 + 6]
+        key = frame[l3 + 8 : l3 + 40]
+        if nh in ported and len(frame) >= l3 + 44:
+            key += frame[l3 + 40 : l3 + 44]
+        key += bytes([nh])
+    if key is None:
+        key = frame[:14]
+    return zlib.crc32(key, seed)
+
+
+def oracle_port(hash32: int, lo: int, hi: int) -> int:
+    """The kernel's udp_flow_src_port scaling: fold (hash ^ hash << 16, 32 bits), then
+    lo + (folded * (hi - lo)) >> 32."""
+    folded = (hash32 ^ (hash32 << 16)) % (1 << 32)
+    return lo + (folded * (hi - lo)) // (1 << 32)
+
+
+def ip_frame(version: int, proto: int, ports: bytes, fragment: int, vlan: bool, ihl: int,
+             tail: bytes) -> bytes:
+    eth = bytes(6) + bytes([2, 0, 0, 0, 0, 1])
+    eth += (b"\x81\x00\x00\x05" if vlan else b"") + (b"\x08\x00" if version == 4 else b"\x86\xdd")
+    if version == 4:
+        head = bytes([0x40 | ihl, 0, 0, 60, 0, 1]) + fragment.to_bytes(2, "big") + \
+            bytes([64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]) + bytes(max(0, ihl * 4 - 20))
+    else:
+        head = bytes([0x60, 0, 0, 0, 0, 20, proto, 64]) + bytes(15) + b"\1" + bytes(15) + b"\2"
+    return eth + head + ports + tail
+
+
+flow_frames = st.one_of(
+    st.binary(max_size=100),
+    st.builds(ip_frame, st.sampled_from([4, 6]), st.sampled_from([6, 17, 1, 33, 132, 136, 47]),
+              st.binary(min_size=0, max_size=4), st.sampled_from([0, 0, 0x4000, 0x2000, 1]),
+              st.booleans(), st.sampled_from([5, 5, 6, 4, 0, 15]), st.binary(max_size=30)),
 )
-def test_source_port_always_in_range(frame: bytes, seed: int, lo: int, width: int) -> None:
+
+
+@fuzz_settings(300)
+@given(frame=flow_frames, seed=st.integers(0, 2**32 - 1), lo=st.integers(1, 65534),
+       width=st.integers(1, 65534), native=st.booleans())
+def test_flow_hash_and_source_port_against_oracle(
+    frame: bytes, seed: int, lo: int, width: int, native: bool
+) -> None:
+    """Both twins' flow_hash and the scaled source port equal the definition's."""
+    if native and os.environ.get("WGPY_PURE") == "1":
+        native = False  # the pure twin only (the Cython twin is tested without WGPY_PURE)
+    fast = load_fast("cython" if native else "pure")
     hi = min(lo + width, 65535)
-    h = flow_hash(frame, 0, seed)
-    assert 0 <= h < 2**32
-    assert flow_hash(frame, 0, seed) == h
-    assert lo <= scale_port(h, lo, hi) < hi
+    expected = oracle_flow_hash(frame, seed)
+    assert fast.flow_hash(bytearray(b"pad" + frame), 3, seed) == expected
+    assert flow_hash(frame, 0, seed) == expected
+    port = scale_port(expected, lo, hi)
+    assert port == oracle_port(expected, lo, hi)
+    assert lo <= port < hi
+    assert source_port(b"xx" + frame, 2, lo, hi, seed) == port
+    # Bytes after the longest possible key (VLAN tag, 60-byte IPv4 header, ports: 82 bytes)
+    # never move a flow to another port.
+    if len(frame) >= 82:
+        assert flow_hash(frame + b"more payload", 0, seed) == expected
+
+
+# ---- the batch forms of the engine, both twins, against the single-datagram form -------------
+
+
+@pytest.fixture(params=["cython", "pure"])
+def fast_twin(request: pytest.FixtureRequest) -> ModuleType:
+    if request.param == "cython" and os.environ.get("WGPY_PURE") == "1":
+        pytest.skip("WGPY_PURE=1 disables the Cython twin")
+    return load_fast(request.param)
+
+
+@fuzz_settings(200)
+@given(items=st.lists(st.tuples(datagrams, sources), max_size=20), proxy=st.booleans(),
+       learning=st.booleans())
+def test_receive_bufs_equals_receive(
+    fast_twin: ModuleType, items: list[tuple[bytes, tuple[Any, ...]]], proxy: bool, learning: bool
+) -> None:
+    """The batch form (decap_batch in C or Python) delivers what the per-datagram form does."""
+    single, batch = make(proxy, learning), make(proxy, learning)
+    batch.fast = fast_twin
+    expected = [single.receive(dg, src, now=1.0) for dg, src in items]
+    bufs = [bytearray(dg) + bytearray(4) for dg, _ in items]
+    verdicts = bytearray(len(items))
+    accepted = batch.receive_bufs(bufs, [len(dg) for dg, _ in items], [s[0] for _, s in items],
+                                  len(items), 1.0, verdicts)
+    got = [bytes(bufs[i][8 : len(dg)]) if verdicts[i] == 0 else None
+           for i, (dg, _) in enumerate(items)]
+    assert got == [None if e is None else bytes(e) for e in expected]
+    assert accepted == single.rx_packets == batch.rx_packets
+    assert batch.drops == single.drops and batch.rx_bytes == single.rx_bytes
+
+
+@fuzz_settings(200)
+@given(frames=st.lists(st.binary(max_size=100), max_size=20), proxy=st.booleans(),
+       headroom=st.sampled_from([0, 8, 16]))
+def test_transmit_bufs_equals_transmit(
+    fast_twin: ModuleType, frames: list[bytes], proxy: bool, headroom: int
+) -> None:
+    """scan_tx (C or Python) plans what the per-frame form sends, source ports included."""
+    single, batch = make(proxy, True), make(proxy, True)
+    batch.fast = fast_twin
+    for e in (single, batch):
+        e.neigh.add("10.9.9.9", "02:00:00:00:00:99")
+    expected = [single.transmit(bytearray(headroom) + bytearray(f), 0.0, headroom) for f in frames]
+    bufs = [bytearray(headroom) + bytearray(f) for f in frames]
+    verdicts = bytearray(len(frames))
+    sports = array("H", [0] * len(frames))
+    plan = batch.transmit_bufs(bufs, [len(f) for f in frames], len(frames), 0.0, headroom,
+                               verdicts, sports)
+    sent = [(i, remote.ip, remote.port, sports[i]) for start, end, remote in plan.items
+            for i in range(start, end) if verdicts[i] in (fast_twin.TX_OK, fast_twin.TX_ARP)]
+    want = [(i, ip, port, sport) for i, r in enumerate(expected)
+            for _, (ip, port), sport in r.datagrams]
+    assert sent == want
+    assert [bytes(x) for x in plan.local] == [bytes(x) for r in expected for x in r.local]
+    assert batch.drops == single.drops and batch.tx_packets == single.tx_packets

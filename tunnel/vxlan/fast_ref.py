@@ -119,8 +119,9 @@ def decap_batch(
     VXLAN header, no I flag, VNI other than ``vni``, any reserved bit, too short for the inner
     Ethernet header, inner source MAC equal to ``own_mac`` (``b""``: not known yet), and with
     ``learning`` a multicast or all-zeros source MAC. ``inner_bytes`` sums the accepted inner
-    frame lengths. With ``learning``, the index of every accepted datagram that starts a run
-    (see module doc) is appended to ``runs``.
+    frame lengths. A length beyond its buffer is cut to the buffer (the slice's meaning).
+    With ``learning``, the index of every accepted datagram that starts a run (see module doc)
+    is appended to ``runs``.
     """
     _check_count(bufs, lengths, count, verdicts)
     if len(sources) < count:
@@ -132,7 +133,7 @@ def decap_batch(
     have_prev = False
     for i in range(count):
         buf = bufs[i]
-        n = lengths[i]
+        n = min(lengths[i], len(buf))  # the datagram is the slice bufs[i][0:lengths[i]]
         code = RX_OK
         if n < VXLAN_HLEN:
             code = RX_TOO_SHORT
@@ -177,6 +178,8 @@ def scan_tx(
     _check_count(bufs, lengths, count, verdicts)
     if len(sports) < count:
         raise ValueError("sports is shorter than count")
+    if headroom < 0:
+        raise ValueError("negative headroom")
     ok = 0
     run_start = -1
     run_frames = run_bytes = 0
