@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.wgpy-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEB_PACKAGES := wireguard-go wireguard-tools iperf3 iputils-ping ncat iptables iproute2 \
-	libssl-dev python3-venv python3-dev gcc
+	libssl-dev python3-venv python3-dev gcc etcd-server etcd-client
 
 .PHONY: all deps venv build lint test demo bench clean distclean
 

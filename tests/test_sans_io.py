@@ -29,6 +29,7 @@ CORE = [
     "tunnel.wireguard.config", "tunnel.wireguard.datapath", "tunnel.wireguard.datapath_ref",
     "tunnel.wireguard._datapath", "tunnel.wireguard.uapi_session",
     "tunnel.vxlan.engine", "tunnel.vxlan.fdb",
+    "tunnel.mesh.config", "tunnel.mesh.record", "tunnel.mesh.reconcile",
 ]
 
 # Each rule: modules under the first prefix may not import modules under any of the others.
@@ -37,6 +38,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("tunnel.io", ("tunnel.wireguard", "tunnel.vxlan", "tunnel.lab", "tunnel.cli", "tunnel.demo")),
     ("tunnel.wireguard", ("tunnel.lab", "tunnel.cli", "tunnel.demo")),
     ("tunnel.vxlan", ("tunnel.lab", "tunnel.cli", "tunnel.demo")),
+    ("tunnel.mesh", ("tunnel.lab", "tunnel.cli", "tunnel.demo")),
     ("tunnel.lab", ("tunnel.cli",)),
 ]
 

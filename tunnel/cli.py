@@ -4,6 +4,7 @@
 ``wg-py genkey|pubkey|genpsk``           keys, interchangeable with ``wg genkey|pubkey|genpsk``
 ``wg-py up|down NAME|FILE``              bring an interface up/down from a wg-quick file
 ``wg-py vxlan ...``                      the VXLAN endpoint
+``wg-py mesh ...``                       the self-configuring mesh (see tunnel/mesh/cli.py)
 ``wg-py bench``                          benchmarks against the references
 """
 
@@ -19,6 +20,7 @@ USAGE = """usage: wg-py [-f|--foreground] INTERFACE-NAME
        wg-py genkey | pubkey | genpsk
        wg-py up | down CONFIG-NAME|CONFIG-FILE
        wg-py vxlan add|del|show|fdb ...
+       wg-py mesh init|join|status ...
        wg-py bench [options]
        wg-py --version
 """
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run("tunnel.wireguard.quick", command, rest)
     if command == "vxlan":
         return _run("tunnel.vxlan.cli", rest)
+    if command == "mesh":
+        return _run("tunnel.mesh.cli", rest)
     if command == "bench":
         return _run("tunnel.lab.bench", rest)
     return _run("tunnel.wireguard.daemon", args)
