@@ -375,7 +375,12 @@ class Agent:
             self._restart.clear()
             inner = asyncio.ensure_future(self._list_and_watch())
             restart = asyncio.ensure_future(self._restart.wait())
-            await asyncio.wait({inner, restart}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({inner, restart}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                inner.cancel()
+                restart.cancel()
+                raise
             if not inner.done():
                 inner.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StoreError):
