@@ -14,7 +14,10 @@ their default value are omitted (a failed txn has no ``succeeded``, a gone lease
 ``TTL``); errors are HTTP 4xx/5xx with ``{"error", "code", "message"}`` (gRPC codes: 14
 unavailable, 16 unauthenticated, 11 out of range for a compacted revision). Authentication:
 ``/v3/auth/authenticate`` gives a token sent as the ``Authorization`` header; an expired token
-is renewed once per request.
+is renewed once per request. Limitation of the gateway: with auth enabled, etcd refuses a
+client certificate that carries a CommonName (CN-based identity is not passed through it), so
+use a client certificate without CN plus user/password; TLS with client certificates alone
+(auth disabled) accepts any certificate the CA signed.
 
 One HTTP connection per request (``Connection: close``): simple, and the request rate of an
 agent is a few per TTL. Endpoints are tried in order; the one that answered is tried first next.
@@ -211,6 +214,10 @@ class EtcdStore:
         try:
             data = json.loads(raw.split(b"\n", 1)[0] if raw.strip() else b"{}")
         except ValueError:
+            if b"CommonName" in raw:
+                raise StoreAuthError(
+                    "etcd's HTTP gateway refuses client certificates that carry a CommonName while "
+                    "auth is enabled; use a client certificate without CN (identity from --user)") from None
             raise StoreProtocolError(f"HTTP {status}: not JSON: {raw[:120]!r}") from None
         if not isinstance(data, dict):
             raise StoreProtocolError(f"HTTP {status}: not a JSON object")
@@ -273,7 +280,7 @@ class EtcdStore:
             if index:
                 self.endpoints.insert(0, self.endpoints.pop(index))
             return result
-        raise StoreUnavailable(f"no etcd endpoint answered: {last}")
+        raise StoreUnavailable(f"no etcd endpoint answered: {last!r}")
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self._with_endpoint(lambda ep: self._request_once(ep, path, body))
