@@ -207,17 +207,18 @@ class Agent:
         raise MeshError("could not claim a subnet after 64 attempts (too much contention?)")
 
     def _pick_free(self, config: NetworkConfig, taken: set[IPNetwork]) -> IPNetwork | None:
+        """A random subnet no claim names (random, so that agents joining at once rarely collide)."""
         count = config.subnet_count
-        if len(taken) >= count:
+        used = {i for i in (config.index_of(s) for s in taken) if i is not None}
+        if len(used) >= count:
             return None
-        if count <= 1 << 16:
-            free = [i for i in range(count) if config.subnet_at(i) not in taken]
-            return config.subnet_at(self.options.rng.choice(free)) if free else None
-        for _ in range(1024):
-            candidate = config.subnet_at(self.options.rng.randrange(count))
-            if candidate not in taken:
-                return candidate
-        return None
+        if len(used) <= count // 2:
+            for _ in range(64):
+                index = self.options.rng.randrange(count)
+                if index not in used:
+                    return config.subnet_at(index)
+        free = [i for i in range(count) if i not in used]
+        return config.subnet_at(self.options.rng.choice(free)) if free else None
 
     async def _reclaim(self, config: NetworkConfig, valid: list[tuple[Claim, KeyValue]], now: int) -> IPNetwork | None:
         nodes, _ = await self.store.list(self.keys.nodes)
