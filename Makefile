@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEB_PACKAGES := wireguard-go wireguard-tools iperf3 iputils-ping ncat iptables iproute2 \
 	libssl-dev libsodium-dev python3-venv python3-dev gcc containernetworking-plugins \
-	prometheus tmux systemd
+	prometheus tmux systemd etcd-server etcd-client
 
 .PHONY: all deps venv build lint test fuzz demo bench clean distclean
 

@@ -7,6 +7,7 @@
 ``wg-py show [IFACE] [--json]``          wg show plus rates, drops, offloads, twins
 ``wg-py top [--once [--json]]``          live per-peer view of every wg-py interface
 ``wg-py install-units [--dir DIR]``      copy the systemd service units
+``wg-py mesh ...``                       the self-configuring mesh (see tunnel/mesh/cli.py)
 ``wg-py bench``                          benchmarks against the references
 """
 
@@ -25,6 +26,7 @@ USAGE = """usage: wg-py [-f|--foreground] [--metrics ADDR:PORT] INTERFACE-NAME
        wg-py show [INTERFACE] [--json]
        wg-py top [--interval S] [--once [--json]]
        wg-py install-units [--dir DIR]
+       wg-py mesh init|join|status ...
        wg-py bench [options]
        wg-py --version
 """
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run("tunnel.wireguard.quick", command, rest)
     if command == "vxlan":
         return _run("tunnel.vxlan.cli", rest)
+    if command == "mesh":
+        return _run("tunnel.mesh.cli", rest)
     if command == "bench":
         return _run("tunnel.lab.bench", rest)
     if command == "show":
