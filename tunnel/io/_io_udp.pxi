@@ -85,7 +85,7 @@ cdef class UdpBatch:
         self._pend_off = 0
         self._pend_count = 0
         self._last_obj = None
-        self._last_ep = None
+        self._last_ep = _NO_ENDPOINT  # not None: None is parsed (and refused) like any endpoint
         self._last_dest_ok = False
         self._busy = False
         memset(&self._last_src, 0, sizeof(wgpy_source))
