@@ -19,6 +19,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from operator import index
+
 
 cdef extern from "openssl/evp.h" nogil:
     ctypedef struct EVP_CIPHER_CTX:
@@ -171,14 +173,17 @@ cdef inline void store_le64(unsigned char *p, uint64_t v) noexcept nogil:
         v >>= 8
 
 
-def padded_length(size: int, mtu: int) -> int:
+def padded_length(size, mtu) -> int:
     """Plaintext length after padding: a multiple of 16, never past max(mtu, size)."""
+    size = index(size)  # integers only (TypeError for 1.5), as in crypto/transport.py
+    mtu = index(mtu)
     if size > mtu:
         return size
     return min((size + 15) & ~15, mtu)
 
 
 cdef object _check_counter(object counter):
+    counter = index(counter)  # <uint64_t> would truncate a float
     if counter < 0:
         raise ValueError("counter must be non-negative")
     return counter
@@ -200,9 +205,9 @@ cdef class ReplayFilter:
         """Forget every counter seen (a fresh keypair starts with a fresh window)."""
         window_reset(&self._window)
 
-    def validate(self, counter: int) -> bool:
+    def validate(self, counter) -> bool:
         """Accept-and-record ``counter``; False if seen, too old, or >= REJECT_AFTER_MESSAGES."""
-        _check_counter(counter)
+        counter = _check_counter(counter)
         if counter >= REJECT_AFTER_MESSAGES:
             return False
         return bool(window_validate(&self._window, <uint64_t>counter))
@@ -238,8 +243,11 @@ cdef class TransportCipher:
     cdef Py_ssize_t _capacity
 
     def __cinit__(self, send_key, receive_key, remote_index, *, send_counter=0) -> None:
-        cdef bytes send = bytes(send_key)
-        cdef bytes receive = bytes(receive_key)
+        # bytes-like keys only: bytes(32) would be 32 zero bytes, a valid-looking key
+        cdef bytes send = bytes(memoryview(send_key))
+        cdef bytes receive = bytes(memoryview(receive_key))
+        remote_index = index(remote_index)
+        send_counter = index(send_counter)
         self._views = NULL
         self._sizes = NULL
         self._padded = NULL

@@ -10,6 +10,7 @@ can never move the window. The filter belongs to one keypair; a new keypair star
 
 from __future__ import annotations
 
+from operator import index
 from typing import Final
 
 REJECT_AFTER_MESSAGES: Final = (1 << 64) - (1 << 13) - 1
@@ -43,6 +44,7 @@ class ReplayFilter:
         False if it was already accepted, is more than WINDOW_SIZE behind the highest counter
         accepted so far, or is >= REJECT_AFTER_MESSAGES. Call ONLY after the AEAD tag verified.
         """
+        counter = index(counter)  # integers only, as in the Cython twin
         if counter < 0:
             raise ValueError("counter must be non-negative")
         if counter >= REJECT_AFTER_MESSAGES:

@@ -21,6 +21,7 @@ Single-threaded: one event loop owns a TransportCipher.
 from __future__ import annotations
 
 import struct
+from operator import index
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -65,8 +66,17 @@ _COUNTER = struct.Struct("<Q")
 _NONCE_PREFIX: Final = bytes(4)
 
 
+def _require_lists(*values: object) -> None:
+    """The batch arguments are lists (the Cython twin's signature says so)."""
+    for value in values:
+        if type(value) is not list:
+            raise TypeError(f"expected list, got {type(value).__name__}")
+
+
 def padded_length(size: int, mtu: int) -> int:
     """Plaintext length after padding: a multiple of 16, never past max(mtu, size)."""
+    size = index(size)  # integers only (TypeError for 1.5), as in the Cython twin
+    mtu = index(mtu)
     if size > mtu:
         return size
     return min((size + 15) & ~15, mtu)
@@ -82,6 +92,10 @@ class TransportCipher:
     __slots__ = ("_send", "_receive", "_keys", "_remote_index", "_send_counter", "_replay")
 
     def __init__(self, send_key: bytes, receive_key: bytes, remote_index: int, *, send_counter: int = 0) -> None:
+        send_key = bytes(memoryview(send_key))  # bytes-like keys only (not an int, not a list)
+        receive_key = bytes(memoryview(receive_key))
+        remote_index = index(remote_index)
+        send_counter = index(send_counter)
         if len(send_key) != KEY_SIZE or len(receive_key) != KEY_SIZE:
             raise ValueError("transport keys must be 32 bytes")
         if not 0 <= remote_index <= 0xFFFFFFFF:
@@ -140,6 +154,7 @@ class TransportCipher:
         Returns how many packets (a prefix) were sealed: fewer than ``len(bufs)`` only when the
         send counter reaches REJECT_AFTER_MESSAGES (the rest are untouched); 0 after zero().
         """
+        _require_lists(bufs, lengths)
         count = len(bufs)
         if len(lengths) < count:
             raise ValueError("lengths is shorter than bufs")
@@ -192,6 +207,7 @@ class TransportCipher:
         A length outside its buffer raises ValueError before anything is modified.
         Returns the number of OK packets.
         """
+        _require_lists(bufs, lengths, results)
         count = len(bufs)
         if len(lengths) < count or len(results) < count:
             raise ValueError("lengths or results is shorter than bufs")

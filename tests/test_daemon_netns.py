@@ -136,6 +136,13 @@ def test_daemonized_second_instance_fails(lab: Lab) -> None:
     assert wait_for(lambda: not lab.daemon_pids(ns), 10.0)
 
 
+def _df_ping(lab: Lab, ns: str, addr: str, size: int) -> bool:
+    """One IPv4 ping of ``size`` bytes in all (IP header included) with DF set: True if answered."""
+    done = lab.run(ns, ["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(size - 28), addr],
+                   check=False, timeout=10)
+    return done.returncode == 0
+
+
 def test_tun_moved_to_another_namespace_keeps_working(lab: Lab) -> None:
     """UDP stays where the daemon started; the TUN device lives on in namespace ``c``."""
     a, b = wg_pair(lab, "wg-py", "wireguard-go")
@@ -145,10 +152,20 @@ def test_tun_moved_to_another_namespace_keeps_working(lab: Lab) -> None:
     lab.run(c, ["ip", "link", "set", "mtu", "1420", "up", "dev", a.iface])
     assert lab.wait_ping(c, b.inner4, timeout=15.0)
     assert lab.ping(b.ns, a.inner4, count=3) is not None
-    # The MTU is followed in the new namespace: larger packets than it are not sent.
+    # The MTU is followed in the new namespace. Down to 1300: a 1300-byte packet still
+    # crosses, a 1301-byte one (DF) is not sent: nothing reaches b.
     lab.run(c, ["ip", "link", "set", "mtu", "1300", "dev", a.iface])
-    assert wait_for(lambda: lab.ping(c, b.inner4, 1, 2.0) is not None, 10.0)
+    assert wait_for(lambda: _df_ping(lab, c, b.inner4, 1300), 10.0)
+    received = b.transfer_of(a)[0]
+    assert not _df_ping(lab, c, b.inner4, 1301)
+    assert b.transfer_of(a)[0] == received
     assert lab.ping(b.ns, a.inner4, count=2) is not None
+    # Up to 1440 on both ends (the veth's 1500 holds 1440 + 60 bytes of WireGuard, UDP and IP):
+    # a 1440-byte packet crosses only if wg-py follows the new MTU (with 1420 or 1300 it would
+    # drop it as too big).
+    lab.run(c, ["ip", "link", "set", "mtu", "1440", "dev", a.iface])
+    lab.run(b.ns, ["ip", "link", "set", "mtu", "1440", "dev", b.iface])
+    assert wait_for(lambda: _df_ping(lab, c, b.inner4, 1440), 10.0)
     # Deleting it there stops the daemon (its socket goes).
     lab.run(c, ["ip", "link", "del", a.iface])
     assert wait_for(lambda: not (UAPI_DIR / f"{a.iface}.sock").exists(), 10.0)

@@ -161,13 +161,119 @@ def test_inner_length(dp: ModuleType) -> None:
     assert dp.inner_length(_buf(b"\x60"), 16, 1) == -1
 
 
-def test_buffers_must_be_bytearrays_and_long_enough() -> None:
-    dp = load("cython")
-    table = dp.RouteTable([])
-    with pytest.raises(TypeError):
-        dp.route_batch(table, [b"\x45" * 40], [20], 0, 1420)
-    with pytest.raises(ValueError):
-        dp.classify_batch([bytearray(4)], [100])
+def _bad_calls(dp: ModuleType) -> dict[str, tuple[type[Exception], Callable[[], object]]]:
+    """Calls that break the argument contract (datapath_ref's docstring), each with the error
+    the contract names. Every batch here is otherwise valid (and would be accepted)."""
+    table = dp.RouteTable([(bytes([10, 0, 0, 2]), 32, 0)])
+    packet = ipv4_packet("10.0.0.1", "10.0.0.2")
+    good = _buf(packet)
+    n = len(packet)
+    datagram = bytearray(b"\x04\x00\x00\x00" + (7).to_bytes(4, "little") + bytes(32))  # a transport message
+    device = SimpleNamespace(identity=object(), mtu=1420, routes=lambda: table, peer_slots=[None], receivers={})
+    no_table = SimpleNamespace(identity=object(), mtu=1420, routes=lambda: None, peer_slots=[None])
+
+    def rlane(bufs: list[Any], lengths: list[int], sources: Any) -> object:
+        return dp.receive_lane(device, bufs, lengths, sources, 0.0)
+
+    def accept(bufs: Any = None, lengths: Any = None, results: Any = None, headroom: int = 16,
+               verdicts: Any = None, t: Any = table) -> object:
+        return dp.accept_slots(t, 0, [good] if bufs is None else bufs, [n] if lengths is None else lengths,
+                               [0] if results is None else results, headroom,
+                               bytearray(1) if verdicts is None else verdicts)
+
+    return {
+        # buffers: bytearrays only, long enough for headroom + length
+        "route-bytes-buffer": (TypeError, lambda: dp.route_batch(table, [bytes(good)], [n], 16, 1420)),
+        "route-memoryview-buffer": (TypeError, lambda: dp.route_batch(table, [memoryview(good)], [n], 16, 1420)),
+        "route-short-buffer": (ValueError, lambda: dp.route_batch(table, [bytearray(20)], [n], 16, 1420)),
+        "route-short-buffer-too-big": (ValueError, lambda: dp.route_batch(table, [bytearray(20)], [n], 16, 10)),
+        "classify-short-buffer": (ValueError, lambda: dp.classify_batch([bytearray(4)], [100])),
+        "classify-bytes-buffer": (TypeError, lambda: dp.classify_batch([bytes(datagram)], [len(datagram)])),
+        "classify-later-bad-buffer": (TypeError, lambda: dp.classify_batch([datagram, b"x"], [40, 1])),
+        "lane-bytes-buffer": (TypeError, lambda: dp.lane(device, [bytes(good)], [n], 16, 0.0)),
+        "lane-short-buffer": (ValueError, lambda: dp.lane(device, [bytearray(30)], [n], 16, 0.0)),
+        "receive-lane-bytes-buffer": (TypeError, lambda: rlane([bytes(datagram)], [40], [None])),
+        "receive-lane-short-buffer": (ValueError, lambda: rlane([bytearray(8)], [40], [None])),
+        "receive-lane-short-non-transport": (ValueError, lambda: rlane([bytearray(3)], [40], [None])),
+        "accept-bytes-buffer": (TypeError, lambda: accept(bufs=[bytes(good)])),
+        "accept-short-buffer": (ValueError, lambda: accept(bufs=[bytearray(20)])),
+        "accept-short-buffer-failed-open": (ValueError, lambda: accept(bufs=[bytearray(20)], results=[1])),
+        "accept-batch-bytes-buffer": (TypeError, lambda: dp.accept_batch(table, 0, [bytes(good)], [n], [0], 16)),
+        # batch arguments: lists, lengths (results, sources, verdicts) covering bufs
+        "route-tuple-bufs": (TypeError, lambda: dp.route_batch(table, (good,), [n], 16, 1420)),
+        "route-tuple-lengths": (TypeError, lambda: dp.route_batch(table, [good], (n,), 16, 1420)),
+        "route-none-bufs": (TypeError, lambda: dp.route_batch(table, None, [n], 16, 1420)),
+        "route-short-lengths": (ValueError, lambda: dp.route_batch(table, [good, good], [n], 16, 1420)),
+        "classify-short-lengths": (ValueError, lambda: dp.classify_batch([datagram, datagram], [40])),
+        "classify-tuple-bufs": (TypeError, lambda: dp.classify_batch((datagram,), [40])),
+        "lane-short-lengths": (ValueError, lambda: dp.lane(device, [good, good], [n], 16, 0.0)),
+        "lane-tuple-bufs": (TypeError, lambda: dp.lane(device, (good,), [n], 16, 0.0)),
+        "receive-lane-short-lengths": (ValueError, lambda: rlane([datagram] * 2, [40], [None] * 2)),
+        "receive-lane-short-sources": (ValueError, lambda: rlane([datagram] * 2, [40] * 2, [None])),
+        "receive-lane-tuple-sources": (TypeError, lambda: rlane([datagram], [40], (None,))),
+        "accept-short-lengths": (ValueError, lambda: accept(bufs=[good, good], verdicts=bytearray(2))),
+        "accept-short-results": (ValueError, lambda: accept(bufs=[good, good], lengths=[n, n], verdicts=bytearray(2))),
+        "accept-short-verdicts": (ValueError, lambda: accept(bufs=[good, good], lengths=[n, n], results=[0, 0])),
+        "accept-bytes-verdicts": (TypeError, lambda: accept(verdicts=bytes(1))),
+        "accept-memoryview-verdicts": (TypeError, lambda: accept(verdicts=memoryview(bytearray(1)))),
+        "accept-tuple-results": (TypeError, lambda: accept(results=(0,))),
+        # a negative headroom would read before the buffer
+        "route-negative-headroom": (ValueError, lambda: dp.route_batch(table, [good], [n], -16, 1420)),
+        "lane-negative-headroom": (ValueError, lambda: dp.lane(device, [good], [n], -16, 0.0)),
+        "accept-negative-headroom": (ValueError, lambda: accept(headroom=-16)),
+        "accept-batch-negative-headroom": (ValueError, lambda: dp.accept_batch(table, 0, [good], [n], [0], -16)),
+        # the table: this module's RouteTable
+        "route-no-table": (TypeError, lambda: dp.route_batch(None, [good], [n], 16, 1420)),
+        "accept-no-table": (TypeError, lambda: accept(t=None)),
+        "accept-batch-no-table": (TypeError, lambda: dp.accept_batch(None, 0, [good], [n], [0], 16)),
+        "lane-no-table": (TypeError, lambda: dp.lane(no_table, [good], [n], 16, 0.0)),
+        # addresses and single packets: bytes-like objects only
+        "lookup-int": (TypeError, lambda: table.lookup(4)),
+        "lookup-list": (TypeError, lambda: table.lookup([10, 0, 0, 2])),
+        "lookup-str": (TypeError, lambda: table.lookup("abcd")),
+        "lookup-packet-list": (TypeError, lambda: table.lookup_packet(list(packet), 0, n, False)),
+        "inner-length-int": (TypeError, lambda: dp.inner_length(20, 0, 20)),
+    }
+
+
+BAD_CALLS = sorted(_bad_calls(load("pure")))
+
+
+@pytest.mark.parametrize("case", BAD_CALLS)
+def test_bad_arguments_are_the_same_error_in_both_twins(dp: ModuleType, case: str) -> None:
+    """Same API, same errors: each call that breaks the argument contract raises the error the
+    contract names, in both twins (before this test the pure twin took a bytes buffer and a
+    buffer shorter than its length; the Cython twin read past a short ``lengths`` list)."""
+    error, call = _bad_calls(dp)[case]
+    with pytest.raises(error):
+        call()
+
+
+def test_bad_argument_calls_are_valid_once_fixed(dp: ModuleType) -> None:
+    """The calls above break one rule each: the same calls with good arguments go through."""
+    table = dp.RouteTable([(bytes([10, 0, 0, 2]), 32, 0)])
+    packet = ipv4_packet("10.0.0.1", "10.0.0.2")
+    assert dp.route_batch(table, [_buf(packet)], [len(packet)], 16, 1420) == ({0: [0]}, 0, 0)
+    assert dp.classify_batch([bytearray(b"\x04\x00\x00\x00" + (7).to_bytes(4, "little") + bytes(32))], [40]) == (
+        {7: [0]}, [], {})
+    verdicts = bytearray(1)
+    assert dp.accept_slots(table, 0, [_buf(packet)], [len(packet)], [0], 16, verdicts) == (0, 0, 0, 1)
+    assert table.lookup(bytearray([10, 0, 0, 2])) == 0 and table.lookup(memoryview(bytes([10, 0, 0, 2]))) == 0
+
+
+@pytest.mark.parametrize(("offset", "size"), [(0, 20), (0, 200), (-3, 20), (2, -1), (5, 0), (0, 3)])
+def test_single_packet_helpers_cut_as_a_slice_does(dp: ModuleType, offset: int, size: int) -> None:
+    """inner_length and lookup_packet look at ``buf[offset:offset+size]`` as a Python slice cuts
+    it (a size past the end is cut short, a negative offset counts from the end), never past it."""
+    packet = bytearray(ipv4_packet("10.0.0.1", "10.0.0.2"))
+    table = dp.RouteTable([(bytes([10, 0, 0, 2]), 32, 3), (bytes([10, 0, 0, 1]), 32, 4)])
+    for buf in (packet, bytes(packet[:10]), bytes(packet) + b"\x00" * 5):
+        cut = bytes(buf[offset : offset + size])
+        whole = len(cut) >= 20 and cut[0] >> 4 == 4
+        expected = len(packet) if whole and len(packet) <= len(cut) else -1
+        assert dp.inner_length(buf, offset, size) == expected
+        assert table.lookup_packet(buf, offset, size, False) == (3 if whole else -1)
+        assert table.lookup_packet(buf, offset, size, True) == (4 if whole else -1)
 
 
 # ------------------------------------------------------------------------------------ lane (outbound)

@@ -15,6 +15,8 @@ from tunnel.wireguard.constants import (
     INITIATION_SIZE,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
 from tunnel.wireguard.datapath import load as load_datapath
@@ -119,11 +121,23 @@ def test_refusal_after_reject_after_time(pair: Pair) -> None:
 def test_handshake_retries_then_gives_up(pair: Pair) -> None:
     pair.b.lossy = True
     pair.send(pair.a, ipv4_packet("10.0.0.1", "10.0.0.2"))
-    pair.advance(200)
+    times = [pair.now]  # when each initiation left, on the fake clock
+    end = pair.now + 200
+    for _ in range(1000):  # timer by timer, so each send time is exact
+        deadlines = [d for d in (pair.a.device.next_timer(), pair.b.device.next_timer()) if d is not None]
+        if not deadlines or min(deadlines) > end:
+            break
+        before = sum(1 for d, _ in pair.a.sent if d[0] == 1)
+        pair.advance(max(0.0, min(deadlines) - pair.now))
+        after = sum(1 for d, _ in pair.a.sent if d[0] == 1)
+        times.extend([pair.now] * (after - before))
     initiations = [d for d, _ in pair.a.sent if d[0] == 1]
-    assert len(initiations) == 20  # first try + 19 retries, as the kernel and wireguard-go
+    assert len(initiations) == len(times) == 20  # first try + 19 retries, as the kernel and wireguard-go
     assert not pair.peer_ab.staged  # given up: staged packets dropped
-    # Retries are 5 s + jitter apart.
+    # Retries are REKEY_TIMEOUT (5 s) + a jitter of up to 1/3 s apart; the jitter varies.
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert all(REKEY_TIMEOUT <= gap <= REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX for gap in gaps), gaps
+    assert len({round(gap, 6) for gap in gaps}) > 1, gaps
     assert pair.peer_ab.timers.retransmit_handshake is None
 
 

@@ -55,6 +55,13 @@ def test_nothing_delivered_reads_no_tun() -> None:
 def test_tun_callback_seals_and_sends() -> None:
     pair = make_pair()
     interface, tun, bind = make_interface(pair.b.device)
-    tun.inbox.extend([ipv4_packet("10.0.0.2", "10.0.0.1", bytes([i]) * 30) for i in range(3)])
+    packets = [ipv4_packet("10.0.0.2", "10.0.0.1", bytes([i]) * 30) for i in range(3)]
+    tun.inbox.extend(packets)
     interface._outbound.on_readable()
     assert len(bind.sent) == 3 and tun.inbox == []
+    # What was sent is what was read: the peer's engine opens each datagram to its packet.
+    assert all(endpoint == pair.a.endpoint for _, endpoint in bind.sent)
+    datagrams = [bytearray(d) for d, _ in bind.sent]
+    opened = pair.a.device.receive_batch(datagrams, [len(d) for d in datagrams], [pair.b.endpoint] * 3, pair.now)
+    assert [bytes(p) for p in opened.packets] == packets
+    assert not pair.a.device.drops

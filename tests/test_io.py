@@ -279,12 +279,57 @@ def test_gro_receive_split_into_slots(io: ModuleType, sockets: Any, family: int)
         for i in range(count):
             got.append(bytes(bufs[i][: lengths[i]]))
             assert sources[i] == (tx.getsockname()[0], tx.getsockname()[1], LOOPBACK[family])
-        if count == 6:
-            # The batch filled up: whatever is left of a coalesced message comes next time.
-            assert batch.pending >= 0
+        # Handed out and held together never exceed what was sent (exactly what they hold is
+        # test_gro_pending_is_exactly_what_the_batch_holds).
+        assert len(got) + batch.pending <= 17
+        if count < 6:
+            assert batch.pending == 0  # a batch that did not fill up holds nothing back
     assert got == first + second + [b"single"]
     assert rounds >= 3  # 17 datagrams cannot come through 6 slots in fewer calls
     assert batch.pending == 0
+
+
+@FAMILIES
+def test_gro_pending_is_exactly_what_the_batch_holds(io: ModuleType, sockets: Any, family: int) -> None:
+    """``pending`` counts the datagrams the batch received but did not hand out: with the
+    socket emptied behind its back (by us, with plain recv), the batch hands out exactly
+    ``pending`` more datagrams, the next ones in order, and we hold the rest."""
+    rx = sockets(family)
+    tx = sockets(family, pktinfo=False)
+    if not io.probe_udp_gso(tx.fileno()):
+        pytest.skip("no UDP GSO in this kernel")
+    assert io.enable_udp_gro(rx.fileno())
+    dest = rx.getsockname()[:2]
+    first = [payload(k, 1000) for k in range(10)] + [payload(10, 321)]
+    second = [payload(20 + k, 500) for k in range(5)]
+    gso_burst(tx, dest, first, 1000)
+    gso_burst(tx, dest, second, 500)
+    tx.sendto(b"single", dest)
+    sent = first + second + [b"single"]
+    batch = io.UdpBatch(rx.fileno(), gro=True)
+    bufs = [bytearray(1500) for _ in range(6)]
+    lengths = [0] * 6
+    sources: list[Any] = [None] * 6
+    assert wait_readable(rx)
+    assert batch.recv(bufs, lengths, sources) == 6
+    got = [bytes(bufs[i][: lengths[i]]) for i in range(6)]
+    held = batch.pending
+    assert held >= 5  # at least the rest of the first message (GRO hands it over whole)
+    behind = b""
+    for _ in range(100):
+        try:
+            behind += rx.recv(70000)
+        except BlockingIOError:
+            break
+    later: list[bytes] = []
+    for _ in range(20):
+        count = batch.recv(bufs, lengths, sources)
+        if count == 0:
+            break
+        later.extend(bytes(bufs[i][: lengths[i]]) for i in range(count))
+    assert len(later) == held and batch.pending == 0
+    assert got + later == sent[: 6 + held]
+    assert behind == b"".join(sent[6 + held :])
 
 
 def test_gro_receive_small_slots_truncate_each_segment(io: ModuleType, sockets: Any) -> None:
@@ -690,7 +735,7 @@ def test_send_slots_same_wire_as_send(impl: str, sizes: list[int], offset: int, 
     if gso:
         with udp_socket(family, pktinfo=False) as probe:
             if not io.probe_udp_gso(probe.fileno()):
-                return
+                pytest.skip("no UDP GSO in this kernel: the GRO half cannot run")
         gro_send, gro_slots, n1, n2 = _send_both_ways(io, family, data, offset, count, gso, gro=True)
         assert n1 == n2 == count
         assert gro_send == gro_slots
@@ -743,3 +788,52 @@ def test_send_slots_port_out_of_range_is_counted_not_raised(io: ModuleType, sock
     assert batch.send([(b"y", ("127.0.0.1", port, None)), (b"z", good)]) == 1
     assert sum(batch.errors.values()) == 2
     assert recv_n(rx, 1) == [b"z"]
+
+
+# ------------------------------------------------------------------------------------ bad arguments
+
+
+@pytest.mark.parametrize("case", ["recv-read-only", "send-generator", "send-slots-none-endpoint",
+                                  "send-none-endpoint", "read-negative-headroom", "read-zero-mtu",
+                                  "read-slot-shorter-than-headroom"])
+def test_bad_arguments_are_the_same_error_in_both_twins(io: ModuleType, sockets: Any,
+                                                        device_pair: Any, case: str) -> None:
+    """Same API, same errors (before: the pure twin raised TypeError for a read-only receive
+    slot, iterated a generator, and read with a negative headroom or mtu; the native twin
+    counted a None endpoint as a bad address on a fresh batch but raised after any send)."""
+    rx = sockets(socket.AF_INET, pktinfo=False)
+    tx = sockets(socket.AF_INET, pktinfo=False)
+    endpoint = Endpoint("127.0.0.1", rx.getsockname()[1])
+    tx.sendto(b"hello", rx.getsockname())
+    assert wait_readable(rx)
+    kernel, ours = device_pair
+    kernel.send(bytes(10) + b"\x45" + bytes(39))
+    tun = io.TunBatch(ours.fileno())
+    calls: dict[str, tuple[type[Exception], Callable[[], object]]] = {
+        "recv-read-only": (BufferError, lambda: io.UdpBatch(rx.fileno()).recv([bytes(100)], [0], [None])),
+        "send-generator": (TypeError, lambda: io.UdpBatch(tx.fileno()).send(d for d in [(b"x", endpoint)])),
+        "send-slots-none-endpoint": (AttributeError, lambda: io.UdpBatch(tx.fileno()).send_slots(
+            [bytearray(10)], [5], 0, 1, None)),
+        "send-none-endpoint": (AttributeError, lambda: io.UdpBatch(tx.fileno()).send([(b"x", None)])),
+        "read-negative-headroom": (ValueError, lambda: tun.read([bytearray(100)], [0], -10, 1500)),
+        "read-zero-mtu": (ValueError, lambda: tun.read([bytearray(100)], [0], 0, 0)),
+        "read-slot-shorter-than-headroom": (ValueError, lambda: tun.read([bytearray(100)], [0], 200, 1500)),
+    }
+    error, call = calls[case]
+    with pytest.raises(error):
+        call()
+    # nothing was taken: the datagram and the packet are still there for a good call
+    batch = io.UdpBatch(rx.fileno())
+    bufs, lengths, sources = [bytearray(100)], [0], [None]
+    assert batch.recv(bufs, lengths, sources) == 1 and bytes(bufs[0][:lengths[0]]) == b"hello"
+    assert tun.read([bytearray(100)], [0], 0, 1500) == 1
+
+
+def test_probes_on_a_bad_fd_say_no(io: ModuleType) -> None:
+    """enable_udp_gro and probe_udp_gso answer False for what is not a UDP socket (the pure twin
+    raised OSError for a closed fd)."""
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.close(fd)
+    assert io.enable_udp_gro(fd) is False and io.probe_udp_gso(fd) is False
+    with open("/dev/null", "rb") as f:
+        assert io.enable_udp_gro(f.fileno()) is False and io.probe_udp_gso(f.fileno()) is False

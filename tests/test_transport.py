@@ -218,11 +218,56 @@ def test_bad_arguments(backend: ModuleType) -> None:
         cipher.open_batch([bytearray(32)], [32], [])
     with pytest.raises(ValueError):
         cipher.open_batch([bytearray(32)], [33], [-1])
-    with pytest.raises((BufferError, TypeError)):
+    with pytest.raises(BufferError):  # read-only: both twins say BufferError
         cipher.seal_batch([bytes(64)], [0], MTU)
+    with pytest.raises(BufferError):
+        cipher.open_batch([bytes(64)], [32], [0])
     assert cipher.send_counter == 0
     assert cipher.seal_batch([], [], MTU) == 0
     assert cipher.open_batch([], [], []) == 0
+
+
+@pytest.mark.parametrize("case", [
+    "key-int", "key-list", "key-str", "index-float", "index-none", "counter-float",
+    "seal-tuple-bufs", "seal-tuple-lengths", "open-tuple-bufs", "open-tuple-results", "seal-none",
+    "padded-float", "replay-float", "counter-of-int",
+])
+def test_bad_argument_types_are_type_errors_in_both_twins(backend: ModuleType, case: str) -> None:
+    """Same API, same errors. Before: the Cython twin made a key of 32 zero bytes out of the int
+    32 (``bytes(32)``) and truncated float counters; the pure twin took tuples for the batch lists
+    and keys given as lists of ints."""
+    cipher = backend.TransportCipher(KEY_A, KEY_B, INDEX)
+    calls: dict[str, Any] = {
+        "key-int": lambda: backend.TransportCipher(32, KEY_B, INDEX),
+        "key-list": lambda: backend.TransportCipher(list(KEY_A), KEY_B, INDEX),
+        "key-str": lambda: backend.TransportCipher("k" * 32, KEY_B, INDEX),
+        "index-float": lambda: backend.TransportCipher(KEY_A, KEY_B, 1.5),
+        "index-none": lambda: backend.TransportCipher(KEY_A, KEY_B, None),
+        "counter-float": lambda: backend.TransportCipher(KEY_A, KEY_B, INDEX, send_counter=1.0),
+        "seal-tuple-bufs": lambda: cipher.seal_batch((packet(b"x"),), [1], MTU),
+        "seal-tuple-lengths": lambda: cipher.seal_batch([packet(b"x")], (1,), MTU),
+        "open-tuple-bufs": lambda: cipher.open_batch((bytearray(64),), [64], [0]),
+        "open-tuple-results": lambda: cipher.open_batch([bytearray(64)], [64], (0,)),
+        "seal-none": lambda: cipher.seal_batch(None, [1], MTU),
+        "padded-float": lambda: backend.padded_length(1.5, MTU),
+        "replay-float": lambda: backend.ReplayFilter().validate(1.0),
+        "counter-of-int": lambda: cipher.counter_of(16),
+    }
+    with pytest.raises(TypeError):
+        calls[case]()
+    assert cipher.send_counter == 0
+
+
+def test_bytes_like_keys_are_taken(backend: ModuleType) -> None:
+    """The other side of the rule above: any bytes-like key of 32 bytes works, the same key."""
+    reference = backend.TransportCipher(KEY_A, KEY_B, INDEX)
+    for send, receive in ((bytearray(KEY_A), memoryview(KEY_B)), (memoryview(bytearray(KEY_A)), bytearray(KEY_B))):
+        cipher = backend.TransportCipher(send, receive, INDEX)
+        bufs = [packet(b"same"), packet(b"same")]
+        lengths = [4, 4]
+        assert cipher.seal_batch(bufs[:1], lengths[:1], MTU) == reference.seal_batch(bufs[1:], lengths[1:], MTU) == 1
+        assert bufs[0] == bufs[1]
+        reference = backend.TransportCipher(KEY_A, KEY_B, INDEX)
 
 
 @pytest.mark.parametrize("where", ["tag", "ciphertext", "counter", "truncated", "extended"])

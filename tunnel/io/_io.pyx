@@ -148,6 +148,10 @@ def probe_udp_gso(int fd) -> bool:
     return getsockopt(fd, SOL_UDP, UDP_SEGMENT, &value, &size) == 0
 
 
+# UdpBatch's "no endpoint parsed yet" marker (None is an endpoint to refuse, not a marker).
+_NO_ENDPOINT = object()
+
+
 def _tuple_source(ip, port, local):
     return (ip, port, local)
 

@@ -85,7 +85,7 @@ cdef class UdpBatch:
         self._pend_off = 0
         self._pend_count = 0
         self._obj_cache = [None] * 16
-        self._last_ep = None
+        self._last_ep = _NO_ENDPOINT  # not None: None is parsed (and refused) like any endpoint
         self._last_dest_ok = False
         self._busy = False
         memset(self._src_cache, 0, sizeof(self._src_cache))

@@ -159,8 +159,12 @@ def _errname(code: int | None) -> str:
 
 
 def enable_udp_gro(fd: int) -> bool:
-    """Turn UDP_GRO on for the socket ``fd``; False if the kernel refuses (older than 5.0)."""
-    sock = socket.socket(fileno=os.dup(fd))
+    """Turn UDP_GRO on for the socket ``fd``; False if the kernel refuses (older than 5.0, or
+    ``fd`` is not a UDP socket)."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:  # not an open fd, or not a socket: refused, as setsockopt(2) would say
+        return False
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         return True
@@ -173,7 +177,10 @@ def enable_udp_gro(fd: int) -> bool:
 def probe_udp_gso(fd: int) -> bool:
     """True if the kernel knows UDP_SEGMENT on this socket (4.18+). Send-time refusal (a device
     without checksum offload) is handled by :meth:`UdpBatch.send` falling back."""
-    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:  # not an open fd, or not a socket
+        return False
     try:
         sock.getsockopt(SOL_UDP, UDP_SEGMENT)
         return True
@@ -184,6 +191,13 @@ def probe_udp_gso(fd: int) -> bool:
 
 
 # ---------------------------------------------------------------------------- UDP
+
+
+def _writable(buf: Any) -> None:
+    """A receive slot must be writable: BufferError otherwise, as PyObject_GetBuffer says."""
+    with memoryview(buf) as view:
+        if view.readonly:
+            raise BufferError("Object is not writable.")
 
 
 def _unpack_endpoint(endpoint: Any) -> tuple[str, int, str | None]:
@@ -247,6 +261,7 @@ class UdpBatch:
         count = self._drain(bufs, lengths, sources, 0)
         if not self.gro:
             while count < n:
+                _writable(bufs[count])
                 try:
                     size, ancdata, _flags, address = self._sock.recvmsg_into([bufs[count]], _ANCILLARY)
                 except (BlockingIOError, InterruptedError):
@@ -286,6 +301,7 @@ class UdpBatch:
                 self._pending.pop(0)
                 continue
             while data and count < n:
+                _writable(bufs[count])
                 chunk = data[:segment]
                 take = min(len(chunk), len(bufs[count]))
                 bufs[count][:take] = chunk[:take]
@@ -323,6 +339,7 @@ class UdpBatch:
         """Send each datagram (GSO runs as one message); returns how many left (see module doc)."""
         items: list[tuple[Buffer, Any, tuple[Any, ...], str | None]] = []
         v6 = self.family == socket.AF_INET6
+        len(datagrams)  # a sized sequence (TypeError for a generator), as the native twin takes
         for payload, endpoint in datagrams:
             ip, port, local = _unpack_endpoint(endpoint)
             # A port no sockaddr can hold is the caller's bad address, as in the native twin
@@ -507,6 +524,10 @@ class TunBatch:
         n = len(bufs)
         if len(lengths) < n:
             raise ValueError("lengths is shorter than bufs")
+        if headroom < 0 or mtu <= 0:
+            raise ValueError("headroom must be >= 0 and mtu > 0")
+        if n and len(memoryview(bufs[0])) < headroom:  # the native twin pins slots as it fills them
+            raise ValueError("buffer 0 is shorter than the headroom")
         count = 0
         big, self._big = self._big, None
         if big is not None:  # held last time: deliver it if it fits now, else drop it

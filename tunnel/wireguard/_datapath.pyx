@@ -118,7 +118,7 @@ cdef class RouteTable:
 
     def lookup(self, addr):
         """The slot of the longest prefix containing ``addr`` (4 or 16 bytes), or -1."""
-        cdef bytes raw = bytes(addr)
+        cdef bytes raw = bytes(memoryview(addr))  # bytes-like only (bytes(4) would be 4 zeros)
         cdef const unsigned char *p = raw
         if len(raw) == 4:
             return self.find4(load32(p))
@@ -128,7 +128,7 @@ cdef class RouteTable:
 
     def lookup_packet(self, buf, Py_ssize_t offset, Py_ssize_t size, bint source):
         """Slot for the source or destination of the IP packet at buf[offset:offset+size]."""
-        cdef bytes raw = bytes(buf[offset:offset + size])
+        cdef bytes raw = bytes(memoryview(buf)[offset:offset + size])
         return self.find_packet(raw, len(raw), source)
 
 
@@ -139,7 +139,18 @@ cdef inline unsigned char *_data(object buf, Py_ssize_t need) except NULL:
     return <unsigned char *>PyByteArray_AS_STRING(b)
 
 
-def route_batch(RouteTable table, list bufs, list lengths, Py_ssize_t headroom, Py_ssize_t mtu):
+cdef inline int _check_batch(list bufs, list lengths, Py_ssize_t headroom) except -1:
+    # The list indexing below is unchecked (boundscheck=False): lengths must cover bufs, and a
+    # negative headroom would read before the buffer.
+    if len(lengths) < len(bufs):
+        raise ValueError("lengths is shorter than bufs")
+    if headroom < 0:
+        raise ValueError("headroom must not be negative")
+    return 0
+
+
+def route_batch(RouteTable table not None, list bufs not None, list lengths not None, Py_ssize_t headroom,
+                Py_ssize_t mtu):
     """Group packets ``bufs[i][headroom:headroom+lengths[i]]`` by destination peer slot.
 
     Returns (slot -> indices in batch order, packets with no route, packets over the MTU).
@@ -148,12 +159,13 @@ def route_batch(RouteTable table, list bufs, list lengths, Py_ssize_t headroom, 
     cdef Py_ssize_t i, size, no_route = 0, too_big = 0
     cdef int slot
     cdef unsigned char *p
+    _check_batch(bufs, lengths, headroom)
     for i in range(len(bufs)):
         size = lengths[i]
+        p = _data(bufs[i], headroom + size)
         if size > mtu:
             too_big += 1
             continue
-        p = _data(bufs[i], headroom + size)
         slot = table.find_packet(p + headroom, size, False)
         if slot < 0:
             no_route += 1
@@ -171,20 +183,23 @@ cdef double _REKEY_AFTER_TIME = REKEY_AFTER_TIME
 cdef object _REKEY_AFTER_MESSAGES = REKEY_AFTER_MESSAGES
 
 
-def lane(device, list bufs, list lengths, Py_ssize_t headroom, double now):
+def lane(device, list bufs not None, list lengths not None, Py_ssize_t headroom, double now):
     """``(peer, keypair)`` if the batch may take the fast lane, else None (see datapath_ref.lane)."""
+    _check_batch(bufs, lengths, headroom)
     if device.identity is None or not bufs:
         return None
-    cdef RouteTable table = device.routes()
+    cdef RouteTable table = <RouteTable?>device.routes()
+    if table is None:
+        raise TypeError("table must be a RouteTable, not NoneType")
     cdef Py_ssize_t mtu = device.mtu
     cdef Py_ssize_t i, size, n = len(bufs)
     cdef int slot = -1, found
     cdef unsigned char *p
     for i in range(n):
         size = lengths[i]
+        p = _data(bufs[i], headroom + size)
         if size > mtu:
             return None
-        p = _data(bufs[i], headroom + size)
         found = table.find_packet(p + headroom, size, False)
         if found < 0 or (slot >= 0 and found != slot):
             return None
@@ -203,19 +218,22 @@ def lane(device, list bufs, list lengths, Py_ssize_t headroom, double now):
     return peer, keypair
 
 
-def receive_lane(device, list bufs, list lengths, list sources, double now):
+def receive_lane(device, list bufs not None, list lengths not None, list sources not None, double now):
     """The keypair to open the whole batch with in the inbound fast lane, else None (see
     datapath_ref.receive_lane)."""
     cdef Py_ssize_t i, n = len(bufs)
     cdef unsigned char *p
+    cdef Py_ssize_t size
     cdef long long receiver = -1, index
-    if n == 0 or len(lengths) < n or len(sources) < n:
+    _check_batch(bufs, lengths, 0)
+    if len(sources) < n:
+        raise ValueError("sources is shorter than bufs")
+    if n == 0:
         return None
     for i in range(n):
-        if <Py_ssize_t>lengths[i] < 32:
-            return None
-        p = _data(bufs[i], 32)
-        if p[0] != 4 or p[1] or p[2] or p[3]:
+        size = lengths[i]
+        p = _data(bufs[i], size)
+        if size < 32 or p[0] != 4 or p[1] or p[2] or p[3]:
             return None
         index = (<uint32_t>p[4]) | (<uint32_t>p[5] << 8) | (<uint32_t>p[6] << 16) | (<uint32_t>p[7] << 24)
         if receiver >= 0 and index != receiver:
@@ -235,7 +253,7 @@ def receive_lane(device, list bufs, list lengths, list sources, double now):
     return keypair
 
 
-def classify_batch(list bufs, list lengths):
+def classify_batch(list bufs not None, list lengths not None):
     """Sort datagrams into transport groups by receiver index and handshake messages (types
     1-3 of the exact size, in order); count the rest by reason."""
     cdef dict transport = {}
@@ -245,6 +263,7 @@ def classify_batch(list bufs, list lengths):
     cdef unsigned char *p
     cdef int kind
     cdef uint32_t receiver
+    _check_batch(bufs, lengths, 0)
     for i in range(len(bufs)):
         size = lengths[i]
         p = _data(bufs[i], size)
@@ -290,12 +309,12 @@ cdef inline Py_ssize_t _inner_length(const unsigned char *p, Py_ssize_t size) no
 
 def inner_length(buf, Py_ssize_t offset, Py_ssize_t size):
     """Length of the IP packet at buf[offset:offset+size] from its header (padding stripped), or -1."""
-    cdef bytes raw = bytes(buf[offset:offset + size])
+    cdef bytes raw = bytes(memoryview(buf)[offset:offset + size])
     return _inner_length(raw, len(raw))
 
 
-def accept_slots(RouteTable table, int slot, list bufs, list lengths, list results, Py_ssize_t headroom,
-                 verdicts):
+def accept_slots(RouteTable table not None, int slot, list bufs not None, list lengths not None,
+                 list results not None, Py_ssize_t headroom, verdicts):
     """Check the plaintexts where ``results[i] == 0`` into per-slot verdicts; see
     datapath_ref.accept_slots."""
     cdef Py_ssize_t n = len(bufs)
@@ -303,17 +322,18 @@ def accept_slots(RouteTable table, int slot, list bufs, list lengths, list resul
     cdef Py_ssize_t i, size, length
     cdef unsigned char *p
     cdef unsigned char *verdict = _data(verdicts, n)
-    if len(lengths) < n or len(results) < n:
-        raise ValueError("lengths or results is shorter than bufs")
+    _check_batch(bufs, lengths, headroom)
+    if len(results) < n:
+        raise ValueError("results is shorter than bufs")
     for i in range(n):
+        size = lengths[i]
+        p = _data(bufs[i], headroom + size) + headroom
         verdict[i] = 1
         if results[i] != 0:
             continue
-        size = lengths[i]
         if size == 0:
             keepalives += 1
             continue
-        p = _data(bufs[i], headroom + size) + headroom
         length = _inner_length(p, size)
         if length < 0:
             invalid += 1
@@ -327,7 +347,8 @@ def accept_slots(RouteTable table, int slot, list bufs, list lengths, list resul
     return delivered, keepalives, invalid, disallowed
 
 
-def accept_batch(RouteTable table, int slot, list bufs, list lengths, list results, Py_ssize_t headroom):
+def accept_batch(RouteTable table not None, int slot, list bufs not None, list lengths not None,
+                 list results not None, Py_ssize_t headroom):
     """Check the plaintexts where ``results[i] == 0``; see datapath_ref.accept_batch."""
     cdef list ends = list(lengths)
     cdef bytearray verdicts = bytearray(len(bufs))

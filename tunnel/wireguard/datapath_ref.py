@@ -20,6 +20,15 @@ loops that run once per packet to these functions, which work on a whole batch a
 
 Same API and results in both implementations; the tests run against both. Buffers are only
 borrowed for the call; returned memoryviews point into them.
+
+Arguments (the same errors in both twins; ``tests/test_datapath.py`` checks them on both): the
+batch arguments ``bufs``, ``lengths``, ``results`` and ``sources`` are ``list``s (TypeError
+otherwise), ``lengths``, ``results`` and ``sources`` at least as long as ``bufs`` (ValueError),
+every buffer is a ``bytearray`` (TypeError) holding its packet, ``headroom + lengths[i]`` bytes
+(ValueError: checked for every item, in batch order, before it is looked at), ``headroom`` is
+not negative (ValueError), ``table`` is this module's :class:`RouteTable` and ``verdicts`` a
+``bytearray`` (TypeError). Addresses and the single-packet helpers take any bytes-like object;
+``buf[offset:offset+size]`` is cut as a Python slice is.
 """
 
 from __future__ import annotations
@@ -40,6 +49,35 @@ INVALID_SIZE = "invalid_size"
 _HANDSHAKE_SIZES = {1: 148, 2: 92, 3: 64}
 
 Buffer = bytes | bytearray | memoryview
+
+
+def _require_list(name: str, value: object) -> None:
+    if type(value) is not list:
+        raise TypeError(f"{name} must be a list, not {type(value).__name__}")
+
+
+def _check_batch(bufs: object, lengths: object, headroom: int) -> None:
+    """The checks both twins make before a batch loop (see the module docstring)."""
+    _require_list("bufs", bufs)
+    _require_list("lengths", lengths)
+    if len(lengths) < len(bufs):  # type: ignore[arg-type]
+        raise ValueError("lengths is shorter than bufs")
+    if headroom < 0:
+        raise ValueError("headroom must not be negative")
+
+
+def _check_buffer(buf: object, need: int) -> bytearray:
+    """``buf`` as the Cython twin's ``_data`` takes it: a bytearray of at least ``need`` bytes."""
+    if type(buf) is not bytearray:
+        raise TypeError(f"buffers must be bytearrays, not {type(buf).__name__}")
+    if len(buf) < need:
+        raise ValueError("buffer shorter than its length")
+    return buf
+
+
+def _check_table(table: object) -> None:
+    if not isinstance(table, RouteTable):
+        raise TypeError(f"table must be a RouteTable, not {type(table).__name__}")
 
 
 def compile_intervals(
@@ -99,15 +137,20 @@ class RouteTable:
 
     def lookup(self, addr: Buffer) -> int:
         """The slot of the longest prefix containing ``addr`` (4 or 16 bytes), or -1."""
-        value = int.from_bytes(addr, "big")
-        if len(addr) == 4:
-            return self._slots4[bisect.bisect_right(self._starts4, value) - 1]
-        if len(addr) == 16:
-            return self._slots6[bisect.bisect_right(self._starts6, value) - 1]
+        raw = bytes(memoryview(addr))  # bytes-like only (TypeError for an int or a list)
+        if len(raw) == 4:
+            return self._slots4[bisect.bisect_right(self._starts4, int.from_bytes(raw, "big")) - 1]
+        if len(raw) == 16:
+            return self._slots6[bisect.bisect_right(self._starts6, int.from_bytes(raw, "big")) - 1]
         return NO_SLOT
 
     def lookup_packet(self, buf: Buffer, offset: int, size: int, source: bool) -> int:
         """Slot for the source or destination of the IP packet at buf[offset:offset+size]."""
+        raw = bytes(memoryview(buf)[offset : offset + size])
+        return self._find_packet(raw, 0, len(raw), source)
+
+    def _find_packet(self, buf: Buffer, offset: int, size: int, source: bool) -> int:
+        """lookup_packet on a packet known to lie inside ``buf``."""
         if size < 1:
             return NO_SLOT
         version = buf[offset] >> 4
@@ -127,14 +170,17 @@ def route_batch(
 
     Returns (slot -> indices in batch order, packets with no route, packets over the MTU).
     """
+    _check_table(table)
+    _check_batch(bufs, lengths, headroom)
     groups: dict[int, list[int]] = {}
     no_route = too_big = 0
     for i in range(len(bufs)):
         size = lengths[i]
+        buf = _check_buffer(bufs[i], headroom + size)
         if size > mtu:
             too_big += 1
             continue
-        slot = table.lookup_packet(bufs[i], headroom, size, False)
+        slot = table._find_packet(buf, headroom, size, False)
         if slot < 0:
             no_route += 1
             continue
@@ -157,16 +203,19 @@ def lane(device: Any, bufs: Sequence[bytearray], lengths: Sequence[int], headroo
     its current keypair is younger than REJECT_AFTER_TIME (and than REKEY_AFTER_TIME if we
     initiated it), and sealing the batch keeps its counter under REKEY_AFTER_MESSAGES.
     """
+    _check_batch(bufs, lengths, headroom)
     if device.identity is None or not bufs:
         return None
     table = device.routes()
+    _check_table(table)
     mtu = device.mtu
     slot = NO_SLOT
     for i in range(len(bufs)):
         size = lengths[i]
+        buf = _check_buffer(bufs[i], headroom + size)
         if size > mtu:
             return None
-        found = table.lookup_packet(bufs[i], headroom, size, False)
+        found = table._find_packet(buf, headroom, size, False)
         if found < 0 or (slot >= 0 and found != slot):
             return None
         slot = found
@@ -195,12 +244,17 @@ def receive_lane(device: Any, bufs: Sequence[bytearray], lengths: Sequence[int],
     (the same object, as the batch I/O hands out for a repeated source, or an equal one), so
     there is no roaming to record before a reply. Reads ``device.receivers``; changes nothing.
     """
+    _require_list("sources", sources)
+    _check_batch(bufs, lengths, 0)
+    if len(sources) < len(bufs):
+        raise ValueError("sources is shorter than bufs")
     if not bufs:
         return None
     receiver = -1
     for i in range(len(bufs)):
-        buf = bufs[i]
-        if lengths[i] < 32 or buf[0] != 4 or buf[1] or buf[2] or buf[3]:
+        size = lengths[i]
+        buf = _check_buffer(bufs[i], size)
+        if size < 32 or buf[0] != 4 or buf[1] or buf[2] or buf[3]:
             return None
         index = int.from_bytes(buf[4:8], "little")
         if receiver >= 0 and index != receiver:
@@ -213,7 +267,7 @@ def receive_lane(device: Any, bufs: Sequence[bytearray], lengths: Sequence[int],
     if now - keypair.created >= REJECT_AFTER_TIME or peer.next is keypair:
         return None
     endpoint = peer.endpoint
-    for source in sources:
+    for source in sources[: len(bufs)]:
         if source is not endpoint and source != endpoint:
             return None
     return keypair
@@ -224,12 +278,13 @@ def classify_batch(
 ) -> tuple[dict[int, list[int]], list[int], dict[str, int]]:
     """Sort datagrams ``bufs[i][:lengths[i]]`` into transport groups by receiver index and
     handshake messages (types 1-3 of the exact size, in order); count the rest by reason."""
+    _check_batch(bufs, lengths, 0)
     transport: dict[int, list[int]] = {}
     handshakes: list[int] = []
     drops: dict[str, int] = {}
     for i in range(len(bufs)):
-        buf = bufs[i]
         size = lengths[i]
+        buf = _check_buffer(bufs[i], size)
         kind = buf[0] if size >= 4 and not (buf[1] or buf[2] or buf[3]) else 0
         if kind == 4:
             if size >= 32:
@@ -254,6 +309,12 @@ def classify_batch(
 
 def inner_length(buf: Buffer, offset: int, size: int) -> int:
     """Length of the IP packet at buf[offset:offset+size] from its header (padding stripped), or -1."""
+    raw = bytes(memoryview(buf)[offset : offset + size])
+    return _inner_length(raw, 0, len(raw))
+
+
+def _inner_length(buf: Buffer, offset: int, size: int) -> int:
+    """inner_length of a packet known to lie inside ``buf``."""
     if size < 1:
         return -1
     version = buf[offset] >> 4
@@ -283,23 +344,32 @@ def accept_slots(
     otherwise ``verdicts[i] = 1`` and ``lengths[i]`` is left alone. Returns (delivered,
     keepalives, invalid inner packets, packets whose source is not routed to ``slot``).
     """
-    if len(verdicts) < len(bufs) or len(lengths) < len(bufs) or len(results) < len(bufs):
-        raise ValueError("verdicts, lengths or results is shorter than bufs")
+    _check_table(table)
+    _require_list("bufs", bufs)
+    _require_list("lengths", lengths)
+    _require_list("results", results)
+    if type(verdicts) is not bytearray:
+        raise TypeError(f"verdicts must be a bytearray, not {type(verdicts).__name__}")
+    if len(verdicts) < len(bufs):
+        raise ValueError("verdicts is shorter than bufs")
+    _check_batch(bufs, lengths, headroom)
+    if len(results) < len(bufs):
+        raise ValueError("results is shorter than bufs")
     delivered = keepalives = invalid = disallowed = 0
     for i in range(len(bufs)):
+        size = lengths[i]
+        buf = _check_buffer(bufs[i], headroom + size)
         verdicts[i] = 1
         if results[i] != 0:
             continue
-        size = lengths[i]
         if size == 0:
             keepalives += 1
             continue
-        buf = bufs[i]
-        length = inner_length(buf, headroom, size)
+        length = _inner_length(buf, headroom, size)
         if length < 0:
             invalid += 1
             continue
-        if table.lookup_packet(buf, headroom, length, True) != slot:
+        if table._find_packet(buf, headroom, length, True) != slot:
             disallowed += 1
             continue
         verdicts[i] = 0
@@ -321,6 +391,9 @@ def accept_batch(
     Returns (views of packets to deliver, keepalives, invalid inner packets, packets whose source
     is not routed to ``slot``): :func:`accept_slots` with the delivered packets as views.
     """
+    _check_table(table)
+    _require_list("results", results)
+    _check_batch(bufs, lengths, headroom)
     ends = list(lengths)
     verdicts = bytearray(len(bufs))
     _, keepalives, invalid, disallowed = accept_slots(table, slot, bufs, ends, results, headroom, verdicts)
