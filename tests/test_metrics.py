@@ -100,7 +100,7 @@ def test_wireguard_exposition_matches_the_engine_counters() -> None:
 def test_cookie_replies_are_counted_under_load() -> None:
     pair = Pair()
     device = pair.b.device
-    device._under_load_until = float("inf")  # under load from the first handshake message on
+    device.handshake_load.until = float("inf")  # under load from the first handshake message on
     pair.handshake()  # b answers a's initiation with a cookie reply instead of a response
     assert device.cookie_replies_sent >= 1
     assert device.cookie_replies_sent == device.drops[Drop.COOKIE_SENT]

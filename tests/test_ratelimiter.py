@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.wireguard.ratelimiter import HANDSHAKE_BURST, HANDSHAKE_RATE, InitiationLimiter, RateLimiter
+from tunnel.wireguard.ratelimiter import HANDSHAKE_BURST, HANDSHAKE_RATE, HandshakeLoad, InitiationLimiter, RateLimiter
 
 
 class FakeClock:
@@ -214,3 +214,16 @@ def test_initiation_limiters_are_per_peer() -> None:
     assert first.allow(1.0)
     assert second.allow(1.0)
     assert not first.allow(1.001)
+
+
+def test_handshake_load_starts_at_the_threshold_message_and_holds() -> None:
+    """Under load from the message that reaches the threshold, for ``hold`` seconds after it."""
+    load = HandshakeLoad(threshold=10, hold=1.0)
+    assert load.new_second(5.0) and load.load_after(5.0) == 10
+    load.counted(4, 5.0)
+    assert not load.new_second(5.5) and load.load_after(5.5) == 6
+    load.counted(6, 5.6)  # the 10th message of this second
+    assert load.load_after(5.6) == 0 and load.until == 5.6 + 1.0
+    assert load.new_second(6.0)  # a new second resets the count, not the load
+    assert load.load_after(6.5) == 0
+    assert load.load_after(6.6) == 10  # the hold is over and nothing was counted since

@@ -47,15 +47,13 @@ from tunnel.wireguard.constants import (
     REKEY_AFTER_TIME,
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
-    UNDER_LOAD_HANDSHAKES_PER_SECOND,
-    UNDER_LOAD_HOLD,
     ZERO_KEYS_AFTER,
 )
 from tunnel.wireguard.datapath import select as select_datapath
 from tunnel.wireguard.messages import Drop
 from tunnel.wireguard.output import Output, packet_buffer
 from tunnel.wireguard.peer import Keypair, Peer
-from tunnel.wireguard.ratelimiter import InitiationLimiter, RateLimiter
+from tunnel.wireguard.ratelimiter import HandshakeLoad, InitiationLimiter, RateLimiter
 from tunnel.wireguard.timers import Jitter, TimerQueue
 
 
@@ -100,9 +98,7 @@ class Device:
         self.datapath = datapath if datapath is not None else select_datapath()[1]
         self._route_table: Any = None
         self._route_version = -1
-        self._handshake_second = 0.0
-        self._handshakes_this_second = 0
-        self._under_load_until = -1.0
+        self.handshake_load = HandshakeLoad()
         self.set_private_key(private_key)
 
     # ----------------------------------------------------------------- configuration
@@ -410,14 +406,10 @@ class Device:
                 else:
                     self.drops[Drop.NO_PRIVATE_KEY] += 1
             return
-        if now - self._handshake_second >= 1.0:  # a new second of the handshake count
-            self._handshake_second = now
-            self._handshakes_this_second = 0
+        load = self.handshake_load
+        if load.new_second(now):
             self.rate_limiter.collect_garbage(now)  # the table only grows under load, so sweep here
-        if now < self._under_load_until:
-            load_after = 0
-        else:
-            load_after = UNDER_LOAD_HANDSHAKES_PER_SECOND - self._handshakes_this_second
+        load_after = load.load_after(now)
         checker = self.cookie_checker
         secret = checker.secret_for(now) if load_after <= len(handshakes) else b""
         verdicts = bytearray(len(bufs))
@@ -431,9 +423,7 @@ class Device:
             self.drops[Drop.COOKIE_SENT] += cookies
             self.cookie_replies_sent += cookies
         if counted:
-            self._handshakes_this_second += counted
-            if self._handshakes_this_second >= UNDER_LOAD_HANDSHAKES_PER_SECOND:
-                self._under_load_until = now + UNDER_LOAD_HOLD
+            load.counted(counted, now)
         loaded = self._screen.PASSED_LOADED
         for i in passed:
             buf = bufs[i]

@@ -6,6 +6,10 @@ cookie), as WireGuard does: each source gets ``rate`` messages per second with b
 ``burst`` (WireGuard: 20/s, burst 5). IPv4 sources are keyed by the whole address, IPv6 sources
 by their /64, since one host commonly owns a whole /64.
 
+``HandshakeLoad`` says when the device is under load: it counts the handshake messages with a
+valid mac1 per second, and from the message that reaches the threshold on, the device is under
+load for a hold time (wireguard-go: its handshake queue 1/8 full).
+
 ``InitiationLimiter`` is one per peer: a peer may have at most one initiation *consumed* per
 1/50 s, whatever its source, so replaying fresh-looking initiations cannot make us churn
 handshake state.
@@ -18,7 +22,11 @@ here reads a clock or does I/O; the engine calls everything from its single thre
 
 from __future__ import annotations
 
-from tunnel.wireguard.constants import HANDSHAKE_INITIATION_RATE
+from tunnel.wireguard.constants import (
+    HANDSHAKE_INITIATION_RATE,
+    UNDER_LOAD_HANDSHAKES_PER_SECOND,
+    UNDER_LOAD_HOLD,
+)
 
 __all__ = [
     "HANDSHAKE_RATE",
@@ -27,6 +35,7 @@ __all__ = [
     "MAX_SOURCES",
     "RateLimiter",
     "InitiationLimiter",
+    "HandshakeLoad",
 ]
 
 HANDSHAKE_RATE = 20.0  # packets per second per source (the kernel and wireguard-go)
@@ -141,3 +150,41 @@ class InitiationLimiter:
             return False
         self.record(now)
         return True
+
+
+class HandshakeLoad:
+    """The device's load state: valid-mac1 handshake messages counted per second.
+
+    A batch asks :meth:`load_after` how many more messages it may take before the device is
+    under load (0: it already is), lets the screen count the valid-mac1 messages it saw, and
+    reports them with :meth:`counted`. Reaching ``threshold`` within a second puts the device
+    under load for ``hold`` seconds from that message on. ``until`` is the end of the current
+    load (a test may set it to force load).
+    """
+
+    __slots__ = ("threshold", "hold", "second", "count", "until")
+
+    def __init__(self, threshold: int = UNDER_LOAD_HANDSHAKES_PER_SECOND, hold: float = UNDER_LOAD_HOLD) -> None:
+        self.threshold = threshold
+        self.hold = hold
+        self.second = 0.0  # start of the second being counted
+        self.count = 0
+        self.until = -1.0
+
+    def new_second(self, now: float) -> bool:
+        """Start a new second of the count if one has passed since the last; True if it did."""
+        if now - self.second >= 1.0:
+            self.second = now
+            self.count = 0
+            return True
+        return False
+
+    def load_after(self, now: float) -> int:
+        """Messages that may still pass before load starts (0: under load now)."""
+        return 0 if now < self.until else self.threshold - self.count
+
+    def counted(self, messages: int, now: float) -> None:
+        """``messages`` valid-mac1 messages were seen at ``now``."""
+        self.count += messages
+        if self.count >= self.threshold:
+            self.until = now + self.hold
