@@ -76,6 +76,11 @@ def test_three_nodes_two_pods_each_on_the_real_mesh(mesh: MeshLab) -> None:
     subnet = {i: ipaddress.ip_network(s["subnet"]) for i, s in states.items() if s}
     tunnel = {i: str(s["address"]) for i, s in states.items() if s}
     assert len(subnet) == 3 and len(set(subnet.values())) == 3
+    status = m.mesh("status", m.network)  # what docs/guide.md shows
+    assert f"network {m.network}: {NETWORK_CIDR}, /24 per node, l3, 3 alive of 3" in status
+    for i in NODES:
+        assert any(line.split()[:4] == ["alive", str(subnet[i]), tunnel[i], f"node{i}"]
+                   for line in status.splitlines()), status
 
     # Pods, added as the runtime does. Each gets an address of its node's leased subnet, not the
     # node's tunnel address (the bridge's gateway), and the mesh's inner MTU.
