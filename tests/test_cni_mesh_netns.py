@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.cni_runtime import Runtime, links, missing_cni
+from tests.cni_runtime import CNI_BIN, PLUGIN, Runtime, links, missing_cni
 from tests.meshlab import MeshLab, etcd_missing, wait_converged
 from tests.netns import requires_root_netns
 from tunnel.cni.delegate import DEFAULT_BRIDGE
@@ -125,6 +125,26 @@ def test_three_nodes_two_pods_each_on_the_real_mesh(mesh: MeshLab) -> None:
             if j != i and not m.lab.wait_ping(src, tunnel[j], 8.0):
                 unreachable.append(f"{src} -> node{j} tunnel address {tunnel[j]}")
     assert unreachable == []
+
+    # docs/guide.md section 5, step 3 and 4, as a shell runs it: one more pod on node 1.
+    guide_pod = m.lab.namespace("guide")
+    pods_json, result_file, check_file = (m.lab.path(n) for n in ("pods.json", "pod1.result", "pod1.check"))
+    pods_json.write_text(json.dumps(rts[1].config()))  # the guide's config plus the test's directories
+    env = (f"CNI_CONTAINERID=pod1 CNI_NETNS=/var/run/netns/{guide_pod} CNI_IFNAME=eth0 "
+           f"CNI_PATH={CNI_BIN} CNI_ARGS=")
+    check_conf = (f"import json; c = json.load(open('{pods_json}')); "
+                  f"c['prevResult'] = json.load(open('{result_file}')); print(json.dumps(c))")
+    m.lab.run(m.nodes[1], ["sh", "-ec", f"CNI_COMMAND=ADD {env} {PLUGIN} < {pods_json} > {result_file}\n"
+                           f"python3 -c \"{check_conf}\" > {check_file}\n"
+                           f"CNI_COMMAND=CHECK {env} {PLUGIN} < {check_file}\n"])
+    guide_address = rts[1].pod_address(json.loads(result_file.read_text()))
+    assert ipaddress.ip_address(guide_address) in subnet[1]
+    remote_pod = next(p for p in pods if pods[p][0] == 3)
+    assert m.lab.wait_ping(guide_pod, pods[remote_pod][1], 8.0)
+    assert m.lab.wait_ping(guide_pod, tunnel[3], 8.0)
+    m.lab.run(m.nodes[1], ["sh", "-ec", f"CNI_COMMAND=DEL {env} {PLUGIN} < {pods_json}\n"])
+    assert "eth0" not in links(m.lab, guide_pod)
+    assert guide_address not in rts[1].reserved()
 
     # The agent on node 1 dies (SIGKILL) and comes back with the same key: same subnet, its
     # interface adopted, the pods' CHECK passes and their traffic flows again.
