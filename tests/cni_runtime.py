@@ -5,7 +5,8 @@ environment and the network config on stdin, against Debian's reference ``bridge
 ``host-local`` plugins (``/usr/lib/cni``). Everything the plugin and host-local write goes to the
 lab's temporary directory (``stateDir``, ``dataDir`` and host-local's ``ipam.dataDir``), so
 nothing lands in ``/run/wg-py`` or ``/var/lib/cni``. :func:`write_state` writes a mesh state file
-in the agent's contract format (see :mod:`tunnel.cni.mesh`), standing in for the agent.
+through the agent's writer, standing in for the agent in the single-node tests
+(``tests/test_cni_mesh_netns.py`` runs the real agent).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnel.lab.netns import Lab
+from tunnel.mesh import state as mesh_state
 
 CNI_BIN = "/usr/lib/cni"
 PLUGIN = Path(sys.executable).parent / "wg-py-cni"
@@ -36,14 +38,13 @@ def missing_cni() -> str | None:
 
 def write_state(directory: Path, iface: str, *, network_cidr: str, subnet: str, address: str, mtu: int,
                 mode: str = "l3", nodes: list[dict[str, Any]] | None = None, network: str = "testnet") -> Path:
-    """A mesh state file as the agent writes it (tmp + rename)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """A mesh state file for the single-node tests, written by the agent's own writer
+    (:func:`tunnel.mesh.state.write_state`, tmp + rename) in the shape ``Agent.state()`` has."""
     obj = {"network": network, "interface": iface, "mode": mode, "network_cidr": network_cidr,
-           "subnet": subnet, "address": address, "mtu": mtu, "nodes": nodes or [], "updated": 1.0}
-    path = directory / f"{iface}.json"
-    tmp = directory / f".{iface}.json.tmp"
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+           "subnet": subnet, "address": address, "mtu": mtu, "public_key": "", "nodes": nodes or [],
+           "owned": {"peers": [], "routes": []}, "counters": {}, "pid": os.getpid(), "updated": 1.0}
+    path = mesh_state.state_path(directory, iface)
+    mesh_state.write_state(path, obj)
     return path
 
 

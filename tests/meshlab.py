@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tunnel.lab.netns import CommandError, Lab, Process, wait_for
 
 HUB_ADDR = "10.77.0.254"
 CLIENT_PORT = 2379
+WAIT = 30.0
 
 
 def etcd_missing() -> str | None:
@@ -154,3 +157,24 @@ class MeshLab:
     def key_of(self, index: int) -> str | None:
         state = self.state(index)
         return str(state["public_key"]) if state else None
+
+
+def converged(m: MeshLab, members: list[int]) -> bool:
+    """Every member's agent lists exactly the members, and its interface has the others as peers."""
+    keys = {m.key_of(i) for i in members}
+    if None in keys:
+        return False
+    for i in members:
+        state = m.state(i)
+        if state is None or {n["public_key"] for n in state["nodes"]} != keys:
+            return False
+        if m.peers(i) != keys - {m.key_of(i)}:
+            return False
+    return True
+
+
+def wait_converged(m: MeshLab, members: list[int], timeout: float = WAIT) -> None:
+    """Wait (bounded) for :func:`converged`; fail the test with the agents' logs if it never is."""
+    if not wait_for(lambda: converged(m, members), timeout, 0.2):
+        logs = "\n".join(f"--- node{i}\n{m.agents[i].output()[-3000:]}" for i in members if i in m.agents)
+        pytest.fail(f"members {members} did not converge\n{logs}")

@@ -123,11 +123,16 @@ def test_state_parses_the_contract() -> None:
     assert (str(s.network_cidr), str(s.subnet), str(s.address), s.mtu, s.mode) == (
         "10.5.0.0/16", "10.5.7.0/24", "10.5.7.0", 1420, "l3")
     assert parse_state({**STATE, "address": "10.5.7.0/32", "extra": 1}, "wg0").address == s.address
+    # The MTU floor is the family's: an IPv4 mesh may run at 576 (the agent accepts it), IPv6 not.
+    assert parse_state({**STATE, "mtu": 576}, "wg0").mtu == 576
+    v6 = {**STATE, "network_cidr": "fd00:5::/48", "subnet": "fd00:5:0:7::/64", "address": "fd00:5:0:7::1"}
+    assert parse_state({**v6, "mtu": 1280}, "wg0").mtu == 1280
+    assert code_of(parse_state, {**v6, "mtu": 1279}, "wg0") == 100
 
 
 @pytest.mark.parametrize("change", [
     {"interface": "wg1"}, {"mode": "l4"}, {"network_cidr": "10.5.0.1/16"}, {"subnet": "10.6.7.0/24"},
-    {"subnet": "10.5.7.0/31"}, {"subnet": "fd00::/64"}, {"mtu": True}, {"mtu": 1000}, {"mtu": "1420"},
+    {"subnet": "10.5.7.0/31"}, {"subnet": "fd00::/64"}, {"mtu": True}, {"mtu": 575}, {"mtu": "1420"},
     {"address": "nope"}, {"subnet": None},
 ])
 def test_state_faults_are_code_100(change: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.meshlab import HUB_ADDR, MeshLab, etcd_missing
+from tests.meshlab import HUB_ADDR, WAIT, MeshLab, converged, etcd_missing, wait_converged
 from tunnel.lab.netns import Lab, missing_requirements, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -24,33 +24,12 @@ if _missing:
     pytestmark.append(pytest.mark.skip(reason=_missing))
 
 TTL = "4"
-WAIT = 30.0
 
 
 @pytest.fixture
 def mesh() -> Iterator[MeshLab]:
     with Lab() as lab:
         yield MeshLab(lab)
-
-
-def converged(m: MeshLab, members: list[int]) -> bool:
-    """Every member's agent lists exactly the members, and its interface has the others as peers."""
-    keys = {m.key_of(i) for i in members}
-    if None in keys:
-        return False
-    for i in members:
-        state = m.state(i)
-        if state is None or {n["public_key"] for n in state["nodes"]} != keys:
-            return False
-        if m.peers(i) != keys - {m.key_of(i)}:
-            return False
-    return True
-
-
-def wait_converged(m: MeshLab, members: list[int]) -> None:
-    if not wait_for(lambda: converged(m, members), WAIT, 0.2):
-        logs = "\n".join(f"--- node{i}\n{m.agents[i].output()[-3000:]}" for i in members if i in m.agents)
-        pytest.fail(f"members {members} did not converge\n{logs}")
 
 
 def all_ping(m: MeshLab, members: list[int]) -> None:

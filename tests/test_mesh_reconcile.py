@@ -48,7 +48,8 @@ def test_config_round_trip_and_errors() -> None:
     for bad in ('[]', '{"network": 5, "subnet_len": 24}', '{"network": "10.0.0.0/16"}',
                 '{"network": "10.0.0.1/16", "subnet_len": 24}', '{"network": "10.0.0.0/16", "subnet_len": 8}',
                 '{"network": "10.0.0.0/16", "subnet_len": true}', '{"network": "10.0.0.0/16", "subnet_len": 24, '
-                '"mode": "l4"}', '{"version": 2, "network": "10.0.0.0/16", "subnet_len": 24}', "nope"):
+                '"mode": "l4"}', '{"version": 2, "network": "10.0.0.0/16", "subnet_len": 24}', "nope",
+                '{"network": "fd00::/48", "subnet_len": 64, "mtu": 1279}'):
         with pytest.raises(ConfigError):
             NetworkConfig.from_json(bad)
 

@@ -149,6 +149,8 @@ class NetworkConfig:
             raise ConfigError(f"claim_grace {self.claim_grace} out of range")
         if not 576 <= self.mtu <= 65535 - 80:
             raise ConfigError(f"mtu {self.mtu} out of range")
+        if self.network.version == 6 and self.mtu < 1280:
+            raise ConfigError(f"mtu {self.mtu} is below 1280, the least IPv6 works with")
 
     @property
     def subnet_count(self) -> int:
