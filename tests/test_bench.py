@@ -85,6 +85,9 @@ def test_wireguard_go_contenders_from_version_output() -> None:
     assert bench.expand(["veth", "wgpy", "wggo", "kvxlan"], wggos[:2]) == [
         "veth", "wgpy", "wggo-20250522", "wggo-20220316", "kvxlan"]
     assert bench.expand(["veth", "wggo"], []) == ["veth"]
+    programs = {w.key: w.path for w in wggos}
+    assert bench._wg_program("wggo-20220316", programs) == ["/usr/bin/wireguard-go"]
+    assert bench._wg_program("wggo", {}) == ["wireguard-go"]  # bench/hops.py's plain pair
     for path in ("/bin/true", "/usr/bin/python3"):
         with pytest.raises(ValueError, match=f"--wireguard-go {path}: not a wireguard-go"):
             bench.wireguard_go_contenders([path], VERSIONS.__getitem__)

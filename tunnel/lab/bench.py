@@ -222,8 +222,9 @@ def rss_mib(pids: Sequence[int], field_name: str = "VmRSS") -> float:
 
 
 def _wg_program(name: str, programs: Mapping[str, str]) -> list[str]:
-    """wg-py's daemon for ``wgpy``; for a wireguard-go contender, its binary from ``programs``."""
-    return quick.daemon_command() if name == "wgpy" else [programs[name]]
+    """wg-py's daemon for ``wgpy``; for a wireguard-go contender, its binary from ``programs``
+    (else the ``wireguard-go`` on the PATH: ``bench/hops.py`` builds a plain ``wggo`` pair)."""
+    return quick.daemon_command() if name == "wgpy" else [programs.get(name, "wireguard-go")]
 
 
 def _wg_conf(private: bytes, port: int, peers: str) -> str:
