@@ -4,7 +4,7 @@
 its own unit, so its own axis), with one bar per contender in the run's order, the value on top
 of each bar and, on the bars of wg-py, the ratios to the references it is judged against
 (wg-py WireGuard / each wireguard-go of the run, wg-py VXLAN / kernel vxlan) written on the
-bar; the legend names each wireguard-go by its version.
+bar (above it); the legend names each wireguard-go by its version.
 :func:`available` tells whether matplotlib can be imported; ``wg-py bench`` writes no PNG
 without it (``make bench`` installs the extra). Pure: data in, PNG bytes out (Agg backend, no
 display).
@@ -44,16 +44,22 @@ def available() -> bool:
     return True
 
 
+def short(contender: str) -> str:
+    """A contender's name on the chart's ratio lines: a wireguard-go's version
+    (``wggo-20250522`` -> ``20250522``, the legend says which it is), else its key."""
+    return contender.removeprefix("wggo-") if kind(contender) == "wggo" else contender
+
+
 def ratio_labels(summary: Mapping[str, Mapping[str, float]], metric: str,
                  contenders: Sequence[str]) -> dict[str, str]:
-    """The ratios written on each contender's bar, one ``"1.52x vs wggo-20250522"`` line per
+    """The ratios written above each contender's bar, one ``"1.52x vs 20250522"`` line per
     reference measured in the run (wg-py WireGuard: each wireguard-go; wg-py VXLAN: kernel
     vxlan)."""
     out: dict[str, list[str]] = {}
     for contender, reference in references(contenders):
         value = ratio(summary, metric, contender, reference)
         if value is not None:
-            out.setdefault(contender, []).append(f"{value:.2f}x vs {reference}")
+            out.setdefault(contender, []).append(f"{value:.2f}x vs {short(reference)}")
     return {c: "\n".join(lines) for c, lines in out.items()}
 
 
@@ -90,16 +96,14 @@ def figure(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str]
         ax.set_ylabel(f"{metric.unit} ({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=8)
         ax.set_xticks(range(len(contenders)), [c for c in contenders], fontsize=8, rotation=20)
         peak = max(heights, default=0.0) or 1.0
-        ax.set_ylim(0, peak * 1.3)
+        ax.set_ylim(0, peak * 1.5)
         ratios = ratio_labels(summary, key, contenders)
         for bar, contender, value in zip(bars, contenders, values, strict=True):
             x = bar.get_x() + bar.get_width() / 2
             ax.text(x, bar.get_height() + peak * 0.02, fmt(value), ha="center", va="bottom", fontsize=8)
-            if contender in ratios:
-                inside = bar.get_height() > peak * 0.3
-                ax.text(x, bar.get_height() / 2 if inside else bar.get_height() + peak * 0.08, ratios[contender],
-                        ha="center", va="center" if inside else "bottom", fontsize=7, fontweight="bold",
-                        color="white" if inside else "black")
+            if contender in ratios:  # above the value, so that it never hides in a narrow bar
+                ax.text(x, bar.get_height() + peak * 0.09, ratios[contender], ha="center", va="bottom",
+                        fontsize=6.5, fontweight="bold", color="black")
         ax.grid(axis="y", alpha=0.3)
     for index in range(len(metrics), rows * columns):
         axes[index // columns][index % columns].set_visible(False)
