@@ -65,10 +65,14 @@ fuzz: build
 demo: build
 	$(PY) -m tunnel.lab.demo
 
-# The chart needs matplotlib (the optional "bench" extra).
+# The chart needs matplotlib (the optional "bench" extra). Contenders: upstream wireguard-go
+# (WGGO_UPSTREAM, when that file exists) and Debian's, each labelled with its --version.
+WGGO_UPSTREAM ?= ../shared/bin/wireguard-go-upstream
+BENCH_WGGO := $(if $(wildcard $(WGGO_UPSTREAM)),--wireguard-go $(WGGO_UPSTREAM) \
+	--wireguard-go $(shell command -v wireguard-go),)
 bench: build
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[bench]'
-	$(VENV)/bin/wg-py bench
+	$(VENV)/bin/wg-py bench $(BENCH_WGGO) $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

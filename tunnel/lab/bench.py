@@ -7,7 +7,9 @@ rotates each round) so that slow drifts of the machine hit all of them alike:
 
 ``veth``        raw veth, no tunnel (the ceiling)
 ``wgpy``        wg-py WireGuard on both ends (MTU 1420, configured with ``wg setconf``)
-``wggo``        Debian's wireguard-go on both ends (MTU 1420)
+``wggo-VER``    one per ``--wireguard-go PATH`` (repeatable; default: Debian's ``wireguard-go``
+                on the PATH), on both ends (MTU 1420), keyed by and labelled with its
+                ``--version`` line (``wggo-20250522`` = ``wireguard-go v0.0.20250522``)
 ``wgpy-vxlan``  ``wg-py vxlan`` on both ends (TAP MTU 1450, from the veth)
 ``kvxlan``      the kernel's vxlan driver on both ends (MTU 1450)
 
@@ -18,9 +20,11 @@ the machine's busy time (``/proc/stat``), each divided by the bytes moved. After
 tunnel processes' peak RSS (``VmHWM``) and, for wg-py and wireguard-go, the RSS (``VmRSS``) of a
 fresh daemon before and after ``wg setconf`` of ``--peers`` generated peers (one /32 each).
 
-Figures are medians over the rounds. The report is a table with each figure, its ratio to the
-reference (wg-py / wireguard-go, wg-py VXLAN / kernel vxlan) and to raw veth, the targets of
-issue 5 marked met or not, a JSON file and a PNG bar chart (:func:`tunnel.lab.benchchart.chart`,
+Figures are medians over the rounds. The report names the contenders it compared (each
+wireguard-go by version) and is a table with each figure, its ratios to the references (wg-py /
+each wireguard-go, wg-py VXLAN / kernel vxlan) and to raw veth, the targets of issue 17 marked
+met or not (the wireguard-go targets once per wireguard-go), the machine's ``/proc/loadavg``
+before and after the run, a JSON file and a PNG bar chart (:func:`tunnel.lab.benchchart.chart`,
 matplotlib from the ``bench`` extra; without it no PNG is written) under ``bench/results/``.
 The pure functions (parsing, statistics, report, chart) take and return plain data and are
 unit-tested; :func:`run` does the I/O and shows a progress bar (rich) on a terminal.
@@ -50,20 +54,24 @@ from tunnel.lab.benchreport import (
     CONTENDERS,
     METRICS,
     PEER_RSS,
-    REFERENCES,
     TUNNEL_PROCESSES,
+    WGGO,
     evaluate_targets,
     fmt,
+    kind,
     parse_ping,
     per_gigabyte,
     proc_cpu_ticks,
     ratio,
+    references,
     render_table,
     status_kib,
     summarize,
     system_busy_ticks,
     tcp_figures,
     udp_received_pps,
+    wireguard_go_key,
+    wireguard_go_label,
 )
 from tunnel.lab.netns import CommandError, Lab, missing_requirements
 from tunnel.wireguard import quick
@@ -82,6 +90,51 @@ class Options:
     ping_count: int = 200  # per contender and round: the RTT medians of 50 were too noisy
     ping_interval: float = 0.01
     quick: bool = False
+    wireguard_go: list[str] = field(default_factory=list)  # paths; empty: wireguard-go on PATH
+
+
+@dataclass(frozen=True)
+class WireguardGo:
+    """One wireguard-go contender: its key (``wggo-20250522``), label (its ``--version`` line)
+    and the program's path."""
+
+    key: str
+    label: str
+    path: str
+
+
+def program_version(path: str) -> str:
+    """``PATH --version`` output (stdout, else stderr); raises ValueError if it cannot run."""
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ValueError(f"{path}: cannot run --version: {exc}") from exc
+    return done.stdout or done.stderr
+
+
+def wireguard_go_contenders(paths: Sequence[str],
+                            version_of: Callable[[str], str] = program_version) -> list[WireguardGo]:
+    """The wireguard-go contenders for ``paths`` in order, each labelled from ``version_of(path)``
+    (the ``--version`` output) and given a unique key. Raises ValueError naming the path if one
+    is not a wireguard-go (so a mistyped path is a clear error, not a silent gap)."""
+    out: list[WireguardGo] = []
+    for path in paths:
+        try:
+            label = wireguard_go_label(version_of(path))
+        except ValueError as exc:
+            raise ValueError(f"--wireguard-go {path}: {exc}") from exc
+        out.append(WireguardGo(wireguard_go_key(label, [w.key for w in out]), label, path))
+    return out
+
+
+def expand(only: Sequence[str], wggos: Sequence[WireguardGo]) -> list[str]:
+    """The run's contender keys: ``only`` with the ``wggo`` slot replaced by the wireguard-go
+    contenders' keys, in their order."""
+    out: list[str] = []
+    for name in only:
+        out += [w.key for w in wggos] if name == WGGO else [name]
+    return out
 
 
 def parse_args(args: Sequence[str]) -> Options:
@@ -91,6 +144,9 @@ def parse_args(args: Sequence[str]) -> Options:
     p.add_argument("--rounds", type=int, help="rounds per contender (default 3; --quick: 1)")
     p.add_argument("--time", type=int, help="seconds per iperf3 run (default 5; --quick: 1)")
     p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--wireguard-go", action="append", default=[], metavar="PATH",
+                   help="a wireguard-go binary to compare against (repeatable; each one is "
+                   "labelled with its --version; default: wireguard-go on the PATH)")
     p.add_argument("--only", help="comma-separated subset of: " + ",".join(CONTENDERS))
     p.add_argument("--json", type=Path, help="write the JSON here (the PNG next to it) "
                    "instead of bench/results/")
@@ -98,7 +154,8 @@ def parse_args(args: Sequence[str]) -> Options:
     p.add_argument("--peers", type=int, help="peers for the RSS test (default 10000; "
                    "--quick: 500; 0 skips it)")
     ns = p.parse_args(list(args))
-    opts = Options(quick=ns.quick, chart=not ns.no_chart, json_path=ns.json)
+    opts = Options(quick=ns.quick, chart=not ns.no_chart, json_path=ns.json,
+                   wireguard_go=list(ns.wireguard_go))
     if ns.quick:
         opts.rounds, opts.time, opts.peers, opts.ping_count = 1, 1, 500, 10
     for name in ("rounds", "time", "peers"):
@@ -164,18 +221,22 @@ def rss_mib(pids: Sequence[int], field_name: str = "VmRSS") -> float:
     return sum(status_kib(_read(f"/proc/{p}/status"), field_name) for p in pids) / 1024
 
 
-def _wg_program(name: str) -> list[str]:
-    return quick.daemon_command() if name == "wgpy" else ["wireguard-go"]
+def _wg_program(name: str, programs: Mapping[str, str]) -> list[str]:
+    """wg-py's daemon for ``wgpy``; for a wireguard-go contender, its binary from ``programs``
+    (else the ``wireguard-go`` on the PATH: ``bench/hops.py`` builds a plain ``wggo`` pair)."""
+    return quick.daemon_command() if name == "wgpy" else [programs.get(name, "wireguard-go")]
 
 
 def _wg_conf(private: bytes, port: int, peers: str) -> str:
     return f"[Interface]\nPrivateKey = {keys.to_base64(private)}\nListenPort = {port}\n\n{peers}"
 
 
-def build_pair(lab: Lab, name: str) -> Pair:
+def build_pair(lab: Lab, name: str, programs: Mapping[str, str] | None = None) -> Pair:
     """Two namespaces on a veth (OUTER addresses), and the contender's tunnel between them
-    (INNER addresses), reachable by ping; raises SetupError otherwise."""
-    a, b = lab.namespace(f"{name[:6]}a"), lab.namespace(f"{name[:6]}b")
+    (INNER addresses), reachable by ping; raises SetupError otherwise. ``programs`` maps a
+    wireguard-go contender's key to its binary."""
+    programs = programs or {}
+    a, b = lab.namespace(f"{name}a"), lab.namespace(f"{name}b")
     lab.veth(a, b, [f"{OUTER[0]}/24"], [f"{OUTER[1]}/24"])
     ends = ((a, "veth0", 0), (b, "veth1", 1))
     pair = Pair(name, a, b, INNER[1])
@@ -183,10 +244,10 @@ def build_pair(lab: Lab, name: str) -> Pair:
     if name == "veth":
         pair.server_addr = OUTER[1]
         return pair
-    if name in ("wgpy", "wggo"):
+    if name == "wgpy" or kind(name) == WGGO:
         privs = [keys.generate_private(), keys.generate_private()]
         for ns, _, i in ends:
-            iface = lab.start_daemon(ns, _wg_program(name), env=env)
+            iface = lab.start_daemon(ns, _wg_program(name, programs), env=env)
             other = 1 - i
             peer = (f"[Peer]\nPublicKey = {keys.to_base64(keys.public_from_private(privs[other]))}\n"
                     f"AllowedIPs = {INNER[other]}/32\nEndpoint = {OUTER[other]}:{51820 + other}\n")
@@ -207,7 +268,7 @@ def build_pair(lab: Lab, name: str) -> Pair:
             lab.run(ns, ["ip", "addr", "add", f"{INNER[i]}/24", "dev", "vx0"])
             lab.run(ns, ["ip", "link", "set", "vx0", "up"])
         pair.mtu = int(lab.run(a, ["cat", "/sys/class/net/vx0/mtu"]).stdout.strip() or 0)
-    if name in TUNNEL_PROCESSES:
+    if kind(name) in TUNNEL_PROCESSES:
         pair.pids = lab.daemon_pids(a) + lab.daemon_pids(b)
     if not lab.wait_ping(a, pair.server_addr, timeout=SETUP_TIMEOUT):
         raise SetupError(f"{name}: no ping reply through the tunnel within {SETUP_TIMEOUT:.0f}s")
@@ -245,11 +306,12 @@ def measure_ping(lab: Lab, pair: Pair, count: int, interval: float) -> tuple[flo
     return statistics.median(rtts), statistics.fmean(rtts)
 
 
-def measure_peer_rss(lab: Lab, name: str, peers: int) -> tuple[float, float]:
+def measure_peer_rss(lab: Lab, name: str, peers: int,
+                     programs: Mapping[str, str]) -> tuple[float, float]:
     """A fresh daemon in its own namespace: (VmRSS MiB idle, VmRSS MiB after ``wg setconf`` of
     ``peers`` generated peers with one /32 each)."""
-    ns = lab.namespace(f"{name[:6]}p")
-    iface = lab.start_daemon(ns, _wg_program(name), env={"LOG_LEVEL": "error"})
+    ns = lab.namespace(f"{name}p")
+    iface = lab.start_daemon(ns, _wg_program(name, programs), env={"LOG_LEVEL": "error"})
     pids = lab.daemon_pids(ns)
     time.sleep(0.5)
     idle = rss_mib(pids)
@@ -316,30 +378,37 @@ def _attempt(what: str, fn: Callable[[], str]) -> None:
     _step()
 
 
-def run(opts: Options) -> dict[str, Any]:
-    """Build the contenders, measure them (rounds alternate), return the results document."""
+def run(opts: Options, wggos: Sequence[WireguardGo] = ()) -> dict[str, Any]:
+    """Build the contenders (``opts.only``, its ``wggo`` slot filled by ``wggos``), measure them
+    (rounds alternate), return the results document."""
     samples: dict[str, dict[str, list[float | None]]] = {}
     info: dict[str, Any] = {}
     started = time.time()
-    with Lab(f"wgb{os.getpid() % 100000}") as lab, progress_bar(len(opts.only)):
+    load_before = _read("/proc/loadavg").strip()
+    programs = {w.key: w.path for w in wggos}
+    labels = {w.key: w.label for w in wggos}
+    names_wanted = expand(opts.only, wggos)
+    with Lab(f"wgb{os.getpid() % 100000}") as lab, progress_bar(len(names_wanted)):
         pairs: list[Pair] = []
-        for name in opts.only:
+        for name in names_wanted:
             _step(description=f"setup {name}")
             t0 = time.monotonic()
             try:
-                pair = build_pair(lab, name)
+                pair = build_pair(lab, name, programs)
             except (SetupError, CommandError, OSError) as exc:
                 _say(f"setup {name:<28} FAILED: {exc}")
-                info[name] = {"label": CONTENDERS[name], "error": str(exc)}
+                info[name] = {"label": labels.get(name, CONTENDERS[kind(name)]), "error": str(exc),
+                              "path": programs.get(name)}
                 _step()
                 continue
             pairs.append(pair)
-            info[name] = {"label": CONTENDERS[name], "mtu": pair.mtu, "pids": pair.pids}
+            info[name] = {"label": labels.get(name, CONTENDERS[kind(name)]), "mtu": pair.mtu,
+                          "pids": pair.pids, "path": programs.get(name)}
             samples[name] = {m.key: [] for m in METRICS}
             _say(f"setup {name:<28} ok (mtu {pair.mtu}, {time.monotonic() - t0:.1f}s)")
             _step()
-        peer_runs = sum(1 for p in pairs if p.name in PEER_RSS) if opts.peers else 0
-        _step(total=len(opts.only) + opts.rounds * len(pairs) * 4 + peer_runs)
+        peer_runs = sum(1 for p in pairs if kind(p.name) in PEER_RSS) if opts.peers else 0
+        _step(total=len(names_wanted) + opts.rounds * len(pairs) * 4 + peer_runs)
         for r in range(opts.rounds):
             order = pairs[r % len(pairs):] + pairs[: r % len(pairs)] if pairs else []
             for p in order:
@@ -376,11 +445,11 @@ def run(opts: Options) -> dict[str, Any]:
                 _say(f"{p.name + ' peak rss':<34} {max(per):.1f} MiB (max of {len(per)} processes)")
         if opts.peers:
             for p in pairs:
-                if p.name not in PEER_RSS:
+                if kind(p.name) not in PEER_RSS:
                     continue
 
                 def peers(p: Pair = p) -> str:
-                    idle, full = measure_peer_rss(lab, p.name, opts.peers)
+                    idle, full = measure_peer_rss(lab, p.name, opts.peers, programs)
                     samples[p.name]["rss_idle_mib"].append(idle)
                     samples[p.name]["rss_peers_mib"].append(full)
                     return f"{idle:.1f} MiB idle, {full:.1f} MiB with {opts.peers} peers"
@@ -391,16 +460,19 @@ def run(opts: Options) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
-        "host": host_info(),
+        "host": {**host_info(), "loadavg_before": load_before,
+                 "loadavg_after": _read("/proc/loadavg").strip()},
+        "wireguard_go": [asdict(w) for w in wggos],
+        "labels": {n: info[n]["label"] for n in names},
         "options": {**asdict(opts), "json_path": str(opts.json_path or "")},
         "contenders": info,
         "order": names,
         "samples": samples,
         "summary": summary,
         "ratios": {f"{a}/{b}": {m.key: ratio(summary, m.key, a, b) for m in METRICS}
-                   for a, b in [*REFERENCES.items(), *((c, "veth") for c in names)]
+                   for a, b in [*references(names), *((c, "veth") for c in names)]
                    if a in names and b in names},
-        "targets": evaluate_targets(summary),
+        "targets": evaluate_targets(summary, labels),
     }
 
 
@@ -413,7 +485,7 @@ def host_info() -> dict[str, Any]:
         return (done.stdout or done.stderr).strip().splitlines()[0] if done.stdout or done.stderr else ""
 
     return {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "wireguard-go": version(["wireguard-go", "--version"]), "iperf3": version(["iperf3", "--version"]),
+            "iperf3": version(["iperf3", "--version"]),
             "wgpy_pure": os.environ.get("WGPY_PURE") == "1"}
 
 
@@ -430,7 +502,8 @@ def write_results(doc: Mapping[str, Any], opts: Options) -> list[Path]:
     chart: bytes | None = None
     if opts.chart and doc["order"]:
         if benchchart.available():
-            chart = benchchart.chart(doc["summary"], doc["order"], title, opts.peers)
+            chart = benchchart.chart(doc["summary"], doc["order"], title, opts.peers,
+                                     doc.get("labels"))
         else:
             _say("matplotlib is not installed (pip install 'wg-py[bench]'): no chart")
     if opts.json_path:
@@ -460,22 +533,35 @@ def main(args: list[str]) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     missing = missing_requirements(("ip", "wg", "ping", "ss", "iperf3"))
-    if missing is None and "wggo" in opts.only and shutil.which("wireguard-go") is None:
-        opts.only.remove("wggo")
-        _say("wireguard-go is not installed: left out")
     if missing:
         print(f"wg-py bench: {missing}", file=sys.stderr)
         return 1
+    wggos: list[WireguardGo] = []
+    if WGGO in opts.only:
+        paths = opts.wireguard_go or [p for p in [shutil.which("wireguard-go")] if p]
+        if not paths:
+            opts.only.remove(WGGO)
+            _say("wireguard-go is not installed: left out")
+        try:
+            wggos = wireguard_go_contenders(paths)
+        except ValueError as exc:
+            print(f"wg-py bench: {exc}", file=sys.stderr)
+            return 1
+        if wggos:
+            _say("wireguard-go contenders: " + ", ".join(f"{w.key} = {w.label} ({w.path})"
+                                                         for w in wggos))
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        doc = run(opts)
+        doc = run(opts, wggos)
     except KeyboardInterrupt:
         print("wg-py bench: interrupted; namespaces removed", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     _say("")
-    sys.stdout.write(render_table(doc["summary"], doc["order"], opts.peers))
+    sys.stdout.write(render_table(doc["summary"], doc["order"], opts.peers, doc["labels"]))
+    _say(f"load average before/after: {doc['host']['loadavg_before']} / "
+         f"{doc['host']['loadavg_after']} (shared machine)")
     for path in write_results(doc, opts):
         _say(f"wrote {path}")
     return 0

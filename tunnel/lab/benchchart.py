@@ -2,8 +2,9 @@
 
 :func:`chart` draws one panel per metric of ``CHART_METRICS`` that was measured (each metric has
 its own unit, so its own axis), with one bar per contender in the run's order, the value on top
-of each bar and, on the bars of wg-py, the ratio to the reference it is judged against
-(wg-py WireGuard / wireguard-go, wg-py VXLAN / kernel vxlan) written inside the bar.
+of each bar and, on the bars of wg-py, the ratios to the references it is judged against
+(wg-py WireGuard / each wireguard-go of the run, wg-py VXLAN / kernel vxlan) written on the
+bar (above it); the legend names each wireguard-go by its version.
 :func:`available` tells whether matplotlib can be imported; ``wg-py bench`` writes no PNG
 without it (``make bench`` installs the extra). Pure: data in, PNG bytes out (Agg backend, no
 display).
@@ -15,9 +16,23 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tunnel.lab.benchreport import CHART_METRICS, CONTENDERS, METRIC, REFERENCES, _label, fmt, ratio
+from tunnel.lab.benchreport import CHART_METRICS, CONTENDERS, METRIC, _label, fmt, kind, ratio, references
 
 COLORS = {"veth": "#969696", "wgpy": "#1f77b4", "wggo": "#ff7f0e", "wgpy-vxlan": "#2ca02c", "kvxlan": "#d62728"}
+WGGO_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22")  # one per wireguard-go, in run order
+
+
+def colors(contenders: Sequence[str]) -> list[str]:
+    """The bar color of each contender: fixed per kind, the wireguard-go contenders one each
+    from :data:`WGGO_COLORS` in their order."""
+    out, n = [], 0
+    for c in contenders:
+        if kind(c) == "wggo":
+            out.append(WGGO_COLORS[n % len(WGGO_COLORS)])
+            n += 1
+        else:
+            out.append(COLORS.get(c, "#444444"))
+    return out
 
 
 def available() -> bool:
@@ -29,32 +44,39 @@ def available() -> bool:
     return True
 
 
+def short(contender: str) -> str:
+    """A contender's name on the chart's ratio lines: a wireguard-go's version
+    (``wggo-20250522`` -> ``20250522``, the legend says which it is), else its key."""
+    return contender.removeprefix("wggo-") if kind(contender) == "wggo" else contender
+
+
 def ratio_labels(summary: Mapping[str, Mapping[str, float]], metric: str,
                  contenders: Sequence[str]) -> dict[str, str]:
-    """The ratio written on each contender's bar (``"4.29x\\nvs wggo"``: to wireguard-go), for
-    contenders whose reference was measured too."""
-    out = {}
-    for contender in contenders:
-        reference = REFERENCES.get(contender)
-        if reference is None or reference not in contenders:
-            continue
+    """The ratios written above each contender's bar, one ``"1.52x vs 20250522"`` line per
+    reference measured in the run (wg-py WireGuard: each wireguard-go; wg-py VXLAN: kernel
+    vxlan)."""
+    out: dict[str, list[str]] = {}
+    for contender, reference in references(contenders):
         value = ratio(summary, metric, contender, reference)
         if value is not None:
-            out[contender] = f"{value:.2f}x\nvs {reference}"
-    return out
+            out.setdefault(contender, []).append(f"{value:.2f}x vs {short(reference)}")
+    return {c: "\n".join(lines) for c, lines in out.items()}
 
 
 def chart(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
-          title: str = "wg-py bench", peers: int | None = None) -> bytes:
+          title: str = "wg-py bench", peers: int | None = None,
+          labels: Mapping[str, str] | None = None) -> bytes:
     """The PNG (see module doc). Raises ImportError without matplotlib."""
     out = io.BytesIO()
-    figure(summary, contenders, title, peers).savefig(out, format="png")
+    figure(summary, contenders, title, peers, labels).savefig(out, format="png")
     return out.getvalue()
 
 
 def figure(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
-           title: str = "wg-py bench", peers: int | None = None) -> Any:
-    """The chart as a matplotlib ``Figure`` (not attached to any display)."""
+           title: str = "wg-py bench", peers: int | None = None,
+           labels: Mapping[str, str] | None = None) -> Any:
+    """The chart as a matplotlib ``Figure`` (not attached to any display); the legend names
+    each contender by ``labels`` (e.g. ``wireguard-go v0.0.20250522``), else its default."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -69,24 +91,24 @@ def figure(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str]
         metric = METRIC[key]
         values = [summary.get(c, {}).get(key) for c in contenders]
         heights = [v if v is not None else 0.0 for v in values]
-        bars = ax.bar(range(len(contenders)), heights, color=[COLORS.get(c, "#444444") for c in contenders])
+        bars = ax.bar(range(len(contenders)), heights, color=colors(contenders))
         ax.set_title(_label(metric, peers), fontsize=10)
         ax.set_ylabel(f"{metric.unit} ({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=8)
         ax.set_xticks(range(len(contenders)), [c for c in contenders], fontsize=8, rotation=20)
         peak = max(heights, default=0.0) or 1.0
-        ax.set_ylim(0, peak * 1.3)
+        ax.set_ylim(0, peak * 1.5)
         ratios = ratio_labels(summary, key, contenders)
         for bar, contender, value in zip(bars, contenders, values, strict=True):
             x = bar.get_x() + bar.get_width() / 2
             ax.text(x, bar.get_height() + peak * 0.02, fmt(value), ha="center", va="bottom", fontsize=8)
-            if contender in ratios:
-                inside = bar.get_height() > peak * 0.3
-                ax.text(x, bar.get_height() / 2 if inside else bar.get_height() + peak * 0.08, ratios[contender],
-                        ha="center", va="center" if inside else "bottom", fontsize=7, fontweight="bold",
-                        color="white" if inside else "black")
+            if contender in ratios:  # above the value, so that it never hides in a narrow bar
+                ax.text(x, bar.get_height() + peak * 0.09, ratios[contender], ha="center", va="bottom",
+                        fontsize=6.5, fontweight="bold", color="black")
         ax.grid(axis="y", alpha=0.3)
     for index in range(len(metrics), rows * columns):
         axes[index // columns][index % columns].set_visible(False)
-    fig.legend(handles=[Patch(color=COLORS.get(c, "#444444"), label=CONTENDERS.get(c, c)) for c in contenders],
+    names = {**CONTENDERS, **(labels or {})}
+    fig.legend(handles=[Patch(color=color, label=names.get(c, c))
+                        for c, color in zip(contenders, colors(contenders), strict=True)],
                   loc="outside lower center", ncols=len(contenders), fontsize=8)
     return fig

@@ -8,7 +8,7 @@ lab and calls these.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,9 +21,56 @@ CONTENDERS: dict[str, str] = {
     "wgpy-vxlan": "wg-py VXLAN",
     "kvxlan": "kernel vxlan",
 }
-REFERENCES: dict[str, str] = {"wgpy": "wggo", "wgpy-vxlan": "kvxlan"}
-TUNNEL_PROCESSES = ("wgpy", "wggo", "wgpy-vxlan")  # contenders with userspace tunnel processes
-PEER_RSS = ("wgpy", "wggo")
+# "wggo" is a slot: a run fills it with one contender per wireguard-go binary, keyed
+# ``wggo-VERSION`` (:func:`wireguard_go_key`) and labelled with its ``--version`` line.
+WGGO = "wggo"
+REFERENCES: dict[str, str] = {"wgpy": WGGO, "wgpy-vxlan": "kvxlan"}
+TUNNEL_PROCESSES = ("wgpy", WGGO, "wgpy-vxlan")  # contenders with userspace tunnel processes
+PEER_RSS = ("wgpy", WGGO)
+
+
+def is_wireguard_go(key: str) -> bool:
+    """True for the wireguard-go contenders (``wggo`` or ``wggo-VERSION``)."""
+    return key == WGGO or key.startswith(WGGO + "-")
+
+
+def kind(key: str) -> str:
+    """The slot of :data:`CONTENDERS` a contender key belongs to (``wggo-20250522`` -> ``wggo``)."""
+    return WGGO if is_wireguard_go(key) else key
+
+
+def wireguard_go_label(version_output: str) -> str:
+    """The label of a wireguard-go binary from its ``--version`` output: the first line,
+    ``wireguard-go vX.Y.Z`` (e.g. ``wireguard-go v0.0.20250522``). Raises ValueError if the
+    output does not start with such a line (not a wireguard-go, or a broken one)."""
+    lines = version_output.strip().splitlines()
+    words = lines[0].split() if lines else []
+    if len(words) != 2 or words[0] != "wireguard-go" or not any(ch.isdigit() for ch in words[1]):
+        first = lines[0] if lines else ""
+        raise ValueError(f"not a wireguard-go --version line: {first!r}")
+    return f"{words[0]} {words[1]}"
+
+
+def wireguard_go_key(label: str, taken: Collection[str] = ()) -> str:
+    """A contender key for a wireguard-go label, unique among ``taken``:
+    ``wireguard-go v0.0.20250522`` -> ``wggo-20250522`` (``wggo-20250522-2`` if taken)."""
+    version = label.split()[1].removeprefix("v").removeprefix("0.0.")
+    clean = "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in version)[:24]
+    key, n = f"{WGGO}-{clean}", 2
+    while key in taken:
+        key, n = f"{WGGO}-{clean}-{n}", n + 1
+    return key
+
+
+def references(contenders: Sequence[str]) -> list[tuple[str, str]]:
+    """The (contender, reference) pairs whose ratios the report gives, for those measured:
+    wg-py WireGuard against each wireguard-go contender, wg-py VXLAN against kernel vxlan."""
+    out: list[tuple[str, str]] = []
+    for a, b in REFERENCES.items():
+        if a not in contenders:
+            continue
+        out += [(a, c) for c in contenders if kind(c) == b]
+    return out
 
 
 @dataclass(frozen=True)
@@ -54,7 +101,8 @@ CHART_METRICS = ("tcp1_gbps", "tcp4_gbps", "udp64_kpps", "ping_median_ms", "cpu_
 @dataclass(frozen=True)
 class Target:
     """``metric`` of ``contender`` divided by that of ``reference`` must be >= ``at_least``
-    (or <= ``at_most``)."""
+    (or <= ``at_most``). A ``reference`` of ``wggo`` stands for each wireguard-go contender of
+    the run (the target is judged against each); ``{ref}`` in ``text`` names it."""
 
     text: str
     metric: str
@@ -64,12 +112,17 @@ class Target:
     at_most: float | None = None
 
 
-TARGETS: tuple[Target, ...] = (
-    Target("wg-py WireGuard >= 4x wireguard-go, TCP 1 stream", "tcp1_gbps", "wgpy", "wggo",
-           at_least=4.0),
-    Target("wg-py VXLAN >= 0.4x kernel vxlan, TCP 1 stream", "tcp1_gbps", "wgpy-vxlan", "kvxlan",
-           at_least=0.4),
-    Target("ping RTT through wg-py <= through wireguard-go", "ping_median_ms", "wgpy", "wggo",
+TARGETS: tuple[Target, ...] = (  # issue 17
+    Target("wg-py WireGuard >= 2x {ref}, TCP 1 stream", "tcp1_gbps", "wgpy", WGGO, at_least=2.0),
+    Target("wg-py WireGuard tunnel CPU per GB <= 0.5x {ref}", "cpu_tunnel_s_per_gb", "wgpy", WGGO,
+           at_most=0.5),
+    Target("ping RTT through wg-py WireGuard <= 0.8x {ref}", "ping_median_ms", "wgpy", WGGO,
+           at_most=0.8),
+    Target("wg-py VXLAN >= 0.6x {ref}, TCP 1 stream", "tcp1_gbps", "wgpy-vxlan", "kvxlan",
+           at_least=0.6),
+    Target("wg-py VXLAN >= 0.5x {ref}, TCP 4 streams", "tcp4_gbps", "wgpy-vxlan", "kvxlan",
+           at_least=0.5),
+    Target("ping RTT through wg-py VXLAN <= through {ref}", "ping_median_ms", "wgpy-vxlan", "wgpy",
            at_most=1.0),
 )
 
@@ -151,15 +204,23 @@ def ratio(summary: Mapping[str, Mapping[str, float]], metric: str, a: str, b: st
     return x / y
 
 
-def evaluate_targets(summary: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
-    """Each target with its measured ratio and ``met`` (True, False, or None if not measured)."""
+def evaluate_targets(summary: Mapping[str, Mapping[str, float]],
+                     labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Each target, once per reference it is judged against (a ``wggo`` target once per
+    wireguard-go contender in ``summary``, in its order), with its text naming the reference
+    (``labels[key]``, else the default label), the measured ratio and ``met`` (True, False,
+    or None if not measured)."""
+    names = {**CONTENDERS, **(labels or {})}
     out = []
     for t in TARGETS:
-        r = ratio(summary, t.metric, t.contender, t.reference)
-        met = None
-        if r is not None:
-            met = (t.at_least is None or r >= t.at_least) and (t.at_most is None or r <= t.at_most)
-        out.append({**asdict(t), "ratio": r, "met": met})
+        refs = [c for c in summary if kind(c) == t.reference] or [t.reference]
+        for ref in refs:
+            r = ratio(summary, t.metric, t.contender, ref)
+            met = None
+            if r is not None:
+                met = (t.at_least is None or r >= t.at_least) and (t.at_most is None or r <= t.at_most)
+            out.append({**asdict(t), "reference": ref, "text": t.text.format(ref=names.get(ref, ref)),
+                        "ratio": r, "met": met})
     return out
 
 
@@ -176,11 +237,14 @@ def _label(m: Metric, peers: int | None) -> str:
 
 
 def render_table(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
-                 peers: int | None = None) -> str:
-    """The report: figures, ratios to the references and to raw veth, targets (``peers``
+                 peers: int | None = None, labels: Mapping[str, str] | None = None) -> str:
+    """The report: which contenders were compared (each wireguard-go with its version, from
+    ``labels``), figures, ratios to each reference and to raw veth, targets (``peers``
     replaces the N in the RSS row's label)."""
-    refs = [(a, b) for a, b in REFERENCES.items() if a in contenders and b in contenders]
+    names = {**CONTENDERS, **(labels or {})}
+    refs = references(contenders)
     head = ["metric", "unit", *contenders, *(f"{a}/{b}" for a, b in refs)]
+    lines = ["compared: " + ", ".join(f"{c} = {names.get(c, c)}" for c in contenders), ""]
     rows = [head]
     for m in METRICS:
         if not any(m.key in summary.get(c, {}) for c in contenders):
@@ -189,7 +253,7 @@ def render_table(summary: Mapping[str, Mapping[str, float]], contenders: Sequenc
         cells += [fmt(ratio(summary, m.key, a, b)) + "x" if ratio(summary, m.key, a, b) else "n/a"
                   for a, b in refs]
         rows.append([_label(m, peers), m.unit, *cells])
-    lines = _grid(rows)
+    lines += _grid(rows)
     if "veth" in contenders:
         vrows = [["ratio to raw veth", "", *contenders]]
         for m in METRICS:
@@ -199,7 +263,7 @@ def render_table(summary: Mapping[str, Mapping[str, float]], contenders: Sequenc
         if len(vrows) > 1:
             lines += ["", *_grid(vrows)]
     lines.append("")
-    for t in evaluate_targets(summary):
+    for t in evaluate_targets({c: summary.get(c, {}) for c in contenders}, labels):
         state = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         lines.append(f"target: {t['text']}: {fmt(t['ratio'])}{'x' if t['ratio'] else ''} -> {state}")
     return "\n".join(lines) + "\n"
