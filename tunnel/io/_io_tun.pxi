@@ -496,6 +496,8 @@ cdef class TunBatch:
             while w.next < w.len:
                 memcpy(self._wscratch, frame, l2)
                 seg = wgpy_cut(&w, self._wscratch + l2, WGPY_SUPER)
+                if seg == 0:  # cannot happen (a segment is at most the packet): never loop
+                    return -1
                 iov[0].iov_base = self._wscratch
                 iov[0].iov_len = l2 + seg
                 while True:

@@ -696,6 +696,9 @@ class TunBatch:
                 out = bytearray(SUPER_PACKET)
                 while work.next_offset < len(work.packet):
                     size = cut_segment(work, out)
+                    if size == 0:  # cannot happen (a segment is at most the packet): never loop
+                        self._count("write:oversized")
+                        return 0
                     os.write(self.fd, link + bytes(out[:size]))
         except OSError as exc:
             if exc.errno in TUN_GONE:
