@@ -8,13 +8,16 @@ engine's general path (``send_batch``/``receive_batch``) fed the same traffic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tunnel.io.endpoint import Endpoint
+from tunnel.io.offload import load_io
 from tunnel.wireguard import pump as pump_pair
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.interface import TUN_BATCH, Interface
@@ -303,3 +306,135 @@ def test_lanes_leave_the_engine_as_the_general_way_does(pump: ModuleType, keepal
         assert timer_state(mine) == timer_state(theirs)
         assert dict(lanes.b.device.drops) == dict(reference.b.device.drops)
     assert tun.written == [REQUEST, REQUEST, REQUEST]
+
+
+# ---------------------------------------------------------------------------------- arguments
+
+
+class _Loop:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        pass
+
+
+def _bad_calls(pump: ModuleType, io: ModuleType, fds: tuple[int, int]) -> dict[
+        str, tuple[type[Exception], Callable[[], object]]]:
+    """Calls that break the pumps' argument contract (pump_ref's docstring), each with the error
+    it names; the TUN and UDP batch I/O are real objects (the twin of the same kind) on a
+    socketpair and a UDP socket, so a short list is refused where it would be read."""
+    tun_fd, udp_fd = fds
+    tun = io.TunBatch(tun_fd, vnet_hdr=False)
+    udp = io.UdpBatch(udp_fd, gso=False)
+    device = type("Device", (), {"mtu": 1420})()
+
+    def journal() -> Any:
+        made = pump.Journal(0.01, lambda: None)
+        made.loop = _Loop()
+        return made
+
+    def outbound(headroom: Any = 16, journal_: Any = None) -> Any:
+        return pump.Outbound(device, tun, None, None, journal() if journal_ is None else journal_,
+                             lambda *_: None, headroom)
+
+    def inbound(headroom: Any = 16, outbound_: Any = None) -> Any:
+        return pump.Inbound(device, tun, outbound() if outbound_ is None else outbound_,
+                            lambda *_: None, headroom)
+
+    other = pump_pair.load("pure" if pump.__name__.endswith("_pump") else "cython")
+    slot = bytearray(64)
+    return {
+        # constructors
+        "journal-str-delay": (TypeError, lambda: pump.Journal("0.01", lambda: None)),
+        "journal-none-delay": (TypeError, lambda: pump.Journal(None, lambda: None)),
+        "outbound-negative-headroom": (ValueError, lambda: outbound(headroom=-1)),
+        "outbound-float-headroom": (TypeError, lambda: outbound(headroom=16.0)),
+        "outbound-str-headroom": (TypeError, lambda: outbound(headroom="16")),
+        "outbound-no-journal": (TypeError, lambda: pump.Outbound(device, tun, None, None, None,
+                                                                  lambda *_: None, 16)),
+        "outbound-other-twins-journal": (TypeError, lambda: outbound(
+            journal_=other.Journal(0.01, lambda: None))),
+        "inbound-negative-headroom": (ValueError, lambda: inbound(headroom=-16)),
+        "inbound-float-headroom": (TypeError, lambda: inbound(headroom=0.5)),
+        "inbound-no-outbound": (TypeError, lambda: pump.Inbound(device, tun, None, lambda *_: None, 16)),
+        "inbound-other-twins-outbound": (TypeError, lambda: inbound(outbound_=other.Outbound(
+            device, tun, None, None, other.Journal(0.01, lambda: None), lambda *_: None, 16))),
+        # the headroom attribute keeps its rule
+        "outbound-set-negative-headroom": (ValueError, lambda: setattr(outbound(), "headroom", -1)),
+        "inbound-set-negative-headroom": (ValueError, lambda: setattr(inbound(), "headroom", -1)),
+        "inbound-set-str-headroom": (TypeError, lambda: setattr(inbound(), "headroom", "8")),
+        # the journal's records are tuples
+        "journal-list-record": (TypeError, lambda: journal().add([0, "x"])),
+        # Outbound.run
+        "outbound-run-tuple-bufs": (TypeError, lambda: outbound().run((slot,), [0], 16, 1420, 0.0)),
+        "outbound-run-none-lengths": (TypeError, lambda: outbound().run([slot], None, 16, 1420, 0.0)),
+        "outbound-run-short-lengths": (ValueError, lambda: outbound().run([slot, slot], [0], 16, 1420, 0.0)),
+        "outbound-run-negative-headroom": (ValueError, lambda: outbound().run([slot], [0], -16, 1420, 0.0)),
+        "outbound-run-zero-mtu": (ValueError, lambda: outbound().run([slot], [0], 16, 0, 0.0)),
+        "outbound-run-float-mtu": (TypeError, lambda: outbound().run([slot], [0], 16, 1420.0, 0.0)),
+        "outbound-run-str-now": (TypeError, lambda: outbound().run([slot], [0], 16, 1420, "now")),
+        "outbound-settled-str": (TypeError, lambda: outbound().settled("1")),
+        "outbound-record-float": (TypeError, lambda: outbound().record(1.0)),
+        # Inbound.run
+        "inbound-run-tuple-bufs": (TypeError, lambda: inbound().run(udp, (slot,), [0], [None], 0.0)),
+        "inbound-run-tuple-sources": (TypeError, lambda: inbound().run(udp, [slot], [0], (None,), 0.0)),
+        "inbound-run-short-lengths": (ValueError, lambda: inbound().run(udp, [slot, slot], [0], [None] * 2, 0.0)),
+        "inbound-run-short-sources": (ValueError, lambda: inbound().run(udp, [slot, slot], [0] * 2, [None], 0.0)),
+        "inbound-run-str-now": (TypeError, lambda: inbound().run(udp, [slot], [0], [None], "now")),
+        "inbound-settled-str": (TypeError, lambda: inbound().settled("0", udp)),
+    }
+
+
+def _io_for(pump: ModuleType) -> ModuleType:
+    """The batch I/O twin a daemon pairs with this pump twin (native with native)."""
+    return load_io("pure" if pump.__name__.endswith("pump_ref") else "cython")
+
+
+@contextlib.contextmanager
+def _fds() -> Iterator[tuple[int, int]]:
+    """(a socketpair end standing in for the TUN, a bound UDP socket), closed afterwards."""
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for sock in (ours, udp):
+            sock.setblocking(False)
+        udp.bind(("127.0.0.1", 0))
+        yield ours.fileno(), udp.fileno()
+    finally:
+        for sock in (ours, peer, udp):
+            sock.close()
+
+
+with _fds() as _names_fds:
+    BAD_PUMP_CALLS = sorted(_bad_calls(pump_pair.load("pure"), load_io("pure"), _names_fds))
+
+
+@pytest.mark.parametrize("case", BAD_PUMP_CALLS)
+def test_bad_arguments_are_the_same_error_in_both_pump_twins(pump: ModuleType, case: str) -> None:
+    """Same API, same errors: each call that breaks the pumps' argument contract raises the
+    error the contract names in both twins (before this test the pure twin took a negative
+    headroom, a tuple batch, a float MTU, a str ``now``, any journal, and the Cython twin took
+    a negative headroom too)."""
+    with _fds() as fds:
+        error, call = _bad_calls(pump, _io_for(pump), fds)[case]
+        with pytest.raises(error):
+            call()
+
+
+def test_bad_pump_calls_are_valid_once_fixed(pump: ModuleType) -> None:
+    """The calls above break one rule each: the same calls with good arguments go through (an
+    empty TUN and socket: nothing read)."""
+    with _fds() as (tun_fd, udp_fd):
+        io = _io_for(pump)
+        tun, udp = io.TunBatch(tun_fd, vnet_hdr=False), io.UdpBatch(udp_fd, gso=False)
+        device = type("Device", (), {"mtu": 1420})()
+        journal = pump.Journal(1, lambda: None)
+        journal.loop = _Loop()
+        journal.add((0, "x"))
+        journal.add(None)
+        out = pump.Outbound(device, tun, None, None, journal, lambda *_: None, 0)
+        inb = pump.Inbound(device, tun, out, lambda *_: None, 16)
+        out.headroom = inb.headroom = 32
+        assert (out.headroom, inb.headroom) == (32, 32)
+        slot = bytearray(64)
+        out.tun_bufs, inb.udp_bufs = [slot], [slot]
+        assert out.run([slot], [0], 16, 1420, 0) == 0 and out.settled(0) and out.record(0) is None
+        assert inb.run(udp, [slot], [0], [None], 0) == 0 and inb.settled(0, udp)

@@ -340,3 +340,166 @@ def test_partial_segments_coalesce_into_a_partial_super_frame(
         assert wire.verdict(wire.completed(_ip(frame))) == "valid"
     assert next(messages, None) is None
     assert batch.csum_partial == len(run) - 1
+
+
+# ---- oversized frames: a kernel peer's TSO packet in one datagram -------------------------------
+
+MTU = 1450  # what wg-py sets on a TAP over a 1500-byte IPv4 underlay
+
+
+def _big(frames: list[bytes], version: int, kind: str = "partial") -> bytes:
+    """A whole kernel TSO packet as our UDP socket read it: far above the MTU, one frame."""
+    return next(f for f in _pick(frames, version, 6, kind) if len(f) - 14 > 4 * MTU)
+
+
+def _with_cwr(frame: bytes) -> bytes:
+    """The frame with CWR set and its checksum computed (by the test) from scratch."""
+    out = bytearray(frame)
+    out[_tcp(frame)[0] + 13] |= 0x80
+    return bytes(out[:14]) + wire.completed(bytes(out[14:]))
+
+
+def _oversized_sample(frames: list[bytes]) -> list[bytes]:
+    """Kernel TSO packets: partial (IPv4, IPv6), completed by the test, with CWR; and a small
+    partial data segment between them (unchanged path)."""
+    big4, big6 = _big(frames, 4), _big(frames, 6)
+    small = next(f for f in _pick(frames, 4, 6) if _tcp(f)[1] < len(f) <= 14 + MTU)
+    return [big4, small, big6, big4[:14] + wire.completed(_ip(big4)), _with_cwr(big6)]
+
+
+@pytest.mark.parametrize("gro", [False, True])
+def test_oversized_tcp_frame_goes_as_a_gso_super_frame(
+        io: ModuleType, frames: list[bytes], tap: tuple[socket.socket, socket.socket],
+        gro: bool) -> None:
+    """With ``mtu`` set, a TCP frame above it leaves the vnet_hdr TAP batch as one GSO
+    super-frame for the kernel to segment: TCPV4/TCPV6 (+ECN with CWR), gso_size = MTU - IP -
+    TCP headers, NEEDS_CSUM at the TCP checksum, which holds the whole packet's pseudo-header
+    sum (the test's own); the bytes are otherwise the kernel's. A small frame is unchanged."""
+    ours, peer = tap
+    batch = io.TunBatch(ours.fileno(), vnet_hdr=True, gro=gro, l2=14, verify=True)
+    batch.mtu = MTU
+    sent = _oversized_sample(frames)
+    bufs, lengths = _slots(sent)
+    assert batch.write_slots(bufs, lengths, 8, bytearray(len(sent)), len(sent)) == len(sent)
+    got = _read_all(peer)
+    assert len(got) == len(sent)
+    for message, frame in zip(got, sent, strict=True):
+        flags, gso, hdr_len, gso_size, start, offset = VNET.unpack_from(message)
+        body = message[10:]
+        if len(frame) <= 14 + MTU:
+            assert body == frame and gso == 0
+            continue
+        l4, end, _, tcp_flags = _tcp(frame)
+        version = _ip(frame)[0] >> 4
+        info = wire.l4_info(_ip(frame))
+        assert info is not None
+        ecn = 0x80 if tcp_flags & 0x80 else 0
+        assert (flags, gso) == (1, (1 if version == 4 else 4) | ecn)
+        assert (hdr_len, gso_size, start, offset) == (end, MTU - (end - 14), l4, 16)
+        assert struct.unpack_from("!H", body, l4 + 16)[0] == info[3]
+        assert body[:l4 + 16] == frame[:l4 + 16] and body[l4 + 18:] == frame[l4 + 18:]
+    assert batch.tso_frames == 4
+    assert batch.csum_partial == 3  # the two partial TSO packets and the small segment
+    assert not batch.errors
+
+
+def test_plain_tap_cuts_oversized_tcp_frames_to_the_mtu(
+        io: ModuleType, frames: list[bytes], tap: tuple[socket.socket, socket.socket]) -> None:
+    """Without the virtio-net header the batch cuts an oversized TCP frame itself: frames of at
+    most MTU IP bytes behind the same Ethernet header, whose payloads put together are the
+    original's, sequence numbers advancing, IPv4 ids counting up, FIN/PSH on the last only,
+    CWR on the first only, and every checksum valid (judged by the test's own code)."""
+    ours, peer = tap
+    batch = io.TunBatch(ours.fileno(), vnet_hdr=False, l2=14, verify=True)
+    batch.mtu = MTU
+    sent = _oversized_sample(frames)
+    bufs, lengths = _slots(sent)
+    before = [bytes(b) for b in bufs]
+    assert batch.write_slots(bufs, lengths, 8, bytearray(len(sent)), len(sent)) == len(sent)
+    got = iter(_read_all(peer))
+    for frame in sent:
+        if len(frame) <= 14 + MTU:
+            assert next(got) == frame[:14] + wire.completed(_ip(frame))
+            continue
+        l4, end, seq, tcp_flags = _tcp(frame)
+        mss = MTU - (end - 14)
+        payload = frame[end:]
+        count = -(-len(payload) // mss)
+        assert count > 4
+        for k in range(count):
+            seg = next(got)
+            ip = _ip(seg)
+            assert seg[:14] == frame[:14] and len(ip) <= MTU
+            assert seg[end:] == payload[k * mss:(k + 1) * mss]
+            if ip[0] >> 4 == 6:  # the IPv6 header differs in its payload length only
+                assert seg[14:18] == frame[14:18] and seg[20:l4] == frame[20:l4]
+            _, _, seg_seq, seg_flags = _tcp(seg)
+            assert seg_seq == (seq + k * mss) & 0xFFFFFFFF
+            want = tcp_flags
+            if k < count - 1:
+                want &= ~0x09
+            if k:
+                want &= ~0x80
+            assert seg_flags == want
+            assert wire.verdict(ip) == "valid"
+            if ip[0] >> 4 == 4:
+                assert struct.unpack_from("!H", ip, 2)[0] == len(ip)
+                ident = (struct.unpack_from("!H", _ip(frame), 4)[0] + k) & 0xFFFF
+                assert struct.unpack_from("!H", ip, 4)[0] == ident
+                assert wire.ones_sum(ip[:20]) == 0xFFFF
+            else:
+                assert struct.unpack_from("!H", ip, 4)[0] == len(ip) - 40
+    assert next(got, None) is None
+    assert batch.tso_frames == 4 and batch.csum_partial == 3
+    assert [bytes(b) for b in bufs] == before  # the caller's slots are not written
+
+
+def _oversized_udp(frames: list[bytes]) -> bytes:
+    """The kernel's 1,000-byte UDP datagram (IPv4) grown past the MTU, checksum by the test."""
+    small = _pick(frames, 4, 17)[-1]
+    ip = bytearray(_ip(small)) + bytes(2 * MTU)
+    struct.pack_into("!H", ip, 2, len(ip))
+    struct.pack_into("!H", ip, 10, 0)
+    struct.pack_into("!H", ip, 10, ~wire.ones_sum(bytes(ip[:20])) & 0xFFFF)
+    struct.pack_into("!H", ip, 24, len(ip) - 20)
+    return small[:14] + wire.completed(bytes(ip))
+
+
+@pytest.mark.parametrize("vnet", [True, False])
+def test_oversized_frames_that_cannot_be_cut(
+        io: ModuleType, frames: list[bytes], tap: tuple[socket.socket, socket.socket],
+        vnet: bool) -> None:
+    """An oversized frame that is not TCP is dropped and counted (``write:oversized``); an
+    oversized TCP frame whose checksum is wrong is written as it is (never given a checksum
+    it did not have); with ``mtu`` 0 (the default) nothing is cut."""
+    ours, peer = tap
+    batch = io.TunBatch(ours.fileno(), vnet_hdr=vnet, l2=14, verify=True)
+    assert batch.mtu == 0
+    big = _big(frames, 4)
+    wrong = _wrong(big[:14] + wire.completed(_ip(big)))
+    udp = _oversized_udp(frames)
+    assert wire.verdict(_ip(udp)) == "valid"
+    batch.mtu = MTU
+    assert batch.write([udp, wrong]) == 1
+    got = _read_all(peer)
+    assert [g[10:] if vnet else g for g in got] == [wrong]
+    if vnet:
+        assert VNET.unpack_from(got[0]) == (0, 0, 0, 0, 0, 0)
+    assert batch.errors == {"write:oversized": 1} and batch.tso_frames == 0
+    batch.mtu = 0
+    assert batch.write([udp]) == 1
+    assert [g[10:] if vnet else g for g in _read_all(peer)] == [udp]
+
+
+def test_mtu_attribute_errors(io: ModuleType, tap: tuple[socket.socket, socket.socket]) -> None:
+    """``mtu``: an int >= 0, the same errors on both twins."""
+    batch = io.TunBatch(tap[0].fileno(), vnet_hdr=True, l2=14)
+    batch.mtu = 9000
+    assert batch.mtu == 9000
+    with pytest.raises(ValueError):
+        batch.mtu = -1
+    with pytest.raises(TypeError):
+        batch.mtu = 1500.0
+    with pytest.raises(TypeError):
+        batch.mtu = "1500"
+    assert batch.mtu == 9000

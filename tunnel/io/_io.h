@@ -514,6 +514,83 @@ static int wgpy_tcp_csum_partial(const unsigned char *p, const wgpy_tcpinfo *t) 
     return wgpy_csum_partial(p, t->header + t->payload, &start, &offset, &iplen);
 }
 
+/* --- Oversized TCP frames on the way into a TAP (VXLAN receive) ---------------------
+ *
+ * A kernel vxlan peer whose stack relied on TSO can hand our UDP socket one VXLAN datagram
+ * carrying a whole TCP super-packet (up to 64 KiB in one inner frame). Larger than the TAP's
+ * MTU, it would be dropped by a bridge behind the TAP, so it is written as a GSO super-frame
+ * (virtio-net header) for the kernel to segment, or cut into MTU-sized frames with wgpy_cut. */
+
+/* The IP packet p[0:len] of an oversized frame as a TCP super-packet to cut into segments of
+   at most mtu bytes: IPv4 (any header length) without fragmentation, or IPv6 with TCP as the
+   first next header, its IP length exactly len. Returns 0 if it is not such a packet (or no
+   segment of mtu bytes can carry payload); else fills *w (mss = mtu - IP/TCP headers) and
+   *partial (the TCP checksum holds the pseudo-header sum, see wgpy_csum_partial) and returns
+   1 if the TCP checksum is right or partial, 2 if it is neither (integrity is never papered
+   over: such a packet is written as it is, for the stack to drop). */
+static int wgpy_tso_frame(wgpy_super *w, const unsigned char *p, size_t len, size_t mtu,
+                          int *partial) {
+    unsigned char hdr[10];
+    size_t start, offset, iplen;
+    uint32_t pseudo;
+    *partial = 0;
+    if (len < 20 || len > 65535)
+        return 0;
+    memset(hdr, 0, 10);
+    if ((p[0] >> 4) == 4) {
+        if (wgpy_get16(p + 2) != len || (wgpy_get16(p + 6) & 0x3FFF) || p[9] != 6)
+            return 0;
+        hdr[1] = 1;
+    } else if ((p[0] >> 4) == 6 && len >= 40) {
+        if (wgpy_get16(p + 4) + 40 != len || p[6] != 6)
+            return 0;
+        hdr[1] = 4;
+    } else {
+        return 0;
+    }
+    if (!wgpy_parse_super(w, p, len, hdr, mtu))
+        return 0;
+    if (wgpy_csum_partial(p, len, &start, &offset, &iplen) && start == w->l4) {
+        *partial = 1;
+        return 1;
+    }
+    if ((p[0] >> 4) == 4)
+        pseudo = wgpy_sum(p + 12, 8, 6 + (uint32_t)(len - w->l4));
+    else
+        pseudo = wgpy_sum(p + 8, 32, 6 + (uint32_t)(len - w->l4));
+    return wgpy_sum(p + w->l4, len - w->l4, pseudo) == 0xFFFF ? 1 : 2;
+}
+
+/* The virtio-net header and the IP+TCP header (into out, l2 link bytes first) of the GSO
+   super-frame for w (from wgpy_tso_frame) behind frame's l2-byte link header: TCPV4/TCPV6,
+   +ECN if CWR is set (as tcp_gro_complete marks it), gso_size w->mss, NEEDS_CSUM at the TCP
+   checksum, which gets the pseudo-header sum of the whole packet (the kernel's segmentation
+   adjusts it per segment). */
+static void wgpy_tso_header(unsigned char *out, unsigned char *vnet, const unsigned char *frame,
+                            size_t l2, const wgpy_super *w) {
+    const unsigned char *p = w->pkt;
+    size_t l4 = w->l4;
+    uint32_t pseudo;
+    uint16_t v;
+    memcpy(out, frame, l2 + w->header);
+    if ((p[0] >> 4) == 4)
+        pseudo = wgpy_sum(p + 12, 8, 6 + (uint32_t)(w->len - l4));
+    else
+        pseudo = wgpy_sum(p + 8, 32, 6 + (uint32_t)(w->len - l4));
+    wgpy_put16(out + l2 + l4 + 16, pseudo);
+    memset(vnet, 0, 10);
+    vnet[0] = 1;
+    vnet[1] = (unsigned char)(((p[0] >> 4) == 4 ? 1 : 4) | (p[l4 + 13] & 0x80 ? 0x80 : 0));
+    v = (uint16_t)(l2 + w->header);
+    memcpy(vnet + 2, &v, 2);
+    v = (uint16_t)w->mss;
+    memcpy(vnet + 4, &v, 2);
+    v = (uint16_t)(l2 + l4);
+    memcpy(vnet + 6, &v, 2);
+    v = 16;
+    memcpy(vnet + 8, &v, 2);
+}
+
 /* EBADFD, EBADF, EIO, ENXIO, ENODEV: the device behind a TUN fd is (or may be) gone. */
 static int wgpy_tun_gone(int code) {
     return code == EBADFD || code == EBADF || code == EIO || code == ENXIO || code == ENODEV;

@@ -53,6 +53,8 @@ cdef extern from "_io.h":
         size_t len
         size_t next
         size_t mss
+        size_t l4
+        size_t header
     ctypedef struct wgpy_tcpinfo:
         int version
         size_t l4
@@ -92,6 +94,10 @@ cdef extern from "_io.h":
     int wgpy_tcp_csum_partial(const unsigned char *p, const wgpy_tcpinfo *t) nogil
     int wgpy_csum_partial(const unsigned char *p, size_t len, size_t *start, size_t *offset,
                           size_t *iplen) nogil
+    int wgpy_tso_frame(wgpy_super *w, const unsigned char *p, size_t len, size_t mtu,
+                       int *partial) nogil
+    void wgpy_tso_header(unsigned char *out, unsigned char *vnet, const unsigned char *frame,
+                         size_t l2, const wgpy_super *w) nogil
 
 
 # --- Public constants: defined once in tunnel/io/constants.py, shared with the pure twin ---

@@ -16,6 +16,8 @@ cdef class TunBatch:
     cdef readonly int l2
     cdef readonly bint verify
     cdef readonly long csum_partial  # partial checksums delivered (verify only; see io_ref)
+    cdef readonly long tso_frames    # oversized TCP frames written as GSO or cut (see io_ref)
+    cdef Py_ssize_t _mtu             # write side: the IP MTU (0: no limit; see io_ref)
     cdef unsigned char *_wscratch   # write side: a frame whose partial checksum is finished
     cdef unsigned char _svnet[C_VNET]
     cdef bint _busy
@@ -62,11 +64,13 @@ cdef class TunBatch:
         self._codes = NULL
         self._cap = 0
         self.csum_partial = 0
+        self.tso_frames = 0
+        self._mtu = 0
         self._wscratch = NULL
         self._scratch = <unsigned char *>malloc(2 * WGPY_SUPER)
         if self._scratch == NULL:
             raise MemoryError()
-        if verify and not vnet_hdr:
+        if not vnet_hdr:
             self._wscratch = <unsigned char *>malloc(WGPY_SUPER + C_ETH)
             if self._wscratch == NULL:
                 raise MemoryError()
@@ -92,6 +96,17 @@ cdef class TunBatch:
     def needed(self) -> int:
         """Bytes (after the headroom) the held oversized packet needs in a slot; 0 if none."""
         return self._big_len if self._has_big else 0
+
+    @property
+    def mtu(self) -> int:
+        """The IP MTU frames written to the device must fit (0: no limit; see io_ref)."""
+        return self._mtu
+
+    @mtu.setter
+    def mtu(self, Py_ssize_t value) -> None:
+        if value < 0:
+            raise ValueError("mtu must be >= 0")
+        self._mtu = value
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
         if n <= self._cap:
@@ -368,6 +383,8 @@ cdef class TunBatch:
             code = self._codes[i]
             if code == 0:
                 written += 1
+            elif code == -1:
+                self._tally("write:oversized", 1)
             elif code in TUN_GONE:
                 raise OSError(code, _errname(code))
             else:
@@ -428,6 +445,74 @@ cdef class TunBatch:
         total[0] = size
         return count
 
+    cdef int _write_big(self, Py_ssize_t i) noexcept nogil:
+        """Write frame i, whose IP packet exceeds the MTU: a TCP super-packet goes as a GSO
+        super-frame (virtio-net header) or cut into MTU-sized frames (plain device); a TCP packet
+        whose checksum is neither right nor partial goes as it is. Returns 0 (written), an
+        errno, or -1 (not TCP: dropped, counted as ``write:oversized``)."""
+        cdef wgpy_super w
+        cdef int partial = 0, kind = 0
+        cdef size_t l2 = <size_t>self.l2
+        cdef size_t size = <size_t>self._lens[i]
+        cdef const unsigned char *frame = self._ptrs[i]
+        cdef const unsigned char *l3 = wgpy_l3(frame, size, l2)
+        cdef unsigned char zero[C_VNET]
+        cdef iovec iov[3]
+        cdef ssize_t r
+        cdef size_t seg
+        if l3 != NULL:
+            kind = wgpy_tso_frame(&w, l3, size - l2, <size_t>self._mtu, &partial)
+        if kind == 0:
+            return -1
+        if kind == 2 or self.vnet_hdr:
+            if kind == 2:
+                memset(zero, 0, C_VNET)
+                iov[0].iov_base = zero
+                iov[0].iov_len = C_VNET
+                iov[1].iov_base = <void *>frame
+                iov[1].iov_len = size
+                iov[2].iov_len = 0
+            else:
+                wgpy_tso_header(self._shdr, self._svnet, frame, l2, &w)
+                iov[0].iov_base = self._svnet
+                iov[0].iov_len = C_VNET
+                iov[1].iov_base = self._shdr
+                iov[1].iov_len = l2 + w.header
+                iov[2].iov_base = <void *>(frame + l2 + w.header)
+                iov[2].iov_len = size - l2 - w.header
+            while True:
+                if self.vnet_hdr:
+                    r = writev(self.fd, iov, 3)
+                else:
+                    r = writev(self.fd, &iov[1], 1)
+                if r < 0 and errno == EINTR:
+                    continue
+                break
+            if r < 0:
+                return errno
+        else:
+            # no virtio-net header: cut into MTU-sized frames here (full checksums), each
+            # behind a copy of the link header
+            while w.next < w.len:
+                memcpy(self._wscratch, frame, l2)
+                seg = wgpy_cut(&w, self._wscratch + l2, WGPY_SUPER)
+                if seg == 0:  # cannot happen (a segment is at most the packet): never loop
+                    return -1
+                iov[0].iov_base = self._wscratch
+                iov[0].iov_len = l2 + seg
+                while True:
+                    r = writev(self.fd, iov, 1)
+                    if r < 0 and errno == EINTR:
+                        continue
+                    break
+                if r < 0:
+                    return errno
+        if kind == 1:
+            self.tso_frames += 1
+            if self.verify:
+                self.csum_partial += partial
+        return 0
+
     cdef Py_ssize_t _write_nogil(self, Py_ssize_t n) noexcept nogil:
         cdef iovec iov[C_GRO_SEGMENTS + 2]
         cdef unsigned char zero[C_VNET]
@@ -445,6 +530,13 @@ cdef class TunBatch:
         cdef const unsigned char *l3
         memset(zero, 0, C_VNET)
         while i < n:
+            if self._mtu and <size_t>self._lens[i] > l2 + <size_t>self._mtu:
+                code = self._write_big(i)
+                self._codes[i] = code
+                i += 1
+                if code > 0 and wgpy_tun_gone(code):
+                    return i
+                continue
             if self.gro and n - i > 1:
                 count = self._run(i, n, &tf, &total, &partials)
                 if count > 1:

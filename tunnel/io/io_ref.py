@@ -86,6 +86,25 @@ caller's buffer is never written). In a coalesced run it simply joins (the super
 checksum is partial). :attr:`TunBatch.csum_partial` counts such packets written. A checksum
 that is neither right nor partial is written as it is (the stack drops it).
 
+Oversized frames (:attr:`TunBatch.mtu`, the IP MTU, 0 = no limit, set by the owner when the
+device's MTU changes; ValueError if negative): on write, a frame whose IP packet is longer than
+``mtu`` (a kernel vxlan peer's TSO super-packet that arrived in one VXLAN datagram) is never
+written as one oversized frame, which a bridge behind a TAP would drop. A TCP packet
+(IPv4 without fragmentation, IPv6 with TCP as the first next header, IP length = frame length
+- ``l2``) whose TCP checksum is right or partial goes, with the virtio-net header, as one GSO
+super-frame (TCPV4/TCPV6, +ECN if CWR is set, as the kernel's tcp_gro_complete marks it;
+gso_size = ``mtu`` - IP - TCP headers; NEEDS_CSUM with csum_start/csum_offset counting the link
+header and the checksum field set to the whole packet's pseudo-header sum; hdr_len = link + IP
++ TCP headers) for the kernel to segment, and without it is cut here into frames of at most
+``mtu`` IP bytes (:func:`segment_ref.cut_segment`, the TUN read's TSO split: full checksums,
+FIN/PSH on the last, CWR on the first), each behind a copy of the link header; it counts as one
+packet written, and :attr:`TunBatch.tso_frames` counts such frames (a partial checksum among
+them also counts in ``csum_partial`` with ``verify``). A TCP packet whose checksum is neither
+right nor partial is written as it is (the stack drops it). Any other oversized frame (not TCP,
+malformed, or too small an MTU for its headers) is dropped and counted as ``write:oversized``.
+Such a frame never starts a coalesced run (and nothing larger than a run's first segment joins
+one).
+
 Read errors other than EAGAIN/EINTR raise OSError when nothing was read yet (else the batch
 ends and the next call meets the error); write errors that mean the device is gone (EBADFD,
 EBADF, EIO, ENXIO, ENODEV) raise OSError. Single-threaded: one event loop owns an object.
@@ -95,6 +114,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import operator
 import os
 import socket
 import struct
@@ -127,6 +147,8 @@ from tunnel.io.segment_ref import (
     super_header,
     tcp_checksum_partial,
     tcp_info,
+    tso_frame,
+    tso_header,
 )
 from tunnel.io.segment_ref import complete_checksum as complete_checksum
 
@@ -479,6 +501,8 @@ class TunBatch:
         self.errors: dict[str, int] = {}
         self.super_packets = 0  # GSO super-packets cut so far (a statistic)
         self.csum_partial = 0  # partial checksums delivered (verify only; a statistic)
+        self.tso_frames = 0  # oversized TCP frames written as GSO or cut (a statistic)
+        self._mtu = 0
         self._work: _Super | None = None
         self._link = b""  # the link header of the super-frame being cut
         self._header = bytearray(VNET_HDR_LEN)
@@ -493,6 +517,18 @@ class TunBatch:
         if work is None:
             return 0
         return -(-(len(work.packet) - work.next_offset) // work.mss)
+
+    @property
+    def mtu(self) -> int:
+        """The IP MTU frames written to the device must fit (0: no limit; see module doc)."""
+        return self._mtu
+
+    @mtu.setter
+    def mtu(self, value: int) -> None:
+        value = operator.index(value)
+        if value < 0:
+            raise ValueError("mtu must be >= 0")
+        self._mtu = value
 
     @property
     def needed(self) -> int:
@@ -636,6 +672,45 @@ class TunBatch:
             for view in packets:  # unpin now, even if write raised (a traceback keeps the list)
                 view.release()
 
+    def _write_big(self, frame: Buffer) -> int:
+        """Write a frame whose IP packet exceeds the MTU (see module doc); returns 1 if it
+        went, 0 if it was dropped (not TCP: ``write:oversized``) or refused."""
+        l2 = self.l2
+        kind, work, partial = (0, None, False)
+        if l3_offset(frame, l2) >= 0:
+            kind, work, partial = tso_frame(memoryview(frame)[l2:], self._mtu)
+        if kind == 0 or work is None:
+            self._count("write:oversized")
+            return 0
+        try:
+            if kind == 2:
+                if self.vnet_hdr:
+                    os.writev(self.fd, [_ZERO_VNET, frame])
+                else:
+                    os.write(self.fd, frame)
+            elif self.vnet_hdr:
+                vnet, header = tso_header(frame, l2, work)
+                os.writev(self.fd, [vnet, header, memoryview(frame)[l2 + work.header:]])
+            else:  # cut here into MTU-sized frames (full checksums), behind the link header
+                link = bytes(frame[:l2])
+                out = bytearray(SUPER_PACKET)
+                while work.next_offset < len(work.packet):
+                    size = cut_segment(work, out)
+                    if size == 0:  # cannot happen (a segment is at most the packet): never loop
+                        self._count("write:oversized")
+                        return 0
+                    os.write(self.fd, link + bytes(out[:size]))
+        except OSError as exc:
+            if exc.errno in TUN_GONE:
+                raise
+            self._count(f"write:{_errname(exc.errno)}")
+            return 0
+        if kind == 1:
+            self.tso_frames += 1
+            if self.verify:
+                self.csum_partial += partial
+        return 1
+
     def write(self, packets: Sequence[Buffer]) -> int:
         """Write each packet (behind a zeroed virtio-net header if on); returns how many went.
 
@@ -644,6 +719,10 @@ class TunBatch:
         index = 0
         total = len(packets)
         while index < total:
+            if self._mtu and len(packets[index]) > self.l2 + self._mtu:
+                written += self._write_big(packets[index])
+                index += 1
+                continue
             if self.gro and total - index > 1:
                 l2 = self.l2
                 count, size, tf = coalesce_run(packets, index, l2, self.verify)

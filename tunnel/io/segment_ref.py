@@ -222,6 +222,57 @@ def cut_segment(work: _Super, out: bytearray | memoryview) -> int:
     return size
 
 
+def tso_frame(packet: Buffer, mtu: int) -> tuple[int, _Super | None, bool]:
+    """``(kind, work, partial)`` for the IP packet of a frame larger than the MTU (the twin of
+    ``wgpy_tso_frame`` in ``_io.h``): kind 0 if it is not a TCP super-packet to cut into
+    segments of at most ``mtu`` bytes (IPv4 without fragmentation, or IPv6 with TCP as the first
+    next header, IP length exactly ``len(packet)``, room for payload in a segment); else
+    ``work`` (for :func:`cut_segment` / :func:`tso_header`), ``partial`` (the TCP checksum holds
+    the pseudo-header sum) and kind 1 if the checksum is right or partial, 2 if it is neither
+    (written as it is: integrity is never papered over)."""
+    size = len(packet)
+    if size < 20 or size > 65535:
+        return 0, None, False
+    version = packet[0] >> 4
+    if version == 4:
+        if (struct.unpack_from("!H", packet, 2)[0] != size
+                or struct.unpack_from("!H", packet, 6)[0] & 0x3FFF or packet[9] != 6):
+            return 0, None, False
+        kind = GSO_TCPV4
+    elif version == 6 and size >= 40:
+        if struct.unpack_from("!H", packet, 4)[0] + 40 != size or packet[6] != 6:
+            return 0, None, False
+        kind = GSO_TCPV6
+    else:
+        return 0, None, False
+    work = parse_super(bytes(packet), (0, kind, 0, 0, 0, 0), mtu)
+    if work is None:
+        return 0, None, False
+    found = checksum_partial(packet)
+    if found is not None and found[0] == work.l4:
+        return 1, work, True
+    info = TcpInfo(version, work.l4, work.header, size - work.header)
+    return (1 if tcp_checksum_ok(packet, info) else 2), work, False
+
+
+def tso_header(frame: Buffer, l2: int, work: _Super) -> tuple[bytes, bytearray]:
+    """``(virtio-net header, link + IP + TCP header)`` of the GSO super-frame for ``work`` (from
+    :func:`tso_frame`) behind ``frame``'s ``l2``-byte link header: TCPV4/TCPV6, +ECN if CWR is
+    set (as the kernel's tcp_gro_complete marks it), gso_size ``work.mss``, NEEDS_CSUM at the
+    TCP checksum, which gets the pseudo-header sum of the whole packet (the kernel's
+    segmentation adjusts it per segment)."""
+    packet = work.packet
+    l4 = work.l4
+    version = packet[0] >> 4
+    out = bytearray(frame[: l2 + work.header])
+    struct.pack_into("!H", out, l2 + l4 + 16, _pseudo_sum(packet, version, 6, len(packet) - l4))
+    kind = GSO_TCPV4 if version == 4 else GSO_TCPV6
+    if packet[l4 + 13] & 0x80:
+        kind |= GSO_ECN
+    vnet = _VNET.pack(VNET_F_NEEDS_CSUM, kind, l2 + work.header, work.mss, l2 + l4, 16)
+    return vnet, out
+
+
 class TcpInfo:
     """Where a plain TCP data segment's parts are (see :func:`tcp_info`)."""
 

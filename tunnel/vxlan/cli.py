@@ -215,8 +215,10 @@ def render_show(show: dict[str, Any]) -> str:
     )
     st = show["stats"]
     partial = show.get("rx_csum_partial")
+    tso = show.get("rx_tso_frames")
     lines.append(f"  rx: {st['rx_packets']} packets {st['rx_bytes']} bytes"
-                 + (f", {partial} partial checksums completed" if partial else ""))
+                 + (f", {partial} partial checksums completed" if partial else "")
+                 + (f", {tso} oversized TCP frames segmented" if tso else ""))
     lines.append(f"  tx: {st['tx_packets']} packets {st['tx_bytes']} bytes")
     lines.append(
         f"  fdb: {st['fdb_entries']} entries, learned {st['fdb_learned']} migrated "

@@ -25,7 +25,12 @@ virtio) leaves the inner TCP/UDP checksum holding only the pseudo-header sum
 (CHECKSUM_PARTIAL), and our UDP socket reads it so; ``verify=True`` recognizes exactly that
 value and hands the frame on partial (VIRTIO_NET_HDR_F_NEEDS_CSUM, or as part of a coalesced
 super-frame), or on the plain TAP finishes it in software; a checksum that is simply wrong is
-written as it is and the stack drops it. ``show`` counts them as ``rx_csum_partial``. On the
+written as it is and the stack drops it. ``show`` counts them as ``rx_csum_partial``.
+Oversized inner frames: a kernel peer relying on TSO can send a whole TCP super-packet (up to
+64 KiB) in one VXLAN datagram; ``TunBatch.mtu`` (kept equal to the TAP's MTU) makes the TAP
+batch write such a frame as a GSO super-frame (or, on a plain TAP, cut it to the MTU), so that
+a bridge behind the TAP forwards it; ``show`` counts them as ``rx_tso_frames``, and oversized
+frames that are not TCP are dropped as ``tap_oversized``. On the
 way out every inner checksum is complete: the TAP batch finishes NEEDS_CSUM frames and cuts
 super-frames with full checksums, and a plain TAP gets complete ones from the kernel (no
 checksum offload offered). What the kernel refused is logged and shown as ``offloads`` in ``show``;
@@ -56,7 +61,8 @@ references). An exception in a batch is logged and counted (``rx_exception``/``t
 and never stops the daemon. Shell-side drops join the engine's ``drops`` counter: ``tx_error``,
 ``tx_buffer_full``, ``rx_error``, ``device_down`` (TAP written while down), ``tap_write_error``,
 and with offloads ``tap_too_big``, ``tap_bad_gso``, ``tap_bad_csum``, ``tap_short`` (frames the
-TAP batch could not cut).
+TAP batch could not cut), ``tap_oversized`` (received frames larger than the MTU that are not
+TCP).
 """
 
 from __future__ import annotations
@@ -168,6 +174,7 @@ class VxlanDaemon:
             if lower_mtu:
                 set_mtu(name, tap_mtu(lower_mtu, cfg.ipv6))
             self.mtu = get_mtu(name)
+            self._set_tap_mtu()
             self._size_tx_buffers()
             own_mac = get_hwaddr(name)
         except (OSError, ValueError) as exc:
@@ -365,7 +372,15 @@ class VxlanDaemon:
             if mtu != self.mtu:
                 log.info("%s: MTU %d -> %d", self.name, self.mtu, mtu)
                 self.mtu = mtu
+                self._set_tap_mtu()
                 self._size_tx_buffers()
+
+    def _set_tap_mtu(self) -> None:
+        """Tell the TAP batch the MTU: a received frame larger than it (a kernel peer's TSO
+        super-packet in one VXLAN datagram) is written as a GSO super-frame or cut to the MTU
+        (``TunBatch.mtu``), so that a bridge behind the TAP does not drop it."""
+        if self.tap_io is not None:
+            self.tap_io.mtu = self.mtu
 
     def _size_tx_buffers(self) -> None:
         """Transmit slots: one frame of the TAP's MTU behind the headroom (super-frames are cut
@@ -498,6 +513,8 @@ class VxlanDaemon:
         for name in list(errors):
             if name.startswith("read:"):
                 reason = "tap_" + name[5:]
+            elif name == "write:oversized":
+                reason = "tap_oversized"
             elif name in ("EIO", "write:EIO"):
                 reason = "device_down"
             else:
@@ -519,6 +536,7 @@ class VxlanDaemon:
             "offloads": self.offloads,
             "source_port": self.sender.source_port if self.sender else None,
             "rx_csum_partial": self.tap_io.csum_partial if self.tap_io is not None else 0,
+            "rx_tso_frames": self.tap_io.tso_frames if self.tap_io is not None else 0,
         }
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

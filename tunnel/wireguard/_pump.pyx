@@ -19,6 +19,12 @@ cdef object _SENT = SENT
 cdef object _RECEIVED = RECEIVED
 
 
+cdef inline Py_ssize_t _check_headroom(Py_ssize_t value) except -1:
+    if value < 0:
+        raise ValueError("headroom must be >= 0")
+    return value
+
+
 cdef inline double _monotonic() noexcept nogil:
     # The clock of Python's time.monotonic(), which the rest of the shell reads.
     cdef timespec ts
@@ -72,7 +78,7 @@ cdef class Outbound:
     cdef public object udp6
     cdef public Journal journal
     cdef public object after
-    cdef public Py_ssize_t headroom
+    cdef Py_ssize_t _headroom
     cdef public list tun_bufs
     cdef public list tun_lengths
     cdef public object too_big_seen
@@ -89,7 +95,7 @@ cdef class Outbound:
         self.udp6 = udp6
         self.journal = journal
         self.after = after
-        self.headroom = headroom
+        self._headroom = _check_headroom(headroom)
         self.tun_bufs = []
         self.tun_lengths = []
         self.too_big_seen = 0
@@ -99,6 +105,15 @@ cdef class Outbound:
         self.lane = None
         self.sealed = 0
 
+    @property
+    def headroom(self):
+        """Where packets start in a slot (an int >= 0: ValueError if negative)."""
+        return self._headroom
+
+    @headroom.setter
+    def headroom(self, Py_ssize_t value):
+        self._headroom = _check_headroom(value)
+
     def on_readable(self):
         """The event loop's callback for the TUN fd: one run; journal it if settled, else
         ``after(count, error)``."""
@@ -106,7 +121,7 @@ cdef class Outbound:
         error = None
         self.now = _monotonic()
         try:
-            count = self.run(self.tun_bufs, self.tun_lengths, self.headroom, self.device.mtu, self.now)
+            count = self.run(self.tun_bufs, self.tun_lengths, self._headroom, self.device.mtu, self.now)
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
         if error is None and self.settled(count) and self.journal.open():
@@ -167,7 +182,7 @@ cdef class Inbound:
     cdef public object tun
     cdef public Outbound outbound
     cdef public object after
-    cdef public Py_ssize_t headroom
+    cdef Py_ssize_t _headroom
     cdef public list udp_bufs
     cdef public list udp_lengths
     cdef public list udp_sources
@@ -192,7 +207,7 @@ cdef class Inbound:
         self.tun = tun
         self.outbound = outbound
         self.after = after
-        self.headroom = headroom
+        self._headroom = _check_headroom(headroom)
         self.udp_bufs = []
         self.udp_lengths = []
         self.udp_sources = []
@@ -212,6 +227,15 @@ cdef class Inbound:
         self.replied = 0
         self.reply_error = None
 
+    @property
+    def headroom(self):
+        """Where packets start in a slot (an int >= 0: ValueError if negative)."""
+        return self._headroom
+
+    @headroom.setter
+    def headroom(self, Py_ssize_t value):
+        self._headroom = _check_headroom(value)
+
     def on_readable(self, sock, udp):
         """The event loop's callback for a UDP fd: one run, the outbound run if packets were
         written, then the journal if both are settled, else ``after(sock, count, error)``."""
@@ -229,7 +253,7 @@ cdef class Inbound:
         if self.written and error is None:
             self.answered = True
             try:
-                self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound.headroom,
+                self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound._headroom,
                                             self.device.mtu, self.now)
             except Exception as exc:
                 self.reply_error = exc
@@ -286,11 +310,11 @@ cdef class Inbound:
             if len(self.verdicts) < n:
                 self.verdicts = bytearray(n)
             delivered, keepalives, invalid, disallowed = datapath.accept_slots(
-                device.routes(), keypair.peer.slot, bufs, lengths, results, self.headroom, self.verdicts)
+                device.routes(), keypair.peer.slot, bufs, lengths, results, self._headroom, self.verdicts)
             self.accepted = (keepalives, invalid, disallowed)
             if delivered:
                 try:
-                    self.written = self.tun.write_slots(bufs, lengths, self.headroom, self.verdicts, n)
+                    self.written = self.tun.write_slots(bufs, lengths, self._headroom, self.verdicts, n)
                 except OSError as exc:
                     self.write_error = exc
         return n

@@ -37,10 +37,20 @@ datagram lengths, :attr:`Outbound.sealed` of them) and handed to the UDP batch I
 :meth:`Inbound.run` likewise; see :class:`Inbound`. TUN read errors (OSError) propagate before
 anything else happens; send failures are counted by the UDP batch I/O as for any send.
 Single-threaded (the event loop's thread); buffers are only borrowed.
+
+Arguments (both twins, the same errors): ``headroom`` (constructors, and the ``headroom``
+attribute) is an int >= 0 (TypeError if not an int, ValueError if negative); ``delay`` and
+``now`` are real numbers and ``mtu``/``count`` ints (TypeError); the batch lists given to
+``run`` (``bufs``, ``lengths``, ``sources``) are lists (TypeError for any other type, None
+included); ``journal`` is this module's :class:`Journal` and ``outbound`` this module's
+:class:`Outbound` (TypeError otherwise, None included); a journal record is a tuple (or None).
+Short lists and a negative ``headroom`` or ``mtu`` given to ``run`` are refused by the batch
+I/O (ValueError) before anything is read.
 """
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +64,30 @@ JOURNAL_LIMIT = 64  # records; a full journal makes the next batch go to ``after
 Record = tuple[Any, ...]
 
 
+def _exact(value: Any, kind: type, name: str, none_ok: bool = False) -> None:
+    """TypeError unless ``value`` is exactly a ``kind`` (or None with ``none_ok``), as the
+    Cython twin's typed arguments say."""
+    if type(value) is not kind and not (none_ok and value is None):
+        raise TypeError(f"Argument '{name}' has incorrect type (expected {kind.__name__}, "
+                        f"got {type(value).__name__})")
+
+
+def _real(value: Any) -> float:
+    """``value`` as a float; TypeError if it is not a real number (as a C double argument)."""
+    kind = type(value)
+    if not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
+        raise TypeError(f"must be real number, not {kind.__name__}")
+    return float(value)
+
+
+def _headroom(value: Any) -> int:
+    """A headroom: an int >= 0 (TypeError, ValueError)."""
+    value = operator.index(value)
+    if value < 0:
+        raise ValueError("headroom must be >= 0")
+    return int(value)
+
+
 class Journal:
     """Records of settled lane batches, applied by ``flush`` (the interface) in order.
 
@@ -63,12 +97,13 @@ class Journal:
 
     def __init__(self, delay: float, flush: Callable[[], None]) -> None:
         self.loop: Any = None
-        self.delay = delay
+        self.delay = _real(delay)
         self.flush = flush
         self.records: list[Record] = []
         self.armed = False
 
     def add(self, record: Record) -> None:
+        _exact(record, tuple, "record", none_ok=True)
         self.records.append(record)
         if not self.armed:
             self.armed = True
@@ -101,13 +136,14 @@ class Outbound:
 
     def __init__(self, device: Any, tun: Any, udp4: Any, udp6: Any, journal: Journal,
                  after: Callable[[int, Exception | None], None], headroom: int) -> None:
+        _exact(journal, Journal, "journal")
+        self._headroom = _headroom(headroom)
         self.device = device
         self.tun = tun
         self.udp4 = udp4
         self.udp6 = udp6
         self.journal = journal
         self.after = after
-        self.headroom = headroom
         self.tun_bufs: list[bytearray] = []
         self.tun_lengths: list[int] = []
         self.too_big_seen = 0
@@ -117,6 +153,15 @@ class Outbound:
         self.lane: tuple[Peer, Keypair] | None = None
         self.sealed = 0
 
+    @property
+    def headroom(self) -> int:
+        """Where packets start in a slot (an int >= 0: ValueError if negative)."""
+        return self._headroom
+
+    @headroom.setter
+    def headroom(self, value: int) -> None:
+        self._headroom = _headroom(value)
+
     def on_readable(self) -> None:
         """The event loop's callback for the TUN fd: one :meth:`run`; journal it if settled,
         else ``after``."""
@@ -124,7 +169,7 @@ class Outbound:
         count = 0
         error: Exception | None = None
         try:
-            count = self.run(self.tun_bufs, self.tun_lengths, self.headroom, self.device.mtu, now)
+            count = self.run(self.tun_bufs, self.tun_lengths, self._headroom, self.device.mtu, now)
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
         if error is None and self.settled(count) and self.journal.open():
@@ -134,6 +179,7 @@ class Outbound:
 
     def settled(self, count: int) -> bool:
         """Whether the last :meth:`run` left nothing for the interface but the journal record."""
+        count = operator.index(count)
         tun = self.tun
         if count >= len(self.tun_bufs) or tun.pending or tun.needed:
             return False
@@ -143,12 +189,16 @@ class Outbound:
 
     def record(self, count: int) -> None:
         """Journal the last run's lane batch (nothing for an empty read)."""
+        count = operator.index(count)
         if count and self.lane is not None:
             peer, keypair = self.lane
             self.journal.add((SENT, peer, keypair, sum(self.lengths), self.now))
 
     def run(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int, now: float) -> int:
         """Read one batch and, when the device grants its fast lane, seal and send it."""
+        _exact(bufs, list, "bufs")
+        _exact(lengths, list, "lengths")
+        headroom, mtu, now = operator.index(headroom), operator.index(mtu), _real(now)
         self.lane = None
         self.sealed = 0
         n: int = self.tun.read(bufs, lengths, headroom, mtu)
@@ -193,11 +243,12 @@ class Inbound:
 
     def __init__(self, device: Any, tun: Any, outbound: Outbound,
                  after: Callable[[Any, int, Exception | None], None], headroom: int) -> None:
+        _exact(outbound, Outbound, "outbound")
+        self._headroom = _headroom(headroom)
         self.device = device
         self.tun = tun
         self.outbound = outbound
         self.after = after
-        self.headroom = headroom
         self.udp_bufs: list[bytearray] = []
         self.udp_lengths: list[int] = []
         self.udp_sources: list[Any] = []
@@ -217,6 +268,15 @@ class Inbound:
         self.replied = 0
         self.reply_error: Exception | None = None
 
+    @property
+    def headroom(self) -> int:
+        """Where packets start in a slot (an int >= 0: ValueError if negative)."""
+        return self._headroom
+
+    @headroom.setter
+    def headroom(self, value: int) -> None:
+        self._headroom = _headroom(value)
+
     def on_readable(self, sock: Any, udp: Any) -> None:
         """The event loop's callback for a UDP fd (``sock`` the interface's socket, ``udp`` its
         UdpBatch): one :meth:`run`, the outbound run if packets were written, then the journal
@@ -235,7 +295,7 @@ class Inbound:
         if self.written and error is None:
             self.answered = True
             try:
-                self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound.headroom,
+                self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound._headroom,
                                             self.device.mtu, now)
             except Exception as exc:
                 self.reply_error = exc
@@ -252,6 +312,7 @@ class Inbound:
 
     def settled(self, count: int, udp: Any) -> bool:
         """Whether the last :meth:`run` left nothing for the interface but the journal record."""
+        count = operator.index(count)
         if udp.pending:
             return False
         if count == 0:
@@ -262,6 +323,10 @@ class Inbound:
 
     def run(self, udp: Any, bufs: list[bytearray], lengths: list[int], sources: list[Any], now: float) -> int:
         """Receive one batch and, when the device grants the inbound lane, open and deliver it."""
+        _exact(bufs, list, "bufs")
+        _exact(lengths, list, "lengths")
+        _exact(sources, list, "sources")
+        now = _real(now)
         self.keypair = None
         self.written = 0
         self.write_error = None
@@ -285,11 +350,11 @@ class Inbound:
             if len(self.verdicts) < n:
                 self.verdicts = bytearray(n)
             delivered, keepalives, invalid, disallowed = datapath.accept_slots(
-                device.routes(), keypair.peer.slot, bufs, lengths, results, self.headroom, self.verdicts)
+                device.routes(), keypair.peer.slot, bufs, lengths, results, self._headroom, self.verdicts)
             self.accepted = (keepalives, invalid, disallowed)
             if delivered:
                 try:
-                    self.written = self.tun.write_slots(bufs, lengths, self.headroom, self.verdicts, n)
+                    self.written = self.tun.write_slots(bufs, lengths, self._headroom, self.verdicts, n)
                 except OSError as exc:
                     self.write_error = exc
         return n
