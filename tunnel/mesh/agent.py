@@ -48,9 +48,9 @@ from tunnel.mesh.record import (
     Claim,
     Node,
     NodeRecord,
+    RecordCache,
     RecordError,
     View,
-    build_view,
     decode_key,
     encode_key,
     format_endpoint,
@@ -86,6 +86,8 @@ class AgentOptions:
     listen_port: int | None = None  # None: the network config's port
     interval: float = 10.0  # periodic reconcile
     resync: float = 60.0  # periodic full re-list
+    coalesce: float = 0.05  # minimum spacing of watch-driven reconciles (seconds)
+    duty: float = 0.005  # ... stretched so that planning takes at most this share of the time
     state_dir: Path | None = None  # None: no state file
     wall: Callable[[], float] = field(default=time.time)
     rng: random.Random = field(default_factory=random.Random)
@@ -105,8 +107,7 @@ class Agent:
         self.installed = Installed()
         self.view = View()
         self.joined = asyncio.Event()  # set once the record is published
-        self._claims: dict[str, bytes] = {}
-        self._records: dict[str, tuple[bytes, int]] = {}
+        self.cache: RecordCache | None = None  # made once the config is read
         self._seen: dict[bytes, tuple[int, float]] = {}
         self._rejected: dict[str, tuple[str, bytes]] = {}
         self._claim_revision = 0
@@ -114,6 +115,8 @@ class Agent:
         self._restart = asyncio.Event()
         self._restart_reason = ""
         self._reconcile_lock = asyncio.Lock()
+        self._wanted = asyncio.Event()  # a watch batch arrived: reconcile (coalesced)
+        self._plan_seconds = 0.0  # CPU time of the last reconcile's planning (view + plan)
         self._stopping = False
 
     # -- helpers -------------------------------------------------------------------------------
@@ -159,6 +162,10 @@ class Agent:
         if config.mode == "l2":
             raise MeshError(L2_REFUSED)
         self.config = config
+        if self.cache is None:
+            self.cache = RecordCache(config)
+        else:
+            self.cache.set_config(config)
         return config
 
     async def claim(self) -> IPNetwork:
@@ -300,7 +307,7 @@ class Agent:
             stopping.cancel()
             joining.result()
             tasks = [asyncio.ensure_future(loop()) for loop in (self._keepalive_loop, self._watch_loop,
-                                                               self._periodic_loop)]
+                                                               self._periodic_loop, self._reconcile_loop)]
             await stop.wait()
         finally:
             self._stopping = True
@@ -419,32 +426,56 @@ class Agent:
             for event in batch.events:
                 self._event(event.kind, event.key, event.value, event.mod_revision)
             self.revision = batch.revision
+            self._wanted.set()
+
+    async def _reconcile_loop(self) -> None:
+        """Reconcile after watch batches, coalesced.
+
+        The first batch after a quiet spell is reconciled at once; batches arriving in the window
+        after it are folded into one reconcile at the window's end. The window is ``coalesce``
+        seconds, stretched to ``plan time / duty`` (capped at 5 s), so that during a storm (a few
+        hundred nodes joining) the O(nodes) planning takes at most ``duty`` of the agent's time
+        and each batch costs only O(changed) parses (the cache).
+        """
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
             await self.reconcile_now()
+            await asyncio.sleep(min(max(self.options.coalesce, self._plan_seconds / self.options.duty), 5.0))
 
     # -- the cache of store values -------------------------------------------------------------
 
     def _load(self, kvs: list[KeyValue]) -> None:
-        self._claims.clear()
-        self._records.clear()
+        """A full listing replaces the cache (keys absent from it are forgotten)."""
+        assert self.cache is not None
+        claims: dict[str, tuple[bytes, int]] = {}
+        records: dict[str, tuple[bytes, int]] = {}
         for kv in kvs:
-            self._event("put", kv.key, kv.value, kv.mod_revision)
+            if kv.key == self.keys.config:
+                self._config_changed(kv.value)
+            elif kv.key.startswith(self.keys.claims):
+                claims[kv.key[len(self.keys.claims):]] = (kv.value, kv.mod_revision)
+            elif kv.key.startswith(self.keys.nodes):
+                records[kv.key[len(self.keys.nodes):]] = (kv.value, kv.mod_revision)
+        self.cache.load(claims, records)
 
     def _event(self, kind: str, key: str, value: bytes, revision: int) -> None:
+        assert self.cache is not None
         if key == self.keys.config:
             if kind == "put":
                 self._config_changed(value)
         elif key.startswith(self.keys.claims):
             token = key[len(self.keys.claims):]
             if kind == "put":
-                self._claims[token] = value
+                self.cache.put_claim(token, value, revision)
             else:
-                self._claims.pop(token, None)
+                self.cache.delete_claim(token)
         elif key.startswith(self.keys.nodes):
             token = key[len(self.keys.nodes):]
             if kind == "put":
-                self._records[token] = (value, revision)
+                self.cache.put_record(token, value, revision)
             else:
-                self._records.pop(token, None)
+                self.cache.delete_record(token)
 
     def _config_changed(self, value: bytes) -> None:
         assert self.config is not None
@@ -458,6 +489,8 @@ class Agent:
                       "restart the agent to apply it (keeping the old one)", self.options.iface)
             return
         self.config = new
+        if self.cache is not None:
+            self.cache.set_config(new)
 
     # -- reconciling ---------------------------------------------------------------------------
 
@@ -466,7 +499,9 @@ class Agent:
         async with self._reconcile_lock:
             assert self.config is not None
             now = self.options.wall()
-            view = build_view(self.config, self._claims, self._records)
+            started = time.perf_counter()
+            assert self.cache is not None
+            view = self.cache.view()
             self._count_rejects(view)
             for key, node in list(view.nodes.items()):
                 seen = self._seen.get(key)
@@ -478,9 +513,12 @@ class Agent:
                 del self._seen[key]
             self.view = view
             self.counters.nodes_alive = len(view.nodes)
+            viewed = time.perf_counter()
             try:
                 observed = await self.backend.observe()
+                planning = time.perf_counter()
                 plan = reconcile(view.nodes, self.installed, observed, now, self.keepalive, self.options.public_key)
+                self._plan_seconds = (viewed - started) + (time.perf_counter() - planning)
                 if plan.actions:
                     done = await self.backend.apply(plan)
                     self.installed = apply_partial(self.installed, plan, done)
@@ -496,17 +534,24 @@ class Agent:
             self.write_state()
 
     def _count_rejects(self, view: View) -> None:
+        """Count each rejected value once (again only if its value or reason changes)."""
+        assert self.cache is not None
         current: dict[str, tuple[str, bytes]] = {}
         for key, reason in view.rejects.items():
             if key.startswith("claims/"):
-                raw = self._claims.get(key[len("claims/"):], b"")
+                raw = self.cache.claim_raw(key[len("claims/"):])
             else:
-                raw = self._records.get(key[len("nodes/"):], (b"", 0))[0]
+                raw = self.cache.record_raw(key[len("nodes/"):])
             current[key] = (reason, raw)
             if self._rejected.get(key) != (reason, raw):
                 self.counters.hostile_records[reason] += 1
                 log.warning("%s: ignoring %s%s: %s", self.options.iface, self.keys.prefix, key, reason)
         self._rejected = current
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The counters as plain data (for ``tunnel.metrics.mesh``; call on the agent's loop)."""
+        return {"interface": self.options.iface, "network": self.options.network, "joined": self.joined.is_set(),
+                "counters": self.counters.as_dict()}
 
     # -- the state file ------------------------------------------------------------------------
 
