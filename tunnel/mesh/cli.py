@@ -8,7 +8,8 @@ config is refused unless ``--force`` (an identical one is accepted as is).
 [--key-file PATH] [--listen-port PORT] [--state-dir DIR] [--metrics ADDR:PORT]`` runs the agent in
 the foreground until SIGTERM/SIGINT (see :mod:`tunnel.mesh.agent`). With ``--metrics`` (or
 ``WGPY_METRICS=ADDR:PORT``) it serves Prometheus metrics (``tunnel.metrics.mesh``) on
-``http://ADDR:PORT/metrics``; a busy port is an error before joining. The private key is read from ``--key-file``
+``http://ADDR:PORT/metrics``; a busy port is an error before joining. The interface daemon
+the agent starts serves no metrics of its own (``WGPY_METRICS`` is taken out of its environment). The private key is read from ``--key-file``
 (default ``/var/lib/wg-py/mesh/IFACE.key``), created 0600 if absent, refused if group- or
 world-accessible; it never enters the store.
 
@@ -298,6 +299,10 @@ def _join(args: argparse.Namespace) -> int:
         server = open_server(args.metrics)
     except MetricsError as exc:
         raise ConfigError(str(exc)) from None
+    if server is not None and not args.metrics:
+        # WGPY_METRICS named the agent's address: the interface daemon the agent starts must not
+        # try to serve on it too (it would fail: the port is the agent's)
+        os.environ.pop("WGPY_METRICS", None)
     try:
         return asyncio.run(_run_agent(args, options, server))
     finally:
