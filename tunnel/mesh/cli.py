@@ -9,9 +9,10 @@ config is refused unless ``--force`` (an identical one is accepted as is).
 the foreground until SIGTERM/SIGINT (see :mod:`tunnel.mesh.agent`). With ``--metrics`` (or
 ``WGPY_METRICS=ADDR:PORT``) it serves Prometheus metrics (``tunnel.metrics.mesh``) on
 ``http://ADDR:PORT/metrics``; a busy port is an error before joining. The interface daemon
-the agent starts serves no metrics of its own (``WGPY_METRICS`` is taken out of its environment). The private key is read from ``--key-file``
-(default ``/var/lib/wg-py/mesh/IFACE.key``), created 0600 if absent, refused if group- or
-world-accessible; it never enters the store.
+the agent starts serves no metrics of its own (``WGPY_METRICS`` is taken out of its
+environment). The private key is read from ``--key-file`` (default
+``/var/lib/wg-py/mesh/IFACE.key``), created 0600 if absent, refused if group- or world-accessible;
+it never enters the store.
 
 ``wg-py mesh status NETWORK [--json]`` lists the network's nodes from the store: each live node
 and each claim whose node is not live (``alive: false``); with ``--json`` also the rejected keys
