@@ -42,6 +42,10 @@ def test_a_changed_record_with_a_new_revision_is_parsed_again() -> None:
     first = cache.view()
     assert set(first.nodes) == {K[1], K[2]} and cache.parses == 4
     assert cache.view().nodes == first.nodes and cache.parses == 4  # nothing changed: nothing parsed
+    generation = cache.generation
+    cache.put_record(key_token(K[1]), record(K[1], "10.50.1.0/24"), revision=11)  # a re-delivered event
+    cache.delete_record(key_token(K[7]))  # never there
+    assert cache.generation == generation and cache.parses == 4
     # node 2 re-announces from elsewhere: only its record is parsed again, and the view shows it
     cache.put_record(key_token(K[2]), record(K[2], "10.50.2.0/24", "198.51.100.7:4000"), revision=20)
     view = cache.view()

@@ -108,7 +108,8 @@ class Agent:
         self.view = View()
         self.joined = asyncio.Event()  # set once the record is published
         self.cache: RecordCache | None = None  # made once the config is read
-        self._seen: dict[bytes, tuple[int, float]] = {}
+        self._seen: dict[bytes, tuple[int, Node]] = {}  # key -> (revision, the node with its seen_at)
+        self._view_generation = -1  # the cache generation self.view was built from
         self._rejected: dict[str, tuple[str, bytes]] = {}
         self._claim_revision = 0
         self._claim_renewed = 0.0
@@ -173,6 +174,7 @@ class Agent:
         config = self.config
         assert config is not None
         me = self.options.public_key
+        parsed: dict[str, tuple[int, Claim | None]] = {}  # token -> (mod_revision, claim); retries reparse changes only
         for _attempt in range(64):
             kvs, _ = await self.store.list(self.keys.claims)
             taken: set[IPNetwork] = set()
@@ -180,13 +182,20 @@ class Agent:
             valid: list[tuple[Claim, KeyValue]] = []
             for kv in kvs:
                 token = kv.key[len(self.keys.claims):]
-                try:
-                    claim = parse_claim(token, kv.value, config)
-                except ValueError:
+                memo = parsed.get(token)
+                if memo is None or memo[0] != kv.mod_revision:
+                    try:
+                        memo = (kv.mod_revision, parse_claim(token, kv.value, config))
+                    except ValueError:
+                        memo = (kv.mod_revision, None)
+                    parsed[token] = memo
+                claim_or_none = memo[1]
+                if claim_or_none is None:
                     broken = parse_subnet_token(token)
                     if broken is not None:
                         taken.add(broken)
                     continue
+                claim = claim_or_none
                 taken.add(claim.subnet)
                 valid.append((claim, kv))
                 if claim.public_key == me:
@@ -501,17 +510,20 @@ class Agent:
             now = self.options.wall()
             started = time.perf_counter()
             assert self.cache is not None
-            view = self.cache.view()
-            self._count_rejects(view)
-            for key, node in list(view.nodes.items()):
-                seen = self._seen.get(key)
-                if seen is None or seen[0] != node.revision:
-                    seen = (node.revision, now)
-                    self._seen[key] = seen
-                view.nodes[key] = _with_seen(node, seen[1])
-            for key in set(self._seen) - set(view.nodes):
-                del self._seen[key]
-            self.view = view
+            if self.cache.generation != self._view_generation:  # else: nothing changed, keep the view
+                self._view_generation = self.cache.generation
+                view = self.cache.view()
+                self._count_rejects(view)
+                for key, node in list(view.nodes.items()):
+                    seen = self._seen.get(key)
+                    if seen is None or seen[0] != node.revision:
+                        seen = (node.revision, _with_seen(node, now))
+                        self._seen[key] = seen
+                    view.nodes[key] = seen[1]  # same revision: the same record, the same node
+                for key in set(self._seen) - set(view.nodes):
+                    del self._seen[key]
+                self.view = view
+            view = self.view
             self.counters.nodes_alive = len(view.nodes)
             viewed = time.perf_counter()
             try:

@@ -308,7 +308,8 @@ class RecordCache:
     :func:`build_view` would return for the current raw values, parsing only the entries put
     since the last call (a value is parsed lazily, so a key put many times between two views is
     parsed once). A re-list that returns an entry at the revision already cached parses
-    nothing. ``parses`` counts the values parsed (for tests and benchmarks). The parse result
+    nothing. ``parses`` counts the values parsed (for tests and benchmarks); ``generation``
+    grows with every change (a caller may keep its last view while it is unchanged). The parse result
     depends on the config's network and subnet length only; a config differing in those empties
     the cache (the agent never switches them while running).
     """
@@ -316,6 +317,7 @@ class RecordCache:
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
         self.parses = 0
+        self.generation = 0
         # token -> (raw, revision, parsed or None until parsed); claims also the token's subnet
         self._claims: dict[str, tuple[bytes, int, Claim | RecordError | None]] = {}
         self._claim_subnets: dict[str, IPNetwork | None] = {}
@@ -325,12 +327,14 @@ class RecordCache:
         if (config.network, config.subnet_len) != (self.config.network, self.config.subnet_len):
             self._claims = {t: (raw, rev, None) for t, (raw, rev, _) in self._claims.items()}
             self._records = {t: (raw, rev, None) for t, (raw, rev, _) in self._records.items()}
+            self.generation += 1
         self.config = config
 
     def put_claim(self, token: str, raw: bytes, revision: int) -> None:
         old = self._claims.get(token)
         if old is None or old[1] != revision or old[0] != raw:
             self._claims[token] = (raw, revision, None)
+            self.generation += 1
         if token not in self._claim_subnets:
             self._claim_subnets[token] = parse_subnet_token(token)
 
@@ -338,18 +342,22 @@ class RecordCache:
         old = self._records.get(token)
         if old is None or old[1] != revision or old[0] != raw:
             self._records[token] = (raw, revision, None)
+            self.generation += 1
 
     def delete_claim(self, token: str) -> None:
-        self._claims.pop(token, None)
+        if self._claims.pop(token, None) is not None:
+            self.generation += 1
         self._claim_subnets.pop(token, None)
 
     def delete_record(self, token: str) -> None:
-        self._records.pop(token, None)
+        if self._records.pop(token, None) is not None:
+            self.generation += 1
 
     def load(self, claims: Mapping[str, tuple[bytes, int]], records: Mapping[str, tuple[bytes, int]]) -> None:
         """Replace everything with a full listing; entries at an unchanged revision keep their parse."""
         old_claims, old_records = self._claims, self._records
         self._claims, self._records = {}, {}
+        self.generation += 1
         for token, (raw, revision) in claims.items():
             old = old_claims.get(token)
             self._claims[token] = old if old is not None and old[:2] == (raw, revision) else (raw, revision, None)
