@@ -87,7 +87,8 @@ class AgentOptions:
     interval: float = 10.0  # periodic reconcile
     resync: float = 60.0  # periodic full re-list
     coalesce: float = 0.05  # minimum spacing of watch-driven reconciles (seconds)
-    duty: float = 0.005  # ... stretched so that planning takes at most this share of the time
+    duty: float = 0.01  # ... stretched so that planning takes at most this share of the time
+    coalesce_max: float = 1.0  # ... but never beyond this many seconds
     state_dir: Path | None = None  # None: no state file
     wall: Callable[[], float] = field(default=time.time)
     rng: random.Random = field(default_factory=random.Random)
@@ -442,7 +443,7 @@ class Agent:
 
         The first batch after a quiet spell is reconciled at once; batches arriving in the window
         after it are folded into one reconcile at the window's end. The window is ``coalesce``
-        seconds, stretched to ``plan time / duty`` (capped at 5 s), so that during a storm (a few
+        seconds, stretched to ``plan time / duty`` (at most ``coalesce_max``), so that during a storm (a few
         hundred nodes joining) the O(nodes) planning takes at most ``duty`` of the agent's time
         and each batch costs only O(changed) parses (the cache).
         """
@@ -450,7 +451,8 @@ class Agent:
             await self._wanted.wait()
             self._wanted.clear()
             await self.reconcile_now()
-            await asyncio.sleep(min(max(self.options.coalesce, self._plan_seconds / self.options.duty), 5.0))
+            window = max(self.options.coalesce, self._plan_seconds / self.options.duty)
+            await asyncio.sleep(min(window, self.options.coalesce_max))
 
     # -- the cache of store values -------------------------------------------------------------
 
