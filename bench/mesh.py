@@ -9,7 +9,9 @@
    (``wg show IFACE peers`` polled), against the target TTL + 2 s.
 3. N simulated agents in this process (the same Agent code, FakeBackend instead of an
    interface) against one etcd on loopback: all start at once (time to full convergence), then
-   one more joins (time until every agent has its peer).
+   one more joins (time until every agent has its peer). Also reported: CPU seconds of this
+   process and of etcd over each interval (independent of the machine's load), the leases
+   re-granted during the storm (0 when every keepalive made it), and ``/proc/loadavg``.
 """
 
 from __future__ import annotations
