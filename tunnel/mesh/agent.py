@@ -16,8 +16,10 @@ Life of an agent (:meth:`Agent.run`):
      again and the record re-put: the agent never exits because its lease was lost. The claim's
      ``renewed`` is refreshed every ``min(claim_grace/4, 1 h)``.
    * watch: list the prefix, reconcile, watch from the next revision and reconcile after each
-     batch. A compacted or lost watch, a recovered store and every ``resync`` seconds lead to a
-     full re-list (so deletes missed around a compaction are caught: etcd-io/etcd#18089).
+     batch (coalesced: see :meth:`Agent._reconcile_loop`; values are parsed once per
+     ``(key, mod_revision)`` by :class:`~tunnel.mesh.record.RecordCache`). A compacted or lost
+     watch, a recovered store and every ``resync`` seconds lead to a full re-list (so deletes
+     missed around a compaction are caught: etcd-io/etcd#18089).
    * a periodic reconcile every ``interval`` seconds (roaming timeouts, a drifted device).
 6. **Leave** (:meth:`Agent.leave`, on SIGTERM): revoke the lease (its record goes with it),
    take the interface down, remove the state file. The claim stays: the key comes back to it.
