@@ -9,7 +9,9 @@
    (``wg show IFACE peers`` polled), against the target TTL + 2 s.
 3. N simulated agents in this process (the same Agent code, FakeBackend instead of an
    interface) against one etcd on loopback: all start at once (time to full convergence), then
-   one more joins (time until every agent has its peer).
+   one more joins (time until every agent has its peer). Also reported: CPU seconds of this
+   process and of etcd over each interval (independent of the machine's load), the leases
+   re-granted during the storm (0 when every keepalive made it), and ``/proc/loadavg``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,7 +64,15 @@ def netns_part(ttl: int) -> dict[str, float]:
         return {"join_to_all_ping_s": join_s, "kill_to_removed_everywhere_s": removal_s}
 
 
-async def simulated(count: int, ttl: int, url: str) -> dict[str, float]:
+def cpu_of(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (None: this process)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def simulated(count: int, ttl: int, url: str, etcd_pid: int | None = None) -> dict[str, float]:
     store = EtcdStore(EtcdOptions((url,), timeout=30.0))
     config = NetworkConfig(ipaddress.ip_network("10.0.0.0/16"), 24)
     await store.put(Keys("sim").config, config.to_json().encode())
@@ -77,6 +88,7 @@ async def simulated(count: int, ttl: int, url: str) -> dict[str, float]:
 
     tasks = []
     start = time.monotonic()
+    cpu, etcd_cpu = cpu_of(None), cpu_of(etcd_pid) if etcd_pid else 0.0
     for i in range(count):
         agents.append(make(i))
         tasks.append(asyncio.ensure_future(agents[-1][0].run(agents[-1][2])))
@@ -85,18 +97,28 @@ async def simulated(count: int, ttl: int, url: str) -> dict[str, float]:
         if time.monotonic() - start > 600:
             raise RuntimeError("no convergence in 600 s")
     converge_s = time.monotonic() - start
+    converge_cpu = cpu_of(None) - cpu
+    converge_etcd = (cpu_of(etcd_pid) - etcd_cpu) if etcd_pid else 0.0
+    regrants = sum(a.counters.lease_regrants for a, _, _ in agents)
+    await asyncio.sleep(2.0)  # let the storm's last coalesced reconciles and keepalives settle
     extra = make(count)
     start = time.monotonic()
+    cpu, etcd_cpu = cpu_of(None), cpu_of(etcd_pid) if etcd_pid else 0.0
     tasks.append(asyncio.ensure_future(extra[0].run(extra[2])))
     await extra[0].joined.wait()
     key = extra[0].options.public_key
     while any(key not in b.peers for _, b, _ in agents):
         await asyncio.sleep(0.01)
     join_s = time.monotonic() - start
+    join_cpu = cpu_of(None) - cpu
+    join_etcd = (cpu_of(etcd_pid) - etcd_cpu) if etcd_pid else 0.0
     for _, _, stop in [*agents, extra]:
         stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {f"{count}_agents_start_to_converged_s": converge_s, f"join_visible_to_{count}_agents_s": join_s}
+    return {f"{count}_agents_start_to_converged_s": converge_s, f"{count}_agents_converge_agents_cpu_s": converge_cpu,
+            f"{count}_agents_converge_etcd_cpu_s": converge_etcd, f"{count}_agents_lease_regrants": regrants,
+            f"join_visible_to_{count}_agents_s": join_s, f"join_{count}_agents_cpu_s": join_cpu,
+            f"join_{count}_etcd_cpu_s": join_etcd}
 
 
 def simulated_part(count: int, ttl: int) -> dict[str, float]:
@@ -105,7 +127,8 @@ def simulated_part(count: int, ttl: int) -> dict[str, float]:
 
         etcd = Etcd(lab, None, "127.0.0.1", lab.path("etcd-sim"), port=23000 + (id(lab) % 500) * 2)
         etcd.start()
-        return asyncio.run(simulated(count, ttl, etcd.url))
+        pid = etcd.process.popen.pid if etcd.process is not None else None
+        return asyncio.run(simulated(count, ttl, etcd.url, pid))
 
 
 def main() -> int:
@@ -123,6 +146,7 @@ def main() -> int:
     results.update(sim)
     for name, value in sim.items():
         print(f"{name}: {value:.2f}")
+    print("loadavg:", Path("/proc/loadavg").read_text().strip())
     return 0
 
 

@@ -212,6 +212,14 @@ async def test_hostile_records_are_counted_and_change_nothing(clock: Clock) -> N
     assert a.peers() == {b.public}
     assert a.backend.peers[b.public].allowed_ips == (b.agent.subnet,)
     assert a.agent.counters.hostile_records["claim_mismatch"] == 1  # counted once, not per reconcile
+    # a full re-list (cached parses reused) and more watch traffic count nothing again
+    a.agent.restart_watch("test")
+    await until(lambda: a.agent.counters.watch_restarts["test"] == 1)
+    c = Node(store, 3, clock).start()
+    await until(lambda: a.peers() == {b.public, c.public})
+    assert a.agent.counters.hostile_records == {"claim_mismatch": 1, "bad_key": 1, "malformed_json": 1}
+    assert c.agent.counters.hostile_records == {"claim_mismatch": 1, "bad_key": 1, "malformed_json": 1}
+    await c.leave()
     await a.leave()
     await b.leave()
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.meshlab import HUB_ADDR, WAIT, MeshLab, converged, etcd_missing, wait_converged
 from tunnel.lab.netns import Lab, missing_requirements, wait_for
@@ -24,6 +26,7 @@ if _missing:
     pytestmark.append(pytest.mark.skip(reason=_missing))
 
 TTL = "4"
+METRICS = "127.0.0.1:9586"  # inside a node's namespace
 
 
 @pytest.fixture
@@ -48,15 +51,35 @@ def counters(m: MeshLab, index: int) -> dict[str, object]:
     return result
 
 
+def scrape(m: MeshLab, index: int) -> dict[tuple[str, str], float]:
+    """GET the agent's /metrics inside its namespace; (sample name, its reason/kind label) -> value."""
+    url = f"http://{METRICS}/metrics"
+    text = m.lab.run(m.nodes[index], [sys.executable, "-c", f"import urllib.request; "
+                                      f"print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"]).stdout
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("wgpy_mesh_"):
+                assert sample.labels["interface"] == m.ifaces[index] and sample.labels["network"] == m.network
+            out[(sample.name, sample.labels.get("reason", sample.labels.get("kind", "")))] = sample.value
+    return out
+
+
 def test_five_nodes_kill_restart_outage_compaction_hostile(mesh: MeshLab) -> None:
     m = mesh
     m.etcd.start()
     m.mesh("init", m.network, "10.60.0.0/16", "--subnet-len", "24")
     members = [1, 2, 3, 4, 5]
-    for i in members:
-        m.join(i, "--ttl", TTL)
+    for i in members:  # node1 serves metrics by option, node2 by environment (each in its namespace)
+        m.join(i, "--ttl", TTL, *(("--metrics", METRICS) if i == 1 else ()),
+               env={"WGPY_METRICS": METRICS} if i == 2 else None)
     wait_converged(m, members)
     all_ping(m, members)
+    for i in (1, 2):
+        scraped = scrape(m, i)
+        assert scraped[("wgpy_mesh_nodes_alive", "")] == 5 == counters(m, i)["nodes_alive"]
+        assert scraped[("wgpy_mesh_joined", "")] == 1
+        assert scraped[("process_open_fds", "")] > 0
     status = json.loads(m.mesh("status", m.network, "--json", "--state-dir", str(m.state_dir)))
     assert sorted(n["name"] for n in status["nodes"] if n["alive"]) == [f"node{i}" for i in members]
     assert len(status["local"]) == 5
@@ -73,6 +96,9 @@ def test_five_nodes_kill_restart_outage_compaction_hostile(mesh: MeshLab) -> Non
     m.etcd.etcdctl("put", prefix + evil_key.replace("x", "y"), "[]")
     assert wait_for(lambda: sum(counters(m, 1)["hostile_records"].values()) >= 3, WAIT, 0.2)  # type: ignore[attr-defined]
     assert counters(m, 1)["hostile_records"] == {"bad_key": 2, "claim_mismatch": 1}
+    scraped = scrape(m, 1)
+    assert {r: v for (name, r), v in scraped.items() if name == "wgpy_mesh_hostile_records_total"} == {
+        "bad_key": 2, "claim_mismatch": 1}
     allowed = m.lab.run(m.nodes[1], ["wg", "show", m.ifaces[1], "allowed-ips"]).stdout
     assert f"{m.key_of(2)}\t{state2['subnet']}" in allowed
     assert converged(m, members)

@@ -16,8 +16,10 @@ Life of an agent (:meth:`Agent.run`):
      again and the record re-put: the agent never exits because its lease was lost. The claim's
      ``renewed`` is refreshed every ``min(claim_grace/4, 1 h)``.
    * watch: list the prefix, reconcile, watch from the next revision and reconcile after each
-     batch. A compacted or lost watch, a recovered store and every ``resync`` seconds lead to a
-     full re-list (so deletes missed around a compaction are caught: etcd-io/etcd#18089).
+     batch (coalesced: see :meth:`Agent._reconcile_loop`; values are parsed once per
+     ``(key, mod_revision)`` by :class:`~tunnel.mesh.record.RecordCache`). A compacted or lost
+     watch, a recovered store and every ``resync`` seconds lead to a full re-list (so deletes
+     missed around a compaction are caught: etcd-io/etcd#18089).
    * a periodic reconcile every ``interval`` seconds (roaming timeouts, a drifted device).
 6. **Leave** (:meth:`Agent.leave`, on SIGTERM): revoke the lease (its record goes with it),
    take the interface down, remove the state file. The claim stays: the key comes back to it.
@@ -48,9 +50,9 @@ from tunnel.mesh.record import (
     Claim,
     Node,
     NodeRecord,
+    RecordCache,
     RecordError,
     View,
-    build_view,
     decode_key,
     encode_key,
     format_endpoint,
@@ -86,6 +88,9 @@ class AgentOptions:
     listen_port: int | None = None  # None: the network config's port
     interval: float = 10.0  # periodic reconcile
     resync: float = 60.0  # periodic full re-list
+    coalesce: float = 0.05  # minimum spacing of watch-driven reconciles (seconds)
+    duty: float = 0.01  # ... stretched so that planning takes at most this share of the time
+    coalesce_max: float = 1.0  # ... but never beyond this many seconds
     state_dir: Path | None = None  # None: no state file
     wall: Callable[[], float] = field(default=time.time)
     rng: random.Random = field(default_factory=random.Random)
@@ -105,15 +110,17 @@ class Agent:
         self.installed = Installed()
         self.view = View()
         self.joined = asyncio.Event()  # set once the record is published
-        self._claims: dict[str, bytes] = {}
-        self._records: dict[str, tuple[bytes, int]] = {}
-        self._seen: dict[bytes, tuple[int, float]] = {}
+        self.cache: RecordCache | None = None  # made once the config is read
+        self._seen: dict[bytes, tuple[int, Node]] = {}  # key -> (revision, the node with its seen_at)
+        self._view_generation = -1  # the cache generation self.view was built from
         self._rejected: dict[str, tuple[str, bytes]] = {}
         self._claim_revision = 0
         self._claim_renewed = 0.0
         self._restart = asyncio.Event()
         self._restart_reason = ""
         self._reconcile_lock = asyncio.Lock()
+        self._wanted = asyncio.Event()  # a watch batch arrived: reconcile (coalesced)
+        self._plan_seconds = 0.0  # CPU time of the last reconcile's planning (view + plan)
         self._stopping = False
 
     # -- helpers -------------------------------------------------------------------------------
@@ -159,6 +166,10 @@ class Agent:
         if config.mode == "l2":
             raise MeshError(L2_REFUSED)
         self.config = config
+        if self.cache is None:
+            self.cache = RecordCache(config)
+        else:
+            self.cache.set_config(config)
         return config
 
     async def claim(self) -> IPNetwork:
@@ -166,6 +177,7 @@ class Agent:
         config = self.config
         assert config is not None
         me = self.options.public_key
+        parsed: dict[str, tuple[int, Claim | None]] = {}  # token -> (mod_revision, claim); retries reparse changes only
         for _attempt in range(64):
             kvs, _ = await self.store.list(self.keys.claims)
             taken: set[IPNetwork] = set()
@@ -173,13 +185,20 @@ class Agent:
             valid: list[tuple[Claim, KeyValue]] = []
             for kv in kvs:
                 token = kv.key[len(self.keys.claims):]
-                try:
-                    claim = parse_claim(token, kv.value, config)
-                except ValueError:
+                memo = parsed.get(token)
+                if memo is None or memo[0] != kv.mod_revision:
+                    try:
+                        memo = (kv.mod_revision, parse_claim(token, kv.value, config))
+                    except ValueError:
+                        memo = (kv.mod_revision, None)
+                    parsed[token] = memo
+                claim_or_none = memo[1]
+                if claim_or_none is None:
                     broken = parse_subnet_token(token)
                     if broken is not None:
                         taken.add(broken)
                     continue
+                claim = claim_or_none
                 taken.add(claim.subnet)
                 valid.append((claim, kv))
                 if claim.public_key == me:
@@ -300,7 +319,7 @@ class Agent:
             stopping.cancel()
             joining.result()
             tasks = [asyncio.ensure_future(loop()) for loop in (self._keepalive_loop, self._watch_loop,
-                                                               self._periodic_loop)]
+                                                               self._periodic_loop, self._reconcile_loop)]
             await stop.wait()
         finally:
             self._stopping = True
@@ -419,32 +438,57 @@ class Agent:
             for event in batch.events:
                 self._event(event.kind, event.key, event.value, event.mod_revision)
             self.revision = batch.revision
+            self._wanted.set()
+
+    async def _reconcile_loop(self) -> None:
+        """Reconcile after watch batches, coalesced.
+
+        The first batch after a quiet spell is reconciled at once; batches arriving in the window
+        after it are folded into one reconcile at the window's end. The window is ``coalesce``
+        seconds, stretched to ``plan time / duty`` (at most ``coalesce_max``), so that during a storm (a few
+        hundred nodes joining) the O(nodes) planning takes at most ``duty`` of the agent's time
+        and each batch costs only O(changed) parses (the cache).
+        """
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
             await self.reconcile_now()
+            window = max(self.options.coalesce, self._plan_seconds / self.options.duty)
+            await asyncio.sleep(min(window, self.options.coalesce_max))
 
     # -- the cache of store values -------------------------------------------------------------
 
     def _load(self, kvs: list[KeyValue]) -> None:
-        self._claims.clear()
-        self._records.clear()
+        """A full listing replaces the cache (keys absent from it are forgotten)."""
+        assert self.cache is not None
+        claims: dict[str, tuple[bytes, int]] = {}
+        records: dict[str, tuple[bytes, int]] = {}
         for kv in kvs:
-            self._event("put", kv.key, kv.value, kv.mod_revision)
+            if kv.key == self.keys.config:
+                self._config_changed(kv.value)
+            elif kv.key.startswith(self.keys.claims):
+                claims[kv.key[len(self.keys.claims):]] = (kv.value, kv.mod_revision)
+            elif kv.key.startswith(self.keys.nodes):
+                records[kv.key[len(self.keys.nodes):]] = (kv.value, kv.mod_revision)
+        self.cache.load(claims, records)
 
     def _event(self, kind: str, key: str, value: bytes, revision: int) -> None:
+        assert self.cache is not None
         if key == self.keys.config:
             if kind == "put":
                 self._config_changed(value)
         elif key.startswith(self.keys.claims):
             token = key[len(self.keys.claims):]
             if kind == "put":
-                self._claims[token] = value
+                self.cache.put_claim(token, value, revision)
             else:
-                self._claims.pop(token, None)
+                self.cache.delete_claim(token)
         elif key.startswith(self.keys.nodes):
             token = key[len(self.keys.nodes):]
             if kind == "put":
-                self._records[token] = (value, revision)
+                self.cache.put_record(token, value, revision)
             else:
-                self._records.pop(token, None)
+                self.cache.delete_record(token)
 
     def _config_changed(self, value: bytes) -> None:
         assert self.config is not None
@@ -458,6 +502,8 @@ class Agent:
                       "restart the agent to apply it (keeping the old one)", self.options.iface)
             return
         self.config = new
+        if self.cache is not None:
+            self.cache.set_config(new)
 
     # -- reconciling ---------------------------------------------------------------------------
 
@@ -466,21 +512,29 @@ class Agent:
         async with self._reconcile_lock:
             assert self.config is not None
             now = self.options.wall()
-            view = build_view(self.config, self._claims, self._records)
-            self._count_rejects(view)
-            for key, node in list(view.nodes.items()):
-                seen = self._seen.get(key)
-                if seen is None or seen[0] != node.revision:
-                    seen = (node.revision, now)
-                    self._seen[key] = seen
-                view.nodes[key] = _with_seen(node, seen[1])
-            for key in set(self._seen) - set(view.nodes):
-                del self._seen[key]
-            self.view = view
+            started = time.perf_counter()
+            assert self.cache is not None
+            if self.cache.generation != self._view_generation:  # else: nothing changed, keep the view
+                self._view_generation = self.cache.generation
+                view = self.cache.view()
+                self._count_rejects(view)
+                for key, node in list(view.nodes.items()):
+                    seen = self._seen.get(key)
+                    if seen is None or seen[0] != node.revision:
+                        seen = (node.revision, _with_seen(node, now))
+                        self._seen[key] = seen
+                    view.nodes[key] = seen[1]  # same revision: the same record, the same node
+                for key in set(self._seen) - set(view.nodes):
+                    del self._seen[key]
+                self.view = view
+            view = self.view
             self.counters.nodes_alive = len(view.nodes)
+            viewed = time.perf_counter()
             try:
                 observed = await self.backend.observe()
+                planning = time.perf_counter()
                 plan = reconcile(view.nodes, self.installed, observed, now, self.keepalive, self.options.public_key)
+                self._plan_seconds = (viewed - started) + (time.perf_counter() - planning)
                 if plan.actions:
                     done = await self.backend.apply(plan)
                     self.installed = apply_partial(self.installed, plan, done)
@@ -496,17 +550,24 @@ class Agent:
             self.write_state()
 
     def _count_rejects(self, view: View) -> None:
+        """Count each rejected value once (again only if its value or reason changes)."""
+        assert self.cache is not None
         current: dict[str, tuple[str, bytes]] = {}
         for key, reason in view.rejects.items():
             if key.startswith("claims/"):
-                raw = self._claims.get(key[len("claims/"):], b"")
+                raw = self.cache.claim_raw(key[len("claims/"):])
             else:
-                raw = self._records.get(key[len("nodes/"):], (b"", 0))[0]
+                raw = self.cache.record_raw(key[len("nodes/"):])
             current[key] = (reason, raw)
             if self._rejected.get(key) != (reason, raw):
                 self.counters.hostile_records[reason] += 1
                 log.warning("%s: ignoring %s%s: %s", self.options.iface, self.keys.prefix, key, reason)
         self._rejected = current
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The counters as plain data (for ``tunnel.metrics.mesh``; call on the agent's loop)."""
+        return {"interface": self.options.iface, "network": self.options.network, "joined": self.joined.is_set(),
+                "counters": self.counters.as_dict()}
 
     # -- the state file ------------------------------------------------------------------------
 

@@ -5,10 +5,14 @@
 config is refused unless ``--force`` (an identical one is accepted as is).
 
 ``wg-py mesh join NETWORK IFACE --endpoint ADDR[:PORT] [--ttl S] [--keepalive S] [--name NAME]
-[--key-file PATH] [--listen-port PORT] [--state-dir DIR]`` runs the agent in the foreground
-until SIGTERM/SIGINT (see :mod:`tunnel.mesh.agent`). The private key is read from ``--key-file``
-(default ``/var/lib/wg-py/mesh/IFACE.key``), created 0600 if absent, refused if group- or
-world-accessible; it never enters the store.
+[--key-file PATH] [--listen-port PORT] [--state-dir DIR] [--metrics ADDR:PORT]`` runs the agent in
+the foreground until SIGTERM/SIGINT (see :mod:`tunnel.mesh.agent`). With ``--metrics`` (or
+``WGPY_METRICS=ADDR:PORT``) it serves Prometheus metrics (``tunnel.metrics.mesh``) on
+``http://ADDR:PORT/metrics``; a busy port is an error before joining. The interface daemon
+the agent starts serves no metrics of its own (``WGPY_METRICS`` is taken out of its
+environment). The private key is read from ``--key-file`` (default
+``/var/lib/wg-py/mesh/IFACE.key``), created 0600 if absent, refused if group- or world-accessible;
+it never enters the store.
 
 ``wg-py mesh status NETWORK [--json]`` lists the network's nodes from the store: each live node
 and each claim whose node is not live (``alive: false``); with ``--json`` also the rejected keys
@@ -107,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     join.add_argument("--interval", type=float, default=10.0, help="periodic reconcile (seconds)")
     join.add_argument("--resync", type=float, default=60.0, help="periodic full re-list (seconds)")
+    join.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics (else $WGPY_METRICS)")
     status = sub.add_parser("status", parents=[common], help="list the network's nodes")
     status.add_argument("network")
     status.add_argument("--json", action="store_true")
@@ -289,10 +294,25 @@ def _join(args: argparse.Namespace) -> int:
         endpoints=(parse_endpoint_arg(args.endpoint),), name=args.name, ttl=args.ttl, keepalive=args.keepalive,
         listen_port=args.listen_port, interval=args.interval, resync=args.resync, state_dir=args.state_dir,
     )
-    return asyncio.run(_run_agent(args, options))
+    from tunnel.metrics import MetricsError, open_server
+
+    try:
+        server = open_server(args.metrics)
+    except MetricsError as exc:
+        raise ConfigError(str(exc)) from None
+    if server is not None and not args.metrics:
+        # WGPY_METRICS named the agent's address: the interface daemon the agent starts must not
+        # try to serve on it too (it would fail: the port is the agent's)
+        os.environ.pop("WGPY_METRICS", None)
+    try:
+        return asyncio.run(_run_agent(args, options, server))
+    finally:
+        if server is not None:
+            server.close()
 
 
-async def _run_agent(args: argparse.Namespace, options: AgentOptions) -> int:
+async def _run_agent(args: argparse.Namespace, options: AgentOptions, server: Any = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; ``server``: a bound ``tunnel.metrics.MetricsServer`` or None."""
     store = EtcdStore(_store_options(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -308,6 +328,11 @@ async def _run_agent(args: argparse.Namespace, options: AgentOptions) -> int:
         return 0
     config = waiting.result()  # raises MeshError for a missing config or l2 mode
     agent = Agent(store, WireGuardBackend(options.iface, config.network), options)
+    if server is not None:
+        from tunnel.metrics import LoopCollector
+        from tunnel.metrics.mesh import families
+
+        server.start(loop, LoopCollector(agent.metrics_snapshot, families))
     log.info("%s: joining %s as %s (%s)", options.iface, options.network, options.name,
              keys.to_base64(options.public_key))
     await agent.run(stop)

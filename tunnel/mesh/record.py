@@ -250,23 +250,42 @@ def build_view(
 
     ``claims`` maps a claim's token (``<a.b.c.d-N>``) to its value; ``records`` a node's token
     (URL-safe key) to ``(value, mod_revision)``. Pure: the same inputs give the same view.
+    Parses every value; :class:`RecordCache` gives the same view parsing only what changed.
     """
-    view = View()
+    parsed_claims: dict[str, tuple[Claim | RecordError, IPNetwork | None]] = {}
     for token, raw in claims.items():
-        subnet = parse_subnet_token(token)
-        if subnet is not None:
-            view.taken.add(subnet)  # even a broken claim keeps its subnet from being handed out
         try:
-            claim = parse_claim(token, raw, config)
+            parsed_claims[token] = (parse_claim(token, raw, config), parse_subnet_token(token))
         except RecordError as exc:
-            view.rejects[f"claims/{token}"] = exc.reason
-            continue
-        view.claims[claim.subnet] = claim
+            parsed_claims[token] = (exc, parse_subnet_token(token))
+    parsed_records: dict[str, tuple[NodeRecord | RecordError, int]] = {}
     for token, (raw, revision) in records.items():
         try:
-            record = parse_record(token, raw, config)
+            parsed_records[token] = (parse_record(token, raw, config), revision)
         except RecordError as exc:
-            view.rejects[f"nodes/{token}"] = exc.reason
+            parsed_records[token] = (exc, revision)
+    return _assemble(parsed_claims, parsed_records)
+
+
+def _assemble(
+    claims: Mapping[str, tuple[Claim | RecordError, IPNetwork | None]],
+    records: Mapping[str, tuple[NodeRecord | RecordError, int]],
+) -> View:
+    """The view from parsed claims (each with its key name's subnet) and records.
+
+    The cross-checks: a record needs the claim of its subnet, naming its key.
+    """
+    view = View()
+    for token, (claim, subnet) in claims.items():
+        if subnet is not None:
+            view.taken.add(subnet)  # even a broken claim keeps its subnet from being handed out
+        if isinstance(claim, RecordError):
+            view.rejects[f"claims/{token}"] = claim.reason
+            continue
+        view.claims[claim.subnet] = claim
+    for token, (record, revision) in records.items():
+        if isinstance(record, RecordError):
+            view.rejects[f"nodes/{token}"] = record.reason
             continue
         owner = view.claims.get(record.subnet)
         if owner is None:
@@ -279,3 +298,107 @@ def build_view(
             record.public_key, record.subnet, record.name, record.endpoints, revision
         )
     return view
+
+
+class RecordCache:
+    """The store's claims and node records, each parsed once per ``(key, mod_revision)``.
+
+    The agent feeds it watch events (:meth:`put_claim`, :meth:`put_record`, :meth:`delete_claim`,
+    :meth:`delete_record`) and full listings (:meth:`load`); :meth:`view` returns what
+    :func:`build_view` would return for the current raw values, parsing only the entries put
+    since the last call (a value is parsed lazily, so a key put many times between two views is
+    parsed once). A re-list that returns an entry at the revision already cached parses
+    nothing. ``parses`` counts the values parsed (for tests and benchmarks); ``generation``
+    grows with every change (a caller may keep its last view while it is unchanged). The parse result
+    depends on the config's network and subnet length only; a config differing in those empties
+    the cache (the agent never switches them while running).
+    """
+
+    def __init__(self, config: NetworkConfig) -> None:
+        self.config = config
+        self.parses = 0
+        self.generation = 0
+        # token -> (raw, revision, parsed or None until parsed); claims also the token's subnet
+        self._claims: dict[str, tuple[bytes, int, Claim | RecordError | None]] = {}
+        self._claim_subnets: dict[str, IPNetwork | None] = {}
+        self._records: dict[str, tuple[bytes, int, NodeRecord | RecordError | None]] = {}
+
+    def set_config(self, config: NetworkConfig) -> None:
+        if (config.network, config.subnet_len) != (self.config.network, self.config.subnet_len):
+            self._claims = {t: (raw, rev, None) for t, (raw, rev, _) in self._claims.items()}
+            self._records = {t: (raw, rev, None) for t, (raw, rev, _) in self._records.items()}
+            self.generation += 1
+        self.config = config
+
+    def put_claim(self, token: str, raw: bytes, revision: int) -> None:
+        old = self._claims.get(token)
+        if old is None or old[1] != revision or old[0] != raw:
+            self._claims[token] = (raw, revision, None)
+            self.generation += 1
+        if token not in self._claim_subnets:
+            self._claim_subnets[token] = parse_subnet_token(token)
+
+    def put_record(self, token: str, raw: bytes, revision: int) -> None:
+        old = self._records.get(token)
+        if old is None or old[1] != revision or old[0] != raw:
+            self._records[token] = (raw, revision, None)
+            self.generation += 1
+
+    def delete_claim(self, token: str) -> None:
+        if self._claims.pop(token, None) is not None:
+            self.generation += 1
+        self._claim_subnets.pop(token, None)
+
+    def delete_record(self, token: str) -> None:
+        if self._records.pop(token, None) is not None:
+            self.generation += 1
+
+    def load(self, claims: Mapping[str, tuple[bytes, int]], records: Mapping[str, tuple[bytes, int]]) -> None:
+        """Replace everything with a full listing; entries at an unchanged revision keep their parse."""
+        old_claims, old_records = self._claims, self._records
+        self._claims, self._records = {}, {}
+        self.generation += 1
+        for token, (raw, revision) in claims.items():
+            old = old_claims.get(token)
+            self._claims[token] = old if old is not None and old[:2] == (raw, revision) else (raw, revision, None)
+        subnets = self._claim_subnets
+        self._claim_subnets = {token: subnets[token] if token in subnets else parse_subnet_token(token)
+                               for token in claims}
+        for token, (raw, revision) in records.items():
+            old_r = old_records.get(token)
+            self._records[token] = (old_r if old_r is not None and old_r[:2] == (raw, revision)
+                                    else (raw, revision, None))
+
+    def claim_raw(self, token: str) -> bytes:
+        entry = self._claims.get(token)
+        return entry[0] if entry is not None else b""
+
+    def record_raw(self, token: str) -> bytes:
+        entry = self._records.get(token)
+        return entry[0] if entry is not None else b""
+
+    def __len__(self) -> int:
+        return len(self._claims) + len(self._records)
+
+    def view(self) -> View:
+        claims: dict[str, tuple[Claim | RecordError, IPNetwork | None]] = {}
+        for token, (raw, revision, claim) in self._claims.items():
+            if claim is None:
+                try:
+                    claim = parse_claim(token, raw, self.config)
+                except RecordError as exc:
+                    claim = exc
+                self.parses += 1
+                self._claims[token] = (raw, revision, claim)
+            claims[token] = (claim, self._claim_subnets[token])
+        records: dict[str, tuple[NodeRecord | RecordError, int]] = {}
+        for token, (raw, revision, record) in self._records.items():
+            if record is None:
+                try:
+                    record = parse_record(token, raw, self.config)
+                except RecordError as exc:
+                    record = exc
+                self.parses += 1
+                self._records[token] = (raw, revision, record)
+            records[token] = (record, revision)
+        return _assemble(claims, records)
