@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from crypto.keys import KeyError_, from_base64
 from tunnel.cni import plugin
 from tunnel.cni.spec import DECODING_FAILURE, INVALID_CONFIG, CniError, decode, parse_config
 from tunnel.mesh.config import ConfigError, NetworkConfig, subnet_token
 from tunnel.mesh.record import RecordError, parse_claim
+from tunnel.wireguard.config import ConfigError as WgConfigError
+from tunnel.wireguard.config import parse_config as parse_wg_quick
 
 MESH = NetworkConfig(ipaddress.ip_network("10.244.0.0/16"), 24)
 KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -73,3 +76,12 @@ def test_prev_result_with_nulls_is_fine() -> None:
     raw = {"cniVersion": "1.0.0", "name": "pods", "type": "wg-py-cni", "mesh": "wg0",
            "prevResult": {"interfaces": None, "ips": [], "routes": None, "dns": {}}}
     assert parse_config(raw, "CHECK").prev_result == raw["prevResult"]
+
+
+@pytest.mark.parametrize("key", ["\u06fe" + "Q" * 42 + "=", "QEBA" * 10 + "QE\u00e9="])
+def test_wg_quick_key_with_a_non_ascii_character_is_a_config_error(key: str) -> None:
+    # found by fuzz/wg_quick.py: base64 raised a plain ValueError for non-ASCII text
+    with pytest.raises(WgConfigError, match="wg0.conf:2: Key is not the correct length or format"):
+        parse_wg_quick(f"[Interface]\nPrivateKey = {key}\n", "wg0.conf")
+    with pytest.raises(KeyError_):
+        from_base64(key)
