@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     fuzzer_args = [sys.argv[0], f"-max_total_time={args.seconds}", "-rss_limit_mb=3072", "-timeout=20",
                    f"-artifact_prefix={crashes}/{args.target}-", "-print_final_stats=1"]
+    dictionary = Path(__file__).resolve().parent / "dicts" / f"{args.target}.dict"
+    if dictionary.exists():  # the parser's keywords, so mutations reach past the tokenizer
+        fuzzer_args.append(f"-dict={dictionary}")
     replay = [a for a in args.rest if not a.startswith("-")]
     if replay:  # replay given files only
         fuzzer_args += args.rest

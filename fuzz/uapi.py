@@ -51,14 +51,22 @@ class FuzzInterface(Interface):
         self._fwmark = mark
 
 
+_IFACE: list[FuzzInterface] = []
+
+
 def _interface() -> FuzzInterface:
-    tun = types.SimpleNamespace(name="wgfuzz0", mtu=1420, io=None, vnet_hdr=False)
-    iface = FuzzInterface(tun)  # type: ignore[arg-type]
-    body = (f"set=1\nprivate_key={PRIV.hex()}\nlisten_port=51820\nfwmark=7\n"
+    """The one interface (an Interface allocates its batch buffers: too slow to make per input),
+    reset to the baseline configuration by a full ``set`` (replace_peers) before each input."""
+    if not _IFACE:
+        tun = types.SimpleNamespace(name="wgfuzz0", mtu=1420, io=None, vnet_hdr=False)
+        _IFACE.append(FuzzInterface(tun))  # type: ignore[arg-type]
+    iface = _IFACE[0]
+    body = (f"set=1\nprivate_key={PRIV.hex()}\nlisten_port=51820\nfwmark=7\nreplace_peers=true\n"
             f"public_key={PEER1.hex()}\npreshared_key={'22' * 32}\nendpoint=192.0.2.1:51820\n"
             "persistent_keepalive_interval=25\nallowed_ip=10.0.0.2/32\nallowed_ip=fd00::2/128\n"
             f"public_key={PEER2.hex()}\nendpoint=[2001:db8::1]:4500\nallowed_ip=10.9.0.0/16\n\n")
     assert UapiSession(iface).feed(body.encode()) == [b"errno=0\n\n"]
+    assert not BASELINE or _config(iface) == BASELINE[0], "the baseline set did not reset the interface"
     return iface
 
 
@@ -72,8 +80,13 @@ def _config(iface: FuzzInterface) -> tuple[object, ...]:
     return (iface.get_private_key(), iface.listen_port, iface.fwmark, peers)
 
 
+BASELINE: list[object] = []
+
+
 def test_one_input(data: bytes) -> None:
     iface = _interface()
+    if not BASELINE:
+        BASELINE.append(_config(iface))
     session = UapiSession(iface, max_line=512, max_set_bytes=8192)
     for piece in split_records(data, limit=8):
         for op in session.receive(piece):
