@@ -6,7 +6,8 @@ one on the pure ones (``datapath_ref``, ``crypto.screen``, ``crypto.transport``)
 up between inputs (as a real device does), so valid receiver indices keep reaching the AEAD.
 Input: a flags byte (bit 0: the receiver is under load, so handshakes need a cookie; bit 1:
 the batch goes to side ``a``, the initiator, instead of ``b``; bits 2-4: seconds to advance the
-clock first), then length-prefixed datagrams (fuzz.common), all from one source endpoint.
+clock first; bit 5: recompute mac1 of every handshake-sized datagram for the receiver, as anyone
+who knows its public key can, so mutations get past mac1 to the Noise decoding), then length-prefixed datagrams (fuzz.common), all from one source endpoint.
 Invariants: ``receive_batch`` never raises; no peer, key or allowed IP changes (the endpoint
 may roam: that is the protocol); every delivered packet is an IP packet from an allowed IP of
 the peer (the engine's inbound allowed-IPs check); the drop counters only grow.
@@ -22,6 +23,8 @@ from unittest import mock
 
 from crypto import keys
 from crypto.backend import load as load_backend
+from crypto.constants import INITIATION_SIZE, RESPONSE_SIZE
+from crypto.cookie import CookieGenerator
 from fuzz.common import join_records, split_records
 from tests import wgpair
 from tests.wgpair import Pair, Side, ipv4_packet, ipv6_packet
@@ -69,6 +72,16 @@ def _check_source(side: Side, packet: bytes) -> None:
     assert dev.allowed_ips.lookup(src) is not None, packet[:40]
 
 
+def _add_mac1(bufs: list[bytearray], datagrams: list[bytes], side: Side, now: float) -> None:
+    public = side.device.public_key
+    assert public is not None
+    for buf, datagram in zip(bufs, datagrams, strict=True):
+        if len(datagram) in (INITIATION_SIZE, RESPONSE_SIZE):
+            msg = bytearray(datagram)
+            CookieGenerator(public).add_macs(msg, now)
+            buf[: len(msg)] = msg
+
+
 def test_one_input(data: bytes) -> None:
     if not data:
         return
@@ -81,6 +94,8 @@ def test_one_input(data: bytes) -> None:
         dev._under_load_until = float("inf") if flags & 1 else -1.0
         before, drops = _config(side), sum(dev.drops.values())
         bufs = [bytearray(d) + bytearray(16) for d in datagrams]  # slack, as the shell's slots have
+        if flags & 0x20:
+            _add_mac1(bufs, datagrams, side, pair.now)
         out = dev.receive_batch(bufs, [len(d) for d in datagrams], [ATTACKER] * len(bufs), pair.now)
         dev._under_load_until = -1.0
         for packet in out.packets:
@@ -109,7 +124,7 @@ def seeds() -> list[bytes]:
         cookies = [d for d, _ in pair.b.sent if d[0] == 3]
         out.append(b"\x00" + join_records(a_sent))
         out.append(b"\x02" + join_records(b_sent))
-        out.append(b"\x01" + join_records([d for d, _ in pair.a.sent if d[0] == 1][-1:]))
+        out.append(b"\x21" + join_records([d for d, _ in pair.a.sent if d[0] == 1][-1:]))
         out.append(b"\x02" + join_records(cookies))
         out.append(b"\x00" + join_records([a_sent[0]] * 3 + a_sent[1:]))
     return list(dict.fromkeys(out))  # the twins' pairs are identical: so are their seeds
