@@ -7,7 +7,8 @@ up between inputs (as a real device does), so valid receiver indices keep reachi
 Input: a flags byte (bit 0: the receiver is under load, so handshakes need a cookie; bit 1:
 the batch goes to side ``a``, the initiator, instead of ``b``; bits 2-4: seconds to advance the
 clock first; bit 5: recompute mac1 of every handshake-sized datagram for the receiver, as anyone
-who knows its public key can, so mutations get past mac1 to the Noise decoding), then length-prefixed datagrams (fuzz.common), all from one source endpoint.
+who knows its public key can, so mutations get past mac1 to the Noise decoding), then
+length-prefixed datagrams (fuzz.common), all from one source endpoint.
 Invariants: ``receive_batch`` never raises; no peer, key or allowed IP changes (the endpoint
 may roam: that is the protocol); every delivered packet is an IP packet from an allowed IP of
 the peer (the engine's inbound allowed-IPs check); the drop counters only grow.
