@@ -1,8 +1,9 @@
 # wg-py: build, lint, test, demo. Run as root on Debian (deps installs system packages).
 #   make test   deps + venv + in-place build + lint + the whole test suite
 #   make demo   deps + venv + build, then the demo (python -m tunnel.lab.demo)
-#   make fuzz   the fuzz tests with FUZZ_EXAMPLES examples each (not part of make test),
-#               stopped after FUZZ_SECONDS at most
+#   make fuzz   every atheris target in fuzz/ for FUZZ_SECONDS each, then the hypothesis fuzz
+#               tests with FUZZ_EXAMPLES examples each, stopped after FUZZ_HYPOTHESIS_SECONDS
+#               (not part of make test; make test runs each atheris target on its seeds only)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -53,13 +54,22 @@ lint: venv
 test: build lint
 	$(PY) -m pytest tests -q
 
-# Every fuzz test (tests/fuzzing.py reads WGPY_FUZZ_EXAMPLES) with many more examples.
+# Coverage-guided fuzzing: each atheris target (fuzz/*.py, one per parser of outside input) runs
+# for FUZZ_SECONDS (libFuzzer -max_total_time); its corpus grows in .fuzz/corpus/TARGET and a
+# crash lands in .fuzz/crashes/ and stops the run. FUZZ_TARGETS picks a subset. Then every
+# hypothesis fuzz test (tests/fuzzing.py reads WGPY_FUZZ_EXAMPLES) with many more examples.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= wg_receive vxlan_engine uapi wg_quick vxlan_control mesh_record cni
 FUZZ_EXAMPLES ?= 20000
-FUZZ_SECONDS ?= 3600
+FUZZ_HYPOTHESIS_SECONDS ?= 3600
 FUZZ_TESTS := tests/test_twin_fuzz.py tests/test_decoder_fuzz.py tests/test_vxlan_fuzz.py
 
 fuzz: build
-	WGPY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) timeout --signal=INT --kill-after=60 $(FUZZ_SECONDS) \
+	for target in $(FUZZ_TARGETS); do \
+		timeout --signal=INT --kill-after=60 $$(( $(FUZZ_SECONDS) + 120 )) \
+			$(PY) -m fuzz.run $$target --seconds $(FUZZ_SECONDS) || exit 1; \
+	done
+	WGPY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) timeout --signal=INT --kill-after=60 $(FUZZ_HYPOTHESIS_SECONDS) \
 		$(PY) -m pytest $(FUZZ_TESTS) -q --hypothesis-show-statistics
 
 demo: build

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 
 from crypto.primitives import KEY_SIZE, dh_generate, dh_public
@@ -20,7 +19,7 @@ def from_base64(text: str) -> bytes:
         raise KeyError_("Key is not the correct length or format")
     try:
         raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a non-ASCII character (a plain ValueError)
         raise KeyError_("Key is not the correct length or format") from None
     if len(raw) != KEY_SIZE:
         raise KeyError_("Key is not the correct length or format")

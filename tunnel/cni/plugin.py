@@ -81,7 +81,7 @@ def read_state(config: Config, environ: Mapping[str, str]) -> MeshState:
         raise CniError(MESH_STATE_INVALID, f"cannot read the mesh state {path}", str(exc)) from exc
     try:
         obj = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise CniError(MESH_STATE_INVALID, f"the mesh state {path} is not valid JSON", str(exc)) from exc
     return parse_state(obj, config.mesh)
 
@@ -111,7 +111,7 @@ def read_cache(path: Path) -> dict[str, Any] | None:
         obj = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         print(f"wg-py-cni: ignoring unreadable cache {path}: {exc}", file=sys.stderr)
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("delegate"), dict):

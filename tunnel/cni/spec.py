@@ -170,7 +170,7 @@ def decode(stdin: bytes) -> dict[str, Any]:
     """The JSON object on stdin (error 6 if it is not one)."""
     try:
         obj = json.loads(stdin.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise CniError(DECODING_FAILURE, "the network configuration is not valid JSON", str(exc)) from exc
     if not isinstance(obj, dict):
         raise CniError(DECODING_FAILURE, "the network configuration is not a JSON object")
@@ -226,6 +226,8 @@ def parse_config(raw: dict[str, Any], command: str) -> Config:
     prev = raw.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
         raise CniError(INVALID_CONFIG, "prevResult must be an object")
+    if prev is not None:
+        _check_result_shape(prev)
     if command == "CHECK" and prev is None:
         raise CniError(INVALID_CONFIG, "CHECK needs prevResult")
     if command == "GC":
@@ -238,6 +240,17 @@ def parse_config(raw: dict[str, Any], command: str) -> Config:
                            "{containerID, ifname} objects")
     return Config(version, name, mesh, _optional_str(raw, "stateDir"), _optional_str(raw, "dataDir"),
                   dict(delegate), dict(ipam), prev, raw)
+
+
+def _check_result_shape(prev: Mapping[str, Any]) -> None:
+    """The parts of a ``prevResult`` we read (SPEC.md "Success"): ``interfaces``, ``ips`` and
+    ``routes`` are lists of objects, ``dns`` an object; each may be missing or null."""
+    for key in ("interfaces", "ips", "routes"):
+        items = prev.get(key)
+        if items is not None and not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
+            raise CniError(INVALID_CONFIG, f"prevResult.{key} must be a list of objects")
+    if prev.get("dns") is not None and not isinstance(prev["dns"], dict):
+        raise CniError(INVALID_CONFIG, "prevResult.dns must be an object")
 
 
 def valid_attachments(config: Config) -> set[tuple[str, str]]:

@@ -182,7 +182,7 @@ class NetworkConfig:
     def from_json(cls, raw: bytes | str) -> NetworkConfig:
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
             raise ConfigError(f"network config is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError("network config is not a JSON object")

@@ -27,6 +27,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,8 +158,9 @@ def parse_claim(token: str, raw: bytes | str, config: NetworkConfig) -> Claim:
         subnet = _subnet(str(subnet), config)
         data = _object(raw)
         renewed = data.get("renewed", 0)
-        if isinstance(renewed, bool) or not isinstance(renewed, int | float):
-            raise RecordError("wrong_type", "renewed must be a number")
+        # JSON's 1e999 is infinity and NaN parses too: neither is a time
+        if isinstance(renewed, bool) or not isinstance(renewed, int | float) or not math.isfinite(renewed):
+            raise RecordError("wrong_type", "renewed must be a finite number")
         return Claim(subnet, decode_key(data.get("public_key")), _name(data), int(renewed))
     except RecordError as exc:
         raise RecordError("bad_claim", f"claim {token}: {exc}") from None
