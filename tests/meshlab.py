@@ -101,7 +101,11 @@ class MeshLab:
         self.lab = lab
         self.network = network
         self.hub = lab.namespace("hub")
-        lab.run(self.hub, ["ip", "link", "add", "br0", "type", "bridge"])
+        # A fixed MAC: a bridge without one takes the lowest MAC of its ports, so it changes as
+        # nodes are added, and a node that resolved the hub's address before that sends to the
+        # old MAC, which the hub then drops as not its own, until the neighbour entry times out
+        # (~25 s of "no etcd endpoint answered" on an early node, seen in this test).
+        lab.run(self.hub, ["ip", "link", "add", "br0", "address", "02:77:00:00:00:fe", "type", "bridge"])
         lab.run(self.hub, ["ip", "addr", "add", f"{HUB_ADDR}/24", "dev", "br0"])
         lab.run(self.hub, ["ip", "link", "set", "br0", "up"])
         self.etcd = Etcd(lab, self.hub, HUB_ADDR, lab.path("etcd-data"))
