@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,9 +195,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["threads_still_running"] = [t.name for t in threads if t.is_alive()]
         for label, proc in pingers.items():
             proc.wait(timeout=int(args.minutes * 60) + 20)
-            rtts = parse_ping(proc.output())
-            sent = int(args.minutes * 60 / 0.2)
-            report[f"ping_{label}"] = {"sent": sent, "answered": len(rtts)}
+            text = proc.output()
+            sent = re.search(r"(\d+) packets transmitted", text)
+            report[f"ping_{label}"] = {"scheduled": count, "sent": int(sent.group(1)) if sent else None,
+                                       "answered": len(parse_ping(text))}
         report["rss_hwm_mib"] = {name: rss_mib([pid], "VmHWM") for name, pid in pids.items()}
     finally:
         soak.stop.set()
