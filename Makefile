@@ -16,7 +16,7 @@ DEB_PACKAGES := wireguard-go wireguard-tools iperf3 iputils-ping ncat iptables i
 	libssl-dev libsodium-dev python3-venv python3-dev gcc containernetworking-plugins \
 	prometheus tmux systemd etcd-server etcd-client
 
-.PHONY: all deps venv build lint test fuzz demo bench clean distclean
+.PHONY: all deps venv build lint test fuzz demo bench soak clean distclean
 
 all: build
 
@@ -83,6 +83,12 @@ BENCH_WGGO := $(if $(wildcard $(WGGO_UPSTREAM)),--wireguard-go $(WGGO_UPSTREAM) 
 bench: build
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[bench]'
 	$(VENV)/bin/wg-py bench $(BENCH_WGGO) $(BENCH_ARGS)
+
+# Soak (bench/soak.py): SOAK_MINUTES of traffic and `wg set` churn through wg-py pairs; not a test.
+SOAK_MINUTES ?= 10
+soak: build
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[bench]'
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

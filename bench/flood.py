@@ -4,7 +4,7 @@
 
 Three namespaces (``tunnel.lab.netns.Lab``; removed on the way out, Ctrl-C included): the
 *victim* runs the responder under test (``wgpy``: this checkout's daemon; ``wggo``: upstream
-wireguard-go from ``/work/shared/bin``; anything else: a command that takes the interface name,
+wireguard-go from ``../shared/bin`` beside the checkout; anything else: a command that takes the interface name,
 as ``wireguard-go``); the *legit* namespace runs Debian's wireguard-go with the victim as its one
 peer; the *attacker* namespace runs a flooder that sends forged handshake initiations with a
 valid mac1 (it needs only the victim's public key) from 8 source ports at a fixed offered rate
@@ -52,7 +52,7 @@ from crypto.primitives import hash_, mac  # noqa: E402
 from tunnel.lab.netns import Lab  # noqa: E402
 from tunnel.wireguard import quick  # noqa: E402
 
-UPSTREAM = "/work/shared/bin/wireguard-go-upstream"
+UPSTREAM = str(ROOT.parent / "shared" / "bin" / "wireguard-go-upstream")  # ../shared/bin beside the checkout
 PORT = 51820
 LEGIT_NET = ("10.77.1.1", "10.77.1.2")  # victim, legit (outer)
 ATTACK_NET = ("10.77.2.1", "10.77.2.2")  # victim, attacker (outer)

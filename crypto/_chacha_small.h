@@ -8,8 +8,11 @@
  * WGPY_SMALL_MAX bytes and OpenSSL for the rest; the test suite checks both against an
  * independent implementation (the `cryptography` package) over every size.
  *
- * WireGuard's transport AEAD only: no additional data, and the 96-bit nonce is 32 zero bits
- * followed by the 64-bit little-endian counter. Written from RFC 8439 (sections 2.1-2.8);
+ * The general AEAD (any 96-bit nonce, additional data) is wgpy_small_seal_ad/open_ad, which
+ * crypto/_transport.pyx also exposes as aead_seal/aead_open so that the RFC 8439 vectors
+ * (section 2.8.2) can be checked; WireGuard's transport uses wgpy_small_seal/open: no
+ * additional data, and the nonce is 32 zero bits followed by the 64-bit little-endian
+ * counter. Written from RFC 8439 (sections 2.1-2.8);
  * Poly1305 uses 26-bit limbs. Keys and keystream are wiped from the stack before returning.
  */
 #ifndef WGPY_CHACHA_SMALL_H
@@ -57,15 +60,20 @@ static void wgpy_chacha_block(const uint32_t in[16], uint8_t out[64]) {
     wgpy_wipe(x, sizeof x);
 }
 
-/* The state for `key`, block counter 0 and WireGuard's nonce (0, counter). */
-static void wgpy_chacha_init(uint32_t s[16], const uint8_t key[32], uint64_t counter) {
+/* The state for `key`, block counter 0 and a 96-bit nonce (RFC 8439 2.3). */
+static void wgpy_chacha_init(uint32_t s[16], const uint8_t key[32], const uint8_t nonce[12]) {
     int i;
     s[0] = 0x61707865; s[1] = 0x3320646e; s[2] = 0x79622d32; s[3] = 0x6b206574;
     for (i = 0; i < 8; i++) s[4 + i] = wgpy_ld32(key + 4 * i);
     s[12] = 0;
-    s[13] = 0;
-    s[14] = (uint32_t)counter;
-    s[15] = (uint32_t)(counter >> 32);
+    for (i = 0; i < 3; i++) s[13 + i] = wgpy_ld32(nonce + 4 * i);
+}
+
+/* WireGuard's transport nonce: 32 zero bits, then the 64-bit counter little-endian. */
+static void wgpy_wg_nonce(uint64_t counter, uint8_t nonce[12]) {
+    int i;
+    for (i = 0; i < 4; i++) nonce[i] = 0;
+    for (i = 0; i < 8; i++) nonce[4 + i] = (uint8_t)(counter >> (8 * i));
 }
 
 /* XOR `len` bytes of keystream from block 1 on into buf (RFC 8439 2.4). */
@@ -123,20 +131,28 @@ static void wgpy_poly_block(wgpy_poly *p, const uint8_t m[16]) {
     p->h[0] = h0; p->h[1] = h1; p->h[2] = h2; p->h[3] = h3; p->h[4] = h4;
 }
 
-/* The AEAD's MAC input for a message without additional data: the ciphertext zero-padded to
-   16 bytes, then the two lengths (0 and len) as 64-bit little-endian numbers. */
-static void wgpy_poly_message(wgpy_poly *p, const uint8_t *m, size_t len) {
+/* Feed `len` bytes zero-padded to a multiple of 16 (RFC 8439 2.8: the pad1/pad2 rule). */
+static void wgpy_poly_padded(wgpy_poly *p, const uint8_t *m, size_t len) {
     uint8_t last[16];
-    uint64_t bytes = (uint64_t)len;
-    int i;
     while (len >= 16) { wgpy_poly_block(p, m); m += 16; len -= 16; }
     if (len) {
         memset(last, 0, sizeof last);
         memcpy(last, m, len);
         wgpy_poly_block(p, last);
     }
-    memset(last, 0, sizeof last);
-    for (i = 0; i < 8; i++) last[8 + i] = (uint8_t)(bytes >> (8 * i));
+}
+
+/* The AEAD's MAC input: the additional data and the ciphertext, each zero-padded to 16 bytes,
+   then their lengths as 64-bit little-endian numbers. */
+static void wgpy_poly_message(wgpy_poly *p, const uint8_t *ad, size_t adlen, const uint8_t *m, size_t len) {
+    uint8_t last[16];
+    int i;
+    wgpy_poly_padded(p, ad, adlen);
+    wgpy_poly_padded(p, m, len);
+    for (i = 0; i < 8; i++) {
+        last[i] = (uint8_t)((uint64_t)adlen >> (8 * i));
+        last[8 + i] = (uint8_t)((uint64_t)len >> (8 * i));
+    }
     wgpy_poly_block(p, last);
 }
 
@@ -172,36 +188,37 @@ static void wgpy_poly_finish(wgpy_poly *p, uint8_t tag[16]) {
     f = (uint64_t)h3 + p->pad[3] + (f >> 32); wgpy_st32(tag + 12, (uint32_t)f);
 }
 
-/* Encrypt buf[0:len] in place and write its 16-byte tag. */
-static void wgpy_small_seal(const uint8_t key[32], uint64_t counter, uint8_t *buf, size_t len,
-                            uint8_t tag[16]) {
+/* RFC 8439 2.8 AEAD: encrypt buf[0:len] in place under (key, nonce), authenticating ad[0:adlen]
+   too, and write the 16-byte tag. */
+static void wgpy_small_seal_ad(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *ad, size_t adlen,
+                               uint8_t *buf, size_t len, uint8_t tag[16]) {
     uint32_t state[16];
     uint8_t one_time[64];
     wgpy_poly poly;
-    wgpy_chacha_init(state, key, counter);
+    wgpy_chacha_init(state, key, nonce);
     wgpy_chacha_block(state, one_time);
     wgpy_chacha_xor(state, buf, len);
     wgpy_poly_init(&poly, one_time);
-    wgpy_poly_message(&poly, buf, len);
+    wgpy_poly_message(&poly, ad, adlen, buf, len);
     wgpy_poly_finish(&poly, tag);
     wgpy_wipe(state, sizeof state);
     wgpy_wipe(one_time, sizeof one_time);
     wgpy_wipe(&poly, sizeof poly);
 }
 
-/* Verify `tag` over buf[0:len] (in constant time) and, if it matches, decrypt in place.
+/* Verify `tag` over (ad, buf[0:len]) in constant time and, if it matches, decrypt buf in place.
    Returns 1 if authentic; else 0 and buf is left as it was. */
-static int wgpy_small_open(const uint8_t key[32], uint64_t counter, uint8_t *buf, size_t len,
-                           const uint8_t tag[16]) {
+static int wgpy_small_open_ad(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *ad, size_t adlen,
+                              uint8_t *buf, size_t len, const uint8_t tag[16]) {
     uint32_t state[16];
     uint8_t one_time[64], expected[16];
     uint8_t diff = 0;
     wgpy_poly poly;
     int i;
-    wgpy_chacha_init(state, key, counter);
+    wgpy_chacha_init(state, key, nonce);
     wgpy_chacha_block(state, one_time);
     wgpy_poly_init(&poly, one_time);
-    wgpy_poly_message(&poly, buf, len);
+    wgpy_poly_message(&poly, ad, adlen, buf, len);
     wgpy_poly_finish(&poly, expected);
     for (i = 0; i < 16; i++) diff |= (uint8_t)(expected[i] ^ tag[i]);
     if (diff == 0) wgpy_chacha_xor(state, buf, len);
@@ -210,6 +227,20 @@ static int wgpy_small_open(const uint8_t key[32], uint64_t counter, uint8_t *buf
     wgpy_wipe(expected, sizeof expected);
     wgpy_wipe(&poly, sizeof poly);
     return diff == 0;
+}
+
+/* WireGuard's transport AEAD: nonce from `counter`, no additional data. */
+static void wgpy_small_seal(const uint8_t key[32], uint64_t counter, uint8_t *buf, size_t len, uint8_t tag[16]) {
+    uint8_t nonce[12];
+    wgpy_wg_nonce(counter, nonce);
+    wgpy_small_seal_ad(key, nonce, NULL, 0, buf, len, tag);
+}
+
+static int wgpy_small_open(const uint8_t key[32], uint64_t counter, uint8_t *buf, size_t len,
+                           const uint8_t tag[16]) {
+    uint8_t nonce[12];
+    wgpy_wg_nonce(counter, nonce);
+    return wgpy_small_open_ad(key, nonce, NULL, 0, buf, len, tag);
 }
 
 #endif

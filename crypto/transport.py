@@ -44,6 +44,8 @@ __all__ = [
     "WINDOW_SIZE",
     "ReplayFilter",
     "TransportCipher",
+    "aead_open",
+    "aead_seal",
     "padded_length",
 ]
 
@@ -71,6 +73,37 @@ def _require_lists(*values: object) -> None:
     for value in values:
         if type(value) is not list:
             raise TypeError(f"expected list, got {type(value).__name__}")
+
+
+def _aead_args(key: bytes, nonce: bytes, data: bytes, ad: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    key, nonce, data, ad = (bytes(memoryview(v)) for v in (key, nonce, data, ad))  # bytes-like only
+    if len(key) != KEY_SIZE:
+        raise ValueError("key must be 32 bytes")
+    if len(nonce) != 12:
+        raise ValueError("nonce must be 12 bytes")
+    return key, nonce, data, ad
+
+
+def aead_seal(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes = b"") -> bytes:
+    """RFC 8439 ChaCha20-Poly1305 with any 96-bit ``nonce`` and additional data ``ad``: the
+    ciphertext followed by the 16-byte tag. The one-shot form of the cipher the transport uses
+    (in ``_transport.pyx``: the hand-written small-message code), exposed so that the RFC's
+    vectors can be checked against both twins; not a data-path API. ValueError for a key that
+    is not 32 bytes or a nonce that is not 12."""
+    key, nonce, plaintext, ad = _aead_args(key, nonce, plaintext, ad)
+    return ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad)
+
+
+def aead_open(key: bytes, nonce: bytes, sealed: bytes, ad: bytes = b"") -> bytes | None:
+    """The plaintext of ``sealed`` (ciphertext || tag, see :func:`aead_seal`), or None if it is
+    not authentic (a forged tag, ciphertext, nonce or ``ad``, or fewer than 16 bytes)."""
+    key, nonce, sealed, ad = _aead_args(key, nonce, sealed, ad)
+    if len(sealed) < TAG_SIZE:
+        return None
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, sealed, ad)
+    except InvalidTag:
+        return None
 
 
 def padded_length(size: int, mtu: int) -> int:

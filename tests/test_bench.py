@@ -354,3 +354,24 @@ def test_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                     timeout=10).stdout
     assert f"wgb{os.getpid() % 100000}" not in leftover
+
+
+def test_timeseries_chart_plots_each_process_and_pair_over_time() -> None:
+    """The soak chart: RSS per process, throughput per pair, fds and threads, against minutes;
+    a process that is gone (None) leaves a gap instead of a zero."""
+    samples = [
+        {"t_s": 0.0, "proc": {"wg-a": {"rss_mib": 30.0, "fds": 18.0, "threads": 1.0}, "vx-a": None},
+         "gbps": {"wg": 1.0}},
+        {"t_s": 60.0, "proc": {"wg-a": {"rss_mib": 31.0, "fds": 18.0, "threads": 2.0},
+                               "vx-a": {"rss_mib": 20.0, "fds": 32.0, "threads": 1.0}},
+         "gbps": {"wg": 2.0, "vx": 3.0}},
+    ]
+    figure = benchchart.timeseries_figure(samples, "soak")
+    rss, gbps, counts = figure.axes[:3]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in rss.lines}
+    assert lines == {"vx-a": ([1.0], [20.0]), "wg-a": ([0.0, 1.0], [30.0, 31.0])}
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in gbps.lines}
+    assert lines == {"vx": ([1.0], [3.0]), "wg": ([0.0, 1.0], [1.0, 2.0])}
+    labels = {line.get_label(): list(line.get_ydata()) for line in counts.lines}
+    assert labels["wg-a threads"] == [1.0, 2.0] and labels["vx-a fds"] == [32.0]
+    assert benchchart.timeseries_chart(samples).startswith(b"\x89PNG\r\n\x1a\n")

@@ -482,3 +482,97 @@ def test_small_and_large_messages_against_the_reference(key: bytes, counter: int
             limit = int.from_bytes(forged[8:16], "little") >= REJECT  # checked before the tag
             expected = module.COUNTER_LIMIT if limit else module.AUTH
             assert open_one(module.TransportCipher(KEY_B, key, 1), forged)[0] == expected
+
+
+# --- RFC 8439 vectors and OpenSSL on random small inputs (the hand-written small-message code) ---
+
+RFC8439_282_PLAINTEXT = (b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the "
+                         b"future, sunscreen would be it.")
+RFC8439_282_AAD = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
+RFC8439_282_KEY = bytes.fromhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+RFC8439_282_NONCE = bytes.fromhex("070000004041424344454647")
+RFC8439_282_CIPHERTEXT = bytes.fromhex(
+    "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6"
+    "3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36"
+    "92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
+    "3ff4def08e4b7a9de576d26586cec64b6116")
+RFC8439_282_TAG = bytes.fromhex("1ae10b594f09e26a7e902ecbd0600691")
+
+# Section 2.4.2: ChaCha20 from block counter 1, nonce 00000000 0000004a 00000000: the same
+# keystream WireGuard's AEAD uses for counter 0x4a000000 (nonce = 4 zero bytes || counter LE).
+RFC8439_242_KEY = bytes(range(32))
+RFC8439_242_COUNTER = int.from_bytes(bytes.fromhex("0000004a00000000"), "little")
+RFC8439_242_CIPHERTEXT = bytes.fromhex(
+    "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0b"
+    "f91b65c5524733ab8f593dabcd62b3571639d624e65152ab8f530c359f0861d8"
+    "07ca0dbf500d6a6156a38e088a22b65e52bc514d16ccf806818ce91ab7793736"
+    "5af90bbf74a35be6b40b8eedf2785e42874d")
+
+
+def test_rfc8439_aead_vector_section_2_8_2(backend: ModuleType) -> None:
+    """The RFC's AEAD example, byte for byte, through the one-shot AEAD of each twin (in the
+    Cython module: the hand-written code the transport uses for small messages)."""
+    sealed_bytes = backend.aead_seal(RFC8439_282_KEY, RFC8439_282_NONCE, RFC8439_282_PLAINTEXT, RFC8439_282_AAD)
+    assert sealed_bytes == RFC8439_282_CIPHERTEXT + RFC8439_282_TAG
+    assert backend.aead_open(RFC8439_282_KEY, RFC8439_282_NONCE, sealed_bytes, RFC8439_282_AAD) == RFC8439_282_PLAINTEXT
+    for i in range(len(sealed_bytes)):  # any flipped byte, of the ciphertext or the tag: refused
+        forged = bytearray(sealed_bytes)
+        forged[i] ^= 0x80
+        assert backend.aead_open(RFC8439_282_KEY, RFC8439_282_NONCE, bytes(forged), RFC8439_282_AAD) is None
+    assert backend.aead_open(RFC8439_282_KEY, RFC8439_282_NONCE, sealed_bytes, RFC8439_282_AAD[:-1]) is None
+    assert backend.aead_open(RFC8439_282_KEY, bytes(12), sealed_bytes, RFC8439_282_AAD) is None
+    assert backend.aead_open(RFC8439_282_KEY, RFC8439_282_NONCE, sealed_bytes[:15], RFC8439_282_AAD) is None
+
+
+def test_aead_bad_arguments(backend: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        backend.aead_seal(bytes(31), bytes(12), b"x")
+    with pytest.raises(ValueError):
+        backend.aead_seal(bytes(32), bytes(8), b"x")
+    with pytest.raises(ValueError):
+        backend.aead_open(bytes(32), bytes(13), bytes(16))
+    with pytest.raises(TypeError):
+        backend.aead_seal(bytes(32), bytes(12), "text")
+
+
+def test_rfc8439_keystream_section_2_4_2_through_the_transport(backend: ModuleType) -> None:
+    """The transport's small-message seal (114 bytes, padded to 128) encrypts with the RFC's
+    ChaCha20 keystream; its tag is OpenSSL's over the padded message."""
+    cipher = backend.TransportCipher(RFC8439_242_KEY, KEY_B, INDEX, send_counter=RFC8439_242_COUNTER)
+    bufs, lengths = [packet(RFC8439_282_PLAINTEXT)], [len(RFC8439_282_PLAINTEXT)]
+    assert cipher.seal_batch(bufs, lengths, MTU) == 1
+    assert lengths[0] == 16 + 128 + 16
+    message = bytes(bufs[0][: lengths[0]])
+    assert message[16 : 16 + 114] == RFC8439_242_CIPHERTEXT
+    assert message == reference_seal(RFC8439_242_KEY, INDEX, RFC8439_242_COUNTER, RFC8439_282_PLAINTEXT, MTU)
+
+
+def test_small_messages_against_openssl_random(backend: ModuleType) -> None:
+    """Random keys, nonces, additional data and messages of 0..128 bytes: the one-shot AEAD and
+    the transport's batch seal/open agree with OpenSSL (``cryptography``) byte for byte, and a
+    flipped bit is refused."""
+    rng = random.Random(8439)
+    for size in range(129):
+        for _ in range(3):
+            key, nonce = rng.randbytes(32), rng.randbytes(12)
+            ad, payload = rng.randbytes(rng.randrange(0, 40)), rng.randbytes(size)
+            expected = ChaCha20Poly1305(key).encrypt(nonce, payload, ad)
+            assert backend.aead_seal(key, nonce, payload, ad) == expected
+            assert backend.aead_open(key, nonce, expected, ad) == payload
+            forged = bytearray(expected)
+            bit = rng.randrange(8 * len(forged))
+            forged[bit // 8] ^= 1 << (bit % 8)
+            assert backend.aead_open(key, nonce, bytes(forged), ad) is None
+            # The transport: WireGuard's nonce, no additional data, padding to 16 (<= 128 here).
+            counter = rng.randrange(REJECT)
+            cipher = backend.TransportCipher(key, KEY_B, INDEX, send_counter=counter)
+            bufs, lengths = [packet(payload)], [size]
+            assert cipher.seal_batch(bufs, lengths, MTU) == 1
+            message = bytes(bufs[0][: lengths[0]])
+            assert message == reference_seal(key, INDEX, counter, payload, MTU)
+            status, plain = open_one(backend.TransportCipher(KEY_B, key, 1), message)
+            assert (status, plain[:size]) == (backend.OK, payload)
+            forged = bytearray(message)
+            bit = rng.randrange(8 * 16, 8 * len(forged))  # past the counter: ciphertext or tag
+            forged[bit // 8] ^= 1 << (bit % 8)
+            assert open_one(backend.TransportCipher(KEY_B, key, 1), bytes(forged))[0] == backend.AUTH

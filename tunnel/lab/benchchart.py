@@ -112,3 +112,53 @@ def figure(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str]
                         for c, color in zip(contenders, colors(contenders), strict=True)],
                   loc="outside lower center", ncols=len(contenders), fontsize=8)
     return fig
+
+
+def timeseries_chart(samples: Sequence[Mapping[str, Any]], title: str = "wg-py soak") -> bytes:
+    """A PNG of a soak run over time (``bench/soak.py``): one panel of RSS (MiB) per process,
+    one of throughput (Gbit/s) per pair, one of open fds and threads per process.
+
+    ``samples``: dicts with ``t_s`` (seconds since the start), ``proc`` (process name -> dict
+    with ``rss_mib``, ``fds``, ``threads``, or None once gone) and ``gbps`` (pair -> Gbit/s of
+    its latest run, or None). Raises ImportError without matplotlib."""
+    out = io.BytesIO()
+    timeseries_figure(samples, title).savefig(out, format="png")
+    return out.getvalue()
+
+
+def timeseries_figure(samples: Sequence[Mapping[str, Any]], title: str = "wg-py soak") -> Any:
+    """The soak chart as a matplotlib ``Figure`` (see :func:`timeseries_chart`)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 8), dpi=100, layout="constrained")
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    rss_ax, gbps_ax, count_ax = fig.subplots(3, 1, sharex=True)
+    procs = sorted({name for s in samples for name in s.get("proc", {})})
+    pairs = sorted({name for s in samples for name in s.get("gbps", {})})
+
+    def series(pick: Any) -> tuple[list[float], list[float]]:
+        xs, ys = [], []
+        for s in samples:
+            value = pick(s)
+            if value is not None:
+                xs.append(float(s["t_s"]) / 60)
+                ys.append(float(value))
+        return xs, ys
+
+    for name in procs:
+        xs, ys = series(lambda s, n=name: (s["proc"].get(n) or {}).get("rss_mib"))
+        rss_ax.plot(xs, ys, marker=".", label=name)
+        xs, ys = series(lambda s, n=name: (s["proc"].get(n) or {}).get("fds"))
+        count_ax.plot(xs, ys, marker=".", label=f"{name} fds")
+        xs, ys = series(lambda s, n=name: (s["proc"].get(n) or {}).get("threads"))
+        count_ax.plot(xs, ys, linestyle="--", label=f"{name} threads")
+    for name in pairs:
+        xs, ys = series(lambda s, n=name: s["gbps"].get(n))
+        gbps_ax.plot(xs, ys, marker=".", label=name)
+    for ax, label in ((rss_ax, "RSS (MiB)"), (gbps_ax, "iperf3 TCP (Gbit/s)"), (count_ax, "count")):
+        ax.set_ylabel(label, fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncols=4, loc="lower right")
+    count_ax.set_xlabel("minutes", fontsize=9)
+    return fig
