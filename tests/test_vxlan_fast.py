@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import zlib
 from array import array
 from collections.abc import Iterator
 from types import ModuleType
@@ -23,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.vxlan_wire import oracle_flow_hash, oracle_port
 from tunnel.vxlan import fast as fast_select
 from tunnel.vxlan import fast_ref, flow
 from tunnel.vxlan.config import VxlanConfig
@@ -47,50 +47,14 @@ def _impls() -> list[ModuleType]:
 
 
 def _oracle_flow_hash(frame: bytes, offset: int = 0, seed: int = 0) -> int:
-    """The flow hash from its definition (``tunnel/vxlan/flow.py`` docstring), written
-    independently: CRC-32 seeded with ``seed`` over the flow key, built field by field.
-
-    Key: IPv4 (IHL >= 5, whole header present): source + destination address, then the two
-    ports if the protocol is TCP/UDP/SCTP/UDP-Lite/DCCP... (6, 17, 33, 132, 136), the packet is
-    not a fragment (offset 0, MF clear) and they are present, then the protocol byte. IPv6
-    (40 bytes present): addresses, ports under the same rule for the next header, the next
-    header byte. One 802.1Q/802.1ad tag is skipped. Anything else, or a truncated header:
-    the 14 Ethernet header bytes (or all there is if fewer)."""
-    f = frame[offset:]
-    if len(f) < 14:
-        return zlib.crc32(f, seed)
-    l3 = 14
-    kind = struct.unpack_from(">H", f, 12)[0]
-    if kind in (0x8100, 0x88A8) and len(f) >= 18:
-        l3 = 18
-        kind = struct.unpack_from(">H", f, 16)[0]
-    port_protocols = (6, 17, 33, 132, 136)
-    key = None
-    if kind == 0x0800 and len(f) >= l3 + 20:
-        ihl = (f[l3] & 15) * 4
-        proto = f[l3 + 9]
-        fragment = struct.unpack_from(">H", f, l3 + 6)[0] & 0x3FFF
-        key = f[l3 + 12:l3 + 20]
-        if proto in port_protocols and not fragment and ihl >= 20 and len(f) >= l3 + ihl + 4:
-            key += f[l3 + ihl:l3 + ihl + 4]
-        key += bytes([proto])
-    elif kind == 0x86DD and len(f) >= l3 + 40:
-        proto = f[l3 + 6]
-        key = f[l3 + 8:l3 + 40]
-        if proto in port_protocols and len(f) >= l3 + 44:
-            key += f[l3 + 40:l3 + 44]
-        key += bytes([proto])
-    if key is None:
-        key = f[:14]
-    return zlib.crc32(key, seed)
+    """The flow hash of ``frame[offset:]`` from its definition (``tests/vxlan_wire.py``)."""
+    return oracle_flow_hash(frame[offset:], seed)
 
 
 def _oracle_source_port(frame: bytes, port_min: int, port_max: int, seed: int) -> int:
     """The kernel's udp_flow_src_port scaling: hash ^= hash << 16 (32 bits), then
     ``min + ((hash * (max - min)) >> 32)``."""
-    h = _oracle_flow_hash(frame, 0, seed)
-    h = (h ^ (h << 16)) & 0xFFFFFFFF
-    return port_min + ((h * (port_max - port_min)) >> 32)
+    return oracle_port(_oracle_flow_hash(frame, 0, seed), port_min, port_max)
 
 
 @pytest.fixture(params=IMPLS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zlib
 from array import array
 from types import ModuleType
 from typing import Any
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.fuzzing import fuzz_settings
 from tests.test_vxlan_frames import vxlan_header
+from tests.vxlan_wire import oracle_flow_hash, oracle_port
 from tunnel.vxlan import VxlanConfig, VxlanEngine
 from tunnel.vxlan.fast import load as load_fast
 from tunnel.vxlan.flow import flow_hash, scale_port, source_port
@@ -85,46 +85,6 @@ def test_transmit_never_raises(frames: list[bytes], proxy: bool, headroom: int) 
             assert 32768 <= sport < 60999
         handled = len(res.datagrams) + len(res.local)
         assert handled == 1 or len(f) < 14
-
-
-def oracle_flow_hash(frame: bytes, seed: int) -> int:
-    """The flow hash from its definition (tunnel/vxlan/flow.py docstring), written without the
-    code under test: CRC-32 seeded with ``seed`` over one flow key. IPv4: addresses, then the
-    L4 ports (TCP/UDP/UDP-Lite/SCTP/DCCP, not a fragment, IHL >= 5, ports present), then the
-    protocol byte; IPv6: addresses, ports (same protocols, no extension walk), next header;
-    anything else or truncated: the 14-byte Ethernet header (or all of a shorter frame).
-    One 802.1Q/802.1ad tag is skipped."""
-    if len(frame) < 14:
-        return zlib.crc32(frame, seed)
-    l3, ethertype = 14, int.from_bytes(frame[12:14], "big")
-    if ethertype in (0x8100, 0x88A8) and len(frame) >= 18:
-        l3, ethertype = 18, int.from_bytes(frame[16:18], "big")
-    ported = {6, 17, 33, 132, 136}
-    key = None
-    if ethertype == 0x0800 and len(frame) >= l3 + 20:
-        ihl = (frame[l3] & 0x0F) * 4
-        proto = frame[l3 + 9]
-        fragment = int.from_bytes(frame[l3 + 6 : l3 + 8], "big") & 0x3FFF
-        key = frame[l3 + 12 : l3 + 20]
-        if proto in ported and fragment == 0 and ihl >= 20 and len(frame) >= l3 + ihl + 4:
-            key += frame[l3 + ihl : l3 + ihl + 4]
-        key += bytes([proto])
-    elif ethertype == 0x86DD and len(frame) >= l3 + 40:
-        nh = frame[l3 + 6]
-        key = frame[l3 + 8 : l3 + 40]
-        if nh in ported and len(frame) >= l3 + 44:
-            key += frame[l3 + 40 : l3 + 44]
-        key += bytes([nh])
-    if key is None:
-        key = frame[:14]
-    return zlib.crc32(key, seed)
-
-
-def oracle_port(hash32: int, lo: int, hi: int) -> int:
-    """The kernel's udp_flow_src_port scaling: fold (hash ^ hash << 16, 32 bits), then
-    lo + (folded * (hi - lo)) >> 32."""
-    folded = (hash32 ^ (hash32 << 16)) % (1 << 32)
-    return lo + (folded * (hi - lo)) // (1 << 32)
 
 
 def ip_frame(version: int, proto: int, ports: bytes, fragment: int, vlan: bool, ihl: int,
