@@ -84,7 +84,6 @@ class Device:
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.drops: Counter[str] = Counter()
-        self.cookie_replies_sent = 0  # cookie replies sent to initiations/responses under load
         self.rate_limiter = RateLimiter()
         self._initiation_limiters: dict[Peer, InitiationLimiter] = {}
         # Our receiver indices: the peer of a handshake in progress, or a session's keypair.
@@ -421,7 +420,6 @@ class Device:
             self.drops[Drop.INVALID_MAC1] += invalid
         if cookies:
             self.drops[Drop.COOKIE_SENT] += cookies
-            self.cookie_replies_sent += cookies
         if counted:
             load.counted(counted, now)
         loaded = self._screen.PASSED_LOADED

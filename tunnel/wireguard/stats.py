@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from crypto import keys
 from tunnel.wireguard.device import Device
+from tunnel.wireguard.messages import Drop
 from tunnel.wireguard.uapi import format_endpoint, format_prefix
 
 RATE_WINDOW = 5.0  # seconds of history the rates are computed over
@@ -111,6 +112,6 @@ def device_stats(device: Device, rates: Mapping[bytes, tuple[float, float]]) -> 
         "public_key": None if public is None else keys.to_base64(public),
         "peers": peers,
         "drops": dict(sorted((k, v) for k, v in device.drops.items() if v)),
-        "cookie_replies_sent": device.cookie_replies_sent,
+        "cookie_replies_sent": device.drops[Drop.COOKIE_SENT],  # each one answered a message instead
         "datapath": implementation_name(device.datapath),
     }
