@@ -12,18 +12,27 @@ rotates each round) so that slow drifts of the machine hit all of them alike:
                 ``--version`` line (``wggo-20250522`` = ``wireguard-go v0.0.20250522``)
 ``wgpy-vxlan``  ``wg-py vxlan`` on both ends (TAP MTU 1450, from the veth)
 ``kvxlan``      the kernel's vxlan driver on both ends (MTU 1450)
+``kvxlan-wgpy`` the kernel's vxlan over wg-py WireGuard (issue 12; :mod:`tunnel.lab.benchoverlay`)
+``kvxlan-wggo-VER`` the kernel's vxlan over each ``--wireguard-go`` contender
+``wgpy-l2``     wg-py's one-process L2 overlay (``wg-py vxlan add ... dev WGIFACE``); reported
+                as unavailable, with the reason, when this wg-py refuses it or runs it as a
+                separate process
 
 Per round and contender: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte payloads at
 an unlimited offered rate (packets/s that arrived), and ping RTT. Around each single-stream TCP
-run: the CPU time (utime+stime from ``/proc/PID/stat``) of the tunnel processes on both ends and
-the machine's busy time (``/proc/stat``), each divided by the bytes moved. After the rounds: the
+run: the CPU time (utime+stime from ``/proc/PID/stat``) of the tunnel processes on both ends,
+the machine's busy time and its softirq time (``/proc/stat``), each divided by the bytes moved.
+Around each 4-stream run (issue 17): the machine's idle share and each CPU's busy share
+(``/proc/stat``), and the busiest tunnel process's CPU time over the wall time (in cores; above
+1 it ran on more than one CPU at a time). After the rounds: the
 tunnel processes' peak RSS (``VmHWM``) and, for wg-py and wireguard-go, the RSS (``VmRSS``) of a
 fresh daemon before and after ``wg setconf`` of ``--peers`` generated peers (one /32 each).
 
 Figures are medians over the rounds. The report names the contenders it compared (each
 wireguard-go by version) and is a table with each figure, its ratios to the references (wg-py /
-each wireguard-go, wg-py VXLAN / kernel vxlan) and to raw veth, the targets of issue 17 marked
-met or not (the wireguard-go targets once per wireguard-go), the machine's ``/proc/loadavg``
+each wireguard-go, wg-py VXLAN / kernel vxlan, wg-py L2 / each kernel overlay and plain wg-py)
+and to raw veth, the targets of issues 17 and 12 marked met or not (the wireguard-go targets
+once per wireguard-go), the machine's ``/proc/loadavg``
 before and after the run, a JSON file and a PNG bar chart (:func:`tunnel.lab.benchchart.chart`,
 matplotlib from the ``bench`` extra; without it no PNG is written) under ``bench/results/``.
 The pure functions (parsing, statistics, report, chart) take and return plain data and are
@@ -49,22 +58,31 @@ from pathlib import Path
 from typing import Any
 
 from crypto import keys
-from tunnel.lab import benchchart
+from tunnel.lab import benchchart, benchoverlay
+from tunnel.lab.benchoverlay import Unavailable
 from tunnel.lab.benchreport import (
     CONTENDERS,
+    KVXLAN_WGGO,
     METRICS,
+    OVERLAYS,
     PEER_RSS,
     TUNNEL_PROCESSES,
     WGGO,
+    busiest_cores,
     evaluate_targets,
     fmt,
+    idle_figures,
     kind,
+    metrics_of,
+    overlay_key,
+    overlay_label,
     parse_ping,
     per_gigabyte,
     proc_cpu_ticks,
     ratio,
     references,
     render_table,
+    softirq_ticks,
     status_kib,
     summarize,
     system_busy_ticks,
@@ -130,11 +148,25 @@ def wireguard_go_contenders(paths: Sequence[str],
 
 def expand(only: Sequence[str], wggos: Sequence[WireguardGo]) -> list[str]:
     """The run's contender keys: ``only`` with the ``wggo`` slot replaced by the wireguard-go
-    contenders' keys, in their order."""
+    contenders' keys and the ``kvxlan-wggo`` slot by their overlay keys, in their order."""
     out: list[str] = []
     for name in only:
-        out += [w.key for w in wggos] if name == WGGO else [name]
+        if name == WGGO:
+            out += [w.key for w in wggos]
+        elif name == KVXLAN_WGGO:
+            out += [overlay_key(w.key) for w in wggos]
+        else:
+            out.append(name)
     return out
+
+
+def programs_and_labels(wggos: Sequence[WireguardGo]) -> tuple[dict[str, str], dict[str, str]]:
+    """(contender key -> wireguard-go binary, contender key -> label) for every contender that
+    runs one of ``wggos``: the plain ones and the kernel vxlan over each."""
+    programs = {w.key: w.path for w in wggos} | {overlay_key(w.key): w.path for w in wggos}
+    labels = {w.key: w.label for w in wggos} | {overlay_key(w.key): overlay_label(w.label)
+                                                for w in wggos}
+    return programs, labels
 
 
 def parse_args(args: Sequence[str]) -> Options:
@@ -221,10 +253,16 @@ def rss_mib(pids: Sequence[int], field_name: str = "VmRSS") -> float:
     return sum(status_kib(_read(f"/proc/{p}/status"), field_name) for p in pids) / 1024
 
 
+WGPY_UNDERLAY = ("wgpy", "kvxlan-wgpy", "wgpy-l2")  # contenders whose WireGuard is wg-py
+
+
 def _wg_program(name: str, programs: Mapping[str, str]) -> list[str]:
-    """wg-py's daemon for ``wgpy``; for a wireguard-go contender, its binary from ``programs``
-    (else the ``wireguard-go`` on the PATH: ``bench/hops.py`` builds a plain ``wggo`` pair)."""
-    return quick.daemon_command() if name == "wgpy" else [programs.get(name, "wireguard-go")]
+    """wg-py's daemon for ``wgpy`` and the overlays over wg-py; for a contender over
+    wireguard-go, its binary from ``programs`` (else the ``wireguard-go`` on the PATH:
+    ``bench/hops.py`` builds a plain ``wggo`` pair)."""
+    if name in WGPY_UNDERLAY:
+        return quick.daemon_command()
+    return [programs.get(name, "wireguard-go")]
 
 
 def _wg_conf(private: bytes, port: int, peers: str) -> str:
@@ -233,8 +271,10 @@ def _wg_conf(private: bytes, port: int, peers: str) -> str:
 
 def build_pair(lab: Lab, name: str, programs: Mapping[str, str] | None = None) -> Pair:
     """Two namespaces on a veth (OUTER addresses), and the contender's tunnel between them
-    (INNER addresses), reachable by ping; raises SetupError otherwise. ``programs`` maps a
-    wireguard-go contender's key to its binary."""
+    (INNER addresses; for an overlay, the VXLAN over them with ``benchoverlay.OVERLAY``
+    addresses), reachable by ping; raises SetupError otherwise (:class:`Unavailable` when the
+    contender does not exist in this wg-py). ``programs`` maps a contender over wireguard-go
+    to its binary."""
     programs = programs or {}
     a, b = lab.namespace(f"{name}a"), lab.namespace(f"{name}b")
     lab.veth(a, b, [f"{OUTER[0]}/24"], [f"{OUTER[1]}/24"])
@@ -244,8 +284,9 @@ def build_pair(lab: Lab, name: str, programs: Mapping[str, str] | None = None) -
     if name == "veth":
         pair.server_addr = OUTER[1]
         return pair
-    if name == "wgpy" or kind(name) == WGGO:
+    if name in WGPY_UNDERLAY or kind(name) in (WGGO, KVXLAN_WGGO):
         privs = [keys.generate_private(), keys.generate_private()]
+        ifaces = []
         for ns, _, i in ends:
             iface = lab.start_daemon(ns, _wg_program(name, programs), env=env)
             other = 1 - i
@@ -256,7 +297,12 @@ def build_pair(lab: Lab, name: str, programs: Mapping[str, str] | None = None) -
             lab.run(ns, ["wg", "setconf", iface, str(conf)])
             lab.run(ns, ["ip", "addr", "add", f"{INNER[i]}/24", "dev", iface])
             lab.run(ns, ["ip", "link", "set", "mtu", str(WG_MTU), "up", "dev", iface])
+            ifaces.append(iface)
         pair.mtu = WG_MTU
+        if kind(name) in OVERLAYS:
+            pair.mtu = benchoverlay.add_overlay(lab, kind(name), list(zip((a, b), ifaces, strict=True)),
+                                                INNER, WG_MTU, env)
+            pair.server_addr = benchoverlay.OVERLAY[1]
     else:
         for ns, veth, i in ends:
             opts = ["id", VNI, "dstport", "4789", "remote", OUTER[1 - i], "local", OUTER[i],
@@ -275,16 +321,33 @@ def build_pair(lab: Lab, name: str, programs: Mapping[str, str] | None = None) -
     return pair
 
 
+def process_cpu(pids: Sequence[int]) -> dict[int, float]:
+    """pid -> utime+stime in seconds, for the processes of ``pids`` still there."""
+    tck = os.sysconf("SC_CLK_TCK")
+    return {p: proc_cpu_ticks(t) / tck for p in pids if (t := _read(f"/proc/{p}/stat"))}
+
+
 def measure_tcp(lab: Lab, pair: Pair, streams: int, seconds: int) -> dict[str, float | None]:
-    """One iperf3 TCP run client -> server; throughput and, around it, CPU per gigabyte."""
-    cpu0, sys0 = cpu_seconds(pair.pids), machine_cpu_seconds()
+    """One iperf3 TCP run client -> server; throughput and, around it, CPU per gigabyte
+    (tunnel processes, machine busy, softirq) and, from the same readings, the machine's idle
+    share, each CPU's busy share (keys of :func:`idle_figures`) and the busiest tunnel
+    process's cores (``tunnel_cores``). The readings bracket the whole iperf3 call, server
+    start (~0.1 s) included."""
+    stat0, procs0, t0 = _read("/proc/stat"), process_cpu(pair.pids), time.monotonic()
     result = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=seconds,
                         extra=["-P", str(streams)] if streams > 1 else [])
-    cpu1, sys1 = cpu_seconds(pair.pids), machine_cpu_seconds()
+    stat1, procs1, t1 = _read("/proc/stat"), process_cpu(pair.pids), time.monotonic()
+    tck = os.sysconf("SC_CLK_TCK")
     bps, nbytes = tcp_figures(result)
+    cpu = sum(procs1.values()) - sum(procs0[p] for p in procs1 if p in procs0)
+    busy = (system_busy_ticks(stat1) - system_busy_ticks(stat0)) / tck
+    softirq = (softirq_ticks(stat1) - softirq_ticks(stat0)) / tck
     return {"gbps": bps / 1e9,
-            "cpu_tunnel": per_gigabyte(cpu1 - cpu0, nbytes) if pair.pids else None,
-            "cpu_system": per_gigabyte(sys1 - sys0, nbytes)}
+            "cpu_tunnel": per_gigabyte(cpu, nbytes) if pair.pids else None,
+            "cpu_system": per_gigabyte(busy, nbytes),
+            "cpu_softirq": per_gigabyte(softirq, nbytes),
+            "tunnel_cores": busiest_cores(procs0, procs1, t1 - t0) if pair.pids else None,
+            **idle_figures(stat0, stat1)}
 
 
 def measure_udp(lab: Lab, pair: Pair, seconds: int) -> float:
@@ -385,8 +448,7 @@ def run(opts: Options, wggos: Sequence[WireguardGo] = ()) -> dict[str, Any]:
     info: dict[str, Any] = {}
     started = time.time()
     load_before = _read("/proc/loadavg").strip()
-    programs = {w.key: w.path for w in wggos}
-    labels = {w.key: w.label for w in wggos}
+    programs, labels = programs_and_labels(wggos)
     names_wanted = expand(opts.only, wggos)
     with Lab(f"wgb{os.getpid() % 100000}") as lab, progress_bar(len(names_wanted)):
         pairs: list[Pair] = []
@@ -395,6 +457,12 @@ def run(opts: Options, wggos: Sequence[WireguardGo] = ()) -> dict[str, Any]:
             t0 = time.monotonic()
             try:
                 pair = build_pair(lab, name, programs)
+            except Unavailable as exc:
+                _say(f"setup {name:<28} UNAVAILABLE: {exc}")
+                info[name] = {"label": labels.get(name, CONTENDERS[kind(name)]),
+                              "unavailable": str(exc), "path": programs.get(name)}
+                _step()
+                continue
             except (SetupError, CommandError, OSError) as exc:
                 _say(f"setup {name:<28} FAILED: {exc}")
                 info[name] = {"label": labels.get(name, CONTENDERS[kind(name)]), "error": str(exc),
@@ -421,8 +489,20 @@ def run(opts: Options, wggos: Sequence[WireguardGo] = ()) -> dict[str, Any]:
                     if streams == 1:
                         s["cpu_tunnel_s_per_gb"].append(got["cpu_tunnel"])
                         s["cpu_system_s_per_gb"].append(got["cpu_system"])
-                    return (f"{got['gbps']:.3f} Gbit/s  tunnel cpu {fmt(got['cpu_tunnel'])} s/GB"
-                            f"  machine cpu {fmt(got['cpu_system'])} s/GB")
+                        s["cpu_softirq_s_per_gb"].append(got["cpu_softirq"])
+                        return (f"{got['gbps']:.3f} Gbit/s  tunnel cpu {fmt(got['cpu_tunnel'])} "
+                                f"s/GB  machine cpu {fmt(got['cpu_system'])} s/GB  softirq "
+                                f"{fmt(got['cpu_softirq'])} s/GB")
+                    s["tunnel_cores_tcp4"].append(got["tunnel_cores"])
+                    busy = []
+                    for key, value in got.items():
+                        if key == "idle_tcp4_pct" or key.startswith("busy_tcp4_cpu"):
+                            s.setdefault(key, []).append(value)
+                            if key != "idle_tcp4_pct":
+                                busy.append(f"{value:.0f}")
+                    return (f"{got['gbps']:.3f} Gbit/s  idle {fmt(got.get('idle_tcp4_pct'))} %  "
+                            f"per-CPU busy {'/'.join(busy)} %  busiest tunnel process "
+                            f"{fmt(got['tunnel_cores'])} cores")
 
                 def udp(p: Pair = p, s: dict[str, list[float | None]] = s) -> str:
                     s["udp64_kpps"].append(kpps := measure_udp(lab, p, opts.time))
@@ -469,7 +549,7 @@ def run(opts: Options, wggos: Sequence[WireguardGo] = ()) -> dict[str, Any]:
         "order": names,
         "samples": samples,
         "summary": summary,
-        "ratios": {f"{a}/{b}": {m.key: ratio(summary, m.key, a, b) for m in METRICS}
+        "ratios": {f"{a}/{b}": {m.key: ratio(summary, m.key, a, b) for m in metrics_of(summary)}
                    for a, b in [*references(names), *((c, "veth") for c in names)]
                    if a in names and b in names},
         "targets": evaluate_targets(summary, labels),
@@ -537,10 +617,10 @@ def main(args: list[str]) -> int:
         print(f"wg-py bench: {missing}", file=sys.stderr)
         return 1
     wggos: list[WireguardGo] = []
-    if WGGO in opts.only:
+    if WGGO in opts.only or KVXLAN_WGGO in opts.only:
         paths = opts.wireguard_go or [p for p in [shutil.which("wireguard-go")] if p]
         if not paths:
-            opts.only.remove(WGGO)
+            opts.only = [c for c in opts.only if c not in (WGGO, KVXLAN_WGGO)]
             _say("wireguard-go is not installed: left out")
         try:
             wggos = wireguard_go_contenders(paths)
@@ -559,7 +639,9 @@ def main(args: list[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     _say("")
-    sys.stdout.write(render_table(doc["summary"], doc["order"], opts.peers, doc["labels"]))
+    unavailable = {k: v["unavailable"] for k, v in doc["contenders"].items() if "unavailable" in v}
+    sys.stdout.write(render_table(doc["summary"], doc["order"], opts.peers, doc["labels"],
+                                  unavailable))
     _say(f"load average before/after: {doc['host']['loadavg_before']} / "
          f"{doc['host']['loadavg_after']} (shared machine)")
     for path in write_results(doc, opts):

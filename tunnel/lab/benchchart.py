@@ -16,20 +16,36 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tunnel.lab.benchreport import CHART_METRICS, CONTENDERS, METRIC, _label, fmt, kind, ratio, references
+from tunnel.lab.benchreport import (
+    CHART_METRICS,
+    CONTENDERS,
+    KVXLAN_WGGO,
+    METRIC,
+    _label,
+    fmt,
+    kind,
+    ratio,
+    references,
+)
 
-COLORS = {"veth": "#969696", "wgpy": "#1f77b4", "wggo": "#ff7f0e", "wgpy-vxlan": "#2ca02c", "kvxlan": "#d62728"}
+COLORS = {"veth": "#969696", "wgpy": "#1f77b4", "wggo": "#ff7f0e", "wgpy-vxlan": "#2ca02c", "kvxlan": "#d62728",
+          "kvxlan-wgpy": "#9467bd", "wgpy-l2": "#17becf"}
 WGGO_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22")  # one per wireguard-go, in run order
+KVXLAN_WGGO_COLORS = ("#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d")  # the kernel vxlan over each
 
 
 def colors(contenders: Sequence[str]) -> list[str]:
-    """The bar color of each contender: fixed per kind, the wireguard-go contenders one each
-    from :data:`WGGO_COLORS` in their order."""
-    out, n = [], 0
+    """The bar color of each contender: fixed per kind, the contenders of a wireguard-go slot
+    (``wggo``, ``kvxlan-wggo``) one each from :data:`WGGO_COLORS` or
+    :data:`KVXLAN_WGGO_COLORS` in their order."""
+    out: list[str] = []
+    seen = {"wggo": 0, KVXLAN_WGGO: 0}
     for c in contenders:
-        if kind(c) == "wggo":
-            out.append(WGGO_COLORS[n % len(WGGO_COLORS)])
-            n += 1
+        slot = kind(c)
+        if slot in seen:
+            palette = WGGO_COLORS if slot == "wggo" else KVXLAN_WGGO_COLORS
+            out.append(palette[seen[slot] % len(palette)])
+            seen[slot] += 1
         else:
             out.append(COLORS.get(c, "#444444"))
     return out
@@ -54,7 +70,7 @@ def ratio_labels(summary: Mapping[str, Mapping[str, float]], metric: str,
                  contenders: Sequence[str]) -> dict[str, str]:
     """The ratios written above each contender's bar, one ``"1.52x vs 20250522"`` line per
     reference measured in the run (wg-py WireGuard: each wireguard-go; wg-py VXLAN: kernel
-    vxlan)."""
+    vxlan; wg-py L2: the kernel vxlan over each wireguard-go and over wg-py, plain wg-py)."""
     out: dict[str, list[str]] = {}
     for contender, reference in references(contenders):
         value = ratio(summary, metric, contender, reference)

@@ -20,12 +20,24 @@ CONTENDERS: dict[str, str] = {
     "wggo": "wireguard-go",
     "wgpy-vxlan": "wg-py VXLAN",
     "kvxlan": "kernel vxlan",
+    # the L2 overlays of issue 12: VXLAN (VNI 42, port 4789) between the tunnel addresses
+    "kvxlan-wgpy": "kernel vxlan over wg-py",
+    "kvxlan-wggo": "kernel vxlan over wireguard-go",
+    "wgpy-l2": "wg-py L2 over WireGuard (one process)",
 }
-# "wggo" is a slot: a run fills it with one contender per wireguard-go binary, keyed
-# ``wggo-VERSION`` (:func:`wireguard_go_key`) and labelled with its ``--version`` line.
+# "wggo" and "kvxlan-wggo" are slots: a run fills each with one contender per wireguard-go
+# binary, keyed ``wggo-VERSION`` (:func:`wireguard_go_key`) and ``kvxlan-wggo-VERSION``
+# (:func:`overlay_key`), labelled with its ``--version`` line.
 WGGO = "wggo"
-REFERENCES: dict[str, str] = {"wgpy": WGGO, "wgpy-vxlan": "kvxlan"}
-TUNNEL_PROCESSES = ("wgpy", WGGO, "wgpy-vxlan")  # contenders with userspace tunnel processes
+KVXLAN_WGGO = "kvxlan-wggo"
+OVERLAYS = ("kvxlan-wgpy", KVXLAN_WGGO, "wgpy-l2")  # a VXLAN inside a WireGuard pair
+# (contender, reference) kinds whose ratios the report gives, in this order
+REFERENCES: tuple[tuple[str, str], ...] = (
+    ("wgpy", WGGO), ("wgpy-vxlan", "kvxlan"),
+    ("wgpy-l2", KVXLAN_WGGO), ("wgpy-l2", "kvxlan-wgpy"), ("wgpy-l2", "wgpy"),
+)
+# contenders with userspace tunnel processes (for the kernel overlays: their WireGuard daemons)
+TUNNEL_PROCESSES = ("wgpy", WGGO, "wgpy-vxlan", *OVERLAYS)
 PEER_RSS = ("wgpy", WGGO)
 
 
@@ -35,8 +47,22 @@ def is_wireguard_go(key: str) -> bool:
 
 
 def kind(key: str) -> str:
-    """The slot of :data:`CONTENDERS` a contender key belongs to (``wggo-20250522`` -> ``wggo``)."""
+    """The slot of :data:`CONTENDERS` a contender key belongs to (``wggo-20250522`` -> ``wggo``,
+    ``kvxlan-wggo-20250522`` -> ``kvxlan-wggo``)."""
+    if key == KVXLAN_WGGO or key.startswith(KVXLAN_WGGO + "-"):
+        return KVXLAN_WGGO
     return WGGO if is_wireguard_go(key) else key
+
+
+def overlay_key(wggo_key: str) -> str:
+    """The key of the kernel vxlan over a wireguard-go contender: ``wggo-20250522`` ->
+    ``kvxlan-wggo-20250522``."""
+    return f"kvxlan-{wggo_key}"
+
+
+def overlay_label(wggo_label: str) -> str:
+    """``wireguard-go v0.0.20250522`` -> ``kernel vxlan over wireguard-go v0.0.20250522``."""
+    return f"kernel vxlan over {wggo_label}"
 
 
 def wireguard_go_label(version_output: str) -> str:
@@ -64,9 +90,10 @@ def wireguard_go_key(label: str, taken: Collection[str] = ()) -> str:
 
 def references(contenders: Sequence[str]) -> list[tuple[str, str]]:
     """The (contender, reference) pairs whose ratios the report gives, for those measured:
-    wg-py WireGuard against each wireguard-go contender, wg-py VXLAN against kernel vxlan."""
+    wg-py WireGuard against each wireguard-go contender, wg-py VXLAN against kernel vxlan,
+    wg-py L2 against the kernel vxlan over each wireguard-go, over wg-py, and plain wg-py."""
     out: list[tuple[str, str]] = []
-    for a, b in REFERENCES.items():
+    for a, b in REFERENCES:
         if a not in contenders:
             continue
         out += [(a, c) for c in contenders if kind(c) == b]
@@ -89,11 +116,35 @@ METRICS: tuple[Metric, ...] = (
     Metric("ping_avg_ms", "ping RTT avg", "ms", False),
     Metric("cpu_tunnel_s_per_gb", "tunnel CPU (TCP 1)", "s/GB", False),
     Metric("cpu_system_s_per_gb", "machine CPU (TCP 1)", "s/GB", False),
+    Metric("cpu_softirq_s_per_gb", "softirq CPU (TCP 1)", "s/GB", False),
+    # over each 4-stream run (issue 17: did a daemon use both cores?); not judged
+    Metric("idle_tcp4_pct", "machine idle (TCP 4)", "%", False),
+    Metric("tunnel_cores_tcp4", "busiest tunnel process (TCP 4)", "cores", False),
     Metric("peak_rss_mib", "tunnel peak RSS", "MiB", False),
     Metric("rss_idle_mib", "RSS, no peers", "MiB", False),
     Metric("rss_peers_mib", "RSS, N peers", "MiB", False),
 )
 METRIC = {m.key: m for m in METRICS}
+BUSY_PREFIX, BUSY_SUFFIX = "busy_tcp4_cpu", "_pct"  # busy_tcp4_cpu0_pct, ...: one per CPU
+
+
+def busy_key(cpu: int) -> str:
+    """The metric key of CPU ``cpu``'s busy share over the 4-stream runs."""
+    return f"{BUSY_PREFIX}{cpu}{BUSY_SUFFIX}"
+
+
+def metrics_of(summary: Mapping[str, Mapping[str, float]]) -> list[Metric]:
+    """:data:`METRICS` with, after the idle row, one ``CPUn busy (TCP 4)`` row per CPU that
+    ``summary`` has a figure for (their number depends on the machine)."""
+    cpus = sorted({int(k[len(BUSY_PREFIX):-len(BUSY_SUFFIX)]) for row in summary.values()
+                   for k in row if k.startswith(BUSY_PREFIX) and k.endswith(BUSY_SUFFIX)
+                   and k[len(BUSY_PREFIX):-len(BUSY_SUFFIX)].isdigit()})
+    out: list[Metric] = []
+    for m in METRICS:
+        out.append(m)
+        if m.key == "idle_tcp4_pct":
+            out += [Metric(busy_key(n), f"CPU{n} busy (TCP 4)", "%", False) for n in cpus]
+    return out
 CHART_METRICS = ("tcp1_gbps", "tcp4_gbps", "udp64_kpps", "ping_median_ms", "cpu_tunnel_s_per_gb",
                  "rss_peers_mib")
 
@@ -110,9 +161,10 @@ class Target:
     reference: str
     at_least: float | None = None
     at_most: float | None = None
+    issue: int = 17
 
 
-TARGETS: tuple[Target, ...] = (  # issue 17
+TARGETS: tuple[Target, ...] = (  # issue 17, then issue 12
     Target("wg-py WireGuard >= 2x {ref}, TCP 1 stream", "tcp1_gbps", "wgpy", WGGO, at_least=2.0),
     Target("wg-py WireGuard tunnel CPU per GB <= 0.5x {ref}", "cpu_tunnel_s_per_gb", "wgpy", WGGO,
            at_most=0.5),
@@ -124,6 +176,12 @@ TARGETS: tuple[Target, ...] = (  # issue 17
            at_least=0.5),
     Target("ping RTT through wg-py VXLAN <= through {ref}", "ping_median_ms", "wgpy-vxlan", "wgpy",
            at_most=1.0),
+    Target("wg-py L2 (one process) >= 4x {ref}, TCP 1 stream", "tcp1_gbps", "wgpy-l2",
+           KVXLAN_WGGO, at_least=4.0, issue=12),
+    Target("wg-py L2 (one process) >= 2x {ref}, TCP 1 stream", "tcp1_gbps", "wgpy-l2",
+           "kvxlan-wgpy", at_least=2.0, issue=12),
+    Target("wg-py L2 (one process) >= 0.8x {ref}, TCP 1 stream (aim)", "tcp1_gbps", "wgpy-l2",
+           "wgpy", at_least=0.8, issue=12),
 )
 
 
@@ -162,6 +220,63 @@ def system_busy_ticks(proc_stat_text: str) -> int:
             f = [int(x) for x in line.split()[1:]]
             return f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
     raise ValueError("no cpu line in /proc/stat")
+
+
+def cpu_ticks(proc_stat_text: str) -> dict[str, tuple[int, int]]:
+    """``cpu`` (all CPUs) and each ``cpuN`` of ``/proc/stat`` -> (busy ticks, total ticks).
+
+    Busy is everything but idle and iowait (as :func:`system_busy_ticks`: user, nice, system,
+    irq, softirq, steal); total is busy + idle + iowait (guest time is already in user)."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in proc_stat_text.splitlines():
+        if not line.startswith("cpu"):
+            continue
+        name, *fields = line.split()
+        f = [int(x) for x in fields]
+        busy = f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
+        out[name] = (busy, busy + f[3] + f[4])
+    if "cpu" not in out:
+        raise ValueError("no cpu line in /proc/stat")
+    return out
+
+
+def softirq_ticks(proc_stat_text: str) -> int:
+    """Softirq ticks of all CPUs (field 7 of the ``cpu`` line of ``/proc/stat``)."""
+    for line in proc_stat_text.splitlines():
+        if line.startswith("cpu "):
+            return int(line.split()[7])
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def idle_figures(before: str, after: str) -> dict[str, float]:
+    """From two ``/proc/stat`` readings around a run: ``idle_tcp4_pct`` (the machine's idle
+    share, %) and one :func:`busy_key` per CPU (that CPU's busy share, %). A CPU whose ticks did
+    not advance (or that came or went between the readings) is left out."""
+    t0, t1 = cpu_ticks(before), cpu_ticks(after)
+    out: dict[str, float] = {}
+    for name, (busy1, total1) in t1.items():
+        if name not in t0:
+            continue
+        busy0, total0 = t0[name]
+        if total1 <= total0:
+            continue
+        share = 100.0 * (busy1 - busy0) / (total1 - total0)
+        if name == "cpu":
+            out["idle_tcp4_pct"] = 100.0 - share
+        elif name[3:].isdigit():
+            out[busy_key(int(name[3:]))] = share
+    return out
+
+
+def busiest_cores(cpu_before: Mapping[int, float], cpu_after: Mapping[int, float],
+                  seconds: float) -> float | None:
+    """The largest CPU time (s) any one process spent between the readings (pid -> seconds),
+    over the wall time ``seconds``: in cores (above 1.0 the process ran on more than one CPU
+    at a time). None without a process present in both readings or with no elapsed time."""
+    used = [cpu_after[p] - cpu_before[p] for p in cpu_after if p in cpu_before]
+    if not used or seconds <= 0:
+        return None
+    return max(used) / seconds
 
 
 def status_kib(status_text: str, name: str) -> int:
@@ -237,16 +352,22 @@ def _label(m: Metric, peers: int | None) -> str:
 
 
 def render_table(summary: Mapping[str, Mapping[str, float]], contenders: Sequence[str],
-                 peers: int | None = None, labels: Mapping[str, str] | None = None) -> str:
+                 peers: int | None = None, labels: Mapping[str, str] | None = None,
+                 unavailable: Mapping[str, str] | None = None) -> str:
     """The report: which contenders were compared (each wireguard-go with its version, from
-    ``labels``), figures, ratios to each reference and to raw veth, targets (``peers``
-    replaces the N in the RSS row's label)."""
+    ``labels``), which were unavailable and why (``unavailable``: key -> reason), figures,
+    ratios to each reference and to raw veth, targets (``peers`` replaces the N in the RSS
+    row's label)."""
     names = {**CONTENDERS, **(labels or {})}
     refs = references(contenders)
+    metrics = metrics_of({c: summary.get(c, {}) for c in contenders})
     head = ["metric", "unit", *contenders, *(f"{a}/{b}" for a, b in refs)]
-    lines = ["compared: " + ", ".join(f"{c} = {names.get(c, c)}" for c in contenders), ""]
+    lines = ["compared: " + ", ".join(f"{c} = {names.get(c, c)}" for c in contenders)]
+    lines += [f"unavailable: {c} = {names.get(c, c)}: {why}"
+              for c, why in (unavailable or {}).items()]
+    lines.append("")
     rows = [head]
-    for m in METRICS:
+    for m in metrics:
         if not any(m.key in summary.get(c, {}) for c in contenders):
             continue
         cells = [fmt(summary.get(c, {}).get(m.key)) for c in contenders]
@@ -256,7 +377,7 @@ def render_table(summary: Mapping[str, Mapping[str, float]], contenders: Sequenc
     lines += _grid(rows)
     if "veth" in contenders:
         vrows = [["ratio to raw veth", "", *contenders]]
-        for m in METRICS:
+        for m in metrics:
             if m.key in summary.get("veth", {}):
                 vrows.append([_label(m, peers), "x", *(fmt(ratio(summary, m.key, c, "veth"))
                                                for c in contenders)])
@@ -265,6 +386,8 @@ def render_table(summary: Mapping[str, Mapping[str, float]], contenders: Sequenc
     lines.append("")
     for t in evaluate_targets({c: summary.get(c, {}) for c in contenders}, labels):
         state = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+        if t["met"] is None and t["contender"] in (unavailable or {}):
+            state += f" ({t['contender']} unavailable)"
         lines.append(f"target: {t['text']}: {fmt(t['ratio'])}{'x' if t['ratio'] else ''} -> {state}")
     return "\n".join(lines) + "\n"
 
