@@ -50,6 +50,12 @@ def test_kvxlan_wggo_is_a_slot_filled_per_wireguard_go() -> None:
     assert labels[A] == "wireguard-go v0.0.20250522"
 
 
+def test_the_overlay_slot_alone_resolves_the_wireguard_go_paths(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--wireguard-go", "/bin/true", "--only", "kvxlan-wggo"]) == 1
+    assert "--wireguard-go /bin/true: not a wireguard-go" in capsys.readouterr().err
+
+
 def test_each_overlay_runs_the_right_wireguard() -> None:
     programs, _ = bench.programs_and_labels(WGGOS)
     for name in ("wgpy", "kvxlan-wgpy", "wgpy-l2"):
