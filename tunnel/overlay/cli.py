@@ -23,12 +23,14 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunnel.vxlan import cli as vxlan_cli
 from tunnel.vxlan.cli import UsageError, parse_add, split_metrics
-from tunnel.wireguard.interface import Interface
 from tunnel.wireguard.quick import uapi_call, uapi_socket
+
+if TYPE_CHECKING:  # the daemon's side; the command line does not load the engine
+    from tunnel.wireguard.interface import Interface
 
 UAPI_TIMEOUT = 10.0
 
