@@ -232,3 +232,23 @@ def test_kernel_wireguard_dev_gets_a_separate_daemon(netns_factory: Lab) -> None
     info = show(lab, ns)
     assert info["sender"] in ("pool", "raw") and info["mtu"] == 1450, info
     wgpy_vxlan(lab, ns, "del vx0")
+
+
+def test_oversized_frames_are_dropped_and_counted_never_fragmented(netns_factory: Lab) -> None:
+    """The TAP's MTU raised past what the tunnel carries: a frame whose inner packet would exceed
+    WGIFACE's MTU is dropped and counted (``tx_oversized``); frames that fit still go."""
+    lab = netns_factory
+    a, b = wg_pair(lab, "wg-py", "wireguard-go", env_a=env(lab))
+    assert lab.wait_ping(a.ns, b.inner4, timeout=15)
+    wgpy_l2(lab, a, 1, b.inner4)
+    kernel_l2(lab, b, 2, a.inner4)
+    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15)
+    lab.run(a.ns, ["ip", "link", "set", "vx0", "mtu", "1450"])
+    assert wait_for(lambda: show(lab, a.ns)["mtu"] == 1450, 5.0)  # the daemon's link check
+    big = lab.run(a.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1400", L2_ADDR.format(2)],
+                  check=False)
+    assert big.returncode != 0, big.stdout  # 1428-byte IP packet: 1478 inside the 1420 tunnel
+    assert show(lab, a.ns)["drops"].get("tx_oversized", 0) >= 3
+    small = lab.run(a.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", "1300",
+                           L2_ADDR.format(2)], check=False)
+    assert small.returncode == 0, small.stdout
