@@ -214,10 +214,15 @@ def test_forged_vtep_is_dropped(netns_factory: Lab) -> None:
 
 
 def test_deleting_the_wireguard_interface_removes_its_overlays(netns_factory: Lab) -> None:
+    """Also: ``wg-py vxlan up FILE.conf`` with ``dev WGIFACE`` runs the endpoint inside."""
     lab = netns_factory
     a, b = wg_pair(lab, "wg-py", "wg-py", env_a=env(lab))
-    wgpy_l2(lab, a, 1, b.inner4)
-    assert lab.link_exists(a.ns, "vx0")
+    conf = lab.path("vx0.conf")
+    conf.write_text(f"id {VNI} dstport 4789\nremote {b.inner4} dev {a.iface}\naddress 10.77.0.1/24\n")
+    wgpy_vxlan(lab, a.ns, f"up {conf}")
+    info = show(lab, a.ns)
+    assert info["sender"] == f"in-process ({a.iface})" and info["pid"] in lab.daemon_pids(a.ns), info
+    assert "10.77.0.1/24" in lab.run(a.ns, ["ip", "addr", "show", "dev", "vx0"]).stdout
     lab.run(a.ns, ["ip", "link", "del", a.iface])
     assert wait_for(lambda: not lab.link_exists(a.ns, "vx0"), 10.0)
     assert wgpy_vxlan(lab, a.ns, "show vx0", check=False).returncode == 1

@@ -13,7 +13,8 @@ are for a separate daemon and are refused here. For any other ``dev`` (a kernel 
 interface, wireguard-go, a plain NIC) a separate VXLAN daemon is started as before.
 
 :data:`EXTENSIONS` are the daemon's handlers (given to ``tunnel.wireguard.daemon.main`` by
-``tunnel/cli.py``).
+``tunnel/cli.py``). ``wg-py vxlan up NAME|FILE.conf`` (``tunnel/vxlan/conf.py``) runs its
+``add`` through this front too, so a config file with ``dev WGIFACE`` also runs inside.
 """
 
 from __future__ import annotations
@@ -132,4 +133,8 @@ def main(args: list[str]) -> int:
         except OSError as exc:
             print(f"wg-py vxlan add: {exc}", file=sys.stderr)
             return 1
+    if args and args[0] == "up":  # a config file's add goes through this front too
+        from tunnel.vxlan.conf import up
+
+        return up(args[1:], main)
     return vxlan_cli.main(args)
