@@ -188,3 +188,19 @@ def test_extension_request_errors() -> None:
     assert "not this interface" in interface.extension("vxlan add vx0 id 5 local 10.0.0.2 dev eth9")["error"]
     assert "group" in interface.extension("vxlan add vx0 id 5 group 239.1.1.1 dev fake0 local 10.0.0.2")["error"]
     assert interface.extension("vxlan add vx0 id x")["ok"] is False
+
+
+def test_uapi_ext_request_framing() -> None:
+    """``ext=WORDS\\n\\n`` reaches the session's extension and is answered like ``stats=1``;
+    without an extension it is an unknown operation (EINVAL, closed), as wireguard-go answers."""
+    from tests.test_uapi import FakeTarget, _typed
+    from tunnel.wireguard.uapi_session import UapiSession
+
+    seen: list[str] = []
+    session = UapiSession(_typed(FakeTarget()), extension=lambda words: (seen.append(words), {"ok": True})[1])
+    replies = session.feed(b"ext=vxlan add vx0 id 5\n\nget=1\n\n")
+    assert seen == ["vxlan add vx0 id 5"]
+    assert replies[0] == b'json={"ok":true}\nerrno=0\n\n'
+    assert replies[1].endswith(b"errno=0\n\n") and not session.closed
+    plain = UapiSession(_typed(FakeTarget()))
+    assert plain.feed(b"ext=vxlan add vx0\n\n") == [b"errno=-22\n\n"] and plain.closed
