@@ -223,6 +223,10 @@ def test_deleting_the_wireguard_interface_removes_its_overlays(netns_factory: La
     info = show(lab, a.ns)
     assert info["sender"] == f"in-process ({a.iface})" and info["pid"] in lab.daemon_pids(a.ns), info
     assert "10.77.0.1/24" in lab.run(a.ns, ["ip", "addr", "show", "dev", "vx0"]).stdout
+    # the TAP deleted by hand: the endpoint notices (housekeeping) and its control socket goes
+    lab.run(a.ns, ["ip", "link", "del", "vx0"])
+    assert wait_for(lambda: wgpy_vxlan(lab, a.ns, "show vx0", check=False).returncode == 1, 10.0)
+    wgpy_vxlan(lab, a.ns, f"up {conf}")
     lab.run(a.ns, ["ip", "link", "del", a.iface])
     assert wait_for(lambda: not lab.link_exists(a.ns, "vx0"), 10.0)
     assert wgpy_vxlan(lab, a.ns, "show vx0", check=False).returncode == 1
