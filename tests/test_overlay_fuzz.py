@@ -106,7 +106,7 @@ def _run_encap(mod: Any, frames: list[tuple[bytes, int, int]], ipv6: bool, mtu: 
                         4789, 42, 64)
     headroom = HEAD + len(tmpl)
     bufs, lengths = [], []
-    for frame, _, used in frames:
+    for frame, _, _used in frames:
         buf = bytearray(headroom + 120)
         buf[headroom : headroom + len(frame)] = frame
         bufs.append(buf)
