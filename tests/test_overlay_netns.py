@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from tests.netns import (
     wait_for,
     wg_pair,
 )
+from crypto import keys
 from tunnel.wireguard import quick
 
 pytestmark = [pytest.mark.netns, requires_root_netns]
@@ -60,6 +62,23 @@ def wg_stats(lab: Lab, node: Node) -> dict[str, Any]:
     assert code == 0
     data: dict[str, Any] = json.loads(next(line for line in lines if line.startswith("json="))[5:])
     return data
+
+
+UPSTREAM = Path(__file__).resolve().parents[1].parent / "shared" / "bin" / "wireguard-go-upstream"
+
+
+def upstream_pair(lab: Lab) -> tuple[Node, Node]:
+    """wg_pair with upstream wireguard-go (``../shared/bin``, with its offloads) as b."""
+    if not UPSTREAM.exists():
+        pytest.skip(f"{UPSTREAM} is not there")
+    ns_a, ns_b = lab.namespace("a"), lab.namespace("b")
+    lab.veth(ns_a, ns_b, ["192.168.77.1/24"], ["192.168.77.2/24"])
+    a = start(lab, "wg-py", ns_a, 1)
+    b = Node(lab, "wireguard-go-upstream", ns_b, lab.start_daemon(ns_b, [str(UPSTREAM)]), 2,
+             keys.generate_private(), 51822, inner4="10.9.0.2", inner6="fd09::2")
+    configure(a, peer_section(b, f"192.168.77.2:{b.port}"))
+    configure(b, peer_section(a, f"192.168.77.1:{a.port}"))
+    return a, b
 
 
 def start(lab: Lab, impl: str, ns: str, index: int) -> Node:
@@ -100,13 +119,18 @@ def tcp_both_ways(lab: Lab, server: Node, client: Node, server_addr: str) -> lis
     return report
 
 
-@pytest.mark.parametrize("family", [4, 6], ids=["vtep4", "vtep6"])
-@pytest.mark.parametrize("peer", ["wireguard-go", "wg-py"])
+@pytest.mark.parametrize(("peer", "family"), [
+    ("wireguard-go", 4), ("wireguard-go", 6), ("wg-py", 4), ("wg-py", 6), ("wireguard-go-upstream", 4)],
+    ids=["wireguard-go-vtep4", "wireguard-go-vtep6", "wg-py-vtep4", "wg-py-vtep6", "wireguard-go-upstream-vtep4"])
 def test_one_process_l2_ping_iperf3_learning(netns_factory: Lab, peer: str, family: int) -> None:
-    """a: wg-py with the endpoint inside; b: the kernel vxlan over wireguard-go (or wg-py L2).
-    With IPv6 tunnel addresses the kernel checks wg-py's UDP checksums (it drops a zero one)."""
+    """a: wg-py with the endpoint inside; b: the kernel vxlan over wireguard-go (Debian's, or
+    upstream's with its offloads), or wg-py L2. With IPv6 tunnel addresses the kernel checks
+    wg-py's UDP checksums (it drops a zero one)."""
     lab = netns_factory
-    a, b = wg_pair(lab, "wg-py", peer, env_a=env(lab))
+    if peer == "wireguard-go-upstream":
+        a, b = upstream_pair(lab)
+    else:
+        a, b = wg_pair(lab, "wg-py", peer, env_a=env(lab))
     assert lab.wait_ping(a.ns, b.inner4, timeout=15)
     a_addr, b_addr = (a.inner4, b.inner4) if family == 4 else (a.inner6, b.inner6)
     wgpy_l2(lab, a, 1, b_addr)
@@ -125,7 +149,7 @@ def test_one_process_l2_ping_iperf3_learning(netns_factory: Lab, peer: str, fami
     # learning across the tunnel: b's MAC at b's tunnel address, a's at a's
     fdb = wgpy_vxlan(lab, a.ns, "fdb show vx0").stdout
     assert re.search(rf"{MAC.format(2)} dst {re.escape(b_addr)}( |$)", fdb, re.M), fdb
-    if peer == "wireguard-go":
+    if peer != "wg-py":
         assert any(line.startswith(MAC.format(1)) and f"dst {a_addr} " in line + " " for line in kernel_fdb(lab, b.ns))
     stats = show(lab, a.ns)["stats"]
     assert stats["rx_packets"] > 1000 and stats["tx_packets"] > 1000, stats
