@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from crypto import keys
 from tests.netns import (
     Lab,
     Node,
@@ -30,7 +31,6 @@ from tests.netns import (
     wait_for,
     wg_pair,
 )
-from crypto import keys
 from tunnel.wireguard import quick
 
 pytestmark = [pytest.mark.netns, requires_root_netns]
