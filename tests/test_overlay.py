@@ -190,6 +190,13 @@ def test_extension_request_errors() -> None:
     assert interface.extension("vxlan add vx0 id x")["ok"] is False
 
 
+def test_one_endpoint_per_dstport(twin: Any) -> None:
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    answer = ep.handle(interface, "add vx1 id 43 dstport 4789 local 10.0.0.2 remote 10.0.0.1".split())
+    assert answer == {"ok": False, "error": "vx0 already uses dstport 4789 on fake0"}
+
+
 def test_uapi_ext_request_framing() -> None:
     """``ext=WORDS\\n\\n`` reaches the session's extension and is answered like ``stats=1``;
     without an extension it is an unknown operation (EINVAL, closed), as wireguard-go answers."""

@@ -482,6 +482,9 @@ def handle(interface: Interface, words: list[str]) -> dict[str, Any]:
         return {"ok": False, "error": "group (multicast) cannot run over WireGuard; use remote or fdb append"}
     if config.local is None:
         return {"ok": False, "error": "local ADDR is needed"}
+    for other in Hub.of(interface).overlays.values():
+        if other.config.dstport == config.dstport:
+            return {"ok": False, "error": f"{other.name} already uses dstport {config.dstport} on {interface.name}"}
     loop = asyncio.get_running_loop()
     overlay = L2Overlay(interface, config)
     try:
