@@ -62,7 +62,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= wg_receive vxlan_engine uapi wg_quick vxlan_control mesh_record cni
 FUZZ_EXAMPLES ?= 20000
 FUZZ_HYPOTHESIS_SECONDS ?= 3600
-FUZZ_TESTS := tests/test_twin_fuzz.py tests/test_decoder_fuzz.py tests/test_vxlan_fuzz.py
+FUZZ_TESTS := tests/test_twin_fuzz.py tests/test_decoder_fuzz.py tests/test_vxlan_fuzz.py tests/test_overlay_fuzz.py
 
 fuzz: build
 	for target in $(FUZZ_TARGETS); do \

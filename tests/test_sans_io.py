@@ -42,20 +42,23 @@ CORE = [
 # Each rule: modules under the first prefix may not import modules under any of the others.
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("crypto", ("tunnel",)),
-    ("tunnel.io", ("tunnel.wireguard", "tunnel.vxlan", "tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab",
-                   "tunnel.cli", "tunnel.demo", "tunnel.cni")),
-    ("tunnel.wireguard", ("tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo",
-                          "tunnel.cni")),
-    ("tunnel.vxlan", ("tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo",
-                      "tunnel.cni")),
+    ("tunnel.io", ("tunnel.wireguard", "tunnel.vxlan", "tunnel.overlay", "tunnel.mesh", "tunnel.metrics",
+                   "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
+    ("tunnel.wireguard", ("tunnel.overlay", "tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli",
+                          "tunnel.demo", "tunnel.cni")),
+    ("tunnel.vxlan", ("tunnel.overlay", "tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli",
+                      "tunnel.demo", "tunnel.cni")),
+    # L2 over WireGuard: imports both engines' packages; neither imports it
+    ("tunnel.overlay", ("tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo",
+                        "tunnel.cni")),
     ("tunnel.mesh", ("tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
     ("tunnel.metrics", ("tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
     ("tunnel.ops", ("tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
     ("tunnel.lab", ("tunnel.ops", "tunnel.cli", "tunnel.cni")),
     # The CNI plugin talks to the mesh only through the agent's state file: it stands beside
     # the engines, imports none of them (nor crypto), and none of them imports it.
-    ("tunnel.cni", ("crypto", "tunnel.io", "tunnel.wireguard", "tunnel.vxlan", "tunnel.mesh", "tunnel.metrics",
-                    "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo")),
+    ("tunnel.cni", ("crypto", "tunnel.io", "tunnel.wireguard", "tunnel.vxlan", "tunnel.overlay", "tunnel.mesh",
+                    "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo")),
 ]
 # The one way up the layers: a daemon's start-up hook serves its metrics (module, package).
 EXEMPT = {("tunnel.wireguard.daemon", "tunnel.metrics"), ("tunnel.vxlan.daemon", "tunnel.metrics"),

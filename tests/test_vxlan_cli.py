@@ -248,3 +248,13 @@ def test_raw_sender_puts_the_source_port_on_the_wire(family: socket.AddressFamil
     finally:
         sender.close()
         receiver.close()
+
+
+def test_fdb_takes_bridge_fdb_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fdb append MAC NAME dst ADDR`` (bridge fdb's order) sends what ``NAME MAC`` sends."""
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(cli, "request", lambda name, line: sent.append((name, line)) or {"ok": True})
+    assert cli.main(["fdb", "append", "00:00:00:00:00:00", "vx0", "dst", "10.9.0.2"]) == 0
+    assert cli.main(["fdb", "append", "vx0", "00:00:00:00:00:00", "dst", "10.9.0.2"]) == 0
+    assert sent == [("vx0", "fdb append 00:00:00:00:00:00 dst 10.9.0.2")] * 2
+    assert cli.main(["fdb", "append", "zz:00", "vx0", "dst", "10.9.0.2"]) == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from crypto import keys
 
@@ -71,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command in ("up", "down"):
         return _run("tunnel.wireguard.quick", command, rest)
-    if command == "vxlan":
-        return _run("tunnel.vxlan.cli", rest)
+    if command == "vxlan":  # `add ... dev WGIFACE` of a wg-py interface runs inside its daemon
+        return _run("tunnel.overlay.cli", rest)
     if command == "mesh":
         return _run("tunnel.mesh.cli", rest)
     if command == "bench":
@@ -83,7 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run("tunnel.ops.top", rest)
     if command == "install-units":
         return _run("tunnel.ops.units", rest)
-    return _run("tunnel.wireguard.daemon", args)
+    from tunnel.overlay.cli import EXTENSIONS
+
+    return _run_daemon(args, EXTENSIONS)
+
+
+def _run_daemon(args: list[str], extensions: dict[str, Any]) -> int:
+    """The WireGuard daemon, with the requests it serves beyond UAPI (the L2 overlay)."""
+    from tunnel.wireguard.daemon import main as daemon_main
+
+    return daemon_main(args, extensions)
 
 
 def _run(module_name: str, *args: object) -> int:

@@ -67,8 +67,9 @@ T = TypeVar("T")
 DEFAULT_TTL = 30
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0
-L2_REFUSED = ("l2 mode needs VXLAN inside the WireGuard process, which is not built yet; "
-              "use --mode l3 (a wg-py VXLAN endpoint can run over the mesh addresses by hand)")
+L2_REFUSED = ("l2 mode is not built yet: the mesh does not drive the VXLAN endpoints; use --mode l3 and "
+              "add one by hand inside the mesh interface's daemon ('wg-py vxlan add NAME id VNI dev IFACE' "
+              "and 'wg-py vxlan fdb append 00:00:00:00:00:00 NAME dst ADDR' per node)")
 
 
 class MeshError(RuntimeError):

@@ -18,7 +18,8 @@ it never enters the store.
 and each claim whose node is not live (``alive: false``); with ``--json`` also the rejected keys
 and, if an agent of this network runs here, its counters (``local``).
 
-l2 mode is refused: it needs VXLAN inside the WireGuard process, which is not built yet.
+l2 mode is refused: VXLAN runs inside the WireGuard process (``wg-py vxlan add ... dev IFACE``),
+but the mesh does not drive it yet.
 
 Every command takes ``--etcd URL[,URL...]``, else ``ETCDCTL_ENDPOINTS``, else
 ``http://127.0.0.1:2379``; TLS from ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY`` (or

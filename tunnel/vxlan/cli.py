@@ -10,6 +10,7 @@
     wg-py vxlan show NAME [--json]
     wg-py vxlan fdb show NAME
     wg-py vxlan fdb add|append|del NAME MAC [dst ADDR] [port PORT] [vni VNI] [via IFACE]
+    (``fdb add|append|del MAC NAME ...``, bridge fdb's order, is taken too)
 
 Exit status 0 on success, 1 with a message on stderr otherwise (bad arguments create nothing).
 Parsing (:func:`parse_add`) is pure; everything else talks to the daemon's control socket.
@@ -233,6 +234,9 @@ def render_show(show: dict[str, Any]) -> str:
 def _fdb(args: Sequence[str]) -> int:
     if len(args) < 2:
         raise UsageError("usage: wg-py vxlan fdb show NAME | fdb add|append|del NAME MAC dst ADDR")
+    if len(args) >= 3 and ":" in args[1]:
+        # bridge fdb's order, ``fdb append MAC NAME dst ...``: a MAC is never a device name
+        args = [args[0], args[2], args[1], *args[3:]]
     verb, name = args[0], check_name(args[1])
     if verb == "show":
         if len(args) != 2:

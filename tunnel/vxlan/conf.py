@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +95,10 @@ def _ip(*args: str) -> None:
         raise ConfError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
 
 
-def up(args: Sequence[str]) -> int:
+def up(args: Sequence[str], add: Callable[[list[str]], int] | None = None) -> int:
+    """``up NAME|FILE``; ``add`` runs the ``add`` command (default: this package's command
+    line; the L2 overlay's front passes its own, which runs the endpoint inside a wg-py
+    WireGuard daemon when ``dev`` is one)."""
     from .cli import main as vxlan_main
     from .cli import parse_add, split_metrics
 
@@ -109,7 +112,7 @@ def up(args: Sequence[str]) -> int:
     except ValueError as exc:  # ConfError, cli.UsageError
         print(f"wg-py vxlan up: {exc}", file=sys.stderr)
         return 1
-    code = vxlan_main(["add", conf.name, *conf.add])
+    code = (add or vxlan_main)(["add", conf.name, *conf.add])
     if code != 0:
         return code
     try:

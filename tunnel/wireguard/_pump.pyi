@@ -60,6 +60,7 @@ class Inbound:
     verdicts: bytearray
     written: int
     write_error: OSError | None
+    local: Callable[..., int] | None
     answered: bool
     replied: int
     reply_error: Exception | None

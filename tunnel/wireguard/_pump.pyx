@@ -198,6 +198,7 @@ cdef class Inbound:
     cdef public bytearray verdicts
     cdef public Py_ssize_t written
     cdef public object write_error
+    cdef public object local
     cdef public bint answered
     cdef public Py_ssize_t replied
     cdef public object reply_error
@@ -223,6 +224,7 @@ cdef class Inbound:
         self.verdicts = bytearray(64)  # accept_slots' per-slot verdicts (grown to the batch)
         self.written = 0
         self.write_error = None
+        self.local = None
         self.answered = False
         self.replied = 0
         self.reply_error = None
@@ -312,6 +314,8 @@ cdef class Inbound:
             delivered, keepalives, invalid, disallowed = datapath.accept_slots(
                 device.routes(), keypair.peer.slot, bufs, lengths, results, self._headroom, self.verdicts)
             self.accepted = (keepalives, invalid, disallowed)
+            if delivered and self.local is not None:
+                delivered -= self.local(bufs, lengths, self._headroom, self.verdicts, n, now)
             if delivered:
                 try:
                     self.written = self.tun.write_slots(bufs, lengths, self._headroom, self.verdicts, n)

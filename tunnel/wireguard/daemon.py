@@ -29,14 +29,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tunnel.io.tun import Tun
 from tunnel.metrics import LoopCollector, MetricsError, MetricsServer, open_server
 from tunnel.metrics.wireguard import families as wireguard_families
 from tunnel.wireguard.constants import DEFAULT_MTU
-from tunnel.wireguard.interface import PUMP_NAME, Interface
+from tunnel.wireguard.interface import PUMP_NAME, Extension, Interface
 from tunnel.wireguard.uapi_server import UapiServer, listen_socket, socket_path
 
 log = logging.getLogger("tunnel")
@@ -101,7 +101,10 @@ def setup_logging(name: str) -> int | None:
     return level
 
 
-def main(args: list[str]) -> int:
+def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> int:
+    """Run the daemon (see module doc). ``extensions``: the handlers of UAPI ``ext=WORD ...``
+    requests (:attr:`Interface.extensions`), given by the ``wg-py`` command line; none when the
+    module runs alone (``python -m``)."""
     options = parse_args(args)
     if options is None:
         sys.stderr.write(USAGE)
@@ -123,6 +126,7 @@ def main(args: list[str]) -> int:
         print(f"wg-py: failed to open UAPI socket {socket_path(name)}: {exc}", file=sys.stderr)
         return 1
     interface = Interface(tun)
+    interface.extensions.update(extensions or {})
     try:
         interface.open_bind(0)
     except OSError as exc:

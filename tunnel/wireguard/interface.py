@@ -34,6 +34,24 @@ kernel usually queued the answer (echo reply, TCP ACK) during the write, and thi
 through the event loop per answer.
 Everything runs on the loop thread; a bad packet or a bug hit by one batch is logged (debug),
 counted in :attr:`errors` and the loop goes on.
+
+Hooks for something that runs inside the daemon on top of the tunnel (the L2 overlay: a VXLAN
+endpoint whose underlay is this interface; this package knows nothing of it):
+- :attr:`extensions` maps a word to a handler ``(interface, words) -> dict``: the UAPI request
+  ``ext=WORD ...`` (see tunnel/wireguard/uapi_session.py) calls it; the daemon's ``main`` is
+  given them by the command line (``tunnel/cli.py``).
+- :meth:`set_local_delivery` installs ``deliver(bufs, lengths, headroom, verdicts, count,
+  now) -> taken``: it sees every opened batch after the allowed-IPs source check (verdict 0:
+  would go to the TUN), before the TUN write, and takes the packets addressed to it (setting
+  their verdicts non-zero); the rest go to the TUN. The inbound pump calls it natively on its
+  lane (one Python call per batch); batches handled the general way copy their packets into a
+  scratch batch for it. With no delivery installed nothing changes on either path.
+- :meth:`send_packets` injects a batch of inner IP packets (``bufs[i][HEADROOM:HEADROOM +
+  lengths[i]]``, room for padding and the tag after them) into the send path: the fast lane
+  (route, seal in place, send with GSO) when the batch goes to one peer in the steady state,
+  else ``Device.send_batch``.
+- :attr:`attachments`: objects with ``close()`` and ``housekeeping()``, closed with the
+  interface (before the TUN goes) and called by :meth:`housekeeping`.
 """
 
 from __future__ import annotations
@@ -43,8 +61,8 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
 
 from crypto import noise
 from crypto.backend import HEADROOM, OK, TAG_SIZE
@@ -77,6 +95,21 @@ PUMP_NAME, PUMP = pump.select()
 
 _UNSET: Final = object()
 _PLACEHOLDER = Endpoint("0.0.0.0", 0)
+
+#: ``deliver(bufs, lengths, headroom, verdicts, count, now) -> taken`` (see the module doc)
+LocalDelivery = Callable[[list[bytearray], list[int], int, bytearray, int, float], int]
+#: ``handler(interface, words) -> JSON-ready answer`` for ``ext=WORD ...`` (see the module doc)
+Extension = Callable[["Interface", list[str]], dict[str, Any]]
+
+
+class Attachment(Protocol):
+    """Something running inside the daemon on top of an interface (see the module doc)."""
+
+    def close(self) -> None:
+        """Stop and release everything (the interface is closing, or the attachment is done)."""
+
+    def housekeeping(self) -> None:
+        """Called about once a second with the interface's own housekeeping."""
 
 
 class Interface:
@@ -119,6 +152,10 @@ class Interface:
         self._size_tun_buffers()
         self._size_udp_buffers()
         self.rates: RateMeter[bytes] = RateMeter()  # sampled by housekeeping
+        self.extensions: dict[str, Extension] = {}
+        self.attachments: list[Attachment] = []
+        self._local: LocalDelivery | None = None
+        self._scratch: list[bytearray] = []
 
     @property
     def name(self) -> str:
@@ -167,7 +204,15 @@ class Interface:
         self._rearm()
 
     def close(self) -> None:
-        """Stop everything and close the sockets and the TUN fd (which deletes the device)."""
+        """Stop everything and close the sockets and the TUN fd (which deletes the device);
+        the attachments first."""
+        for attachment in list(self.attachments):
+            try:
+                attachment.close()
+            except Exception:
+                log.debug("closing an attachment failed", exc_info=True)
+        self.attachments.clear()
+        self.set_local_delivery(None)
         self._apply_journal()
         self._journal.loop = None
         loop = self._loop
@@ -244,6 +289,12 @@ class Interface:
             self._stop("the TUN device was deleted")
             return
         self._refresh_mtu()
+        for attachment in list(self.attachments):
+            try:
+                attachment.housekeeping()
+            except Exception:
+                self.errors["attachment"] += 1
+                log.debug("attachment housekeeping failed", exc_info=True)
         self.device.wall_offset = time.time() - time.monotonic()
         self.rates.sample(time.monotonic(), peer_counters(self.device))
         self.tun.log_fallbacks()  # the pumps' writes and sends do not log them as they happen
@@ -464,6 +515,8 @@ class Interface:
             else:
                 wire_lengths = pump.lengths
                 out = self.device.receive_batch(pump.bufs, wire_lengths, pump.sources, now)
+                if out.packets and self._local is not None:
+                    out.packets = self._deliver_locally(out.packets, now)
                 delivered = bool(out.packets)
                 self._transmit(out)
         except TunGone:
@@ -479,6 +532,79 @@ class Interface:
             self._udp_full_size = True
             self._size_udp_buffers()
         return delivered
+
+    # ------------------------------------------------------------------ hooks
+
+    def extension(self, words: str) -> dict[str, Any]:
+        """The UAPI ``ext=WORDS`` request: the handler registered for the first word."""
+        parts = words.split()
+        handler = self.extensions.get(parts[0]) if parts else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown request {words.strip()[:64]!r}"}
+        return handler(self, parts[1:])
+
+    def set_local_delivery(self, deliver: LocalDelivery | None) -> None:
+        """Install (or with None remove) the local delivery (see the module doc)."""
+        self._local = deliver
+        self._inbound.local = deliver
+
+    def _deliver_locally(self, packets: list[memoryview], now: float) -> list[memoryview]:
+        """The general inbound path's packets through the local delivery: each is copied into
+        a scratch slot (at HEADROOM); those it does not take are returned."""
+        deliver = self._local
+        assert deliver is not None
+        count = len(packets)
+        size = HEADROOM + max(len(p) for p in packets)
+        scratch = self._scratch
+        if len(scratch) < count or len(scratch[0]) < size:
+            slot = max(size, HEADROOM + MAX_PACKET)
+            scratch = self._scratch = [bytearray(slot) for _ in range(max(count, UDP_BATCH))]
+        bufs = scratch[:count]
+        lengths = []
+        for buf, packet in zip(bufs, packets, strict=False):
+            buf[HEADROOM : HEADROOM + len(packet)] = packet
+            lengths.append(HEADROOM + len(packet))
+        verdicts = bytearray(count)
+        try:
+            taken = deliver(bufs, lengths, HEADROOM, verdicts, count, now)
+        except Exception:
+            self.errors["local_delivery"] += 1
+            log.debug("local delivery failed", exc_info=True)
+            return packets
+        if not taken:
+            return packets
+        return [packet for packet, verdict in zip(packets, verdicts, strict=False) if verdict == 0]
+
+    def send_packets(self, bufs: list[bytearray], lengths: list[int], now: float) -> None:
+        """Route, seal and send a batch of inner IP packets (see the module doc). The buffers
+        are borrowed for the call (sealed in place); ``lengths`` become datagram lengths."""
+        if not bufs:
+            return
+        self._apply_journal()
+        device = self.device
+        try:
+            lane = device.datapath.lane(device, bufs, lengths, HEADROOM, now)
+            if lane is not None:
+                peer, keypair = lane
+                endpoint = peer.endpoint
+                udp = self._outbound.udp6 if ":" in endpoint.ip else self._outbound.udp4
+                if udp is not None:
+                    sealed = keypair.cipher.seal_batch(bufs, lengths, device.mtu)
+                    udp.send_slots(bufs, lengths, 0, sealed, endpoint)
+                    out = device.lane_sent(peer, keypair, sum(lengths[:sealed]), now) if sealed else None
+                    if self.bind is not None and self.bind.lost_sources:
+                        self._forget_sources(self.bind.take_lost_sources())
+                    if out is not None:
+                        self._transmit(out)
+                    if sealed < len(bufs):
+                        self._transmit(device.send_batch(bufs[sealed:], lengths[sealed:], now))
+                    self._rearm()
+                    return
+            self._transmit(device.send_batch(bufs, lengths, now))
+        except Exception:
+            self.errors["send_packets"] += 1
+            log.debug("injected batch failed", exc_info=True)
+        self._rearm()
 
     def _transmit(self, out: Output) -> None:
         """Send out's datagrams and write its packets, then release nothing (views die here)."""

@@ -235,7 +235,9 @@ class Inbound:
     are the batch. :attr:`keypair` is set when the lane opened it; then :attr:`wire_lengths` are
     the datagram sizes, :attr:`results` and :attr:`opened` the cipher's verdicts,
     :attr:`accepted` the (keepalives, invalid, disallowed) counts, :attr:`written` how many
-    packets the TUN took and :attr:`write_error` the OSError the write raised (or None). After
+    packets the TUN took and :attr:`write_error` the OSError the write raised (or None).
+    :attr:`local` (default None) is the interface's local delivery: given the opened batch after
+    the allowed-IPs check, it takes the packets addressed to it before the TUN write. After
     :meth:`on_readable`, :attr:`answered` says whether it ran the outbound pump after a write,
     and :attr:`replied`/:attr:`reply_error` are that run's outcome. With :attr:`keypair` None
     the caller handles the batch the general way.
@@ -264,6 +266,10 @@ class Inbound:
         self.verdicts = bytearray(64)  # accept_slots' per-slot verdicts (grown to the batch)
         self.written = 0
         self.write_error: OSError | None = None
+        #: local delivery (None: none): ``local(bufs, lengths, headroom, verdicts, count, now)``
+        #: sees the accepted packets before the TUN write, takes those addressed to it (their
+        #: verdicts set non-zero) and returns how many it took; it must not raise
+        self.local: Callable[..., int] | None = None
         self.answered = False
         self.replied = 0
         self.reply_error: Exception | None = None
@@ -352,6 +358,8 @@ class Inbound:
             delivered, keepalives, invalid, disallowed = datapath.accept_slots(
                 device.routes(), keypair.peer.slot, bufs, lengths, results, self._headroom, self.verdicts)
             self.accepted = (keepalives, invalid, disallowed)
+            if delivered and self.local is not None:
+                delivered -= self.local(bufs, lengths, self._headroom, self.verdicts, n, now)
             if delivered:
                 try:
                     self.written = self.tun.write_slots(bufs, lengths, self._headroom, self.verdicts, n)

@@ -50,6 +50,9 @@ class UapiHost(UapiTarget, Protocol):
     def stats(self) -> dict[str, Any]:
         """The ``stats=1`` answer (see tunnel/wireguard/uapi_session.py), JSON-ready."""
 
+    def extension(self, words: str) -> dict[str, Any]:
+        """The ``ext=WORDS`` answer (see tunnel/wireguard/uapi_session.py), JSON-ready."""
+
 
 def socket_path(name: str, directory: str = SOCKET_DIR) -> str:
     return os.path.join(directory, f"{name}.sock")
@@ -134,7 +137,8 @@ class UapiServer:
         if task is not None:
             self._tasks.add(task)
         host = self.host
-        session = UapiSession(host, on_keepalive=host.send_keepalives, stats=host.stats)
+        session = UapiSession(host, on_keepalive=host.send_keepalives, stats=host.stats,
+                              extension=host.extension)
         try:
             while not session.closed:
                 data = await reader.read(READ_SIZE)

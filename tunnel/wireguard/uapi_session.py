@@ -9,6 +9,13 @@ line ``json=`` + a compact JSON object (no newline inside: what
 :meth:`tunnel.wireguard.interface.Interface.stats` returns; see ``tunnel/wireguard/stats.py``),
 then ``errno=0`` and a blank line, framed like a ``get``. A session made without a ``stats``
 callable answers it as any unknown operation (EINVAL, connection closed), as wireguard-go does.
+
+Extension requests (wg-py's own): ``ext=WORDS\n\n`` hands ``WORDS`` (one line of text) to the
+session's ``extension`` callable, which the daemon wires to the request handlers it was started
+with (e.g. ``ext=vxlan add NAME id 42 ...``: run a VXLAN endpoint inside this daemon); the
+answer is framed as for ``stats=1``: ``json=`` + the handler's JSON object, ``errno=0``. A
+session without an ``extension`` callable answers EINVAL and closes, as for any unknown
+operation.
 """
 
 from __future__ import annotations
@@ -100,6 +107,7 @@ class UapiSession:
         public_from_private: Callable[[bytes], bytes] = default_public_from_private,
         on_keepalive: Callable[[list[bytes]], None] | None = None,
         stats: Callable[[], Mapping[str, Any]] | None = None,
+        extension: Callable[[str], Mapping[str, Any]] | None = None,
         max_line: int = MAX_LINE,
         max_set_bytes: int = MAX_SET_BYTES,
     ) -> None:
@@ -107,6 +115,8 @@ class UapiSession:
         self.public_from_private = public_from_private
         self.on_keepalive = on_keepalive
         self.stats = stats
+        self.extension = extension
+        self._ext_words = ""
         self.max_line = max_line
         self.max_set_bytes = max_set_bytes
         self.closed = False
@@ -126,14 +136,15 @@ class UapiSession:
         buf += data
         pos = 0
         while not self.closed:
-            if self._state in ("get", "stats"):
+            if self._state in ("get", "stats", "ext"):
                 if pos >= len(buf):
                     break
                 byte = buf[pos]
                 pos += 1
                 kind, self._state = self._state, "op"
                 if byte == 0x0A:
-                    ops.append(UapiOperation(kind, self._run_get if kind == "get" else self._run_stats))
+                    run = {"get": self._run_get, "stats": self._run_stats}.get(kind, self._run_ext)
+                    ops.append(UapiOperation(kind, run))
                 else:
                     ops.append(_error_op(EINVAL, f"trailing character in {kind}: {byte:#x}"))
                 continue
@@ -149,6 +160,9 @@ class UapiSession:
                     self._state = "get"
                 elif line == b"stats=1" and self.stats is not None:
                     self._state = "stats"
+                elif line.startswith(b"ext=") and self.extension is not None:
+                    self._state = "ext"
+                    self._ext_words = line[4:].decode("utf-8", "replace")
                 elif line == b"set=1":
                     self._state = "set"
                     self._parser = SetParser()
@@ -236,6 +250,19 @@ class UapiSession:
             text = json.dumps(self.stats(), separators=(",", ":"), sort_keys=True)
         except Exception:
             log.exception("UAPI stats failed")
+            op.errno = ENOANO
+            yield errno_reply(ENOANO)
+            return
+        op.errno = 0
+        yield f"json={text}\n".encode()
+        yield errno_reply(0)
+
+    def _run_ext(self, op: UapiOperation) -> Iterator[bytes]:
+        assert self.extension is not None
+        try:
+            text = json.dumps(self.extension(self._ext_words), separators=(",", ":"), sort_keys=True)
+        except Exception:
+            log.exception("UAPI extension request failed")
             op.errno = ENOANO
             yield errno_reply(ENOANO)
             return

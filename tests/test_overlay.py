@@ -1,0 +1,213 @@
+"""L2 over WireGuard in memory: a real engine pair, the interface around b with the fakes of
+tests/shellfakes.py, and b's VXLAN endpoint (tunnel.overlay.endpoint) with a fake TAP.
+
+Every pump twin and every l2 twin: the inbound lane (the pump's local delivery) and the general
+way (``Device.receive_batch`` then the interface's local delivery) take the VXLAN packets to
+the endpoint, leave the rest to the TUN, and cryptokey routing decides: a VXLAN packet whose
+inner source is another site's VTEP address (not in the sending peer's allowed IPs) is dropped
+and counted by the engine, and the FDB is unchanged. Outbound, frames read from the TAP leave
+through ``Interface.send_packets`` sealed for the peer, and a decrypts them into the packets a
+kernel vxlan would send.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import time
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from crypto import keys
+from tests.shellfakes import FakeLoop, FakeSocket, make_interface, make_pair, sealed
+from tests.vxlan_wire import ones_sum
+from tests.wgpair import Pair, ipv4_packet
+from tunnel.io.endpoint import Endpoint
+from tunnel.overlay import endpoint as ep
+from tunnel.overlay import l2 as l2_pair
+from tunnel.vxlan.config import VxlanConfig
+from tunnel.vxlan.engine import VxlanEngine
+from tunnel.vxlan.fast import load as load_fast
+from tunnel.wireguard import pump as pump_pair
+from tunnel.wireguard.interface import Interface
+
+MAC_A = bytes.fromhex("02000000000a")
+MAC_B = bytes.fromhex("02000000000b")
+MAC_C = bytes.fromhex("02000000000c")
+VNI = 42
+
+
+@pytest.fixture(params=["cython", "pure"])
+def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, ModuleType, ModuleType]:
+    """(pump, l2, vxlan fast) of one twin; the endpoint module uses that l2."""
+    l2 = l2_pair.load(request.param)
+    monkeypatch.setattr(ep, "L2", l2)
+    return pump_pair.load(request.param), l2, load_fast(request.param)
+
+
+class FakeTap:
+    """The TAP batch the endpoint writes to: records the frames."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.errors: dict[str, int] = {}
+        self.csum_partial = 0
+        self.tso_frames = 0
+
+    def write_slots(self, bufs: list[bytearray], lengths: list[int], offset: int, verdicts: bytearray,
+                    count: int) -> int:
+        for i in range(count):
+            if verdicts[i] == 0:
+                self.frames.append(bytes(bufs[i][offset : lengths[i]]))
+        return count
+
+    def write(self, frames: list[Any]) -> int:
+        self.frames.extend(bytes(f) for f in frames)
+        return len(frames)
+
+
+def vxlan_packet(src: str, dst: str, smac: bytes, dmac: bytes = MAC_B, body: bytes = b"hello" * 10) -> bytes:
+    frame = dmac + smac + b"\x08\x00" + body
+    payload = struct.pack(">II", 0x08000000, VNI << 8) + frame
+    udp = struct.pack(">HHHH", 49152, 4789, 8 + len(payload), 0) + payload
+    return ipv4_packet(src, dst, udp)
+
+
+def b_endpoint(pump: ModuleType, fast: ModuleType) -> tuple[Pair, Interface, Any, ep.L2Overlay, FakeTap, FakeSocket]:
+    pair = make_pair()  # a = 10.0.0.1 (site A's VTEP), b = 10.0.0.2 (ours)
+    interface, tun, bind = make_interface(pair.b.device, pump, FakeLoop())
+    # site C: another peer of b, whose VTEP is 10.0.0.3
+    peer_c = pair.b.device.add_peer(keys.public_from_private(keys.generate_private()))
+    pair.b.device.allowed_ips.insert("10.0.0.3/32", peer_c)
+    overlay = ep.L2Overlay(interface, VxlanConfig(vni=VNI, local="10.0.0.2", remote="10.0.0.1", name="vx0"))
+    overlay.engine = VxlanEngine(overlay.config, time.monotonic(), fast)
+    overlay.engine.set_own_mac(MAC_B)
+    tap = FakeTap()
+    overlay.tap_io = tap
+    overlay._set_mtu(1370)
+    ep.Hub.of(interface).add(overlay)
+    return pair, interface, tun, overlay, tap, FakeSocket(pair.a.endpoint)
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "general"])
+def test_vxlan_to_the_tap_rest_to_the_tun_forged_vtep_dropped(twin: Any, lane: bool) -> None:
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    engine = overlay.engine
+    assert engine is not None
+    now = time.monotonic()
+    engine.fdb.learn(MAC_C, "10.0.0.3", now)  # C's MAC, learned from C earlier
+    if lane:
+        pair.peer_ba.endpoint = sock.source  # the inbound lane wants the current endpoint
+    else:  # from another port: a roam the engine must record, so the general way
+        sock = FakeSocket(Endpoint(pair.a.endpoint.ip, pair.a.endpoint.port + 1))
+    came_back: list[int] = []
+    after = interface._inbound.after
+    interface._inbound.after = lambda s, count, error: (came_back.append(count), after(s, count, error))
+    plain = ipv4_packet("10.0.0.1", "10.0.0.2", b"not vxlan" * 4)
+    good = vxlan_packet("10.0.0.1", "10.0.0.2", MAC_A)
+    forged = vxlan_packet("10.0.0.3", "10.0.0.2", MAC_C)  # a claims C's VTEP address and MAC
+    other_port = bytearray(good)
+    other_port[22:24] = struct.pack(">H", 4790)  # UDP to another port: the TUN's
+    sock.inbox.extend(sealed(pair, p) for p in (good, plain, forged, bytes(other_port)))
+    disallowed = pair.b.device.drops.get("disallowed_source", 0)
+    interface._inbound.on_readable(sock, sock.io)
+    interface._apply_journal()
+    assert (came_back == []) == lane  # the lane took it (and journaled), or the general way did
+    assert tap.frames == [good[20 + 8 + 8 :]]
+    assert tun.written == [plain, bytes(other_port)]
+    assert pair.b.device.drops["disallowed_source"] == disallowed + 1
+    lines = engine.fdb.show(now)
+    assert any(line.startswith("02:00:00:00:00:0c dst 10.0.0.3 ") for line in lines), lines
+    assert any(line.startswith("02:00:00:00:00:0a dst 10.0.0.1 ") for line in lines), lines
+    assert engine.fdb.migrated_count == 0
+    assert engine.rx_packets == 1
+
+
+def test_bad_udp_checksum_is_dropped_and_counted(twin: Any) -> None:
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    pair.peer_ba.endpoint = sock.source
+    bad = bytearray(vxlan_packet("10.0.0.1", "10.0.0.2", MAC_A))
+    bad[26:28] = b"\x12\x34"  # a wrong, non-zero UDP checksum
+    sock.inbox.append(sealed(pair, bytes(bad)))
+    interface._inbound.on_readable(sock, sock.io)
+    assert tap.frames == [] and tun.written == []
+    assert overlay.engine is not None and overlay.engine.drops["rx_bad_udp_csum"] == 1
+
+
+def test_outbound_frames_are_sealed_for_the_peer(twin: Any) -> None:
+    """Frames as the TAP batch reads them -> transmit_bufs -> encap -> send_packets; a opens the
+    datagrams and finds the IPv4/UDP/VXLAN packets a kernel vxlan would send."""
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    bind = interface.bind
+    frames = [MAC_A + MAC_B + b"\x08\x00" + bytes([i]) * (100 + i) for i in range(3)]
+    big = MAC_A + MAC_B + b"\x08\x00" + b"x" * (1420 - 36 - 14 + 1)  # its packet: 1421 bytes
+    for i, frame in enumerate([*frames, big]):
+        overlay._tx_bufs[i][overlay.headroom : overlay.headroom + len(frame)] = frame
+        overlay._tx_lengths[i] = len(frame)
+    overlay._transmit(4, time.monotonic())
+    engine = overlay.engine
+    assert engine is not None and engine.drops["tx_oversized"] == 1
+    sent = [bytes(d) for d, _ in bind.sent]  # type: ignore[attr-defined]
+    assert len(sent) == 3
+    out = pair.a.device.receive_batch([bytearray(d) for d in sent], [len(d) for d in sent],
+                                      [pair.b.endpoint] * 3, pair.now)
+    packets = [bytes(p) for p in out.packets]
+    assert len(packets) == 3
+    for packet, frame in zip(packets, frames, strict=True):
+        assert packet[12:16] == ipaddress.IPv4Address("10.0.0.2").packed
+        assert packet[16:20] == ipaddress.IPv4Address("10.0.0.1").packed
+        assert ones_sum(packet[:20]) == 0xFFFF
+        sport, dport, ulen, csum = struct.unpack(">HHHH", packet[20:28])
+        assert dport == 4789 and ulen == len(packet) - 20 and csum == 0
+        lo, hi = overlay.config.srcport
+        assert lo <= sport <= hi
+        assert packet[28:36] == struct.pack(">II", 0x08000000, VNI << 8)
+        assert packet[36:] == frame
+
+
+def test_interface_close_closes_the_endpoint(twin: Any) -> None:
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    assert interface._inbound.local is not None
+    ep.Hub.of(interface).close()
+    assert overlay._closed and interface._inbound.local is None
+
+
+def test_extension_request_errors() -> None:
+    pair = make_pair()
+    interface, _, _ = make_interface(pair.b.device)
+    interface.extensions.update({"vxlan": ep.handle})
+    assert interface.extension("frob")["ok"] is False
+    assert "usage" in interface.extension("vxlan del vx0")["error"]
+    assert "local" in interface.extension("vxlan add vx0 id 5 remote 10.0.0.1")["error"]
+    assert "not this interface" in interface.extension("vxlan add vx0 id 5 local 10.0.0.2 dev eth9")["error"]
+    assert "group" in interface.extension("vxlan add vx0 id 5 group 239.1.1.1 dev fake0 local 10.0.0.2")["error"]
+    assert interface.extension("vxlan add vx0 id x")["ok"] is False
+
+
+def test_one_endpoint_per_dstport(twin: Any) -> None:
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    answer = ep.handle(interface, "add vx1 id 43 dstport 4789 local 10.0.0.2 remote 10.0.0.1".split())
+    assert answer == {"ok": False, "error": "vx0 already uses dstport 4789 on fake0"}
+
+
+def test_uapi_ext_request_framing() -> None:
+    """``ext=WORDS\\n\\n`` reaches the session's extension and is answered like ``stats=1``;
+    without an extension it is an unknown operation (EINVAL, closed), as wireguard-go answers."""
+    from tests.test_uapi import FakeTarget, _typed
+    from tunnel.wireguard.uapi_session import UapiSession
+
+    seen: list[str] = []
+    session = UapiSession(_typed(FakeTarget()), extension=lambda words: (seen.append(words), {"ok": True})[1])
+    replies = session.feed(b"ext=vxlan add vx0 id 5\n\nget=1\n\n")
+    assert seen == ["vxlan add vx0 id 5"]
+    assert replies[0] == b'json={"ok":true}\nerrno=0\n\n'
+    assert replies[1].endswith(b"errno=0\n\n") and not session.closed
+    plain = UapiSession(_typed(FakeTarget()))
+    assert plain.feed(b"ext=vxlan add vx0\n\n") == [b"errno=-22\n\n"] and plain.closed

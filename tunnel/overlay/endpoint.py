@@ -1,0 +1,494 @@
+"""A VXLAN endpoint inside the WireGuard daemon: one TAP, one ``VxlanEngine``, no second process.
+
+``wg-py vxlan add NAME id VNI ... dev WGIFACE`` (``tunnel/overlay/cli.py``) asks WGIFACE's daemon,
+over its UAPI socket (``ext=vxlan add NAME ...``), to run the endpoint here; :func:`handle` is
+that request's handler (``tunnel/cli.py`` gives it to the daemon's ``main``).
+
+Outbound (TAP readable, :meth:`L2Overlay.on_tap_readable`): ``TunBatch(l2=14).read`` cuts TSO
+super-frames natively into frames at ``buf[HEADROOM + hlen:]`` (``hlen`` = inner IP + UDP +
+VXLAN = 36 over IPv4, 56 over IPv6) -> ``VxlanEngine.transmit_bufs`` (checks, flow hash into the
+srcport range, FDB lookup per run) -> ``l2.encap`` (native: VXLAN, UDP and IP headers written
+in place in front of each frame; a replicated frame copied for each further remote) ->
+``Interface.send_packets`` (the WireGuard lane: route, seal in place, sendmmsg with UDP GSO; or
+``Device.send_batch``). No trip through the kernel's stack between the two.
+
+Inbound: the interface's local delivery (:meth:`Hub.deliver`, called by the inbound pump with
+each opened batch after the allowed-IPs source check) -> ``l2.claim`` (native: UDP to the local
+tunnel address and dstport; payload moved to the buffer's start; the inner source address is
+the VTEP) -> ``VxlanEngine.receive_bufs`` (the kernel's receive rules, learning: a MAC is
+learned at the tunnel address of the peer it came from, since the allowed-IPs check already
+tied that source to the sending peer) -> ``TunBatch(l2=14, gro=True, verify=True).write_slots``.
+
+Control: the usual VXLAN control socket (``tunnel.vxlan.control``) for NAME, served on the
+daemon's loop, so ``wg-py vxlan show|fdb|del NAME`` work unchanged; ``stop`` (``del``) closes
+the endpoint. Closing the WireGuard interface closes its endpoints (:class:`Hub` is an
+attachment of the interface). Drops (``engine.drops``) besides the engine's: ``tx_oversized``
+(a frame whose inner packet would exceed WGIFACE's MTU: dropped, never fragmented),
+``tx_no_buffer`` (replication beyond the spare buffers), ``remote_family`` (a remote of the
+other address family than ``local``), ``rx_bad_udp_csum``, and the TAP's as in
+``tunnel.vxlan.daemon``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import random
+import socket
+import stat
+import time
+from array import array
+from dataclasses import replace
+from typing import Any
+
+from crypto.backend import HEADROOM, TAG_SIZE
+from tunnel.io.offload import get_hwaddr, get_mtu, open_tun, select_io, set_mtu
+from tunnel.vxlan.cli import UsageError, parse_add
+from tunnel.vxlan.config import VxlanConfig
+from tunnel.vxlan.control import handle_request, is_alive, socket_path
+from tunnel.vxlan.engine import VxlanEngine
+from tunnel.vxlan.fast import select as select_fast
+from tunnel.wireguard.constants import PADDING_MULTIPLE
+from tunnel.wireguard.interface import Interface
+
+from .l2 import select as select_l2
+
+log = logging.getLogger("tunnel.overlay")
+
+BATCH = 64  # frames per TAP read (the WireGuard lane's batch)
+TAP_ROUNDS = 8
+SPARES = 2 * BATCH  # buffers for replicated copies per batch
+ETH_HLEN = 14
+AGE_INTERVAL = 10.0
+DEFAULT_TTL = 64
+L2_NAME, L2 = select_l2()
+
+
+class OverlayError(Exception):
+    """Why an endpoint could not be created (shown to the user as is)."""
+
+
+def overhead(ipv6: bool) -> int:
+    """Bytes a frame's payload gains inside the tunnel: inner IP + UDP + VXLAN + Ethernet."""
+    return int((L2.HLEN6 if ipv6 else L2.HLEN4) + ETH_HLEN)
+
+
+class Hub:
+    """The endpoints of one interface: its local delivery and one of its attachments."""
+
+    def __init__(self, interface: Interface) -> None:
+        self.interface = interface
+        self.overlays: dict[str, L2Overlay] = {}
+
+    @classmethod
+    def of(cls, interface: Interface) -> Hub:
+        for attachment in interface.attachments:
+            if isinstance(attachment, Hub):
+                return attachment
+        hub = cls(interface)
+        interface.attachments.append(hub)
+        return hub
+
+    def add(self, overlay: L2Overlay) -> None:
+        self.overlays[overlay.name] = overlay
+        self.interface.set_local_delivery(self.deliver)
+
+    def remove(self, overlay: L2Overlay) -> None:
+        if self.overlays.get(overlay.name) is overlay:
+            del self.overlays[overlay.name]
+        if not self.overlays:
+            self.interface.set_local_delivery(None)  # the WireGuard path as without an overlay
+
+    def deliver(self, bufs: list[bytearray], lengths: list[int], headroom: int, verdicts: bytearray,
+                count: int, now: float) -> int:
+        """The interface's local delivery: each endpoint takes its packets; returns how many."""
+        taken = 0
+        for overlay in list(self.overlays.values()):
+            taken += overlay.deliver(bufs, lengths, headroom, verdicts, count, now)
+        return taken
+
+    def close(self) -> None:
+        for overlay in list(self.overlays.values()):
+            overlay.close("the WireGuard interface is closing")
+
+    def housekeeping(self) -> None:
+        for overlay in list(self.overlays.values()):
+            overlay.housekeeping()
+
+
+class L2Overlay:
+    """One VXLAN device NAME whose underlay is ``interface`` (see module doc)."""
+
+    def __init__(self, interface: Interface, config: VxlanConfig) -> None:
+        if config.local is None:
+            raise OverlayError("local ADDR is needed")
+        self.interface = interface
+        local = ipaddress.ip_address(config.local)
+        self.ipv6 = local.version == 6
+        # IPv4: UDP checksum 0 (the kernel's noudpcsum default); IPv6: always a full checksum
+        self.config = replace(config, hash_seed=random.getrandbits(32), dev=interface.name, udpcsum=self.ipv6)
+        self.name = config.name
+        self.local_packed = local.packed
+        self.hlen = L2.HLEN6 if self.ipv6 else L2.HLEN4
+        self.headroom = HEADROOM + self.hlen  # the frame's place in a slot
+        self.ttl = config.ttl or DEFAULT_TTL
+        self.fast_name, self.fast = select_fast()
+        self.io_name, self.io = select_io()
+        self.engine: VxlanEngine | None = None
+        self.tap_fd = -1
+        self.tap_io: Any = None
+        self.tap_index = 0
+        self.offloads = "none"
+        self.mtu = 0
+        self.control: socket.socket | None = None
+        self.control_path = socket_path(self.name)
+        self._control_ino = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._aged = time.monotonic()
+        self._templates: dict[tuple[str, int, int], bytes | None] = {}
+        self._tx_bufs: list[bytearray] = []
+        self._tx_lengths = [0] * BATCH
+        self._tx_verdicts = bytearray(BATCH)
+        self._tx_sports = array("H", bytes(2 * BATCH))
+        self._used = bytearray(BATCH)
+        self._spares: list[bytearray] = []
+        self._rx_bufs: list[bytearray] = []
+        self._rx_lengths: list[int] = []
+        self._rx_sources: list[Any] = []
+        self._rx_verdicts = bytearray(256)
+        self._cache = L2.SourceCache()
+
+    # ---- setup / teardown ----------------------------------------------------------------
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Create the TAP (MTU: the interface's minus the overhead), the engine and the control
+        socket, and start serving on ``loop``. OverlayError with the reason; nothing left."""
+        try:
+            self._open(loop)
+        except BaseException:
+            self.close("open failed")
+            raise
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        name = self.name
+        if is_alive(self.control_path):
+            raise OverlayError(f"{name}: a wg-py vxlan device of this name already runs")
+        try:
+            self.tap_fd, offload = open_tun(name, tap=True, vnet_hdr=os.environ.get("WGPY_NO_OFFLOAD") != "1")
+        except OSError as exc:
+            raise OverlayError(f"{name}: cannot create TAP device: {exc.strerror or exc}") from None
+        self.tap_index = socket.if_nametoindex(offload.name)
+        if offload.vnet_hdr:
+            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=True, gro=True, l2=ETH_HLEN, verify=True)
+            self.offloads = offload.describe().split("offloads=", 1)[1] + ",gro"
+        else:
+            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=False, l2=ETH_HLEN, verify=True)
+            self.offloads = "none"
+        try:
+            mtu = self.interface.device.mtu - overhead(self.ipv6)
+            if mtu < 68:
+                raise OverlayError(f"{self.interface.name}: MTU {self.interface.device.mtu} too small for VXLAN")
+            set_mtu(name, mtu)
+            self._set_mtu(get_mtu(name))
+            own_mac = get_hwaddr(name)
+        except OSError as exc:
+            raise OverlayError(f"{name}: cannot configure TAP device: {exc}") from None
+        self.engine = VxlanEngine(self.config, time.monotonic(), self.fast)
+        self.engine.set_own_mac(own_mac)
+        self._open_control()
+        self._loop = loop
+        loop.add_reader(self.tap_fd, self.on_tap_readable)
+        assert self.control is not None
+        task = loop.create_task(asyncio.start_unix_server(self._on_control, sock=self.control))
+        task.add_done_callback(self._served)
+        Hub.of(self.interface).add(self)
+        log.info("%s: vni %d dstport %d inside %s (local %s, mtu %d, l2 %s, offloads %s)", name,
+                 self.config.vni, self.config.dstport, self.interface.name, self.config.local, self.mtu,
+                 L2_NAME, self.offloads)
+
+    def _served(self, task: asyncio.Task[asyncio.AbstractServer]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            log.error("%s: control socket failed: %s", self.name, None if task.cancelled() else task.exception())
+            return
+        self._server = task.result()
+        if self._closed:
+            self._server.close()
+
+    def _open_control(self) -> None:
+        path = self.control_path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # stale: is_alive() said nobody listens there
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            sock.bind(str(path))
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            raise OverlayError(f"control socket {path}: {exc.strerror}") from None
+        finally:
+            os.umask(old)
+        sock.setblocking(False)
+        self.control = sock
+        self._control_ino = os.stat(path).st_ino
+
+    def close(self, reason: str = "stop") -> None:
+        """Stop and release everything (idempotent); the TAP device goes with its fd."""
+        if self._closed:
+            return
+        self._closed = True
+        log.info("%s: stopping (%s)", self.name, reason)
+        Hub.of(self.interface).remove(self)
+        if self._loop is not None and self.tap_fd >= 0:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.tap_fd)
+        if self._server is not None:
+            self._server.close()
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+            with contextlib.suppress(OSError):
+                st = os.stat(self.control_path)
+                if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._control_ino:
+                    os.unlink(self.control_path)
+        self.tap_io = None
+        if self.tap_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.tap_fd)
+            self.tap_fd = -1
+
+    def housekeeping(self) -> None:
+        """Once a second: the TAP still there (else close), its MTU, FDB ageing."""
+        try:
+            name = socket.if_indextoname(self.tap_index)
+        except OSError:
+            self.close("TAP device deleted")
+            return
+        with contextlib.suppress(OSError, ValueError):
+            mtu = get_mtu(name)
+            if mtu != self.mtu:
+                self._set_mtu(mtu)
+        now = time.monotonic()
+        if now - self._aged >= AGE_INTERVAL and self.engine is not None:
+            self._aged = now
+            self.engine.age(now)
+
+    def _set_mtu(self, mtu: int) -> None:
+        """The TAP's MTU: the TAP batch's cut and write size, and the transmit slots."""
+        self.mtu = mtu
+        if self.tap_io is not None:
+            self.tap_io.mtu = mtu
+        size = self.headroom + ETH_HLEN + mtu + PADDING_MULTIPLE + TAG_SIZE + 64
+        if not self._tx_bufs or len(self._tx_bufs[0]) != size:
+            self._tx_bufs = [bytearray(size) for _ in range(BATCH)]
+            self._spares = [bytearray(size) for _ in range(SPARES)]
+
+    # ---- outbound ------------------------------------------------------------------------
+
+    def on_tap_readable(self) -> None:
+        tap_io = self.tap_io
+        for _ in range(TAP_ROUNDS):
+            if tap_io is None or self._closed:
+                return
+            try:
+                count = tap_io.read(self._tx_bufs, self._tx_lengths, self.headroom, self.mtu)
+            except OSError as exc:
+                self.close(f"TAP device gone ({exc.strerror})")
+                return
+            if tap_io.errors:
+                self._tap_errors()
+            if count:
+                self._transmit(count, time.monotonic())
+            if count < BATCH or not tap_io.pending:
+                return
+        if self._loop is not None:  # segments of a super-frame still pending: next loop turn
+            self._loop.call_soon(self.on_tap_readable)
+
+    def _template(self, ip: str, port: int, vni: int) -> bytes | None:
+        key = (ip, port, vni)
+        tmpl = self._templates.get(key, b"")
+        if tmpl == b"":
+            try:
+                remote = ipaddress.ip_address(ip).packed
+                tmpl = L2.template(self.local_packed, remote, port, vni, self.ttl)
+            except ValueError:
+                tmpl = None  # the other family than local
+            if len(self._templates) > 4096:
+                self._templates.clear()
+            self._templates[key] = tmpl
+        return tmpl
+
+    def _transmit(self, count: int, now: float) -> None:
+        engine = self.engine
+        assert engine is not None
+        bufs, lengths = self._tx_bufs, self._tx_lengths
+        verdicts, sports = self._tx_verdicts, self._tx_sports
+        try:
+            plan = engine.transmit_bufs(bufs, lengths, count, now, self.headroom, verdicts, sports)
+            if plan.local:
+                self._tap_write(len(plan.local), self.tap_io.write, list(plan.local))
+            if not plan.items:
+                return
+            out_bufs: list[bytearray] = []
+            out_lengths: list[int] = []
+            spares = list(self._spares)
+            used = self._used
+            used[:] = bytes(BATCH)
+            mtu = self.interface.device.mtu
+            drops = engine.drops
+            for start, end, remote in plan.items:
+                tmpl = self._template(remote.ip, remote.port, remote.vni)
+                if tmpl is None:
+                    drops["remote_family"] += end - start
+                    continue
+                _n, oversized, no_spare = L2.encap(bufs, lengths, start, end, self.headroom, verdicts, sports,
+                                                   tmpl, mtu, out_bufs, out_lengths, spares, used)
+                if oversized:
+                    drops["tx_oversized"] += oversized
+                if no_spare:
+                    drops["tx_no_buffer"] += no_spare
+            for k in range(0, len(out_bufs), BATCH):
+                self.interface.send_packets(out_bufs[k : k + BATCH], out_lengths[k : k + BATCH], now)
+        except Exception:
+            log.exception("%s: transmit batch failed", self.name)
+            engine.drops["tx_exception"] += count
+
+    # ---- inbound -------------------------------------------------------------------------
+
+    def deliver(self, bufs: list[bytearray], lengths: list[int], headroom: int, verdicts: bytearray,
+                count: int, now: float) -> int:
+        """Take this endpoint's packets of an opened batch (see module doc); never raises."""
+        engine = self.engine
+        if engine is None or self._closed:
+            return 0
+        out_bufs: list[bytearray] = []
+        out_lengths: list[int] = []
+        sources: list[Any] = []
+        try:
+            claimed, bad = L2.claim(bufs, lengths, count, headroom, verdicts, self.local_packed,
+                                    self.config.dstport, out_bufs, out_lengths, sources, self._cache)
+        except Exception:
+            log.exception("%s: claim failed", self.name)
+            engine.drops["rx_exception"] += 1
+            return 0
+        if bad:
+            engine.drops["rx_bad_udp_csum"] += bad
+        if claimed:
+            rx_verdicts = self._rx_verdicts
+            if len(rx_verdicts) < claimed:
+                rx_verdicts = self._rx_verdicts = bytearray(claimed)
+            try:
+                accepted = engine.receive_bufs(out_bufs, out_lengths, sources, claimed, now, rx_verdicts)
+                if accepted:
+                    self._tap_write(accepted, self.tap_io.write_slots, out_bufs, out_lengths, 8, rx_verdicts,
+                                    claimed)
+            except Exception:
+                log.exception("%s: receive batch failed", self.name)
+                engine.drops["rx_exception"] += claimed
+        return int(claimed + bad)
+
+    def _tap_write(self, frames: int, write: Any, *args: Any) -> None:
+        assert self.engine is not None
+        if self.tap_io is None:
+            return
+        try:
+            write(*args)
+        except OSError as exc:  # EIO: the device is down
+            self.engine.drops["device_down" if exc.errno == errno.EIO else "tap_write_error"] += frames
+            return
+        if self.tap_io.errors:
+            self._tap_errors()
+
+    def _tap_errors(self) -> None:
+        """The TAP batch's error counts into the drops (as tunnel.vxlan.daemon names them)."""
+        assert self.engine is not None
+        errors = self.tap_io.errors
+        for key in list(errors):
+            if key.startswith("read:"):
+                reason = "tap_" + key[5:]
+            elif key == "write:oversized":
+                reason = "tap_oversized"
+            elif key in ("EIO", "write:EIO"):
+                reason = "device_down"
+            else:
+                reason = "tap_write_error"
+            self.engine.drops[reason] += errors.pop(key)
+
+    # ---- control -------------------------------------------------------------------------
+
+    def extra(self) -> dict[str, Any]:
+        """Shell facts added to ``show``."""
+        return {
+            "pid": os.getpid(),
+            "ifindex": self.tap_index,
+            "mtu": self.mtu,
+            "sender": f"in-process ({self.interface.name})",
+            "underlay": self.interface.name,
+            "datapath": f"{self.fast_name}+l2 {L2_NAME}",
+            "io": self.io_name,
+            "offloads": self.offloads,
+            "source_port": None,
+            "rx_csum_partial": self.tap_io.csum_partial if self.tap_io is not None else 0,
+            "rx_tso_frames": self.tap_io.tso_frames if self.tap_io is not None else 0,
+        }
+
+    async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5.0)
+            text = line.decode(errors="replace")
+            if self.engine is None:
+                return
+            answer = handle_request(self.engine, text, time.monotonic(), self.extra)
+            if answer.get("show"):
+                answer["show"]["config"]["hash_seed"] = None
+            writer.write(json_line(answer))
+            await asyncio.wait_for(writer.drain(), 5.0)
+            if text.split() == ["stop"] and answer.get("ok"):
+                self.close("stop request")
+        except (TimeoutError, OSError, UnicodeError):
+            pass
+        except Exception:
+            log.exception("%s: control request failed", self.name)
+        finally:
+            writer.close()
+
+
+def json_line(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj).encode() + b"\n"
+
+
+def handle(interface: Interface, words: list[str]) -> dict[str, Any]:
+    """The daemon's ``ext=vxlan add NAME id VNI ... local ADDR [dev IFACE]`` request: run the
+    endpoint in this process. Answers ``{"ok": true, "name", "mtu", "local"}`` or
+    ``{"ok": false, "error"}``."""
+    if not words or words[0] != "add":
+        return {"ok": False, "error": "usage: vxlan add NAME id VNI ... local ADDR"}
+    try:
+        config, _foreground = parse_add(words[1:])
+    except UsageError as exc:
+        return {"ok": False, "error": str(exc)}
+    if config.dev not in (None, interface.name):
+        return {"ok": False, "error": f"dev {config.dev} is not this interface ({interface.name})"}
+    if config.group is not None:
+        return {"ok": False, "error": "group (multicast) cannot run over WireGuard; use remote or fdb append"}
+    if config.local is None:
+        return {"ok": False, "error": "local ADDR is needed"}
+    for other in Hub.of(interface).overlays.values():
+        if other.config.dstport == config.dstport:
+            return {"ok": False, "error": f"{other.name} already uses dstport {config.dstport} on {interface.name}"}
+    loop = asyncio.get_running_loop()
+    overlay = L2Overlay(interface, config)
+    try:
+        overlay.open(loop)
+    except OverlayError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "name": overlay.name, "mtu": overlay.mtu, "local": config.local}
