@@ -78,8 +78,8 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
-from array import array
 from dataclasses import replace
 from typing import Any
 
@@ -87,23 +87,19 @@ from tunnel.io.offload import TunOffload, get_hwaddr, get_mtu, open_tun, select_
 
 from .config import VxlanConfig
 from .control import handle_request, is_alive, socket_path
+from .datapath import BUFSIZE, HEADROOM, DataPath
 from .engine import VxlanEngine
 from .fast import select as select_fast
-from .header import VXLAN_HLEN, tap_mtu
+from .header import tap_mtu
+from .pump_ref import compile_snapshot, fdb_version
 from .sockets import Sender, ifindex, make_sender, open_receiver
 
 log = logging.getLogger("wg-py.vxlan")
 
-BATCH = 256  # frames per batch: Python's cost is paid per batch, so batches are large
-HEADROOM = 8
-BUFSIZE = 65536  # the largest UDP payload (and plain-TAP frame) there is
-RX_SLOT = 9216 + 64  # a receive slot until a datagram fills one: jumbo frames and VXLAN overhead
 TX_SLACK = 64  # room past ``HEADROOM + 14 + mtu`` in a transmit slot
 AGE_INTERVAL = 10.0
 LINK_CHECK_INTERVAL = 1.0
 READY_TIMEOUT = 30.0
-TAP_ROUNDS = 8  # batches per TAP readiness callback while cut segments are pending
-UDP_ROUNDS = 8  # batches per UDP readiness callback while GRO segments are pending
 ETH_HLEN = 14
 
 
@@ -112,7 +108,8 @@ class DaemonError(Exception):
 
 
 class VxlanDaemon:
-    """One VXLAN device. Not thread-safe; everything happens on the loop thread."""
+    """One VXLAN device. The engine is touched only under :attr:`lock` (the data paths' general
+    way and journals, ageing, control requests, metrics)."""
 
     def __init__(self, config: VxlanConfig, metrics: str | None = None) -> None:
         self.config = replace(config, hash_seed=random.getrandbits(32))
@@ -136,14 +133,10 @@ class VxlanDaemon:
         self.io_name, self.io = select_io()
         self.tap_io: Any = None
         self.udp_io: Any = None
-        self._tx_bufs: list[bytearray] = []
-        self._tx_lengths = [0] * BATCH
-        self._tx_verdicts = bytearray(BATCH)
-        self._tx_sports = array("H", bytes(2 * BATCH))
-        self._rx_bufs = [bytearray(RX_SLOT) for _ in range(BATCH)]
-        self._rx_lengths = [0] * BATCH
-        self._rx_sources: list[Any] = [None] * BATCH
-        self._rx_verdicts = bytearray(BATCH)
+        self.lock = threading.Lock()  # the engine's (see the class doc)
+        self.datapaths: list[DataPath] = []  # one per worker (tunnel/vxlan/datapath.py)
+        self.snapshot_version: tuple[Any, ...] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- setup / teardown ----------------------------------------------------------------
 
@@ -175,7 +168,6 @@ class VxlanDaemon:
                 set_mtu(name, tap_mtu(lower_mtu, cfg.ipv6))
             self.mtu = get_mtu(name)
             self._set_tap_mtu()
-            self._size_tx_buffers()
             own_mac = get_hwaddr(name)
         except (OSError, ValueError) as exc:
             raise DaemonError(f"{name}: cannot configure TAP device: {exc}") from None
@@ -197,6 +189,9 @@ class VxlanDaemon:
             raise DaemonError(f"cannot open the sending sockets: {exc.strerror or exc}") from None
         self.engine = VxlanEngine(self.config, time.monotonic(), self.fast)
         self.engine.set_own_mac(own_mac)
+        self.datapaths = [DataPath(self, self.tap_io, self.udp_io, self.sender.batch,
+                                   self._tx_size(), self._call_soon, self._stop_soon)]
+        self.publish()
         self._open_metrics()
         self._open_control(path)
 
@@ -212,7 +207,8 @@ class VxlanDaemon:
     def metrics_snapshot(self) -> dict[str, Any]:
         """The engine's counters and the shell's facts (for ``tunnel.metrics.vxlan``; on the loop)."""
         assert self.engine is not None
-        stats = self.engine.stats()
+        with self.lock:
+            stats = self.engine.stats()
         stats.update({
             "interface": self.name,
             "kind": "vxlan",
@@ -313,8 +309,11 @@ class VxlanDaemon:
         assert self.udp is not None and self.control is not None
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        loop.add_reader(self.tap_fd, self._on_tap_readable)
-        loop.add_reader(self.udp.fileno(), self._on_udp_readable)
+        self._loop = loop
+        path = self.datapaths[0]
+        path.journal.loop = loop
+        loop.add_reader(self.tap_fd, path.outbound.on_readable)
+        loop.add_reader(self.udp.fileno(), path.inbound.on_readable)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
         server = await asyncio.start_unix_server(self._on_control, sock=self.control)
@@ -337,6 +336,8 @@ class VxlanDaemon:
             log.info("%s: stopping (%s)", self.name, self.stop_reason)
             for t in timers:
                 t.cancel()
+            path.journal.loop = None
+            path.flush()
             loop.remove_reader(self.tap_fd)
             loop.remove_reader(self.udp.fileno())
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -359,7 +360,40 @@ class VxlanDaemon:
 
     def _age(self) -> None:
         assert self.engine is not None
-        self.engine.age(time.monotonic())
+        with self.lock:
+            self.engine.age(time.monotonic())
+            self.refresh_snapshot()
+
+    # ---- the pumps' snapshot (tunnel/vxlan/pump_ref.py) ----------------------------------
+
+    def publish(self) -> None:
+        """Compile the engine's FDB and settings into a snapshot and hand it to every data
+        path's pumps (the caller holds :attr:`lock`, or no data path runs yet). Nothing to do
+        before the data paths exist."""
+        if self.engine is None or self.sender is None or not self.datapaths:
+            return
+        snapshot = compile_snapshot(self.engine, self.sender.dest)
+        self.snapshot_version = snapshot.version
+        for path in self.datapaths:
+            path.outbound.snapshot = snapshot
+
+    def refresh_snapshot(self) -> None:
+        """:meth:`publish` if learning or ageing changed the FDB (caller holds the lock)."""
+        assert self.engine is not None
+        if fdb_version(self.engine) != self.snapshot_version:
+            self.publish()
+
+    def _call_soon(self, callback: Any) -> None:
+        """A data path's ``reschedule`` on the loop thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon(callback)
+
+    def _stop_soon(self, reason: str) -> None:
+        """A data path's ``stop``: safe from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self.stop, reason)
 
     def _check_link(self) -> None:
         try:
@@ -373,7 +407,8 @@ class VxlanDaemon:
                 log.info("%s: MTU %d -> %d", self.name, self.mtu, mtu)
                 self.mtu = mtu
                 self._set_tap_mtu()
-                self._size_tx_buffers()
+                for path in self.datapaths:
+                    path.size_tx(self._tx_size())
 
     def _set_tap_mtu(self) -> None:
         """Tell the TAP batch the MTU: a received frame larger than it (a kernel peer's TSO
@@ -382,150 +417,19 @@ class VxlanDaemon:
         if self.tap_io is not None:
             self.tap_io.mtu = self.mtu
 
-    def _size_tx_buffers(self) -> None:
-        """Transmit slots: one frame of the TAP's MTU behind the headroom (super-frames are cut
-        to the MTU; a larger frame, between an MTU change and the next check, is dropped and
-        counted); a plain TAP reads whole frames, so its slots take any frame."""
+    def _tx_size(self) -> int:
+        """Transmit slot size: one frame of the TAP's MTU behind the headroom (super-frames are
+        cut to the MTU; a larger frame, between an MTU change and the next check, is dropped
+        and counted); a plain TAP reads whole frames, so its slots take any frame."""
         vnet = self.offload is not None and self.offload.vnet_hdr
-        size = HEADROOM + (ETH_HLEN + self.mtu + TX_SLACK if vnet else BUFSIZE)
-        if not self._tx_bufs or len(self._tx_bufs[0]) != size:
-            self._tx_bufs = [bytearray(size) for _ in range(BATCH)]
-
-    # ---- data path -----------------------------------------------------------------------
-
-    def _on_tap_readable(self) -> None:
-        tap_io = self.tap_io
-        for _ in range(TAP_ROUNDS):
-            try:
-                count = tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM, self.mtu)
-            except OSError as exc:
-                self.stop(f"TAP device gone ({exc.strerror})")
-                return
-            if tap_io.errors:
-                self._tap_errors()
-            if count:
-                self._transmit(count)
-            if count < BATCH or not tap_io.pending:
-                return
-        # still segments of a super-frame in the scratch: finish them on the next loop turn
-        asyncio.get_running_loop().call_soon(self._on_tap_readable)
-
-    def _write_tap(self, frames: list[Any]) -> None:
-        """Write frames (buffers) to the TAP; failures become drops."""
-        self._tap_write(len(frames), self.tap_io.write, frames)
-
-    def _tap_write(self, frames: int, write: Any, *args: Any) -> None:
-        """``write(*args)`` on the TAP batch (``frames`` frames); failures become drops."""
-        assert self.engine is not None
-        try:
-            write(*args)
-        except OSError as exc:  # EIO: the device is down; others: it is going away
-            reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
-            self.engine.drops[reason] += frames
-            return
-        if self.tap_io.errors:
-            self._tap_errors()
-
-    def _transmit(self, count: int) -> None:
-        """Plan and send the ``count`` frames just read into the TX buffers."""
-        engine = self.engine
-        sender = self.sender
-        assert engine is not None and sender is not None
-        bufs, lengths = self._tx_bufs, self._tx_lengths
-        verdicts, sports = self._tx_verdicts, self._tx_sports
-        try:
-            plan = engine.transmit_bufs(bufs, lengths, count, time.monotonic(), HEADROOM,
-                                        verdicts, sports)
-            if plan.local:
-                self._write_tap(list(plan.local))
-            if not plan.items:
-                return
-            _sent, full, errors = sender.send_batch(bufs, lengths, HEADROOM, verdicts, sports,
-                                                    plan.items)
-        except Exception:
-            log.exception("%s: transmit batch failed", self.name)
-            engine.drops["tx_exception"] += count
-            return
-        if full:
-            engine.drops["tx_buffer_full"] += full
-        if errors:
-            engine.drops["tx_error"] += errors
-
-    def _on_udp_readable(self) -> None:
-        for _ in range(UDP_ROUNDS):
-            count = self._receive()
-            if count < BATCH and not (self.udp_io is not None and self.udp_io.pending):
-                return
-        # GRO segments left in the scratch do not make the socket readable: next loop turn
-        asyncio.get_running_loop().call_soon(self._on_udp_readable)
-
-    def _receive(self) -> int:
-        """Receive one batch and write what the engine accepts to the TAP; returns the count."""
-        engine = self.engine
-        assert engine is not None
-        if self.udp_io is None:  # closed meanwhile (a call_soon after stop)
-            return 0
-        bufs, lengths, sources = self._rx_bufs, self._rx_lengths, self._rx_sources
-        count: int = self.udp_io.recv(bufs, lengths, sources)
-        if self.udp_io.errors:
-            self._udp_errors()
-        if not count:
-            return 0
-        verdicts = self._rx_verdicts
-        if max(lengths[:count]) >= len(bufs[0]):
-            self._grow_rx_buffers(count)
-        try:
-            delivered = engine.receive_bufs(bufs, lengths, sources, count, time.monotonic(),
-                                            verdicts)
-            if delivered:
-                self._tap_write(delivered, self.tap_io.write_slots, bufs, lengths, VXLAN_HLEN,
-                                verdicts, count)
-        except Exception:
-            log.exception("%s: receive batch failed", self.name)
-            engine.drops["rx_exception"] += count
-        return count
-
-    def _grow_rx_buffers(self, count: int) -> None:
-        """A datagram filled its slot, so it may have been cut: drop it (its length becomes 0,
-        which the engine counts as ``too_short``) and take 64 KiB slots from now on."""
-        size = len(self._rx_bufs[0])
-        lengths = self._rx_lengths
-        for i in range(count):
-            if lengths[i] >= size:
-                lengths[i] = 0
-        if size < BUFSIZE:
-            log.info("%s: a datagram filled a %d-byte slot (dropped): using %d-byte slots",
-                     self.name, size, BUFSIZE)
-            self._rx_bufs = [bytearray(BUFSIZE) for _ in range(BATCH)]
-
-    def _udp_errors(self) -> None:
-        """Move the UdpBatch's receive error counts into ``drops["rx_error"]``."""
-        assert self.engine is not None
-        errors = self.udp_io.errors
-        for key in [k for k in errors if k.startswith("recv")]:
-            self.engine.drops["rx_error"] += errors.pop(key)
-
-    def _tap_errors(self) -> None:
-        """Move the TAP batch's error counts into the drops: write errors (EIO: the device is
-        down) and, with offloads, read-side drops (``read:too_big`` -> ``tap_too_big``, ...)."""
-        assert self.engine is not None
-        errors = self.tap_io.errors
-        for name in list(errors):
-            if name.startswith("read:"):
-                reason = "tap_" + name[5:]
-            elif name == "write:oversized":
-                reason = "tap_oversized"
-            elif name in ("EIO", "write:EIO"):
-                reason = "device_down"
-            else:
-                reason = "tap_write_error"
-            self.engine.drops[reason] += errors.pop(name)
+        return HEADROOM + (ETH_HLEN + self.mtu + TX_SLACK if vnet else BUFSIZE)
 
     # ---- control -------------------------------------------------------------------------
 
     def extra(self) -> dict[str, Any]:
         """Shell facts added to ``show``."""
         sender = self.sender.mode if self.sender else None
+        paths = self.datapaths
         return {
             "pid": os.getpid(),
             "ifindex": self.tap_index,
@@ -535,8 +439,10 @@ class VxlanDaemon:
             "io": self.io_name,
             "offloads": self.offloads,
             "source_port": self.sender.source_port if self.sender else None,
-            "rx_csum_partial": self.tap_io.csum_partial if self.tap_io is not None else 0,
-            "rx_tso_frames": self.tap_io.tso_frames if self.tap_io is not None else 0,
+            "pump": paths[0].pump_name if paths else None,
+            "workers": [dict(p.counters) for p in paths],
+            "rx_csum_partial": sum(p.tap_io.csum_partial for p in paths),
+            "rx_tso_frames": sum(p.tap_io.tso_frames for p in paths),
         }
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -544,7 +450,12 @@ class VxlanDaemon:
             line = await asyncio.wait_for(reader.readline(), 5.0)
             text = line.decode(errors="replace")
             assert self.engine is not None
-            answer = handle_request(self.engine, text, time.monotonic(), self.extra)
+            for path in self.datapaths:
+                if path.journal.loop is self._loop:
+                    path.flush()  # this thread's records first, as for any engine work
+            with self.lock:
+                answer = handle_request(self.engine, text, time.monotonic(), self.extra)
+                self.publish()  # an FDB or setting change takes effect in the pumps now
             if answer.get("show"):
                 answer["show"]["config"]["hash_seed"] = None  # keep the seed private
             writer.write(_json_line(answer))
