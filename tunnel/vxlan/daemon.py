@@ -93,6 +93,7 @@ from .fast import select as select_fast
 from .header import tap_mtu
 from .pump_ref import compile_snapshot, fdb_version
 from .sockets import Sender, ifindex, make_sender, open_receiver
+from .workers import Workers
 
 log = logging.getLogger("wg-py.vxlan")
 
@@ -137,6 +138,7 @@ class VxlanDaemon:
         self.datapaths: list[DataPath] = []  # one per worker (tunnel/vxlan/datapath.py)
         self.snapshot_version: tuple[Any, ...] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.workers: Workers | None = None  # config.workers > 1 (tunnel/vxlan/workers.py)
 
     # ---- setup / teardown ----------------------------------------------------------------
 
@@ -172,7 +174,7 @@ class VxlanDaemon:
         except (OSError, ValueError) as exc:
             raise DaemonError(f"{name}: cannot configure TAP device: {exc}") from None
         try:
-            self.udp = open_receiver(cfg)
+            self.udp = open_receiver(cfg, reuseport=cfg.workers > 1)
         except OSError as exc:
             hint = ""
             if exc.errno == errno.EADDRINUSE:
@@ -180,7 +182,7 @@ class VxlanDaemon:
             raise DaemonError(f"cannot bind UDP port {cfg.dstport}: {exc.strerror}{hint}") from None
         gro = bool(self.io.enable_udp_gro(self.udp.fileno()))
         self.udp_io = self.io.UdpBatch(self.udp.fileno(), gso=False, gro=gro,
-                                       make_source=_source_ip)
+                                       make_source=self.make_source)
         for note in self.udp_io.fallbacks:
             log.debug("%s: %s", name, note)
         try:
@@ -190,7 +192,15 @@ class VxlanDaemon:
         self.engine = VxlanEngine(self.config, time.monotonic(), self.fast)
         self.engine.set_own_mac(own_mac)
         self.datapaths = [DataPath(self, self.tap_io, self.udp_io, self.sender.batch,
-                                   self._tx_size(), self._call_soon, self._stop_soon)]
+                                   self.tx_size(), self._call_soon, self.stop_soon)]
+        if cfg.workers > 1:
+            self.workers = Workers(self)
+            try:
+                self.workers.open(gro)
+            except OSError as exc:
+                raise DaemonError(f"{name}: cannot open {cfg.workers} queues: "
+                                  f"{exc.strerror or exc}") from None
+            self.datapaths += self.workers.datapaths()
         self.publish()
         self._open_metrics()
         self._open_control(path)
@@ -222,22 +232,36 @@ class VxlanDaemon:
         """The TAP device, with offloads unless WGPY_NO_OFFLOAD=1 (see module doc)."""
         plain = os.environ.get("WGPY_NO_OFFLOAD") == "1"
         try:
-            self.tap_fd, self.offload = open_tun(name, tap=True, vnet_hdr=not plain)
+            self.tap_fd, self.offload = open_tun(name, tap=True, vnet_hdr=not plain,
+                                                 multi_queue=self.config.workers > 1)
         except OSError as exc:
             raise DaemonError(f"{name}: cannot create TAP device: {exc.strerror or exc}") from None
         self.tap_index = socket.if_nametoindex(self.offload.name)
         for note in self.offload.notes:
             log.info("%s: offload fallback: %s", name, note)
+        self.tap_io = self.new_tap_io(self.tap_fd)
         if self.offload.vnet_hdr:
-            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=True, gro=True, l2=ETH_HLEN,
-                                           verify=True)
             self.offloads = self.offload.describe().split("offloads=", 1)[1] + ",gro"
         else:
-            # frame by frame: the same batch I/O without the virtio-net header
-            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=False, l2=ETH_HLEN,
-                                           verify=True)
             self.offloads = "none (WGPY_NO_OFFLOAD=1)" if plain else "none (no IFF_VNET_HDR)"
         log.info("%s: TAP offloads: %s", name, self.offloads)
+
+    def new_tap_io(self, fd: int) -> Any:
+        """The TAP batch I/O of queue ``fd``: with the virtio-net header (GRO on writes) when
+        the TAP has offloads, else frame by frame without it; its MTU the TAP's."""
+        assert self.offload is not None
+        if self.offload.vnet_hdr:
+            tap_io = self.io.TunBatch(fd, vnet_hdr=True, gro=True, l2=ETH_HLEN, verify=True)
+        else:
+            tap_io = self.io.TunBatch(fd, vnet_hdr=False, l2=ETH_HLEN, verify=True)
+        if self.mtu:
+            tap_io.mtu = self.mtu
+        return tap_io
+
+    @staticmethod
+    def make_source(ip: str, port: int, local: str | None) -> str:
+        """UdpBatch's ``make_source``: the engine learns the outer source address only."""
+        return ip
 
     def _open_control(self, path: Any) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -259,6 +283,10 @@ class VxlanDaemon:
 
     def close(self) -> None:
         """Release everything (idempotent). The TAP device disappears with its fd."""
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers.close()
+            self.workers = None
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
@@ -311,9 +339,12 @@ class VxlanDaemon:
         self._stopping = asyncio.Event()
         self._loop = loop
         path = self.datapaths[0]
-        path.journal.loop = loop
-        loop.add_reader(self.tap_fd, path.outbound.on_readable)
-        loop.add_reader(self.udp.fileno(), path.inbound.on_readable)
+        if self.workers is not None:
+            self.workers.start()
+        else:
+            path.journal.loop = loop
+            loop.add_reader(self.tap_fd, path.outbound.on_readable)
+            loop.add_reader(self.udp.fileno(), path.inbound.on_readable)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
         server = await asyncio.start_unix_server(self._on_control, sock=self.control)
@@ -336,10 +367,13 @@ class VxlanDaemon:
             log.info("%s: stopping (%s)", self.name, self.stop_reason)
             for t in timers:
                 t.cancel()
-            path.journal.loop = None
-            path.flush()
-            loop.remove_reader(self.tap_fd)
-            loop.remove_reader(self.udp.fileno())
+            if self.workers is not None:
+                self.workers.stop()
+            else:
+                path.journal.loop = None
+                path.flush()
+                loop.remove_reader(self.tap_fd)
+                loop.remove_reader(self.udp.fileno())
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             server.close()
@@ -388,7 +422,7 @@ class VxlanDaemon:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon(callback)
 
-    def _stop_soon(self, reason: str) -> None:
+    def stop_soon(self, reason: str) -> None:
         """A data path's ``stop``: safe from any thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -408,16 +442,18 @@ class VxlanDaemon:
                 self.mtu = mtu
                 self._set_tap_mtu()
                 for path in self.datapaths:
-                    path.size_tx(self._tx_size())
+                    path.size_tx(self.tx_size())
 
     def _set_tap_mtu(self) -> None:
         """Tell the TAP batch the MTU: a received frame larger than it (a kernel peer's TSO
         super-packet in one VXLAN datagram) is written as a GSO super-frame or cut to the MTU
         (``TunBatch.mtu``), so that a bridge behind the TAP does not drop it."""
+        for path in self.datapaths:
+            path.tap_io.mtu = self.mtu
         if self.tap_io is not None:
             self.tap_io.mtu = self.mtu
 
-    def _tx_size(self) -> int:
+    def tx_size(self) -> int:
         """Transmit slot size: one frame of the TAP's MTU behind the headroom (super-frames are
         cut to the MTU; a larger frame, between an MTU change and the next check, is dropped
         and counted); a plain TAP reads whole frames, so its slots take any frame."""
@@ -441,6 +477,7 @@ class VxlanDaemon:
             "source_port": self.sender.source_port if self.sender else None,
             "pump": paths[0].pump_name if paths else None,
             "workers": [dict(p.counters) for p in paths],
+            "worker_tids": self.workers.thread_ids() if self.workers is not None else [],
             "rx_csum_partial": sum(p.tap_io.csum_partial for p in paths),
             "rx_tso_frames": sum(p.tap_io.tso_frames for p in paths),
         }
@@ -468,11 +505,6 @@ class VxlanDaemon:
             log.exception("%s: control request failed", self.name)
         finally:
             writer.close()
-
-
-def _source_ip(ip: str, port: int, local: str | None) -> str:
-    """UdpBatch's ``make_source``: the engine learns the outer source address only."""
-    return ip
 
 
 def _json_line(obj: Any) -> bytes:

@@ -147,17 +147,24 @@ def join_group(sock: socket.socket, config: VxlanConfig) -> None:
         sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
 
 
-def open_receiver(config: VxlanConfig) -> socket.socket:
+def open_receiver(config: VxlanConfig, *, reuseport: bool = False,
+                  join: bool = True) -> socket.socket:
     """The non-blocking UDP socket bound to ``dstport``: on ``local`` when given (and no
-    group, whose datagrams are addressed to the group), else on the wildcard address."""
+    group, whose datagrams are addressed to the group), else on the wildcard address.
+    ``reuseport``: SO_REUSEPORT before the bind (the workers' group: the kernel spreads
+    datagrams over the group's sockets by a hash of the 4-tuple); ``join``: join ``group``
+    (only one socket of a group joins it, see docs/multicore.md)."""
     family = family_of(config)
     sock = _new_socket(family)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         host = config.local if config.local and not config.group else ""
         sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), config.dstport))
-        join_group(sock, config)
+        if join:
+            join_group(sock, config)
         _finish(sock, config)
     except BaseException:
         sock.close()
