@@ -21,6 +21,7 @@ CPU seconds per GB and its idle share over the run (``/proc/stat``), and ``/proc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -69,28 +70,69 @@ def vxlan_pair(lab: Lab, name: str, program: list[str], workers: int) -> Pair:
     return pair
 
 
-def ping_median(lab: Lab, pair: Pair, count: int, interval: float) -> float:
+def ping_stats(lab: Lab, pair: Pair, count: int, interval: float) -> tuple[float, float]:
+    """(median, 10th percentile) RTT in ms of ``count`` pings (the low percentile shows the
+    per-packet cost with less of the machine's load in it)."""
     limit = int(count * interval + 10)
     done = lab.run(pair.client, ["ping", "-n", "-c", str(count), "-i",
                                  str(interval), "-W", "1", "-w", str(limit), pair.server_addr],
                    check=False, timeout=limit + 5)
-    rtts = parse_ping(done.stdout)
-    return statistics.median(rtts) if rtts else float("nan")
+    rtts = sorted(parse_ping(done.stdout))
+    if not rtts:
+        return float("nan"), float("nan")
+    return statistics.median(rtts), rtts[len(rtts) // 10]
 
 
-def tcp4(lab: Lab, pair: Pair, seconds: int) -> dict[str, float | None]:
+def ping_flood(lab: Lab, pair: Pair, count: int) -> dict[str, float]:
+    """``ping -f -c count``: one request in flight at a time (the next leaves on the reply),
+    so the tunnel processes' CPU per round trip is the per-wake-up cost of both ends (both
+    directions of both daemons), which is what the pumps cut; and the mean RTT of the flood."""
     cpu0 = cpu_seconds(pair.pids)
+    start = time.monotonic()
+    done = lab.run(pair.client, ["ping", "-n", "-q", "-f", "-c", str(count), "-W", "1",
+                                 pair.server_addr], check=False, timeout=120)
+    wall = time.monotonic() - start
+    cpu = cpu_seconds(pair.pids) - cpu0
+    avg = float("nan")
+    for line in done.stdout.splitlines():
+        if "min/avg/max" in line:
+            avg = float(line.split("=")[1].split("/")[1])
+    return {"flood_rtt_ms": avg, "flood_cpu_us_per_ping": cpu / count * 1e6 if pair.pids else 0.0,
+            "flood_pings_per_s": count / wall}
+
+
+def thread_cpu(pids: Sequence[int]) -> dict[int, float]:
+    """utime+stime seconds of every thread of ``pids`` (tid -> seconds)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[int(tid)] = (int(fields[11]) + int(fields[12])) / tck
+    return out
+
+
+def tcp4(lab: Lab, pair: Pair, seconds: int) -> dict[str, Any]:
+    cpu0 = cpu_seconds(pair.pids)
+    threads0 = thread_cpu(pair.pids)
     busy0, idle0 = cpu_times()
     result = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=seconds,
                         extra=["-P", "4"])
     cpu1 = cpu_seconds(pair.pids)
+    threads1 = thread_cpu(pair.pids)
     busy1, idle1 = cpu_times()
     bps, nbytes = tcp_figures(result)
     busy, idle = busy1 - busy0, idle1 - idle0
+    per_thread = sorted((round(t - threads0.get(tid, 0.0), 2) for tid, t in threads1.items()),
+                        reverse=True)
     return {"gbps": bps / 1e9,
             "cpu_tunnel_s_per_gb": per_gigabyte(cpu1 - cpu0, nbytes) if pair.pids else None,
+            "cpu_tunnel_s": cpu1 - cpu0,
             "cpu_machine_s_per_gb": per_gigabyte(busy, nbytes),
-            "idle_share": idle / (busy + idle) if busy + idle > 0 else None}
+            "idle_share": idle / (busy + idle) if busy + idle > 0 else None,
+            "busiest_threads_s": per_thread[:6]}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -102,6 +144,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--before", default="/work/main/.venv/bin/wg-py")
     parser.add_argument("--workers2", action="store_true")
     parser.add_argument("--no-tcp", action="store_true")
+    parser.add_argument("--flood", type=int, default=0, help="ping -f COUNT (CPU per ping)")
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--json", default=None)
     opts = parser.parse_args(argv)
@@ -126,8 +169,12 @@ def main(argv: Sequence[str]) -> int:
                 pair = pairs[name]
                 row = results[name]
                 row.setdefault("load", []).append(loadavg())
-                row.setdefault("ping_ms", []).append(ping_median(lab, pair, opts.pings,
-                                                                 opts.interval))
+                median, p10 = ping_stats(lab, pair, opts.pings, opts.interval)
+                row.setdefault("ping_ms", []).append(median)
+                row.setdefault("ping_p10_ms", []).append(p10)
+                if opts.flood:
+                    for key, value in ping_flood(lab, pair, opts.flood).items():
+                        row.setdefault(key, []).append(value)
                 if not opts.no_tcp:
                     for key, value in tcp4(lab, pair, opts.time).items():
                         row.setdefault(key, []).append(value)
@@ -138,7 +185,8 @@ def main(argv: Sequence[str]) -> int:
     summary = {}
     for name, row in results.items():
         summary[name] = {k: (statistics.median([x for x in v if x is not None])
-                             if k != "load" and any(x is not None for x in v) else v)
+                             if k not in ("load", "busiest_threads_s")
+                             and any(x is not None for x in v) else v)
                          for k, v in row.items()}
     print(json.dumps(summary, indent=1))
     if opts.json:

@@ -59,6 +59,8 @@ class DataPath:
         self.outbound = out = pump.Outbound(tap_io, batch, daemon.fast, self.journal,
                                             self._tap_after, HEADROOM)
         self.inbound = inb = pump.Inbound(udp_io, tap_io, daemon.fast, out, self._udp_after)
+        self.threaded = False  # run by a worker thread (tunnel/vxlan/workers.py)
+        self.want_tx_size = 0
         self.apply_record = pump.apply_record
         out.verdicts = bytearray(BATCH)
         out.sports = array("H", bytes(2 * BATCH))
@@ -73,7 +75,21 @@ class DataPath:
                          "general_tx": 0, "general_rx": 0}
 
     def size_tx(self, size: int) -> None:
-        """Transmit slots of ``size`` bytes (the daemon's rule, see ``_size_tx_buffers``)."""
+        """Transmit slots of ``size`` bytes (the daemon's rule, see ``tx_size``). Called from
+        another thread than this data path's (a worker's), it only asks: the worker applies
+        it between two wake-ups (:meth:`apply_resize`), never under a running batch."""
+        if self.threaded:
+            self.want_tx_size = size
+            return
+        self._resize(size)
+
+    def apply_resize(self) -> None:
+        """A worker's side of :meth:`size_tx` (its own thread, between wake-ups)."""
+        size, self.want_tx_size = self.want_tx_size, 0
+        if size:
+            self._resize(size)
+
+    def _resize(self, size: int) -> None:
         bufs = self.outbound.tap_bufs
         if not bufs or len(bufs[0]) != size:
             self.outbound.tap_bufs = [bytearray(size) for _ in range(BATCH)]

@@ -165,6 +165,10 @@ def open_receiver(config: VxlanConfig, *, reuseport: bool = False,
         sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), config.dstport))
         if join:
             join_group(sock, config)
+        elif config.group is not None and family == socket.AF_INET:
+            # no group's datagrams for this one (IP_MULTICAST_ALL would deliver every group
+            # any socket of the host joined): worker 0's socket alone receives the flood
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         _finish(sock, config)
     except BaseException:
         sock.close()

@@ -98,6 +98,7 @@ class Worker(threading.Thread):
         path.journal.loop = self.timers
         path.reschedule = self.soon.append
         path.stop = self._tap_gone
+        path.threaded = True
 
     def _tap_gone(self, reason: str) -> None:
         self.stopping = True
@@ -126,6 +127,8 @@ class Worker(threading.Thread):
                     events = poller.poll(timeout)
                 except InterruptedError:
                     continue
+                if path.want_tx_size:  # an MTU change: before this wake-up's reads
+                    path.apply_resize()
                 for fd, _ in events:
                     if fd == self.udp_fd:
                         on_udp()
