@@ -9,6 +9,8 @@ Contenders (each two namespaces on a veth, as ``wg-py bench`` builds them):
                main checkout by default): the daemon before the pumps
 ``vx-w1``      ``wg-py vxlan`` of this worktree, ``workers 1`` (the pumps on the loop)
 ``vx-w2``      the same with ``workers 2`` (only if asked: ``--workers2``)
+``k-before``   ``--kernel-peer``: the kernel's vxlan on the client end, vx-before's daemon on
+               the server end; ``k-w1`` the same with this worktree's daemon
 
 Rounds alternate the contenders (order rotated each round). Per round: ``--pings`` pings at
 ``--interval`` s (median RTT), then iperf3 -P 4 for ``--time`` s one way: Gbit/s, the tunnel
@@ -50,17 +52,22 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def vxlan_pair(lab: Lab, name: str, program: list[str], workers: int) -> Pair:
-    """Two namespaces on a veth and ``program vxlan add`` on both ends (``workers`` if > 1)."""
+def vxlan_pair(lab: Lab, name: str, program: list[str], workers: int,
+               kernel_client: bool = False) -> Pair:
+    """Two namespaces on a veth and ``program vxlan add`` on both ends (``workers`` if > 1);
+    ``kernel_client``: the client end is the kernel's vxlan instead."""
     a, b = lab.namespace(f"{name}a"), lab.namespace(f"{name}b")
     lab.veth(a, b, [f"{OUTER[0]}/24"], [f"{OUTER[1]}/24"])
     env = {"WGPY_VXLAN_RUN_DIR": str(lab.path(f"run-{name}"))}
     for ns, veth, i in ((a, "veth0", 0), (b, "veth1", 1)):
         opts = ["id", VNI, "dstport", "4789", "remote", OUTER[1 - i], "local", OUTER[i],
                 "dev", veth]
-        if workers > 1:
-            opts += ["workers", str(workers)]
-        lab.run(ns, [*program, "vxlan", "add", "vx0", *opts], env=env)
+        if kernel_client and i == 0:
+            lab.run(ns, ["ip", "link", "add", "vx0", "type", "vxlan", *opts])
+        else:
+            if workers > 1:
+                opts += ["workers", str(workers)]
+            lab.run(ns, [*program, "vxlan", "add", "vx0", *opts], env=env)
         lab.run(ns, ["ip", "addr", "add", f"{INNER[i]}/24", "dev", "vx0"])
         lab.run(ns, ["ip", "link", "set", "vx0", "up"])
     pair = Pair(name, a, b, INNER[1])
@@ -144,11 +151,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--before", default="/work/main/.venv/bin/wg-py")
     parser.add_argument("--workers2", action="store_true")
     parser.add_argument("--no-tcp", action="store_true")
+    parser.add_argument("--kernel-peer", action="store_true",
+                        help="also k-before/k-w1: the kernel's vxlan on the client end")
     parser.add_argument("--flood", type=int, default=0, help="ping -f COUNT (CPU per ping)")
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--json", default=None)
     opts = parser.parse_args(argv)
     names = ["kvxlan", "wgpy", "vx-before", "vx-w1"] + (["vx-w2"] if opts.workers2 else [])
+    if opts.kernel_peer:
+        names += ["k-before", "k-w1"]
     if opts.only:
         names = [n for n in names if n in opts.only]
     results: dict[str, dict[str, list[Any]]] = {n: {} for n in names}
@@ -160,6 +171,10 @@ def main(argv: Sequence[str]) -> int:
                 pairs[name] = build_pair(lab, name)
             elif name == "vx-before":
                 pairs[name] = vxlan_pair(lab, "vxb", [opts.before], 1)
+            elif name == "k-before":
+                pairs[name] = vxlan_pair(lab, "kb", [opts.before], 1, kernel_client=True)
+            elif name == "k-w1":
+                pairs[name] = vxlan_pair(lab, "kw", quick.daemon_command(), 1, kernel_client=True)
             else:
                 pairs[name] = vxlan_pair(lab, name.replace("-", ""), quick.daemon_command(),
                                          2 if name == "vx-w2" else 1)
