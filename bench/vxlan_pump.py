@@ -10,7 +10,7 @@ Contenders (each two namespaces on a veth, as ``wg-py bench`` builds them):
 ``vx-w1``      ``wg-py vxlan`` of this worktree, ``workers 1`` (the pumps on the loop)
 ``vx-w2``      the same with ``workers 2`` (only if asked: ``--workers2``)
 ``k-before``   ``--kernel-peer``: the kernel's vxlan on the client end, vx-before's daemon on
-               the server end; ``k-w1`` the same with this worktree's daemon
+               the server end; ``k-w1`` (``k-w2``) the same with this worktree's daemon
 
 Rounds alternate the contenders (order rotated each round). Per round: ``--pings`` pings at
 ``--interval`` s (median RTT), then iperf3 -P 4 for ``--time`` s one way: Gbit/s, the tunnel
@@ -121,12 +121,15 @@ def thread_cpu(pids: Sequence[int]) -> dict[int, float]:
     return out
 
 
+REVERSE = False  # --reverse: the server end sends (iperf3 -R)
+
+
 def tcp4(lab: Lab, pair: Pair, seconds: int) -> dict[str, Any]:
     cpu0 = cpu_seconds(pair.pids)
     threads0 = thread_cpu(pair.pids)
     busy0, idle0 = cpu_times()
     result = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=seconds,
-                        extra=["-P", "4"])
+                        extra=["-P", "4"], reverse=REVERSE)
     cpu1 = cpu_seconds(pair.pids)
     threads1 = thread_cpu(pair.pids)
     busy1, idle1 = cpu_times()
@@ -156,10 +159,13 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--flood", type=int, default=0, help="ping -f COUNT (CPU per ping)")
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--reverse", action="store_true", help="iperf3 -R (server sends)")
     opts = parser.parse_args(argv)
+    global REVERSE
+    REVERSE = opts.reverse
     names = ["kvxlan", "wgpy", "vx-before", "vx-w1"] + (["vx-w2"] if opts.workers2 else [])
     if opts.kernel_peer:
-        names += ["k-before", "k-w1"]
+        names += ["k-before", "k-w1"] + (["k-w2"] if opts.workers2 else [])
     if opts.only:
         names = [n for n in names if n in opts.only]
     results: dict[str, dict[str, list[Any]]] = {n: {} for n in names}
@@ -173,8 +179,9 @@ def main(argv: Sequence[str]) -> int:
                 pairs[name] = vxlan_pair(lab, "vxb", [opts.before], 1)
             elif name == "k-before":
                 pairs[name] = vxlan_pair(lab, "kb", [opts.before], 1, kernel_client=True)
-            elif name == "k-w1":
-                pairs[name] = vxlan_pair(lab, "kw", quick.daemon_command(), 1, kernel_client=True)
+            elif name in ("k-w1", "k-w2"):
+                pairs[name] = vxlan_pair(lab, name.replace("-", ""), quick.daemon_command(),
+                                         2 if name == "k-w2" else 1, kernel_client=True)
             else:
                 pairs[name] = vxlan_pair(lab, name.replace("-", ""), quick.daemon_command(),
                                          2 if name == "vx-w2" else 1)
