@@ -121,3 +121,36 @@ def test_kernel_peer_with_workers(lab: Lab, workers: int) -> None:
     wgpy(lab, w, "del", "vxlan0")
     assert wait_for(lambda: lab.run(w, ["ip", "link", "show", "vxlan0"], check=False,
                                     timeout=5).returncode != 0, 10.0)
+
+
+def test_multicast_group_with_two_workers_delivers_once(lab: Lab) -> None:
+    """``group`` with ``workers 2``: only worker 0's socket joins, and the other socket of the
+    SO_REUSEPORT group must not get the group's datagrams too (IP_MULTICAST_ALL would give it
+    every group the host joined): a broadcast ping from the kernel side crosses as multicast
+    and is answered exactly once per request (no "DUP!"), and unicast works both ways."""
+    br = lab.namespace("br")
+    lab.run(br, ["ip", "link", "add", "br0", "type", "bridge"])
+    lab.run(br, ["ip", "link", "set", "br0", "up"])
+    k, w = lab.namespace("k"), lab.namespace("w")
+    for i, ns in enumerate((k, w), 1):
+        lab.veth(ns, br, [f"10.97.0.{i}/24"], [], names=(f"eth{i}", f"p{i}"))
+        lab.run(br, ["ip", "link", "set", f"p{i}", "master", "br0"])
+    lab.run(k, ["ip", "link", "add", "vxlan0", "type", "vxlan", "id", "42", "dstport", "4789",
+                "group", "239.1.1.7", "dev", "eth1"])
+    lab.run(k, ["ip", "addr", "add", f"{K_ADDR}/24", "dev", "vxlan0"])
+    lab.run(k, ["ip", "link", "set", "vxlan0", "up"])
+    wgpy(lab, w, "add", "vxlan0", "id", "42", "dstport", "4789", "group", "239.1.1.7",
+         "dev", "eth2", "workers", "2")
+    lab.run(w, ["ip", "addr", "add", f"{W_ADDR}/24", "dev", "vxlan0"])
+    lab.run(w, ["ip", "link", "set", "vxlan0", "up"])
+    lab.run(w, ["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"])
+    assert lab.wait_ping(k, W_ADDR, timeout=15.0)
+    assert lab.ping(w, K_ADDR, count=3) is not None
+    done = lab.run(k, ["ping", "-n", "-b", "-c", "10", "-i", "0.1", "-W", "1", "-w", "10",
+                       "192.168.9.255"], check=False, timeout=20)
+    replies = [line for line in done.stdout.splitlines() if "bytes from" in line]
+    assert len(replies) == 10, done.stdout
+    assert "DUP!" not in done.stdout, done.stdout
+    assert all(W_ADDR in line for line in replies), done.stdout
+    info = show(lab, w)
+    assert len(info["workers"]) == 2
