@@ -37,24 +37,28 @@ checksum offload offered). What the kernel refused is logged and shown as ``offl
 ``WGPY_NO_OFFLOAD=1`` opens a plain TAP, read and written frame by frame by the same
 ``TunBatch`` without the virtio-net header.
 
-Data path (all on the loop thread, one batch of up to ``BATCH`` (256) frames per step, no Python
-object per packet on the hot path; Python's cost is paid per batch, so batches are large): the
-TAP reader reads until EAGAIN or the batch is full (cutting super-frames; segments that do not fit
-the batch are sent in the next batch of the same callback) into preallocated ``bytearray``
-slots of ``HEADROOM`` (8) + 14 + MTU bytes (the MTU is re-read every second with the link check,
-and the slots follow it); ``VxlanEngine.transmit_bufs`` checks them, hashes the source ports and
-plans the sends (one FDB lookup per destination MAC per batch); the sender sends the whole plan
-(``PoolSender``: ``fast.GsoBatch``, one sendmmsg per pool socket, runs of equal-sized datagrams to
-one remote as one UDP GSO message, the VXLAN header as its own iovec; ``RawSender``: one sendmmsg
-on the raw socket with natively built UDP/VXLAN headers and IPv4 checksums; see
-``tunnel/vxlan/sockets.py``). The UDP reader receives with ``UdpBatch.recv`` (recvmmsg; UDP GRO
-when the kernel has it, so a GSO train from a peer arrives as one message and is split into
-slots), ``VxlanEngine.receive_bufs`` applies the receive rules natively and learns once per run,
-and ``TunBatch.write_slots`` writes the accepted frames (``bufs[i][8:lengths[i]]``) to the TAP in
-one C loop, coalesced into super-frames with offloads. GRO segments left over after a full batch
-do not make the socket readable again, so each UDP callback takes up to ``UDP_ROUNDS`` batches
-and then reschedules itself. Receive slots hold 9 KiB (jumbo frames) and grow to 64 KiB for good
-when a datagram fills one (that datagram, possibly cut, is dropped as ``too_short``).
+Data path (``tunnel/vxlan/datapath.py``; one batch of up to ``BATCH`` (256) frames per step, no
+Python object per packet; with ``workers 1`` all on the loop thread, with ``workers N`` on N
+threads, see ``tunnel/vxlan/workers.py``). The fds' reader callbacks are the native pumps
+(``tunnel/vxlan/pump_ref.py`` / ``_pump.pyx``), which do a wake-up's steady state in one call
+and journal the engine's bookkeeping; everything else takes the general way described here.
+The TAP reader reads until EAGAIN or the batch is full (cutting super-frames; segments that do
+not fit the batch wait in the TAP batch's scratch and are read on the next loop turn) into
+preallocated ``bytearray`` slots of ``HEADROOM`` (8) + 14 + MTU bytes (the MTU is re-read every
+second with the link check, and the slots follow it); ``VxlanEngine.transmit_bufs`` checks them,
+hashes the source ports and plans the sends (one FDB lookup per destination MAC per batch); the
+sender sends the whole plan (``PoolSender``: ``fast.GsoBatch``, one sendmmsg per pool socket,
+runs of equal-sized datagrams to one remote as one UDP GSO message, the VXLAN header as its own
+iovec; ``RawSender``: one sendmmsg on the raw socket with natively built UDP/VXLAN headers and
+IPv4 checksums; see ``tunnel/vxlan/sockets.py``). The UDP reader receives with
+``UdpBatch.recv`` (recvmmsg; UDP GRO when the kernel has it, so a GSO train from a peer arrives
+as one message and is split into slots), ``VxlanEngine.receive_bufs`` applies the receive rules
+natively and learns once per run, and ``TunBatch.write_slots`` writes the accepted frames
+(``bufs[i][8:lengths[i]]``) to the TAP in one C loop, coalesced into super-frames with
+offloads. GRO segments left over after a full batch do not make the socket readable again, so
+the reader reschedules itself on the next loop turn. Receive slots hold 9 KiB (jumbo frames)
+and grow to 64 KiB for good when a datagram fills one (that datagram, possibly cut, is dropped
+as ``too_short``).
 ``tunnel.vxlan.fast`` and ``tunnel.io.offload.select_io`` pick the Cython modules or their pure
 twins (``WGPY_PURE=1``). Buffers are reused once the batch is sent (the engine keeps no
 references). An exception in a batch is logged and counted (``rx_exception``/``tx_exception``)
