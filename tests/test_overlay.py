@@ -187,6 +187,7 @@ def test_extension_request_errors() -> None:
     assert "local" in interface.extension("vxlan add vx0 id 5 remote 10.0.0.1")["error"]
     assert "not this interface" in interface.extension("vxlan add vx0 id 5 local 10.0.0.2 dev eth9")["error"]
     assert "group" in interface.extension("vxlan add vx0 id 5 group 239.1.1.1 dev fake0 local 10.0.0.2")["error"]
+    assert "workers" in interface.extension("vxlan add vx0 id 5 remote 10.0.0.1 workers 2 local 10.0.0.2")["error"]
     assert interface.extension("vxlan add vx0 id x")["ok"] is False
 
 

@@ -45,6 +45,7 @@ IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
@@ -95,17 +96,20 @@ def _set_iff(fd: int, name: str, flags: int) -> str:
 
 
 def open_tun(name: str, *, vnet_hdr: bool = True, offloads: int = DEFAULT_OFFLOADS,
-             mtu: int | None = None, tap: bool = False) -> tuple[int, TunOffload]:
+             mtu: int | None = None, tap: bool = False,
+             multi_queue: bool = False) -> tuple[int, TunOffload]:
     """Create TUN device ``name`` (IFF_NO_PI) with as many of the asked offloads as the kernel
     takes; returns ``(fd, what_was_enabled)``. Raises OSError if even a plain TUN fails.
-    ``tap``: a TAP device (Ethernet frames) instead of a TUN device.
+    ``tap``: a TAP device (Ethernet frames) instead of a TUN device. ``multi_queue``:
+    IFF_MULTI_QUEUE; opening the same name again with it attaches one more queue (one fd
+    each; the flags, IFF_VNET_HDR included, must match the first queue's).
 
     ``mtu`` (optional) is set with SIOCSIFMTU in the current network namespace.
     """
     if not name or len(name.encode()) >= IFNAMSIZ or "/" in name:
         raise ValueError(f"invalid interface name {name!r}")
     notes: list[str] = []
-    kind = IFF_TAP if tap else IFF_TUN
+    kind = (IFF_TAP if tap else IFF_TUN) | (IFF_MULTI_QUEUE if multi_queue else 0)
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         got_vnet = False

@@ -3,7 +3,7 @@
 
     wg-py vxlan add NAME id VNI [dstport PORT] [remote ADDR | group ADDR] [local ADDR]
                     [dev IFACE] [srcport MIN MAX] [ttl N|auto] [ageing SECONDS]
-                    [maxaddress N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
+                    [maxaddress N] [workers N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
                     [--metrics ADDR:PORT]
     wg-py vxlan del NAME
     wg-py vxlan up|down NAME|FILE.conf     (tunnel/vxlan/conf.py: the add arguments from a file)
@@ -24,12 +24,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .config import VxlanConfig, parse_mac
+from .config import MAX_WORKERS, VxlanConfig, parse_mac
 from .control import ControlError, request, socket_path
 
 USAGE = """usage: wg-py vxlan add NAME id VNI [dstport PORT] [remote ADDR | group ADDR] [local ADDR]
                        [dev IFACE] [srcport MIN MAX] [ttl N|auto] [ageing SECONDS]
-                       [maxaddress N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
+                       [maxaddress N] [workers N] [[no]learning] [[no]proxy] [[no]udpcsum] [-f|--foreground]
                        [--metrics ADDR:PORT]
        wg-py vxlan del NAME
        wg-py vxlan up|down NAME|FILE.conf
@@ -117,6 +117,8 @@ def parse_add(args: Sequence[str]) -> tuple[VxlanConfig, bool]:
             opts["ageing"] = float(_int(key, value()[0], 0, 1 << 31))
         elif key == "maxaddress":
             opts["maxaddress"] = _int(key, value()[0], 0, 1 << 31)
+        elif key == "workers":
+            opts["workers"] = _int(key, value()[0], 1, MAX_WORKERS)
         else:
             raise UsageError(f"unknown option {key!r}")
         i += 2
@@ -205,6 +207,8 @@ def render_show(show: dict[str, Any]) -> str:
     parts.append(f"ageing {cfg['ageing']:g}")
     if cfg.get("maxaddress"):
         parts.append(f"maxaddress {cfg['maxaddress']}")
+    if cfg.get("workers", 1) > 1:
+        parts.append(f"workers {cfg['workers']}")
     parts.append("learning" if cfg["learning"] else "nolearning")
     if cfg.get("proxy"):
         parts.append("proxy")
@@ -221,6 +225,10 @@ def render_show(show: dict[str, Any]) -> str:
                  + (f", {partial} partial checksums completed" if partial else "")
                  + (f", {tso} oversized TCP frames segmented" if tso else ""))
     lines.append(f"  tx: {st['tx_packets']} packets {st['tx_bytes']} bytes")
+    workers = show.get("workers") or []
+    if len(workers) > 1:
+        lines.append("  workers: " + ", ".join(
+            f"#{i} tx {w['tx_frames']} rx {w['rx_frames']}" for i, w in enumerate(workers)))
     lines.append(
         f"  fdb: {st['fdb_entries']} entries, learned {st['fdb_learned']} migrated "
         f"{st['fdb_migrated']} evicted {st['fdb_evicted']} aged {st['fdb_aged']}"

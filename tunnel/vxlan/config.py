@@ -23,6 +23,7 @@ from .header import VNI_MAX
 
 DEFAULT_PORT_RANGE: tuple[int, int] = (32768, 60999)
 DEFAULT_TTL: int = 64
+MAX_WORKERS: int = 64
 
 
 def parse_mac(mac: str | bytes | bytearray) -> bytes:
@@ -87,6 +88,8 @@ class VxlanConfig:
     neigh_max: int = 4096
     #: seed mixed into the outer source-port flow hash (the shell may pass a random value)
     hash_seed: int = 0
+    #: data path threads (tunnel/vxlan/workers.py): 1 = the pumps on the event loop
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.vni <= VNI_MAX:
@@ -124,6 +127,8 @@ class VxlanConfig:
             raise ValueError("ageing must be >= 0")
         if self.maxaddress < 0:
             raise ValueError("maxaddress must be >= 0")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers {self.workers} out of range 1..{MAX_WORKERS}")
         if self.neigh_max < 1:
             raise ValueError("neigh_max must be >= 1")
         if self.own_mac and len(self.own_mac) != 6:

@@ -37,24 +37,28 @@ checksum offload offered). What the kernel refused is logged and shown as ``offl
 ``WGPY_NO_OFFLOAD=1`` opens a plain TAP, read and written frame by frame by the same
 ``TunBatch`` without the virtio-net header.
 
-Data path (all on the loop thread, one batch of up to ``BATCH`` (256) frames per step, no Python
-object per packet on the hot path; Python's cost is paid per batch, so batches are large): the
-TAP reader reads until EAGAIN or the batch is full (cutting super-frames; segments that do not fit
-the batch are sent in the next batch of the same callback) into preallocated ``bytearray``
-slots of ``HEADROOM`` (8) + 14 + MTU bytes (the MTU is re-read every second with the link check,
-and the slots follow it); ``VxlanEngine.transmit_bufs`` checks them, hashes the source ports and
-plans the sends (one FDB lookup per destination MAC per batch); the sender sends the whole plan
-(``PoolSender``: ``fast.GsoBatch``, one sendmmsg per pool socket, runs of equal-sized datagrams to
-one remote as one UDP GSO message, the VXLAN header as its own iovec; ``RawSender``: one sendmmsg
-on the raw socket with natively built UDP/VXLAN headers and IPv4 checksums; see
-``tunnel/vxlan/sockets.py``). The UDP reader receives with ``UdpBatch.recv`` (recvmmsg; UDP GRO
-when the kernel has it, so a GSO train from a peer arrives as one message and is split into
-slots), ``VxlanEngine.receive_bufs`` applies the receive rules natively and learns once per run,
-and ``TunBatch.write_slots`` writes the accepted frames (``bufs[i][8:lengths[i]]``) to the TAP in
-one C loop, coalesced into super-frames with offloads. GRO segments left over after a full batch
-do not make the socket readable again, so each UDP callback takes up to ``UDP_ROUNDS`` batches
-and then reschedules itself. Receive slots hold 9 KiB (jumbo frames) and grow to 64 KiB for good
-when a datagram fills one (that datagram, possibly cut, is dropped as ``too_short``).
+Data path (``tunnel/vxlan/datapath.py``; one batch of up to ``BATCH`` (256) frames per step, no
+Python object per packet; with ``workers 1`` all on the loop thread, with ``workers N`` on N
+threads, see ``tunnel/vxlan/workers.py``). The fds' reader callbacks are the native pumps
+(``tunnel/vxlan/pump_ref.py`` / ``_pump.pyx``), which do a wake-up's steady state in one call
+and journal the engine's bookkeeping; everything else takes the general way described here.
+The TAP reader reads until EAGAIN or the batch is full (cutting super-frames; segments that do
+not fit the batch wait in the TAP batch's scratch and are read on the next loop turn) into
+preallocated ``bytearray`` slots of ``HEADROOM`` (8) + 14 + MTU bytes (the MTU is re-read every
+second with the link check, and the slots follow it); ``VxlanEngine.transmit_bufs`` checks them,
+hashes the source ports and plans the sends (one FDB lookup per destination MAC per batch); the
+sender sends the whole plan (``PoolSender``: ``fast.GsoBatch``, one sendmmsg per pool socket,
+runs of equal-sized datagrams to one remote as one UDP GSO message, the VXLAN header as its own
+iovec; ``RawSender``: one sendmmsg on the raw socket with natively built UDP/VXLAN headers and
+IPv4 checksums; see ``tunnel/vxlan/sockets.py``). The UDP reader receives with
+``UdpBatch.recv`` (recvmmsg; UDP GRO when the kernel has it, so a GSO train from a peer arrives
+as one message and is split into slots), ``VxlanEngine.receive_bufs`` applies the receive rules
+natively and learns once per run, and ``TunBatch.write_slots`` writes the accepted frames
+(``bufs[i][8:lengths[i]]``) to the TAP in one C loop, coalesced into super-frames with
+offloads. GRO segments left over after a full batch do not make the socket readable again, so
+the reader reschedules itself on the next loop turn. Receive slots hold 9 KiB (jumbo frames)
+and grow to 64 KiB for good when a datagram fills one (that datagram, possibly cut, is dropped
+as ``too_short``).
 ``tunnel.vxlan.fast`` and ``tunnel.io.offload.select_io`` pick the Cython modules or their pure
 twins (``WGPY_PURE=1``). Buffers are reused once the batch is sent (the engine keeps no
 references). An exception in a batch is logged and counted (``rx_exception``/``tx_exception``)
@@ -78,8 +82,8 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
-from array import array
 from dataclasses import replace
 from typing import Any
 
@@ -87,23 +91,20 @@ from tunnel.io.offload import TunOffload, get_hwaddr, get_mtu, open_tun, select_
 
 from .config import VxlanConfig
 from .control import handle_request, is_alive, socket_path
+from .datapath import BUFSIZE, HEADROOM, DataPath
 from .engine import VxlanEngine
 from .fast import select as select_fast
-from .header import VXLAN_HLEN, tap_mtu
+from .header import tap_mtu
+from .pump_ref import compile_snapshot, fdb_version
 from .sockets import Sender, ifindex, make_sender, open_receiver
+from .workers import Workers
 
 log = logging.getLogger("wg-py.vxlan")
 
-BATCH = 256  # frames per batch: Python's cost is paid per batch, so batches are large
-HEADROOM = 8
-BUFSIZE = 65536  # the largest UDP payload (and plain-TAP frame) there is
-RX_SLOT = 9216 + 64  # a receive slot until a datagram fills one: jumbo frames and VXLAN overhead
 TX_SLACK = 64  # room past ``HEADROOM + 14 + mtu`` in a transmit slot
 AGE_INTERVAL = 10.0
 LINK_CHECK_INTERVAL = 1.0
 READY_TIMEOUT = 30.0
-TAP_ROUNDS = 8  # batches per TAP readiness callback while cut segments are pending
-UDP_ROUNDS = 8  # batches per UDP readiness callback while GRO segments are pending
 ETH_HLEN = 14
 
 
@@ -112,7 +113,8 @@ class DaemonError(Exception):
 
 
 class VxlanDaemon:
-    """One VXLAN device. Not thread-safe; everything happens on the loop thread."""
+    """One VXLAN device. The engine is touched only under :attr:`lock` (the data paths' general
+    way and journals, ageing, control requests, metrics)."""
 
     def __init__(self, config: VxlanConfig, metrics: str | None = None) -> None:
         self.config = replace(config, hash_seed=random.getrandbits(32))
@@ -136,14 +138,11 @@ class VxlanDaemon:
         self.io_name, self.io = select_io()
         self.tap_io: Any = None
         self.udp_io: Any = None
-        self._tx_bufs: list[bytearray] = []
-        self._tx_lengths = [0] * BATCH
-        self._tx_verdicts = bytearray(BATCH)
-        self._tx_sports = array("H", bytes(2 * BATCH))
-        self._rx_bufs = [bytearray(RX_SLOT) for _ in range(BATCH)]
-        self._rx_lengths = [0] * BATCH
-        self._rx_sources: list[Any] = [None] * BATCH
-        self._rx_verdicts = bytearray(BATCH)
+        self.lock = threading.Lock()  # the engine's (see the class doc)
+        self.datapaths: list[DataPath] = []  # one per worker (tunnel/vxlan/datapath.py)
+        self.snapshot_version: tuple[Any, ...] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.workers: Workers | None = None  # config.workers > 1 (tunnel/vxlan/workers.py)
 
     # ---- setup / teardown ----------------------------------------------------------------
 
@@ -175,12 +174,11 @@ class VxlanDaemon:
                 set_mtu(name, tap_mtu(lower_mtu, cfg.ipv6))
             self.mtu = get_mtu(name)
             self._set_tap_mtu()
-            self._size_tx_buffers()
             own_mac = get_hwaddr(name)
         except (OSError, ValueError) as exc:
             raise DaemonError(f"{name}: cannot configure TAP device: {exc}") from None
         try:
-            self.udp = open_receiver(cfg)
+            self.udp = open_receiver(cfg, reuseport=cfg.workers > 1)
         except OSError as exc:
             hint = ""
             if exc.errno == errno.EADDRINUSE:
@@ -188,7 +186,7 @@ class VxlanDaemon:
             raise DaemonError(f"cannot bind UDP port {cfg.dstport}: {exc.strerror}{hint}") from None
         gro = bool(self.io.enable_udp_gro(self.udp.fileno()))
         self.udp_io = self.io.UdpBatch(self.udp.fileno(), gso=False, gro=gro,
-                                       make_source=_source_ip)
+                                       make_source=self.make_source)
         for note in self.udp_io.fallbacks:
             log.debug("%s: %s", name, note)
         try:
@@ -197,6 +195,17 @@ class VxlanDaemon:
             raise DaemonError(f"cannot open the sending sockets: {exc.strerror or exc}") from None
         self.engine = VxlanEngine(self.config, time.monotonic(), self.fast)
         self.engine.set_own_mac(own_mac)
+        self.datapaths = [DataPath(self, self.tap_io, self.udp_io, self.sender.batch,
+                                   self.tx_size(), self._call_soon, self.stop_soon)]
+        if cfg.workers > 1:
+            self.workers = Workers(self)
+            try:
+                self.workers.open(gro)
+            except OSError as exc:
+                raise DaemonError(f"{name}: cannot open {cfg.workers} queues: "
+                                  f"{exc.strerror or exc}") from None
+            self.datapaths += self.workers.datapaths()
+        self.publish()
         self._open_metrics()
         self._open_control(path)
 
@@ -212,7 +221,8 @@ class VxlanDaemon:
     def metrics_snapshot(self) -> dict[str, Any]:
         """The engine's counters and the shell's facts (for ``tunnel.metrics.vxlan``; on the loop)."""
         assert self.engine is not None
-        stats = self.engine.stats()
+        with self.lock:
+            stats = self.engine.stats()
         stats.update({
             "interface": self.name,
             "kind": "vxlan",
@@ -226,22 +236,36 @@ class VxlanDaemon:
         """The TAP device, with offloads unless WGPY_NO_OFFLOAD=1 (see module doc)."""
         plain = os.environ.get("WGPY_NO_OFFLOAD") == "1"
         try:
-            self.tap_fd, self.offload = open_tun(name, tap=True, vnet_hdr=not plain)
+            self.tap_fd, self.offload = open_tun(name, tap=True, vnet_hdr=not plain,
+                                                 multi_queue=self.config.workers > 1)
         except OSError as exc:
             raise DaemonError(f"{name}: cannot create TAP device: {exc.strerror or exc}") from None
         self.tap_index = socket.if_nametoindex(self.offload.name)
         for note in self.offload.notes:
             log.info("%s: offload fallback: %s", name, note)
+        self.tap_io = self.new_tap_io(self.tap_fd)
         if self.offload.vnet_hdr:
-            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=True, gro=True, l2=ETH_HLEN,
-                                           verify=True)
             self.offloads = self.offload.describe().split("offloads=", 1)[1] + ",gro"
         else:
-            # frame by frame: the same batch I/O without the virtio-net header
-            self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=False, l2=ETH_HLEN,
-                                           verify=True)
             self.offloads = "none (WGPY_NO_OFFLOAD=1)" if plain else "none (no IFF_VNET_HDR)"
         log.info("%s: TAP offloads: %s", name, self.offloads)
+
+    def new_tap_io(self, fd: int) -> Any:
+        """The TAP batch I/O of queue ``fd``: with the virtio-net header (GRO on writes) when
+        the TAP has offloads, else frame by frame without it; its MTU the TAP's."""
+        assert self.offload is not None
+        if self.offload.vnet_hdr:
+            tap_io = self.io.TunBatch(fd, vnet_hdr=True, gro=True, l2=ETH_HLEN, verify=True)
+        else:
+            tap_io = self.io.TunBatch(fd, vnet_hdr=False, l2=ETH_HLEN, verify=True)
+        if self.mtu:
+            tap_io.mtu = self.mtu
+        return tap_io
+
+    @staticmethod
+    def make_source(ip: str, port: int, local: str | None) -> str:
+        """UdpBatch's ``make_source``: the engine learns the outer source address only."""
+        return ip
 
     def _open_control(self, path: Any) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -263,6 +287,10 @@ class VxlanDaemon:
 
     def close(self) -> None:
         """Release everything (idempotent). The TAP device disappears with its fd."""
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers.close()
+            self.workers = None
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
@@ -313,8 +341,14 @@ class VxlanDaemon:
         assert self.udp is not None and self.control is not None
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        loop.add_reader(self.tap_fd, self._on_tap_readable)
-        loop.add_reader(self.udp.fileno(), self._on_udp_readable)
+        self._loop = loop
+        path = self.datapaths[0]
+        if self.workers is not None:
+            self.workers.start()
+        else:
+            path.journal.loop = loop
+            loop.add_reader(self.tap_fd, path.outbound.on_readable)
+            loop.add_reader(self.udp.fileno(), path.inbound.on_readable)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
         server = await asyncio.start_unix_server(self._on_control, sock=self.control)
@@ -337,8 +371,13 @@ class VxlanDaemon:
             log.info("%s: stopping (%s)", self.name, self.stop_reason)
             for t in timers:
                 t.cancel()
-            loop.remove_reader(self.tap_fd)
-            loop.remove_reader(self.udp.fileno())
+            if self.workers is not None:
+                self.workers.stop()
+            else:
+                path.journal.loop = None
+                path.flush()
+                loop.remove_reader(self.tap_fd)
+                loop.remove_reader(self.udp.fileno())
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             server.close()
@@ -359,7 +398,40 @@ class VxlanDaemon:
 
     def _age(self) -> None:
         assert self.engine is not None
-        self.engine.age(time.monotonic())
+        with self.lock:
+            self.engine.age(time.monotonic())
+            self.refresh_snapshot()
+
+    # ---- the pumps' snapshot (tunnel/vxlan/pump_ref.py) ----------------------------------
+
+    def publish(self) -> None:
+        """Compile the engine's FDB and settings into a snapshot and hand it to every data
+        path's pumps (the caller holds :attr:`lock`, or no data path runs yet). Nothing to do
+        before the data paths exist."""
+        if self.engine is None or self.sender is None or not self.datapaths:
+            return
+        snapshot = compile_snapshot(self.engine, self.sender.dest)
+        self.snapshot_version = snapshot.version
+        for path in self.datapaths:
+            path.outbound.snapshot = snapshot
+
+    def refresh_snapshot(self) -> None:
+        """:meth:`publish` if learning or ageing changed the FDB (caller holds the lock)."""
+        assert self.engine is not None
+        if fdb_version(self.engine) != self.snapshot_version:
+            self.publish()
+
+    def _call_soon(self, callback: Any) -> None:
+        """A data path's ``reschedule`` on the loop thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon(callback)
+
+    def stop_soon(self, reason: str) -> None:
+        """A data path's ``stop``: safe from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self.stop, reason)
 
     def _check_link(self) -> None:
         try:
@@ -373,159 +445,31 @@ class VxlanDaemon:
                 log.info("%s: MTU %d -> %d", self.name, self.mtu, mtu)
                 self.mtu = mtu
                 self._set_tap_mtu()
-                self._size_tx_buffers()
+                for path in self.datapaths:
+                    path.size_tx(self.tx_size())
 
     def _set_tap_mtu(self) -> None:
         """Tell the TAP batch the MTU: a received frame larger than it (a kernel peer's TSO
         super-packet in one VXLAN datagram) is written as a GSO super-frame or cut to the MTU
         (``TunBatch.mtu``), so that a bridge behind the TAP does not drop it."""
+        for path in self.datapaths:
+            path.tap_io.mtu = self.mtu
         if self.tap_io is not None:
             self.tap_io.mtu = self.mtu
 
-    def _size_tx_buffers(self) -> None:
-        """Transmit slots: one frame of the TAP's MTU behind the headroom (super-frames are cut
-        to the MTU; a larger frame, between an MTU change and the next check, is dropped and
-        counted); a plain TAP reads whole frames, so its slots take any frame."""
+    def tx_size(self) -> int:
+        """Transmit slot size: one frame of the TAP's MTU behind the headroom (super-frames are
+        cut to the MTU; a larger frame, between an MTU change and the next check, is dropped
+        and counted); a plain TAP reads whole frames, so its slots take any frame."""
         vnet = self.offload is not None and self.offload.vnet_hdr
-        size = HEADROOM + (ETH_HLEN + self.mtu + TX_SLACK if vnet else BUFSIZE)
-        if not self._tx_bufs or len(self._tx_bufs[0]) != size:
-            self._tx_bufs = [bytearray(size) for _ in range(BATCH)]
-
-    # ---- data path -----------------------------------------------------------------------
-
-    def _on_tap_readable(self) -> None:
-        tap_io = self.tap_io
-        for _ in range(TAP_ROUNDS):
-            try:
-                count = tap_io.read(self._tx_bufs, self._tx_lengths, HEADROOM, self.mtu)
-            except OSError as exc:
-                self.stop(f"TAP device gone ({exc.strerror})")
-                return
-            if tap_io.errors:
-                self._tap_errors()
-            if count:
-                self._transmit(count)
-            if count < BATCH or not tap_io.pending:
-                return
-        # still segments of a super-frame in the scratch: finish them on the next loop turn
-        asyncio.get_running_loop().call_soon(self._on_tap_readable)
-
-    def _write_tap(self, frames: list[Any]) -> None:
-        """Write frames (buffers) to the TAP; failures become drops."""
-        self._tap_write(len(frames), self.tap_io.write, frames)
-
-    def _tap_write(self, frames: int, write: Any, *args: Any) -> None:
-        """``write(*args)`` on the TAP batch (``frames`` frames); failures become drops."""
-        assert self.engine is not None
-        try:
-            write(*args)
-        except OSError as exc:  # EIO: the device is down; others: it is going away
-            reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
-            self.engine.drops[reason] += frames
-            return
-        if self.tap_io.errors:
-            self._tap_errors()
-
-    def _transmit(self, count: int) -> None:
-        """Plan and send the ``count`` frames just read into the TX buffers."""
-        engine = self.engine
-        sender = self.sender
-        assert engine is not None and sender is not None
-        bufs, lengths = self._tx_bufs, self._tx_lengths
-        verdicts, sports = self._tx_verdicts, self._tx_sports
-        try:
-            plan = engine.transmit_bufs(bufs, lengths, count, time.monotonic(), HEADROOM,
-                                        verdicts, sports)
-            if plan.local:
-                self._write_tap(list(plan.local))
-            if not plan.items:
-                return
-            _sent, full, errors = sender.send_batch(bufs, lengths, HEADROOM, verdicts, sports,
-                                                    plan.items)
-        except Exception:
-            log.exception("%s: transmit batch failed", self.name)
-            engine.drops["tx_exception"] += count
-            return
-        if full:
-            engine.drops["tx_buffer_full"] += full
-        if errors:
-            engine.drops["tx_error"] += errors
-
-    def _on_udp_readable(self) -> None:
-        for _ in range(UDP_ROUNDS):
-            count = self._receive()
-            if count < BATCH and not (self.udp_io is not None and self.udp_io.pending):
-                return
-        # GRO segments left in the scratch do not make the socket readable: next loop turn
-        asyncio.get_running_loop().call_soon(self._on_udp_readable)
-
-    def _receive(self) -> int:
-        """Receive one batch and write what the engine accepts to the TAP; returns the count."""
-        engine = self.engine
-        assert engine is not None
-        if self.udp_io is None:  # closed meanwhile (a call_soon after stop)
-            return 0
-        bufs, lengths, sources = self._rx_bufs, self._rx_lengths, self._rx_sources
-        count: int = self.udp_io.recv(bufs, lengths, sources)
-        if self.udp_io.errors:
-            self._udp_errors()
-        if not count:
-            return 0
-        verdicts = self._rx_verdicts
-        if max(lengths[:count]) >= len(bufs[0]):
-            self._grow_rx_buffers(count)
-        try:
-            delivered = engine.receive_bufs(bufs, lengths, sources, count, time.monotonic(),
-                                            verdicts)
-            if delivered:
-                self._tap_write(delivered, self.tap_io.write_slots, bufs, lengths, VXLAN_HLEN,
-                                verdicts, count)
-        except Exception:
-            log.exception("%s: receive batch failed", self.name)
-            engine.drops["rx_exception"] += count
-        return count
-
-    def _grow_rx_buffers(self, count: int) -> None:
-        """A datagram filled its slot, so it may have been cut: drop it (its length becomes 0,
-        which the engine counts as ``too_short``) and take 64 KiB slots from now on."""
-        size = len(self._rx_bufs[0])
-        lengths = self._rx_lengths
-        for i in range(count):
-            if lengths[i] >= size:
-                lengths[i] = 0
-        if size < BUFSIZE:
-            log.info("%s: a datagram filled a %d-byte slot (dropped): using %d-byte slots",
-                     self.name, size, BUFSIZE)
-            self._rx_bufs = [bytearray(BUFSIZE) for _ in range(BATCH)]
-
-    def _udp_errors(self) -> None:
-        """Move the UdpBatch's receive error counts into ``drops["rx_error"]``."""
-        assert self.engine is not None
-        errors = self.udp_io.errors
-        for key in [k for k in errors if k.startswith("recv")]:
-            self.engine.drops["rx_error"] += errors.pop(key)
-
-    def _tap_errors(self) -> None:
-        """Move the TAP batch's error counts into the drops: write errors (EIO: the device is
-        down) and, with offloads, read-side drops (``read:too_big`` -> ``tap_too_big``, ...)."""
-        assert self.engine is not None
-        errors = self.tap_io.errors
-        for name in list(errors):
-            if name.startswith("read:"):
-                reason = "tap_" + name[5:]
-            elif name == "write:oversized":
-                reason = "tap_oversized"
-            elif name in ("EIO", "write:EIO"):
-                reason = "device_down"
-            else:
-                reason = "tap_write_error"
-            self.engine.drops[reason] += errors.pop(name)
+        return HEADROOM + (ETH_HLEN + self.mtu + TX_SLACK if vnet else BUFSIZE)
 
     # ---- control -------------------------------------------------------------------------
 
     def extra(self) -> dict[str, Any]:
         """Shell facts added to ``show``."""
         sender = self.sender.mode if self.sender else None
+        paths = self.datapaths
         return {
             "pid": os.getpid(),
             "ifindex": self.tap_index,
@@ -535,8 +479,11 @@ class VxlanDaemon:
             "io": self.io_name,
             "offloads": self.offloads,
             "source_port": self.sender.source_port if self.sender else None,
-            "rx_csum_partial": self.tap_io.csum_partial if self.tap_io is not None else 0,
-            "rx_tso_frames": self.tap_io.tso_frames if self.tap_io is not None else 0,
+            "pump": paths[0].pump_name if paths else None,
+            "workers": [dict(p.counters) for p in paths],
+            "worker_tids": self.workers.thread_ids() if self.workers is not None else [],
+            "rx_csum_partial": sum(p.tap_io.csum_partial for p in paths),
+            "rx_tso_frames": sum(p.tap_io.tso_frames for p in paths),
         }
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -544,7 +491,12 @@ class VxlanDaemon:
             line = await asyncio.wait_for(reader.readline(), 5.0)
             text = line.decode(errors="replace")
             assert self.engine is not None
-            answer = handle_request(self.engine, text, time.monotonic(), self.extra)
+            for path in self.datapaths:
+                if path.journal.loop is self._loop:
+                    path.flush()  # this thread's records first, as for any engine work
+            with self.lock:
+                answer = handle_request(self.engine, text, time.monotonic(), self.extra)
+                self.publish()  # an FDB or setting change takes effect in the pumps now
             if answer.get("show"):
                 answer["show"]["config"]["hash_seed"] = None  # keep the seed private
             writer.write(_json_line(answer))
@@ -557,11 +509,6 @@ class VxlanDaemon:
             log.exception("%s: control request failed", self.name)
         finally:
             writer.close()
-
-
-def _source_ip(ip: str, port: int, local: str | None) -> str:
-    """UdpBatch's ``make_source``: the engine learns the outer source address only."""
-    return ip
 
 
 def _json_line(obj: Any) -> bytes:

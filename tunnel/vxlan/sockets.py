@@ -85,7 +85,17 @@ class Sender(Protocol):
     def send_batch(
         self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
         verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
+        batch: Any = None,
     ) -> tuple[int, int, int]: ...
+
+    def dest(self, remote: Remote) -> Any: ...
+
+    def new_batch(self) -> Any: ...
+
+    @property
+    def batch(self) -> Any:
+        """The sender's own native batch."""
+        ...
 
     def close(self) -> None: ...
 
@@ -137,17 +147,28 @@ def join_group(sock: socket.socket, config: VxlanConfig) -> None:
         sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
 
 
-def open_receiver(config: VxlanConfig) -> socket.socket:
+def open_receiver(config: VxlanConfig, *, reuseport: bool = False,
+                  join: bool = True) -> socket.socket:
     """The non-blocking UDP socket bound to ``dstport``: on ``local`` when given (and no
-    group, whose datagrams are addressed to the group), else on the wildcard address."""
+    group, whose datagrams are addressed to the group), else on the wildcard address.
+    ``reuseport``: SO_REUSEPORT before the bind (the workers' group: the kernel spreads
+    datagrams over the group's sockets by a hash of the 4-tuple); ``join``: join ``group``
+    (only one socket of a group joins it, see docs/multicore.md)."""
     family = family_of(config)
     sock = _new_socket(family)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         host = config.local if config.local and not config.group else ""
         sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), config.dstport))
-        join_group(sock, config)
+        if join:
+            join_group(sock, config)
+        elif config.group is not None and family == socket.AF_INET:
+            # no group's datagrams for this one (IP_MULTICAST_ALL would deliver every group
+            # any socket of the host joined): worker 0's socket alone receives the flood
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         _finish(sock, config)
     except BaseException:
         sock.close()
@@ -190,6 +211,11 @@ class _BatchSender:
     def _make_dest(self, remote: Remote) -> Any:
         raise NotImplementedError
 
+    @property
+    def batch(self) -> Any:
+        """The sender's own native batch."""
+        return self._batch
+
     def _dest(self, remote: Remote) -> Any:
         dest = self._dests.get(remote)
         if dest is None and remote not in self._dests:
@@ -207,9 +233,12 @@ class _BatchSender:
     def send_batch(
         self, bufs: Sequence[bytearray], lengths: Sequence[int], headroom: int,
         verdicts: bytearray, sports: array[int], items: Sequence[tuple[int, int, Remote]],
+        batch: Any = None,
     ) -> tuple[int, int, int]:
         """One native ``send`` for the whole plan (see the module doc). A remote these sockets
-        cannot reach (the other address family, not an address) counts as errors."""
+        cannot reach (the other address family, not an address) counts as errors. ``batch``:
+        the native batch to send with (a worker's, from :meth:`new_batch`; default the
+        sender's own)."""
         native = []
         errors = 0
         for start, end, remote in items:
@@ -218,9 +247,21 @@ class _BatchSender:
                 errors += sum(1 for i in range(start, end) if verdicts[i] in _SENDABLE)
             else:
                 native.append((start, end, dest))
-        sent, full, failed = self._batch.send(bufs, lengths, headroom, verdicts, sports, native)
+        sent, full, failed = (batch or self._batch).send(bufs, lengths, headroom, verdicts, sports,
+                                                         native)
         self._after_send()
         return sent, full, failed + errors
+
+    def dest(self, remote: Remote) -> Any:
+        """The native ``fast.Dest`` of ``remote`` (cached), or None if these sockets cannot
+        reach it (the pumps' FDB snapshot holds these)."""
+        return self._dest(remote)
+
+    def new_batch(self) -> Any:
+        """Another native batch over the same sockets, for a worker thread (a native batch
+        keeps per-call scratch and takes one caller at a time; sendmmsg on a shared fd from
+        several threads is safe)."""
+        raise NotImplementedError
 
     def _after_send(self) -> None:
         """Hook after each batch (the pool sender logs GSO fallbacks)."""
@@ -267,6 +308,9 @@ class PoolSender(_BatchSender):
 
     def _make_dest(self, remote: Remote) -> Any:
         return self.fast.Dest(remote.ip, remote.port, remote.vni)
+
+    def new_batch(self) -> Any:
+        return self.fast.GsoBatch([s.fileno() for s in self.socks], gso=self.gso)
 
     def _after_send(self) -> None:
         fallbacks = self._batch.fallbacks
@@ -361,6 +405,9 @@ class RawSender(_BatchSender):
     def close(self) -> None:
         self._batch.close()
         self.sock.close()
+
+    def new_batch(self) -> Any:
+        return self.fast.RawBatch(self.sock.fileno(), udpcsum=self.udpcsum)
 
     def _make_dest(self, remote: Remote) -> Any:
         pseudo = 0 if self.ipv6 else self._pseudo_sum(remote.ip) % 0xFFFF
