@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <string.h>
 #include <stdint.h>
+#include <stddef.h>
 
 #ifndef SOL_UDP
 #define SOL_UDP 17
@@ -44,6 +45,12 @@ typedef struct {
     unsigned char local[16];
     int gro;                     /* UDP_GRO segment size, 0 if not coalesced */
 } wgpy_source;
+
+/* The bytes of a wgpy_source that say who sent it (everything before ``gro``): the key of
+   the receive side's source-object cache. The segment size varies from one datagram of a
+   peer to the next (a lone datagram: 0, a coalesced run: its size) and must not make the
+   same sender a new object. */
+#define WGPY_SOURCE_KEY offsetof(wgpy_source, gro)
 
 /* Where a datagram goes (and from which local address); zeroed before filling. */
 typedef struct {

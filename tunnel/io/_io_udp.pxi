@@ -165,10 +165,11 @@ cdef class UdpBatch:
         cdef char local[64]
         # A repeated source gets the same object: a peer's datagrams (the lanes compare the
         # source with the peer's endpoint by identity first), and the few ports of a flood,
-        # interleaved or not, cost no object per datagram.
+        # interleaved or not, cost no object per datagram. The key is the sender only, not
+        # the GRO segment size, which changes between a peer's datagrams.
         cdef int slot = (s.port ^ (s.port >> 4)) & 15
         obj = self._obj_cache[slot]
-        if obj is not None and memcmp(s, &self._src_cache[slot], sizeof(wgpy_source)) == 0:
+        if obj is not None and memcmp(s, &self._src_cache[slot], WGPY_SOURCE_KEY) == 0:
             return obj
         wgpy_source_text(s, ip, local)
         obj = self._make(ip.decode("ascii"), s.port, local.decode("ascii") if local[0] else None)
