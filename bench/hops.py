@@ -1,6 +1,6 @@
 """Where a ping's time goes: per-hop latency through the WireGuard tunnels, from kernel timestamps.
 
-    .venv/bin/python bench/hops.py [--only wgpy,wggo] [--blocks 4] [--pings 100]
+    .venv/bin/python bench/hops.py [--only wgpy,wggo] [--blocks 4] [--pings 100] [--wireguard-go PATH]
 
 Builds the same namespace pairs as ``wg-py bench`` (``tunnel.lab.bench.build_pair``; removed on the
 way out), and for each block of ``--pings`` pings (10 ms apart) through each contender in turn
@@ -167,6 +167,8 @@ def main() -> int:
     parser.add_argument("--only", default="wgpy,wggo", help="contenders, from wgpy,wggo")
     parser.add_argument("--blocks", type=int, default=4, help="blocks of pings per contender")
     parser.add_argument("--pings", type=int, default=100, help="pings per block (10 ms apart)")
+    parser.add_argument("--wireguard-go", metavar="PATH", default="wireguard-go",
+                        help="the wireguard-go binary of the wggo contender (default: the one on the PATH)")
     parser.add_argument("--record", nargs=3, metavar=("IFACE", "SECONDS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.record:
@@ -179,7 +181,7 @@ def main() -> int:
         parser.error("--pings must be 1..1000 and --blocks 1..20")
     samples: dict[str, dict[str, list[float]]] = {name: {hop: [] for hop in HOPS} for name in names}
     with Lab() as lab, tempfile.TemporaryDirectory() as workdir:
-        pairs = {name: build_pair(lab, name) for name in names}
+        pairs = {name: build_pair(lab, name, {"wggo": args.wireguard_go}) for name in names}
         for block in range(args.blocks):
             for name in names[block % len(names):] + names[: block % len(names)]:
                 for hop, values in hops(ping_block(lab, pairs[name], args.pings, workdir)).items():

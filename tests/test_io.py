@@ -290,6 +290,70 @@ def test_gro_receive_split_into_slots(io: ModuleType, sockets: Any, family: int)
 
 
 @FAMILIES
+def test_gro_one_sender_one_source_object(io: ModuleType, sockets: Any, family: int) -> None:
+    """A sender's datagrams carry the same source object whether they came coalesced (a GRO
+    segment size) or alone: the lanes compare sources with the peer's endpoint by identity."""
+    rx = sockets(family)
+    tx = sockets(family, pktinfo=False)
+    if not io.probe_udp_gso(tx.fileno()):
+        pytest.skip("no UDP GSO in this kernel")
+    assert io.enable_udp_gro(rx.fileno())
+    made: list[tuple[str, int, str | None]] = []
+
+    def make(ip: str, port: int, local: str | None) -> tuple[str, int, str | None]:
+        made.append((ip, port, local))
+        return made[-1]
+
+    dest = rx.getsockname()[:2]
+    batch = io.UdpBatch(rx.fileno(), gro=True, make_source=make)
+    bufs = [bytearray(1500) for _ in range(8)]
+    lengths = [0] * 8
+    sources: list[Any] = [None] * 8
+    seen: list[Any] = []
+    for burst in ([b"alone"], [payload(k, 600) for k in range(4)], [b"again"], [payload(9, 300)] * 3):
+        if len(burst) > 1:
+            gso_burst(tx, dest, burst, len(burst[0]))
+        else:
+            tx.sendto(burst[0], dest)
+        assert wait_readable(rx)
+        count = batch.recv(bufs, lengths, sources)
+        assert count == len(burst)
+        seen.extend(sources[:count])
+    assert len(seen) == 9
+    assert made == [(tx.getsockname()[0], tx.getsockname()[1], LOOPBACK[family])]
+    assert all(source is made[0] for source in seen)
+
+
+@FAMILIES
+def test_gro_pending_keeps_its_source_across_calls(io: ModuleType, sockets: Any, family: int) -> None:
+    """Segments held back by one call (the slots were full) come out of the next call with
+    their own sender, also when that call receives a datagram from another sender."""
+    rx = sockets(family)
+    tx_a = sockets(family, pktinfo=False)
+    tx_b = sockets(family, pktinfo=False)
+    if not io.probe_udp_gso(tx_a.fileno()):
+        pytest.skip("no UDP GSO in this kernel")
+    assert io.enable_udp_gro(rx.fileno())
+    dest = rx.getsockname()[:2]
+    a = (tx_a.getsockname()[0], tx_a.getsockname()[1], LOOPBACK[family])
+    b = (tx_b.getsockname()[0], tx_b.getsockname()[1], LOOPBACK[family])
+    burst = [payload(k, 400) for k in range(6)]
+    gso_burst(tx_a, dest, burst, 400)
+    batch = io.UdpBatch(rx.fileno(), gro=True)
+    bufs = [bytearray(1500) for _ in range(8)]
+    lengths = [0] * 8
+    sources: list[Any] = [None] * 8
+    assert wait_readable(rx)
+    assert batch.recv(bufs[:4], lengths, sources) == 4  # 2 segments of a's burst held back
+    assert sources[:4] == [a] * 4 and batch.pending == 2
+    tx_b.sendto(b"from b", dest)
+    assert wait_readable(rx)
+    count = batch.recv(bufs, lengths, sources)
+    got = [(bytes(bufs[i][: lengths[i]]), sources[i]) for i in range(count)]
+    assert got == [(burst[4], a), (burst[5], a), (b"from b", b)]
+
+
+@FAMILIES
 def test_gro_pending_is_exactly_what_the_batch_holds(io: ModuleType, sockets: Any, family: int) -> None:
     """``pending`` counts the datagrams the batch received but did not hand out: with the
     socket emptied behind its back (by us, with plain recv), the batch hands out exactly

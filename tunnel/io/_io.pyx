@@ -43,6 +43,7 @@ cdef extern from "_io.h":
         int local_family
         unsigned char local[16]
         int gro
+    size_t WGPY_SOURCE_KEY
     ctypedef struct wgpy_dest:
         wgpy_sockaddr addr
         socklen_t addrlen

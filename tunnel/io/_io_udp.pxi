@@ -22,7 +22,7 @@ cdef class UdpBatch:
     cdef wgpy_source *_rsrc
     cdef Py_buffer *_rviews
     cdef Py_ssize_t *_slot_len
-    cdef int *_slot_msg
+    cdef wgpy_source *_slot_src  # slot i's sender, copied when the slot is filled
     cdef unsigned char *_scratch
     cdef Py_ssize_t _scratch_msgs
     cdef int _pend_msg          # GRO: next message to hand out, its offset, how many messages
@@ -56,7 +56,7 @@ cdef class UdpBatch:
         self._rsrc = NULL
         self._rviews = NULL
         self._slot_len = NULL
-        self._slot_msg = NULL
+        self._slot_src = NULL
         self._scratch = NULL
         self._scratch_msgs = 0
         self._smsgs = NULL
@@ -98,7 +98,7 @@ cdef class UdpBatch:
         PyMem_Free(self._rsrc)
         PyMem_Free(self._rviews)
         PyMem_Free(self._slot_len)
-        PyMem_Free(self._slot_msg)
+        PyMem_Free(self._slot_src)
         free(self._scratch)
         PyMem_Free(self._smsgs)
         PyMem_Free(self._siov)
@@ -146,15 +146,15 @@ cdef class UdpBatch:
         PyMem_Free(self._rctl)
         PyMem_Free(self._rviews)
         PyMem_Free(self._slot_len)
-        PyMem_Free(self._slot_msg)
+        PyMem_Free(self._slot_src)
         self._riov = <iovec *>PyMem_Malloc(n * sizeof(iovec))
         self._rnames = <char *>PyMem_Malloc(n * 32)
         self._rctl = <unsigned char *>PyMem_Malloc(n * WGPY_CONTROL)
         self._rviews = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
         self._slot_len = <Py_ssize_t *>PyMem_Malloc(n * sizeof(Py_ssize_t))
-        self._slot_msg = <int *>PyMem_Malloc(n * sizeof(int))
+        self._slot_src = <wgpy_source *>PyMem_Malloc(n * sizeof(wgpy_source))
         if (self._riov == NULL or self._rnames == NULL or self._rctl == NULL
-                or self._rviews == NULL or self._slot_len == NULL or self._slot_msg == NULL):
+                or self._rviews == NULL or self._slot_len == NULL or self._slot_src == NULL):
             self._rcap = 0
             raise MemoryError()
         self._rcap = n
@@ -165,10 +165,11 @@ cdef class UdpBatch:
         cdef char local[64]
         # A repeated source gets the same object: a peer's datagrams (the lanes compare the
         # source with the peer's endpoint by identity first), and the few ports of a flood,
-        # interleaved or not, cost no object per datagram.
+        # interleaved or not, cost no object per datagram. The key is the sender only, not
+        # the GRO segment size, which changes between a peer's datagrams.
         cdef int slot = (s.port ^ (s.port >> 4)) & 15
         obj = self._obj_cache[slot]
-        if obj is not None and memcmp(s, &self._src_cache[slot], sizeof(wgpy_source)) == 0:
+        if obj is not None and memcmp(s, &self._src_cache[slot], WGPY_SOURCE_KEY) == 0:
             return obj
         wgpy_source_text(s, ip, local)
         obj = self._make(ip.decode("ascii"), s.port, local.decode("ascii") if local[0] else None)
@@ -201,7 +202,7 @@ cdef class UdpBatch:
             seg = self._rsrc[m].gro if self._rsrc[m].gro > 0 else size
             if size == 0:
                 self._slot_len[count] = 0
-                self._slot_msg[count] = m
+                self._slot_src[count] = self._rsrc[m]
                 count += 1
                 self._pend_msg += 1
                 self._pend_off = 0
@@ -215,7 +216,7 @@ cdef class UdpBatch:
                     take = room
                 memcpy(self._rviews[count].buf, data + self._pend_off, take)
                 self._slot_len[count] = take
-                self._slot_msg[count] = m
+                self._slot_src[count] = self._rsrc[m]
                 count += 1
                 self._pend_off += seg
             if self._pend_off >= size:
@@ -285,7 +286,9 @@ cdef class UdpBatch:
                         break
             for i in range(count):
                 lengths[i] = self._slot_len[i]
-                sources[i] = self._source_object(&self._rsrc[self._slot_msg[i]])
+                # The slot's own copy: a later recvmmsg of this call may have reused the
+                # message (and its source) that held-back segments came from.
+                sources[i] = self._source_object(&self._slot_src[i])
             return count
         finally:
             release_views(self._rviews, pinned)
@@ -326,7 +329,7 @@ cdef class UdpBatch:
         for j in range(count, count + r):
             wgpy_read_source(&self._rmsgs[j].msg_hdr, &self._rsrc[j])
             self._slot_len[j] = self._rmsgs[j].msg_len
-            self._slot_msg[j] = <int>j
+            self._slot_src[j] = self._rsrc[j]
         return count + r
 
     cdef int _recvmmsg(self, mmsghdr *msgs, Py_ssize_t count) noexcept nogil:

@@ -247,6 +247,7 @@ class UdpBatch:
         # Coalesced messages not yet handed out: (data, segment size, source).
         self._pending: list[tuple[memoryview, int, Any]] = []
         self._scratch: list[bytearray] = []
+        self._sources: list[tuple[tuple[str, int, str | None], Any] | None] = [None] * 16
 
     @property
     def pending(self) -> int:
@@ -273,7 +274,17 @@ class UdpBatch:
             elif level == SOL_UDP and kind == UDP_GRO:
                 segment = int.from_bytes(data[:4], "little")
         host: str = address[0].split("%", 1)[0]
-        return self._make(host, address[1], local), segment
+        # As the native twin: a repeated sender gets the same object (a direct-mapped cache of
+        # 16 by port), whatever the segment size, so the lanes' identity test holds.
+        key = (host, address[1], local)
+        port: int = address[1]
+        slot = (port ^ (port >> 4)) & 15
+        cached = self._sources[slot]
+        if cached is not None and cached[0] == key:
+            return cached[1], segment
+        source = self._make(host, address[1], local)
+        self._sources[slot] = (key, source)
+        return source, segment
 
     def recv(self, bufs: Sequence[bytearray], lengths: list[int], sources: list[Any]) -> int:
         """Receive until EAGAIN or every slot is used; returns the count (see module doc)."""
