@@ -481,7 +481,7 @@ def handle(interface: Interface, words: list[str]) -> dict[str, Any]:
     if config.group is not None:
         return {"ok": False, "error": "group (multicast) cannot run over WireGuard; use remote or fdb append"}
     if config.workers != 1:
-        return {"ok": False, "error": "workers is for a separate VXLAN daemon; inside the WireGuard daemon the endpoint runs on its loop"}
+        return {"ok": False, "error": "workers is for a separate VXLAN daemon (this one runs on the WireGuard loop)"}
     if config.local is None:
         return {"ok": False, "error": "local ADDR is needed"}
     for other in Hub.of(interface).overlays.values():
