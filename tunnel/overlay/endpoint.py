@@ -47,9 +47,11 @@ from typing import Any
 
 from crypto.backend import HEADROOM, TAG_SIZE
 from tunnel.io.offload import get_hwaddr, get_mtu, open_tun, select_io, set_mtu
+from tunnel.vxlan import control
 from tunnel.vxlan.cli import UsageError, parse_add
 from tunnel.vxlan.config import VxlanConfig
 from tunnel.vxlan.control import handle_request, is_alive, socket_path
+from tunnel.vxlan.datapath import move_tap_errors
 from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import select as select_fast
 from tunnel.wireguard.constants import PADDING_MULTIPLE
@@ -222,22 +224,10 @@ class L2Overlay:
 
     def _open_control(self) -> None:
         path = self.control_path
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # stale: is_alive() said nobody listens there
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)
         try:
-            sock.bind(str(path))
-            sock.listen(16)
+            self.control, self._control_ino = control.listen(path)
         except OSError as exc:
-            sock.close()
             raise OverlayError(f"control socket {path}: {exc.strerror}") from None
-        finally:
-            os.umask(old)
-        sock.setblocking(False)
-        self.control = sock
-        self._control_ino = os.stat(path).st_ino
 
     def close(self, reason: str = "stop") -> None:
         """Stop and release everything (idempotent); the TAP device goes with its fd."""
@@ -409,17 +399,7 @@ class L2Overlay:
     def _tap_errors(self) -> None:
         """The TAP batch's error counts into the drops (as tunnel.vxlan.daemon names them)."""
         assert self.engine is not None
-        errors = self.tap_io.errors
-        for key in list(errors):
-            if key.startswith("read:"):
-                reason = "tap_" + key[5:]
-            elif key == "write:oversized":
-                reason = "tap_oversized"
-            elif key in ("EIO", "write:EIO"):
-                reason = "device_down"
-            else:
-                reason = "tap_write_error"
-            self.engine.drops[reason] += errors.pop(key)
+        move_tap_errors(self.tap_io.errors, self.engine.drops)
 
     # ---- control -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ I/O; the daemon passes ``now``) so it is tested without devices.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -35,6 +36,27 @@ from .fdb import FdbFullError
 RUN_DIR = Path("/var/run/wg-py/vxlan")
 NETNS_DIR = "/var/run/netns"
 MAX_REQUEST = 4096
+
+
+def listen(path: Path) -> tuple[socket.socket, int]:
+    """Listen on the control socket ``path`` (mode 0600 in a 0700 directory; a stale file there
+    is removed: call :func:`is_alive` first). Returns the non-blocking socket and the inode of its
+    file (to tell later whether the file is still ours). Raises OSError; nothing is left open."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # stale: is_alive() said nobody listens there
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    sock.setblocking(False)
+    return sock, os.stat(path).st_ino
 
 
 def run_dir() -> Path:

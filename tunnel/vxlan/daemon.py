@@ -89,6 +89,7 @@ from typing import Any
 
 from tunnel.io.offload import TunOffload, get_hwaddr, get_mtu, open_tun, select_io, set_mtu
 
+from . import control
 from .config import VxlanConfig
 from .control import handle_request, is_alive, socket_path
 from .datapath import BUFSIZE, HEADROOM, DataPath
@@ -268,22 +269,10 @@ class VxlanDaemon:
         return ip
 
     def _open_control(self, path: Any) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # stale: is_alive() said nobody listens there
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)
         try:
-            sock.bind(str(path))
-            sock.listen(16)
+            self.control, self._control_ino = control.listen(path)
         except OSError as exc:
-            sock.close()
             raise DaemonError(f"control socket {path}: {exc.strerror}") from None
-        finally:
-            os.umask(old)
-        sock.setblocking(False)
-        self.control = sock
-        self._control_ino = os.stat(path).st_ino
 
     def close(self) -> None:
         """Release everything (idempotent). The TAP device disappears with its fd."""

@@ -283,19 +283,23 @@ class DataPath:
             engine.drops["rx_error"] += errors.pop(key)
 
     def _tap_errors(self, engine: Any) -> None:
-        """Move the TAP batch's error counts into the drops: write errors (EIO: the device is
-        down) and, with offloads, read-side drops (``read:too_big`` -> ``tap_too_big``, ...)."""
-        errors = self.tap_io.errors
-        for name in list(errors):
-            if name.startswith("read:"):
-                reason = "tap_" + name[5:]
-            elif name == "write:oversized":
-                reason = "tap_oversized"
-            elif name in ("EIO", "write:EIO"):
-                reason = "device_down"
-            else:
-                reason = "tap_write_error"
-            engine.drops[reason] += errors.pop(name)
+        move_tap_errors(self.tap_io.errors, engine.drops)
 
 
 __all__ = ["BATCH", "BUFSIZE", "HEADROOM", "JOURNAL_DELAY", "RX_SLOT", "DataPath"]
+
+
+def move_tap_errors(errors: Any, drops: Any) -> None:
+    """Move a TAP batch's error counts (``TunBatch.errors``) into an engine's ``drops``: write
+    errors (EIO: the device is down) and, with offloads, read-side drops (``read:too_big`` ->
+    ``tap_too_big``, ...); ``write:oversized`` -> ``tap_oversized``."""
+    for name in list(errors):
+        if name.startswith("read:"):
+            reason = "tap_" + name[5:]
+        elif name == "write:oversized":
+            reason = "tap_oversized"
+        elif name in ("EIO", "write:EIO"):
+            reason = "device_down"
+        else:
+            reason = "tap_write_error"
+        drops[reason] += errors.pop(name)
