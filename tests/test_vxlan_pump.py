@@ -11,6 +11,7 @@ written out by hand (RFC 7348: flags 0x08, VNI in bytes 4-6).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -340,3 +341,34 @@ def test_argument_errors_are_the_same(twin: str) -> None:
     with pytest.raises(TypeError):
         journal.add([1])  # type: ignore[arg-type]
     assert not journal.open()  # no loop yet: nothing is journaled
+
+
+class _FakeTap:
+    """A TAP batch stand-in: ``errors`` as ``TunBatch.errors`` keeps them."""
+
+    def __init__(self, errors: dict[str, int]) -> None:
+        self.errors = errors
+
+
+def _raise(code: int) -> None:
+    raise OSError(code, os.strerror(code))
+
+
+def test_write_tap_counts_failures_and_batch_errors_as_drops() -> None:
+    from collections import Counter
+
+    from tunnel.vxlan.datapath import write_tap
+
+    drops: Counter[str] = Counter()
+    tap = _FakeTap({})
+    write_tap(tap, drops, 5, _raise, errno.EIO)  # the device is down: every frame
+    write_tap(tap, drops, 3, _raise, errno.EBADFD)  # going away
+    assert drops == Counter({"device_down": 5, "tap_write_error": 3})
+
+    drops.clear()
+    tap.errors.update({"read:too_big": 2, "write:oversized": 1, "write:EIO": 4, "write:EINVAL": 6})
+    written: list[int] = []
+    write_tap(tap, drops, 9, written.append, 9)
+    assert written == [9]
+    assert tap.errors == {}  # moved, not copied
+    assert drops == Counter({"tap_too_big": 2, "tap_oversized": 1, "device_down": 4, "tap_write_error": 6})

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import os
@@ -51,7 +50,7 @@ from tunnel.vxlan import control
 from tunnel.vxlan.cli import UsageError, parse_add
 from tunnel.vxlan.config import VxlanConfig
 from tunnel.vxlan.control import handle_request, is_alive, socket_path
-from tunnel.vxlan.datapath import move_tap_errors
+from tunnel.vxlan.datapath import move_tap_errors, write_tap
 from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import select as select_fast
 from tunnel.wireguard.constants import PADDING_MULTIPLE
@@ -388,13 +387,7 @@ class L2Overlay:
         assert self.engine is not None
         if self.tap_io is None:
             return
-        try:
-            write(*args)
-        except OSError as exc:  # EIO: the device is down
-            self.engine.drops["device_down" if exc.errno == errno.EIO else "tap_write_error"] += frames
-            return
-        if self.tap_io.errors:
-            self._tap_errors()
+        write_tap(self.tap_io, self.engine.drops, frames, write, *args)
 
     def _tap_errors(self) -> None:
         """The TAP batch's error counts into the drops (as tunnel.vxlan.daemon names them)."""

@@ -23,7 +23,7 @@ import errno
 import logging
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .header import VXLAN_HLEN
@@ -206,7 +206,7 @@ class DataPath:
                     self.apply_record(engine, record)
                     self._count(record)
                     if inb.write_error is not None:
-                        self._write_failed(engine, inb.write_error, inb.accepted)
+                        tap_write_failed(engine.drops, inb.write_error, inb.accepted)
                     if self.tap_io.errors:
                         self._tap_errors(engine)
                 else:
@@ -262,19 +262,7 @@ class DataPath:
 
     def _tap_write(self, engine: Any, frames: int, write: Any, *args: Any) -> None:
         """``write(*args)`` on the TAP batch (``frames`` frames); failures become drops."""
-        try:
-            write(*args)
-        except OSError as exc:
-            self._write_failed(engine, exc, frames)
-            return
-        if self.tap_io.errors:
-            self._tap_errors(engine)
-
-    @staticmethod
-    def _write_failed(engine: Any, exc: OSError, frames: int) -> None:
-        """EIO: the device is down; others: it is going away."""
-        reason = "device_down" if exc.errno == errno.EIO else "tap_write_error"
-        engine.drops[reason] += frames
+        write_tap(self.tap_io, engine.drops, frames, write, *args)
 
     def _udp_errors(self, engine: Any) -> None:
         """Move the UdpBatch's error counts (it only receives) into ``drops["rx_error"]``."""
@@ -286,10 +274,26 @@ class DataPath:
         move_tap_errors(self.tap_io.errors, engine.drops)
 
 
-__all__ = ["BATCH", "BUFSIZE", "HEADROOM", "JOURNAL_DELAY", "RX_SLOT", "DataPath"]
+def write_tap(tap_io: Any, drops: MutableMapping[str, int], frames: int, write: Any, *args: Any) -> None:
+    """Call ``write(*args)``, a write method of ``tap_io`` (a ``TunBatch``) carrying ``frames``
+    frames, and count what fails into ``drops``: an OSError for the whole batch
+    (:func:`tap_write_failed`), the batch's per-frame errors (:func:`move_tap_errors`)."""
+    try:
+        write(*args)
+    except OSError as exc:
+        tap_write_failed(drops, exc, frames)
+        return
+    if tap_io.errors:
+        move_tap_errors(tap_io.errors, drops)
 
 
-def move_tap_errors(errors: Any, drops: Any) -> None:
+def tap_write_failed(drops: MutableMapping[str, int], exc: OSError, frames: int) -> None:
+    """A TAP write of ``frames`` frames raised ``exc``: EIO means the device is down
+    (``device_down``); anything else, that it is going away (``tap_write_error``)."""
+    drops["device_down" if exc.errno == errno.EIO else "tap_write_error"] += frames
+
+
+def move_tap_errors(errors: MutableMapping[str, int], drops: MutableMapping[str, int]) -> None:
     """Move a TAP batch's error counts (``TunBatch.errors``) into an engine's ``drops``: write
     errors (EIO: the device is down) and, with offloads, read-side drops (``read:too_big`` ->
     ``tap_too_big``, ...); ``write:oversized`` -> ``tap_oversized``."""
@@ -303,3 +307,7 @@ def move_tap_errors(errors: Any, drops: Any) -> None:
         else:
             reason = "tap_write_error"
         drops[reason] += errors.pop(name)
+
+
+__all__ = ["BATCH", "BUFSIZE", "HEADROOM", "JOURNAL_DELAY", "RX_SLOT", "DataPath", "move_tap_errors",
+           "tap_write_failed", "write_tap"]
