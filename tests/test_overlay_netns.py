@@ -104,6 +104,57 @@ def kernel_l2(lab: Lab, node: Node, index: int, remote: str) -> None:
     l2_up(lab, node, index)
 
 
+def l2_link(lab: Lab, a: Node, b: Node, family: int = 4) -> None:
+    """vx0 on both: wg-py's endpoint inside a's daemon, and on b wg-py's too if b runs wg-py, else
+    the kernel's vxlan over b's WireGuard; each with the other's tunnel address of ``family`` as
+    its remote. Returns once a has an L2 ping answer from b."""
+    a_addr, b_addr = (a.inner4, b.inner4) if family == 4 else (a.inner6, b.inner6)
+    wgpy_l2(lab, a, 1, b_addr)
+    if b.impl == "wg-py":
+        wgpy_l2(lab, b, 2, a_addr)
+    else:
+        kernel_l2(lab, b, 2, a_addr)
+    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15), "no L2 reply a -> b"
+
+
+def hub_and_kernel_sites(lab: Lab, sites: int) -> tuple[Node, list[Node]]:
+    """a (wg-py) joined by its own veth to each of ``sites`` wireguard-go nodes (b, c, ...), every
+    one configured as a's peer; returns once a pings each site through the tunnel."""
+    ns_a = lab.namespace("a")
+    a = start(lab, "wg-py", ns_a, 1)
+    others = []
+    for k in range(sites):
+        index, net = k + 2, 77 + 11 * k  # 192.168.77.0/24 for b, 192.168.88.0/24 for c, ...
+        ns = lab.namespace("bcdefgh"[k])
+        lab.veth(ns_a, ns, [f"192.168.{net}.1/24"], [f"192.168.{net}.{index}/24"],
+                 names=(f"veth{2 * k}", f"veth{2 * k + 1}"))
+        others.append((start(lab, "wireguard-go", ns, index), net))
+    configure(a, "".join(peer_section(node, f"192.168.{net}.{node.index}:{node.port}") for node, net in others))
+    for node, net in others:
+        configure(node, peer_section(a, f"192.168.{net}.1:{a.port}"))
+    for node, _ in others:
+        assert lab.wait_ping(a.ns, node.inner4, timeout=15), f"no tunnel to {node.ns}"
+    return a, [node for node, _ in others]
+
+
+@pytest.fixture
+def two_kernel_sites(netns_factory: Lab) -> tuple[Lab, Node, Node, Node]:
+    """(lab, a, b, c): :func:`hub_and_kernel_sites` with two sites, no L2 yet."""
+    a, (b, c) = hub_and_kernel_sites(netns_factory, 2)
+    return netns_factory, a, b, c
+
+
+@pytest.fixture
+def kernel_l2_pair(netns_factory: Lab) -> tuple[Lab, Node, Node]:
+    """(lab, a, b): a wg-py with its endpoint inside, b the kernel's vxlan over wireguard-go, over
+    IPv4 tunnel addresses; L2 ping a -> b works."""
+    lab = netns_factory
+    a, b = wg_pair(lab, "wg-py", "wireguard-go", env_a=env(lab))
+    assert lab.wait_ping(a.ns, b.inner4, timeout=15)
+    l2_link(lab, a, b)
+    return lab, a, b
+
+
 def kernel_fdb(lab: Lab, ns: str) -> list[str]:
     return lab.run(ns, ["bridge", "fdb", "show", "dev", "vx0"]).stdout.splitlines()
 
@@ -133,16 +184,11 @@ def test_one_process_l2_ping_iperf3_learning(netns_factory: Lab, peer: str, fami
         a, b = wg_pair(lab, "wg-py", peer, env_a=env(lab))
     assert lab.wait_ping(a.ns, b.inner4, timeout=15)
     a_addr, b_addr = (a.inner4, b.inner4) if family == 4 else (a.inner6, b.inner6)
-    wgpy_l2(lab, a, 1, b_addr)
-    if peer == "wg-py":
-        wgpy_l2(lab, b, 2, a_addr)
-    else:
-        kernel_l2(lab, b, 2, a_addr)
+    l2_link(lab, a, b, family)
     info = show(lab, a.ns)
     assert info["mtu"] == (1370 if family == 4 else 1350), info
     assert info["sender"] == f"in-process ({a.iface})", info
     assert info["config"]["local"] == a_addr
-    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15), "no L2 reply a -> b"
     assert lab.ping(b.ns, L2_ADDR.format(1), 3) is not None, "no L2 reply b -> a"
     report = tcp_both_ways(lab, b, a, L2_ADDR.format(2))
     print(f"\n[wg-py L2 a, {peer} b] " + "; ".join(report), file=sys.stderr)
@@ -161,20 +207,10 @@ def test_one_process_l2_ping_iperf3_learning(netns_factory: Lab, peer: str, fami
     assert lab.wait_ping(a.ns, b.inner4, timeout=5)  # the tunnel itself goes on
 
 
-def test_replication_to_two_kernel_sites(netns_factory: Lab) -> None:
+def test_replication_to_two_kernel_sites(two_kernel_sites: tuple[Lab, Node, Node, Node]) -> None:
     """a (wg-py L2, no remote) replicates to b and c (kernel vxlan over wireguard-go) through the
     all-zero FDB entries; ARP broadcasts reach both, unicast follows the learned entries."""
-    lab = netns_factory
-    ns_a, ns_b, ns_c = lab.namespace("a"), lab.namespace("b"), lab.namespace("c")
-    lab.veth(ns_a, ns_b, ["192.168.77.1/24"], ["192.168.77.2/24"])
-    lab.veth(ns_a, ns_c, ["192.168.88.1/24"], ["192.168.88.3/24"], names=("veth2", "veth3"))
-    a = start(lab, "wg-py", ns_a, 1)
-    b = start(lab, "wireguard-go", ns_b, 2)
-    c = start(lab, "wireguard-go", ns_c, 3)
-    configure(a, peer_section(b, f"192.168.77.2:{b.port}") + peer_section(c, f"192.168.88.3:{c.port}"))
-    configure(b, peer_section(a, f"192.168.77.1:{a.port}"))
-    configure(c, peer_section(a, f"192.168.88.1:{a.port}"))
-    assert lab.wait_ping(a.ns, b.inner4, timeout=15) and lab.wait_ping(a.ns, c.inner4, timeout=15)
+    lab, a, b, c = two_kernel_sites
     wgpy_l2(lab, a, 1, None)
     for node in (b, c):
         wgpy_vxlan(lab, a.ns, f"fdb append 00:00:00:00:00:00 vx0 dst {node.inner4}")
@@ -203,24 +239,12 @@ for _ in range(20):
 """
 
 
-def test_forged_vtep_is_dropped(netns_factory: Lab) -> None:
+def test_forged_vtep_is_dropped(two_kernel_sites: tuple[Lab, Node, Node, Node]) -> None:
     """c (a peer of a) sends VXLAN through its own tunnel with b's tunnel address as inner source
     and b's MAC: cryptokey routing drops it (b's address is not in c's allowed IPs), and a's
     FDB still points b's MAC at b."""
-    lab = netns_factory
-    ns_a, ns_b, ns_c = lab.namespace("a"), lab.namespace("b"), lab.namespace("c")
-    lab.veth(ns_a, ns_b, ["192.168.77.1/24"], ["192.168.77.2/24"])
-    lab.veth(ns_a, ns_c, ["192.168.88.1/24"], ["192.168.88.3/24"], names=("veth2", "veth3"))
-    a = start(lab, "wg-py", ns_a, 1)
-    b = start(lab, "wireguard-go", ns_b, 2)
-    c = start(lab, "wireguard-go", ns_c, 3)
-    configure(a, peer_section(b, f"192.168.77.2:{b.port}") + peer_section(c, f"192.168.88.3:{c.port}"))
-    configure(b, peer_section(a, f"192.168.77.1:{a.port}"))
-    configure(c, peer_section(a, f"192.168.88.1:{a.port}"))
-    assert lab.wait_ping(a.ns, b.inner4, timeout=15) and lab.wait_ping(a.ns, c.inner4, timeout=15)
-    wgpy_l2(lab, a, 1, b.inner4)
-    kernel_l2(lab, b, 2, a.inner4)
-    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15)
+    lab, a, b, c = two_kernel_sites
+    l2_link(lab, a, b)
     before = wgpy_vxlan(lab, a.ns, "fdb show vx0").stdout
     assert re.search(rf"{MAC.format(2)} dst {re.escape(b.inner4)}\b", before), before
     disallowed_before = wg_stats(lab, a)["drops"].get("disallowed_source", 0)
@@ -267,15 +291,10 @@ def test_kernel_wireguard_dev_gets_a_separate_daemon(netns_factory: Lab) -> None
     wgpy_vxlan(lab, ns, "del vx0")
 
 
-def test_oversized_frames_are_dropped_and_counted_never_fragmented(netns_factory: Lab) -> None:
+def test_oversized_frames_are_dropped_and_counted_never_fragmented(kernel_l2_pair: tuple[Lab, Node, Node]) -> None:
     """The TAP's MTU raised past what the tunnel carries: a frame whose inner packet would exceed
     WGIFACE's MTU is dropped and counted (``tx_oversized``); frames that fit still go."""
-    lab = netns_factory
-    a, b = wg_pair(lab, "wg-py", "wireguard-go", env_a=env(lab))
-    assert lab.wait_ping(a.ns, b.inner4, timeout=15)
-    wgpy_l2(lab, a, 1, b.inner4)
-    kernel_l2(lab, b, 2, a.inner4)
-    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15)
+    lab, a, b = kernel_l2_pair
     lab.run(a.ns, ["ip", "link", "set", "vx0", "mtu", "1450"])
     assert wait_for(lambda: show(lab, a.ns)["mtu"] == 1450, 5.0)  # the daemon's link check
     big = lab.run(a.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1400", L2_ADDR.format(2)],
@@ -285,3 +304,4 @@ def test_oversized_frames_are_dropped_and_counted_never_fragmented(netns_factory
     small = lab.run(a.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", "1300",
                            L2_ADDR.format(2)], check=False)
     assert small.returncode == 0, small.stdout
+
