@@ -305,3 +305,39 @@ def test_oversized_frames_are_dropped_and_counted_never_fragmented(kernel_l2_pai
                            L2_ADDR.format(2)], check=False)
     assert small.returncode == 0, small.stdout
 
+
+def link_mtu(lab: Lab, ns: str, dev: str) -> int:
+    data: list[dict[str, Any]] = json.loads(lab.run(ns, ["ip", "-j", "link", "show", "dev", dev]).stdout)
+    return int(data[0]["mtu"])
+
+
+def test_the_tap_follows_the_wireguard_interface_mtu(kernel_l2_pair: tuple[Lab, Node, Node]) -> None:
+    """``ip link set WGIFACE mtu X``: each endpoint's TAP becomes X - 50 (IPv4 underlay) or X - 70
+    (IPv6), as at creation, within the daemon's housekeeping; frames of the new size still cross
+    (DF set, to the kernel's vxlan); a TAP MTU set by hand is taken, and the next change of
+    WGIFACE's MTU sets the TAP's from it again."""
+    lab, a, b = kernel_l2_pair
+    wgpy_vxlan(lab, a.ns, f"add vx6 id {VNI + 1} dstport 4790 remote {b.inner6} dev {a.iface}")
+    assert (show(lab, a.ns)["mtu"], show(lab, a.ns, "vx6")["mtu"]) == (1370, 1350)
+
+    def follows(wg_mtu: int) -> bool:
+        return (show(lab, a.ns)["mtu"], show(lab, a.ns, "vx6")["mtu"]) == (wg_mtu - 50, wg_mtu - 70)
+
+    lab.run(a.ns, ["ip", "link", "set", a.iface, "mtu", "1300"])
+    assert wait_for(lambda: follows(1300), 10.0), (show(lab, a.ns)["mtu"], show(lab, a.ns, "vx6")["mtu"])
+    assert (link_mtu(lab, a.ns, "vx0"), link_mtu(lab, a.ns, "vx6")) == (1250, 1230)
+    fits = lab.run(a.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", "1222", L2_ADDR.format(2)],
+                   check=False)  # a 1250-byte IP packet: vx0's new MTU, 1300 inside the tunnel
+    assert fits.returncode == 0, fits.stdout + fits.stderr
+    too_big = lab.run(a.ns, ["ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1223", L2_ADDR.format(2)],
+                      check=False)
+    assert too_big.returncode != 0  # refused by a's own stack now (vx0's MTU), not sent
+    assert show(lab, a.ns)["drops"].get("tx_oversized", 0) == 0
+
+    lab.run(a.ns, ["ip", "link", "set", a.iface, "mtu", "1420"])  # and back up
+    assert wait_for(lambda: follows(1420), 10.0)
+    lab.run(a.ns, ["ip", "link", "set", "vx0", "mtu", "1000"])  # by hand: the endpoint takes it
+    assert wait_for(lambda: show(lab, a.ns)["mtu"] == 1000, 5.0)
+    lab.run(a.ns, ["ip", "link", "set", a.iface, "mtu", "1400"])  # WGIFACE's next change wins
+    assert wait_for(lambda: follows(1400), 10.0)
+    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=5)
