@@ -341,3 +341,25 @@ def test_the_tap_follows_the_wireguard_interface_mtu(kernel_l2_pair: tuple[Lab, 
     lab.run(a.ns, ["ip", "link", "set", a.iface, "mtu", "1400"])  # WGIFACE's next change wins
     assert wait_for(lambda: follows(1400), 10.0)
     assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=5)
+
+
+def test_python_m_tunnel_runs_the_daemon_with_the_overlay(netns_factory: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m tunnel IFACE`` (quick.daemon_command's fallback without the wg-py script) runs
+    the daemon with the overlay's handlers; ``python -m tunnel.wireguard.daemon IFACE`` cannot
+    import them (the layers) and refuses ``ext=``, which ``wg-py vxlan add`` reports clearly."""
+    lab = netns_factory
+    ns = lab.namespace("a")
+    nodes = {}
+    for index, module in ((1, "tunnel"), (3, "tunnel.wireguard.daemon")):
+        monkeypatch.setenv("WG_PY_IMPLEMENTATION", f"{sys.executable} -m {module}")
+        nodes[module] = node = start(lab, "wg-py", ns, index)
+        configure(node, "")
+    monkeypatch.delenv("WG_PY_IMPLEMENTATION")
+    with_overlay, without = nodes["tunnel"], nodes["tunnel.wireguard.daemon"]
+    wgpy_vxlan(lab, ns, f"add vx0 id {VNI} dstport 4789 remote 10.9.0.2 dev {with_overlay.iface}")
+    info = show(lab, ns)
+    assert info["sender"] == f"in-process ({with_overlay.iface})" and info["mtu"] == 1370, info
+    refused = wgpy_vxlan(lab, ns, f"add vx1 id {VNI} dstport 4789 remote 10.9.0.4 dev {without.iface}", check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "python -m tunnel.wireguard.daemon has no overlay" in refused.stderr, refused.stderr
+    assert not lab.link_exists(ns, "vx1")
