@@ -19,7 +19,9 @@ still living in them), their ``/etc/netns`` directories and the lab's temporary 
 first :class:`Lab` of a process sweeps once; ``make clean-netns`` (``python -m
 tunnel.lab.netns sweep``) does it by hand. A name with a live pid (even one the kernel reused),
 another prefix (``vx1234...``, ``wgb...``), or the older ambiguous form without the ``x``
-(``wgpy47110a``: pid 4711 or 47110?) is never touched.
+(``wgpy47110a``: pid 4711 or 47110?) is never touched. Pids are looked up in this process's
+pid namespace: labs run from another pid namespace that shares ``/var/run/netns`` (a container
+with the host's netns directory) would look dead, so do not share one between them.
 """
 
 from __future__ import annotations
