@@ -12,11 +12,11 @@ the journal is ``tunnel.io._journal``'s, shared with the WireGuard pumps (cimpor
 ``add``/``open`` are C calls).
 """
 
-from tunnel.io._journal cimport Journal as _Journal, check_headroom as _check_headroom, monotonic as _monotonic
+from tunnel.io._journal cimport Journal, check_headroom as _check_headroom, monotonic as _monotonic
 
 from array import array
 
-from tunnel.io._journal import JOURNAL_LIMIT, RECEIVED, SENT, Journal
+from tunnel.io._journal import JOURNAL_LIMIT, RECEIVED, SENT
 from tunnel.vxlan.fdb import ZERO_MAC
 from tunnel.vxlan.pump_ref import (
     Snapshot,
@@ -28,6 +28,7 @@ from tunnel.vxlan.pump_ref import (
 __all__ = ["JOURNAL_LIMIT", "RECEIVED", "SENT", "Inbound", "Journal", "Outbound", "Snapshot",
            "apply_record", "compile_snapshot", "fdb_version"]
 
+globals()["Journal"] = Journal  # the cimported type is this module's Journal too (shells: pump.Journal)
 cdef object _SENT = SENT
 cdef object _RECEIVED = RECEIVED
 cdef bytes _ZERO = ZERO_MAC
@@ -43,7 +44,7 @@ cdef class Outbound:
     cdef public object tap
     cdef public object batch
     cdef public object fast
-    cdef public _Journal journal
+    cdef public Journal journal
     cdef public object after
     cdef Py_ssize_t _headroom
     cdef public object snapshot
@@ -59,7 +60,7 @@ cdef class Outbound:
     cdef public list macs
     cdef public list remotes
 
-    def __init__(self, tap, batch, fast, _Journal journal not None, after, Py_ssize_t headroom):
+    def __init__(self, tap, batch, fast, Journal journal not None, after, Py_ssize_t headroom):
         self._headroom = _check_headroom(headroom)
         self.tap = tap
         self.batch = batch
@@ -222,7 +223,7 @@ cdef class Inbound:
         journal if both are settled, else ``after(count, error)``."""
         cdef Py_ssize_t count = 0
         cdef Outbound outbound = self.outbound
-        cdef _Journal journal = outbound.journal
+        cdef Journal journal = outbound.journal
         error = None
         self.now = _monotonic()
         self.answered = False

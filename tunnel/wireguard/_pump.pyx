@@ -9,12 +9,13 @@ release it around their system calls and crypto. The lanes' journal is ``tunnel.
 shared with the VXLAN pumps (cimported: its ``add``/``open`` are C calls).
 """
 
-from tunnel.io._journal cimport Journal as _Journal, check_headroom as _check_headroom, monotonic as _monotonic
+from tunnel.io._journal cimport Journal, check_headroom as _check_headroom, monotonic as _monotonic
 
-from tunnel.io._journal import JOURNAL_LIMIT, RECEIVED, SENT, Journal
+from tunnel.io._journal import JOURNAL_LIMIT, RECEIVED, SENT
 
 __all__ = ["Journal", "Outbound", "Inbound", "SENT", "RECEIVED", "JOURNAL_LIMIT"]
 
+globals()["Journal"] = Journal  # the cimported type is this module's Journal too (shells: pump.Journal)
 cdef object _SENT = SENT
 cdef object _RECEIVED = RECEIVED
 
@@ -26,7 +27,7 @@ cdef class Outbound:
     cdef public object tun
     cdef public object udp4
     cdef public object udp6
-    cdef public _Journal journal
+    cdef public Journal journal
     cdef public object after
     cdef Py_ssize_t _headroom
     cdef public list tun_bufs
@@ -38,7 +39,7 @@ cdef class Outbound:
     cdef public object lane
     cdef public Py_ssize_t sealed
 
-    def __init__(self, device, tun, udp4, udp6, _Journal journal not None, after, Py_ssize_t headroom):
+    def __init__(self, device, tun, udp4, udp6, Journal journal not None, after, Py_ssize_t headroom):
         self.device = device
         self.tun = tun
         self.udp4 = udp4
