@@ -16,7 +16,7 @@ DEB_PACKAGES := wireguard-go wireguard-tools iperf3 iputils-ping ncat iptables i
 	libssl-dev libsodium-dev python3-venv python3-dev gcc containernetworking-plugins \
 	prometheus tmux systemd etcd-server etcd-client
 
-.PHONY: all deps venv build lint test fuzz demo bench soak clean distclean
+.PHONY: all deps venv build lint test fuzz demo bench soak clean clean-netns distclean
 
 all: build
 
@@ -95,6 +95,11 @@ clean:
 	find crypto tunnel -name '*.so' -delete
 	for pyx in $$(find crypto tunnel -name '*.pyx'); do rm -f "$${pyx%.pyx}.c"; done
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+# Namespaces (and their daemons, /etc/netns dirs, temp dirs) that test labs of killed runs left:
+# only the default prefix wgpy<pid>x... of a pid that no longer exists (tunnel/lab/netns.py).
+clean-netns: venv
+	$(PY) -m tunnel.lab.netns sweep
 
 distclean: clean
 	rm -rf $(VENV)

@@ -104,6 +104,57 @@ def kernel_l2(lab: Lab, node: Node, index: int, remote: str) -> None:
     l2_up(lab, node, index)
 
 
+def l2_link(lab: Lab, a: Node, b: Node, family: int = 4) -> None:
+    """vx0 on both: wg-py's endpoint inside a's daemon, and on b wg-py's too if b runs wg-py, else
+    the kernel's vxlan over b's WireGuard; each with the other's tunnel address of ``family`` as
+    its remote. Returns once a has an L2 ping answer from b."""
+    a_addr, b_addr = (a.inner4, b.inner4) if family == 4 else (a.inner6, b.inner6)
+    wgpy_l2(lab, a, 1, b_addr)
+    if b.impl == "wg-py":
+        wgpy_l2(lab, b, 2, a_addr)
+    else:
+        kernel_l2(lab, b, 2, a_addr)
+    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15), "no L2 reply a -> b"
+
+
+def hub_and_kernel_sites(lab: Lab, sites: int) -> tuple[Node, list[Node]]:
+    """a (wg-py) joined by its own veth to each of ``sites`` wireguard-go nodes (b, c, ...), every
+    one configured as a's peer; returns once a pings each site through the tunnel."""
+    ns_a = lab.namespace("a")
+    a = start(lab, "wg-py", ns_a, 1)
+    others = []
+    for k in range(sites):
+        index, net = k + 2, 77 + 11 * k  # 192.168.77.0/24 for b, 192.168.88.0/24 for c, ...
+        ns = lab.namespace("bcdefgh"[k])
+        lab.veth(ns_a, ns, [f"192.168.{net}.1/24"], [f"192.168.{net}.{index}/24"],
+                 names=(f"veth{2 * k}", f"veth{2 * k + 1}"))
+        others.append((start(lab, "wireguard-go", ns, index), net))
+    configure(a, "".join(peer_section(node, f"192.168.{net}.{node.index}:{node.port}") for node, net in others))
+    for node, net in others:
+        configure(node, peer_section(a, f"192.168.{net}.1:{a.port}"))
+    for node, _ in others:
+        assert lab.wait_ping(a.ns, node.inner4, timeout=15), f"no tunnel to {node.ns}"
+    return a, [node for node, _ in others]
+
+
+@pytest.fixture
+def two_kernel_sites(netns_factory: Lab) -> tuple[Lab, Node, Node, Node]:
+    """(lab, a, b, c): :func:`hub_and_kernel_sites` with two sites, no L2 yet."""
+    a, (b, c) = hub_and_kernel_sites(netns_factory, 2)
+    return netns_factory, a, b, c
+
+
+@pytest.fixture
+def kernel_l2_pair(netns_factory: Lab) -> tuple[Lab, Node, Node]:
+    """(lab, a, b): a wg-py with its endpoint inside, b the kernel's vxlan over wireguard-go, over
+    IPv4 tunnel addresses; L2 ping a -> b works."""
+    lab = netns_factory
+    a, b = wg_pair(lab, "wg-py", "wireguard-go", env_a=env(lab))
+    assert lab.wait_ping(a.ns, b.inner4, timeout=15)
+    l2_link(lab, a, b)
+    return lab, a, b
+
+
 def kernel_fdb(lab: Lab, ns: str) -> list[str]:
     return lab.run(ns, ["bridge", "fdb", "show", "dev", "vx0"]).stdout.splitlines()
 
@@ -133,16 +184,11 @@ def test_one_process_l2_ping_iperf3_learning(netns_factory: Lab, peer: str, fami
         a, b = wg_pair(lab, "wg-py", peer, env_a=env(lab))
     assert lab.wait_ping(a.ns, b.inner4, timeout=15)
     a_addr, b_addr = (a.inner4, b.inner4) if family == 4 else (a.inner6, b.inner6)
-    wgpy_l2(lab, a, 1, b_addr)
-    if peer == "wg-py":
-        wgpy_l2(lab, b, 2, a_addr)
-    else:
-        kernel_l2(lab, b, 2, a_addr)
+    l2_link(lab, a, b, family)
     info = show(lab, a.ns)
     assert info["mtu"] == (1370 if family == 4 else 1350), info
     assert info["sender"] == f"in-process ({a.iface})", info
     assert info["config"]["local"] == a_addr
-    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15), "no L2 reply a -> b"
     assert lab.ping(b.ns, L2_ADDR.format(1), 3) is not None, "no L2 reply b -> a"
     report = tcp_both_ways(lab, b, a, L2_ADDR.format(2))
     print(f"\n[wg-py L2 a, {peer} b] " + "; ".join(report), file=sys.stderr)
@@ -161,20 +207,10 @@ def test_one_process_l2_ping_iperf3_learning(netns_factory: Lab, peer: str, fami
     assert lab.wait_ping(a.ns, b.inner4, timeout=5)  # the tunnel itself goes on
 
 
-def test_replication_to_two_kernel_sites(netns_factory: Lab) -> None:
+def test_replication_to_two_kernel_sites(two_kernel_sites: tuple[Lab, Node, Node, Node]) -> None:
     """a (wg-py L2, no remote) replicates to b and c (kernel vxlan over wireguard-go) through the
     all-zero FDB entries; ARP broadcasts reach both, unicast follows the learned entries."""
-    lab = netns_factory
-    ns_a, ns_b, ns_c = lab.namespace("a"), lab.namespace("b"), lab.namespace("c")
-    lab.veth(ns_a, ns_b, ["192.168.77.1/24"], ["192.168.77.2/24"])
-    lab.veth(ns_a, ns_c, ["192.168.88.1/24"], ["192.168.88.3/24"], names=("veth2", "veth3"))
-    a = start(lab, "wg-py", ns_a, 1)
-    b = start(lab, "wireguard-go", ns_b, 2)
-    c = start(lab, "wireguard-go", ns_c, 3)
-    configure(a, peer_section(b, f"192.168.77.2:{b.port}") + peer_section(c, f"192.168.88.3:{c.port}"))
-    configure(b, peer_section(a, f"192.168.77.1:{a.port}"))
-    configure(c, peer_section(a, f"192.168.88.1:{a.port}"))
-    assert lab.wait_ping(a.ns, b.inner4, timeout=15) and lab.wait_ping(a.ns, c.inner4, timeout=15)
+    lab, a, b, c = two_kernel_sites
     wgpy_l2(lab, a, 1, None)
     for node in (b, c):
         wgpy_vxlan(lab, a.ns, f"fdb append 00:00:00:00:00:00 vx0 dst {node.inner4}")
@@ -203,24 +239,12 @@ for _ in range(20):
 """
 
 
-def test_forged_vtep_is_dropped(netns_factory: Lab) -> None:
+def test_forged_vtep_is_dropped(two_kernel_sites: tuple[Lab, Node, Node, Node]) -> None:
     """c (a peer of a) sends VXLAN through its own tunnel with b's tunnel address as inner source
     and b's MAC: cryptokey routing drops it (b's address is not in c's allowed IPs), and a's
     FDB still points b's MAC at b."""
-    lab = netns_factory
-    ns_a, ns_b, ns_c = lab.namespace("a"), lab.namespace("b"), lab.namespace("c")
-    lab.veth(ns_a, ns_b, ["192.168.77.1/24"], ["192.168.77.2/24"])
-    lab.veth(ns_a, ns_c, ["192.168.88.1/24"], ["192.168.88.3/24"], names=("veth2", "veth3"))
-    a = start(lab, "wg-py", ns_a, 1)
-    b = start(lab, "wireguard-go", ns_b, 2)
-    c = start(lab, "wireguard-go", ns_c, 3)
-    configure(a, peer_section(b, f"192.168.77.2:{b.port}") + peer_section(c, f"192.168.88.3:{c.port}"))
-    configure(b, peer_section(a, f"192.168.77.1:{a.port}"))
-    configure(c, peer_section(a, f"192.168.88.1:{a.port}"))
-    assert lab.wait_ping(a.ns, b.inner4, timeout=15) and lab.wait_ping(a.ns, c.inner4, timeout=15)
-    wgpy_l2(lab, a, 1, b.inner4)
-    kernel_l2(lab, b, 2, a.inner4)
-    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15)
+    lab, a, b, c = two_kernel_sites
+    l2_link(lab, a, b)
     before = wgpy_vxlan(lab, a.ns, "fdb show vx0").stdout
     assert re.search(rf"{MAC.format(2)} dst {re.escape(b.inner4)}\b", before), before
     disallowed_before = wg_stats(lab, a)["drops"].get("disallowed_source", 0)
@@ -267,15 +291,10 @@ def test_kernel_wireguard_dev_gets_a_separate_daemon(netns_factory: Lab) -> None
     wgpy_vxlan(lab, ns, "del vx0")
 
 
-def test_oversized_frames_are_dropped_and_counted_never_fragmented(netns_factory: Lab) -> None:
+def test_oversized_frames_are_dropped_and_counted_never_fragmented(kernel_l2_pair: tuple[Lab, Node, Node]) -> None:
     """The TAP's MTU raised past what the tunnel carries: a frame whose inner packet would exceed
     WGIFACE's MTU is dropped and counted (``tx_oversized``); frames that fit still go."""
-    lab = netns_factory
-    a, b = wg_pair(lab, "wg-py", "wireguard-go", env_a=env(lab))
-    assert lab.wait_ping(a.ns, b.inner4, timeout=15)
-    wgpy_l2(lab, a, 1, b.inner4)
-    kernel_l2(lab, b, 2, a.inner4)
-    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=15)
+    lab, a, b = kernel_l2_pair
     lab.run(a.ns, ["ip", "link", "set", "vx0", "mtu", "1450"])
     assert wait_for(lambda: show(lab, a.ns)["mtu"] == 1450, 5.0)  # the daemon's link check
     big = lab.run(a.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1400", L2_ADDR.format(2)],
@@ -285,3 +304,62 @@ def test_oversized_frames_are_dropped_and_counted_never_fragmented(netns_factory
     small = lab.run(a.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", "1300",
                            L2_ADDR.format(2)], check=False)
     assert small.returncode == 0, small.stdout
+
+
+def link_mtu(lab: Lab, ns: str, dev: str) -> int:
+    data: list[dict[str, Any]] = json.loads(lab.run(ns, ["ip", "-j", "link", "show", "dev", dev]).stdout)
+    return int(data[0]["mtu"])
+
+
+def test_the_tap_follows_the_wireguard_interface_mtu(kernel_l2_pair: tuple[Lab, Node, Node]) -> None:
+    """``ip link set WGIFACE mtu X``: each endpoint's TAP becomes X - 50 (IPv4 underlay) or X - 70
+    (IPv6), as at creation, within the daemon's housekeeping; frames of the new size still cross
+    (DF set, to the kernel's vxlan); a TAP MTU set by hand is taken, and the next change of
+    WGIFACE's MTU sets the TAP's from it again."""
+    lab, a, b = kernel_l2_pair
+    wgpy_vxlan(lab, a.ns, f"add vx6 id {VNI + 1} dstport 4790 remote {b.inner6} dev {a.iface}")
+    assert (show(lab, a.ns)["mtu"], show(lab, a.ns, "vx6")["mtu"]) == (1370, 1350)
+
+    def follows(wg_mtu: int) -> bool:
+        return (show(lab, a.ns)["mtu"], show(lab, a.ns, "vx6")["mtu"]) == (wg_mtu - 50, wg_mtu - 70)
+
+    lab.run(a.ns, ["ip", "link", "set", a.iface, "mtu", "1300"])
+    assert wait_for(lambda: follows(1300), 10.0), (show(lab, a.ns)["mtu"], show(lab, a.ns, "vx6")["mtu"])
+    assert (link_mtu(lab, a.ns, "vx0"), link_mtu(lab, a.ns, "vx6")) == (1250, 1230)
+    fits = lab.run(a.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", "1222", L2_ADDR.format(2)],
+                   check=False)  # a 1250-byte IP packet: vx0's new MTU, 1300 inside the tunnel
+    assert fits.returncode == 0, fits.stdout + fits.stderr
+    too_big = lab.run(a.ns, ["ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1223", L2_ADDR.format(2)],
+                      check=False)
+    assert too_big.returncode != 0  # refused by a's own stack now (vx0's MTU), not sent
+    assert show(lab, a.ns)["drops"].get("tx_oversized", 0) == 0
+
+    lab.run(a.ns, ["ip", "link", "set", a.iface, "mtu", "1420"])  # and back up
+    assert wait_for(lambda: follows(1420), 10.0)
+    lab.run(a.ns, ["ip", "link", "set", "vx0", "mtu", "1000"])  # by hand: the endpoint takes it
+    assert wait_for(lambda: show(lab, a.ns)["mtu"] == 1000, 5.0)
+    lab.run(a.ns, ["ip", "link", "set", a.iface, "mtu", "1400"])  # WGIFACE's next change wins
+    assert wait_for(lambda: follows(1400), 10.0)
+    assert lab.wait_ping(a.ns, L2_ADDR.format(2), timeout=5)
+
+
+def test_python_m_tunnel_runs_the_daemon_with_the_overlay(netns_factory: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m tunnel IFACE`` (quick.daemon_command's fallback without the wg-py script) runs
+    the daemon with the overlay's handlers; ``python -m tunnel.wireguard.daemon IFACE`` cannot
+    import them (the layers) and refuses ``ext=``, which ``wg-py vxlan add`` reports clearly."""
+    lab = netns_factory
+    ns = lab.namespace("a")
+    nodes = {}
+    for index, module in ((1, "tunnel"), (3, "tunnel.wireguard.daemon")):
+        monkeypatch.setenv("WG_PY_IMPLEMENTATION", f"{sys.executable} -m {module}")
+        nodes[module] = node = start(lab, "wg-py", ns, index)
+        configure(node, "")
+    monkeypatch.delenv("WG_PY_IMPLEMENTATION")
+    with_overlay, without = nodes["tunnel"], nodes["tunnel.wireguard.daemon"]
+    wgpy_vxlan(lab, ns, f"add vx0 id {VNI} dstport 4789 remote 10.9.0.2 dev {with_overlay.iface}")
+    info = show(lab, ns)
+    assert info["sender"] == f"in-process ({with_overlay.iface})" and info["mtu"] == 1370, info
+    refused = wgpy_vxlan(lab, ns, f"add vx1 id {VNI} dstport 4789 remote 10.9.0.4 dev {without.iface}", check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "python -m tunnel.wireguard.daemon has no overlay" in refused.stderr, refused.stderr
+    assert not lab.link_exists(ns, "vx1")

@@ -240,13 +240,10 @@ def _read(path: str) -> str:
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime+stime of ``pids`` (all threads), in seconds; vanished processes count 0."""
+    """utime+stime of ``pids`` (all threads), in seconds; vanished processes count 0 (used by
+    ``bench/vxlan_pump.py``; :func:`measure_tcp` reads :func:`process_cpu` per process)."""
     tck = os.sysconf("SC_CLK_TCK")
     return sum(proc_cpu_ticks(t) for p in pids if (t := _read(f"/proc/{p}/stat"))) / tck
-
-
-def machine_cpu_seconds() -> float:
-    return system_busy_ticks(_read("/proc/stat")) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pids: Sequence[int], field_name: str = "VmRSS") -> float:

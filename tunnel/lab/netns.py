@@ -1,8 +1,9 @@
 """Network namespaces for the demo and the tests: create, wire, run inside, always tear down.
 
 A :class:`Lab` owns everything it makes: namespaces (``<prefix><n>``, prefix unique per process,
-e.g. ``wgpy4711a``), veth pairs, background processes, WireGuard interface names (unique per
-process too, since ``/var/run/wireguard/`` is shared by every namespace) and temporary files.
+e.g. ``wgpy4711x0a``: ``wgpy``, the pid, ``x``, a per-process counter), veth pairs, background
+processes, WireGuard interface names (unique per process too, since ``/var/run/wireguard/`` is
+shared by every namespace) and temporary files.
 :meth:`Lab.close` (also run by ``with Lab() as lab:``) undoes all of it even after a failure:
 it stops our background processes, then every process still living in one of our namespaces
 (daemonized tunnel daemons; found with ``ip netns pids``, so only processes we started), deletes
@@ -10,6 +11,17 @@ the namespaces and removes stray UAPI sockets of the interface names it handed o
 
 Every wait is bounded: commands take a ``timeout`` and :func:`wait_for` gives up after its own.
 Needs root and iproute2; :func:`missing_requirements` says what is absent (the tests skip on it).
+
+Stale labs: a run killed with SIGKILL cannot close its lab, and its namespaces (and the daemons
+in them) stay. :func:`sweep_stale` removes what a lab of the default prefix left behind when the
+process named in it no longer exists: the namespaces ``wgpy<pid>x...`` (first the processes
+still living in them), their ``/etc/netns`` directories and the lab's temporary directory. The
+first :class:`Lab` of a process sweeps once; ``make clean-netns`` (``python -m
+tunnel.lab.netns sweep``) does it by hand. A name with a live pid (even one the kernel reused),
+another prefix (``vx1234...``, ``wgb...``), or the older ambiguous form without the ``x``
+(``wgpy47110a``: pid 4711 or 47110?) is never touched. Pids are looked up in this process's
+pid namespace: labs run from another pid namespace that shares ``/var/run/netns`` (a container
+with the host's netns directory) would look dead, so do not share one between them.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +43,10 @@ from pathlib import Path
 from typing import Any
 
 UAPI_DIR = Path("/var/run/wireguard")
+ETC_NETNS = Path("/etc/netns")
 _NAMES = itertools.count()
+_DEFAULT_PREFIX = re.compile(r"^wgpy(\d+)x\d")  # wgpy<pid>x<n>...: the pid ends at the x
+_swept = False  # the first Lab of this process sweeps stale labs once
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
@@ -75,6 +91,77 @@ def _gone(path: Path) -> Callable[[], bool]:
     return lambda: not path.exists()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (any owner)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_names(names: Sequence[str], alive: Callable[[int], bool] = pid_alive) -> list[str]:
+    """Those of ``names`` that a default-prefix lab of a process that no longer exists made
+    (``wgpy<pid>x...`` with ``alive(pid)`` False), in order; every other name is kept."""
+    stale = []
+    for name in names:
+        match = _DEFAULT_PREFIX.match(name)
+        if match is not None and not alive(int(match.group(1))):
+            stale.append(name)
+    return stale
+
+
+def list_namespaces() -> list[str]:
+    """The names ``ip netns list`` shows (the first word of each line)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10,
+                         check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.split()]
+
+
+def namespace_pids(ns: str) -> list[int]:
+    """The processes living in namespace ``ns`` (``ip netns pids``), this one excluded."""
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10,
+                         check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()]
+
+
+def kill_namespace_pids(ns: str) -> None:
+    """SIGTERM, then SIGKILL, every process living in ``ns``; bounded (3 s a signal)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in namespace_pids(ns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        if wait_for(lambda: not namespace_pids(ns), 3.0):
+            return
+
+
+def sweep_stale(alive: Callable[[int], bool] = pid_alive) -> list[str]:
+    """Remove what default-prefix labs of dead processes left (see the module docstring): their
+    namespaces (the processes in them first), ``/etc/netns`` directories and temporary
+    directories. Returns the namespaces removed; never raises for what is already gone."""
+    removed = []
+    for ns in stale_names(list_namespaces(), alive):
+        with contextlib.suppress(Exception):
+            kill_namespace_pids(ns)
+        done = subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+        if done.returncode == 0:
+            removed.append(ns)
+    with contextlib.suppress(OSError):
+        for name in stale_names(sorted(os.listdir(ETC_NETNS)), alive):
+            shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
+    tmp = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for name in stale_names(sorted(os.listdir(tmp)), alive):
+            path = tmp / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 class CommandError(RuntimeError):
     """A command inside a namespace failed; the message carries its output."""
 
@@ -115,7 +202,12 @@ class Lab:
     """A set of namespaces with one unique name prefix; see the module docstring."""
 
     def __init__(self, prefix: str | None = None) -> None:
-        self.prefix = prefix or f"wgpy{os.getpid()}{next(_NAMES)}"
+        global _swept
+        if not _swept:
+            _swept = True
+            with contextlib.suppress(Exception):  # best effort: a lab works without it
+                sweep_stale()
+        self.prefix = prefix or f"wgpy{os.getpid()}x{next(_NAMES)}"
         self.namespaces: list[str] = []
         self.processes: list[Process] = []
         self.interfaces: list[str] = []
@@ -142,7 +234,7 @@ class Lab:
                 proc.stop()
         for ns in reversed(self.namespaces):
             with contextlib.suppress(Exception):
-                self._kill_namespace_pids(ns)
+                kill_namespace_pids(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
         for name in self.interfaces:
             sock = UAPI_DIR / f"{name}.sock"
@@ -153,20 +245,6 @@ class Lab:
         for directory in self.etc_dirs:
             shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-    def _kill_namespace_pids(self, ns: str) -> None:
-        def pids() -> list[int]:
-            out = subprocess.run(
-                ["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10, check=False
-            ).stdout
-            return [int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()]
-
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            if wait_for(lambda: not pids(), 3.0):
-                return
 
     # -- names -------------------------------------------------------------------------------
 
@@ -187,7 +265,7 @@ class Lab:
     def etc_file(self, ns: str, name: str, text: str) -> None:
         """Write ``/etc/netns/NS/NAME``, which ``ip netns exec NS`` shows as ``/etc/NAME``
         (e.g. ``hosts``); :meth:`close` removes ``/etc/netns/NS``."""
-        directory = Path("/etc/netns") / ns
+        directory = ETC_NETNS / ns
         directory.mkdir(parents=True, exist_ok=True)
         self.etc_dirs.append(directory)
         (directory / name).write_text(text)
@@ -393,3 +471,21 @@ def lab(prefix: str | None = None) -> Iterator[Lab]:
         yield instance
     finally:
         instance.close()
+
+
+def main(args: Sequence[str]) -> int:
+    """``python -m tunnel.lab.netns sweep``: :func:`sweep_stale`, naming what it removed."""
+    if list(args) != ["sweep"]:
+        print("usage: python -m tunnel.lab.netns sweep", file=sys.stderr)
+        return 2
+    reason = missing_requirements()
+    if reason is not None:
+        print(f"cannot sweep: {reason}", file=sys.stderr)
+        return 1
+    for ns in sweep_stale():
+        print(f"removed stale namespace {ns}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

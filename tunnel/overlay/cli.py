@@ -111,7 +111,11 @@ def add_inside(iface: str, words: list[str]) -> int:
             answer = json.loads(line[5:])
             if answer.get("ok"):
                 return 0
-            print(f"wg-py vxlan add: {answer.get('error', 'failed')}", file=sys.stderr)
+            error = str(answer.get("error", "failed"))
+            if error.startswith("unknown request"):  # a daemon without the overlay's handlers
+                error = (f"{iface}: its daemon runs without the L2 overlay (python -m tunnel.wireguard.daemon"
+                         " has no overlay: start it with wg-py or python -m tunnel)")
+            print(f"wg-py vxlan add: {error}", file=sys.stderr)
             return 1
     print(f"wg-py vxlan add: {iface}: no answer from the daemon", file=sys.stderr)
     return 1

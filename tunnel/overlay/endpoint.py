@@ -66,6 +66,7 @@ SPARES = 2 * BATCH  # buffers for replicated copies per batch
 ETH_HLEN = 14
 AGE_INTERVAL = 10.0
 DEFAULT_TTL = 64
+MIN_MTU = 68  # the smallest IPv4 MTU (RFC 791): a TAP MTU below it is refused
 L2_NAME, L2 = select_l2()
 
 
@@ -145,6 +146,7 @@ class L2Overlay:
         self.tap_index = 0
         self.offloads = "none"
         self.mtu = 0
+        self.wg_mtu = 0  # WGIFACE's MTU the TAP's was last derived from
         self.control: socket.socket | None = None
         self.control_path = socket_path(self.name)
         self._control_ino = 0
@@ -192,9 +194,10 @@ class L2Overlay:
             self.tap_io = self.io.TunBatch(self.tap_fd, vnet_hdr=False, l2=ETH_HLEN, verify=True)
             self.offloads = "none"
         try:
-            mtu = self.interface.device.mtu - overhead(self.ipv6)
-            if mtu < 68:
-                raise OverlayError(f"{self.interface.name}: MTU {self.interface.device.mtu} too small for VXLAN")
+            self.wg_mtu = self.interface.device.mtu
+            mtu = self.wg_mtu - overhead(self.ipv6)
+            if mtu < MIN_MTU:
+                raise OverlayError(f"{self.interface.name}: MTU {self.wg_mtu} too small for VXLAN")
             set_mtu(name, mtu)
             self._set_mtu(get_mtu(name))
             own_mac = get_hwaddr(name)
@@ -254,12 +257,14 @@ class L2Overlay:
             self.tap_fd = -1
 
     def housekeeping(self) -> None:
-        """Once a second: the TAP still there (else close), its MTU, FDB ageing."""
+        """Once a second: the TAP still there (else close), its MTU (following WGIFACE's),
+        FDB ageing."""
         try:
             name = socket.if_indextoname(self.tap_index)
         except OSError:
             self.close("TAP device deleted")
             return
+        self._follow_interface_mtu(name)
         with contextlib.suppress(OSError, ValueError):
             mtu = get_mtu(name)
             if mtu != self.mtu:
@@ -268,6 +273,30 @@ class L2Overlay:
         if now - self._aged >= AGE_INTERVAL and self.engine is not None:
             self._aged = now
             self.engine.age(now)
+
+    def _follow_interface_mtu(self, name: str) -> None:
+        """When WGIFACE's MTU changed since the TAP's was set from it (``ip link set WGIFACE mtu
+        X``: the interface notices that in its own housekeeping, which runs before its
+        attachments', or as soon as a larger packet shows up), set the TAP's to the new MTU
+        minus the overhead (50 bytes over an IPv4 underlay, 70 over IPv6), as at creation. A
+        TAP MTU set by hand in between stays until WGIFACE's changes again. A WGIFACE MTU too
+        small for VXLAN leaves the TAP's as it was (logged; frames too large for the tunnel
+        are dropped and counted as ``tx_oversized``)."""
+        wg_mtu = self.interface.device.mtu
+        if wg_mtu == self.wg_mtu:
+            return
+        self.wg_mtu = wg_mtu
+        mtu = wg_mtu - overhead(self.ipv6)
+        if mtu < MIN_MTU:
+            log.warning("%s: MTU %d of %s is too small for VXLAN; the TAP keeps MTU %d",
+                        self.name, wg_mtu, self.interface.name, self.mtu)
+            return
+        try:
+            set_mtu(name, mtu)
+        except OSError as exc:
+            log.warning("%s: cannot follow %s's MTU %d: %s", self.name, self.interface.name, wg_mtu, exc)
+            return
+        log.info("%s: MTU %d, following %s's %d", self.name, mtu, self.interface.name, wg_mtu)
 
     def _set_mtu(self, mtu: int) -> None:
         """The TAP's MTU: the TAP batch's cut and write size, and the transmit slots."""

@@ -4,25 +4,14 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+from tunnel.io._journal import JOURNAL_LIMIT as JOURNAL_LIMIT
+from tunnel.io._journal import RECEIVED as RECEIVED
+from tunnel.io._journal import SENT as SENT
+from tunnel.io._journal import Journal as Journal
 from tunnel.vxlan.pump_ref import Snapshot as Snapshot
 from tunnel.vxlan.pump_ref import apply_record as apply_record
 from tunnel.vxlan.pump_ref import compile_snapshot as compile_snapshot
 from tunnel.vxlan.pump_ref import fdb_version as fdb_version
-
-SENT: int
-RECEIVED: int
-JOURNAL_LIMIT: int
-
-class Journal:
-    loop: Any
-    delay: float
-    flush: Callable[[], None]
-    records: list[tuple[Any, ...]]
-    armed: bool
-    def __init__(self, delay: float, flush: Callable[[], None]) -> None: ...
-    def add(self, record: tuple[Any, ...]) -> None: ...
-    def take(self) -> list[tuple[Any, ...]]: ...
-    def open(self) -> bool: ...
 
 class Outbound:
     tap: Any

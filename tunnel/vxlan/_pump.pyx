@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""One VXLAN wake-up's work in one native call: TAP -> UDP and UDP -> TAP, and the journal.
+"""One VXLAN wake-up's work in one native call: TAP -> UDP and UDP -> TAP.
 
 The Cython twin of ``tunnel/vxlan/pump_ref.py``: same API and behaviour; read that module's
 docstring for the contract and the reason. Each step is a call into another native object (the
@@ -7,18 +7,18 @@ TAP and UDP batch I/O, ``tunnel.vxlan._fast``'s per-frame loops and send batches
 saves is the Python frames between them, which cost most on a cold wake-up. The GIL is held
 here; the callees release it around their system calls and their per-frame work (segmentation,
 coalescing, checksums, sendmmsg). The snapshot, the record application and the journal's
-record shapes are shared with the reference (imported from it: they are not per-frame code).
+record shapes are shared with the reference (imported from it: they are not per-frame code);
+the journal is ``tunnel.io._journal``'s, shared with the WireGuard pumps (cimported: its
+``add``/``open`` are C calls).
 """
 
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from tunnel.io._journal cimport Journal, check_headroom as _check_headroom, monotonic as _monotonic
 
 from array import array
 
+from tunnel.io._journal import JOURNAL_LIMIT, RECEIVED, SENT
 from tunnel.vxlan.fdb import ZERO_MAC
 from tunnel.vxlan.pump_ref import (
-    JOURNAL_LIMIT,
-    RECEIVED,
-    SENT,
     Snapshot,
     apply_record,
     compile_snapshot,
@@ -28,7 +28,7 @@ from tunnel.vxlan.pump_ref import (
 __all__ = ["JOURNAL_LIMIT", "RECEIVED", "SENT", "Inbound", "Journal", "Outbound", "Snapshot",
            "apply_record", "compile_snapshot", "fdb_version"]
 
-cdef Py_ssize_t _LIMIT = JOURNAL_LIMIT
+globals()["Journal"] = Journal  # the cimported type is this module's Journal too (shells: pump.Journal)
 cdef object _SENT = SENT
 cdef object _RECEIVED = RECEIVED
 cdef bytes _ZERO = ZERO_MAC
@@ -36,56 +36,6 @@ cdef object _MISSING = object()
 cdef int _TX_ARP = 2
 cdef Py_ssize_t _VXLAN_HLEN = 8
 cdef Py_ssize_t _ETH_HLEN = 14
-
-
-cdef inline Py_ssize_t _check_headroom(Py_ssize_t value) except -1:
-    if value < 0:
-        raise ValueError("headroom must be >= 0")
-    return value
-
-
-cdef inline double _monotonic() noexcept nogil:
-    # The clock of Python's time.monotonic(), which the rest of the shell reads.
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef class Journal:
-    """Records of settled batches; see tunnel/vxlan/pump_ref.py."""
-
-    cdef public object loop
-    cdef public double delay
-    cdef public object flush
-    cdef public list records
-    cdef public bint armed
-
-    def __init__(self, double delay, flush):
-        self.loop = None
-        self.delay = delay
-        self.flush = flush
-        self.records = []
-        self.armed = False
-
-    cpdef add(self, tuple record):
-        self.records.append(record)
-        if not self.armed:
-            self.armed = True
-            self.loop.call_later(self.delay, self._due)
-
-    def _due(self):
-        self.armed = False
-        self.flush()
-
-    def take(self):
-        """The records so far, oldest first (the journal is empty after)."""
-        cdef list records = self.records
-        self.records = []
-        return records
-
-    cpdef bint open(self):
-        """Whether a settled batch may be journaled now."""
-        return self.loop is not None and len(self.records) < _LIMIT
 
 
 cdef class Outbound:

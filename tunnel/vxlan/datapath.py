@@ -26,6 +26,8 @@ from array import array
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from tunnel.io.journal_ref import JOURNAL_DELAY  # seconds a settled batch's record may wait (both pumps')
+
 from .header import VXLAN_HLEN
 from .pump import select as select_pump
 
@@ -35,7 +37,6 @@ BATCH = 256  # frames per batch: Python's cost is paid per batch, so batches are
 HEADROOM = 8
 BUFSIZE = 65536  # the largest UDP payload (and plain-TAP frame) there is
 RX_SLOT = 9216 + 64  # a receive slot until a datagram fills one: jumbo frames and VXLAN overhead
-JOURNAL_DELAY = 0.002  # seconds a settled batch's record may wait (as the WireGuard pumps')
 
 
 class DataPath:

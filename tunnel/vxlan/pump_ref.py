@@ -53,39 +53,22 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+from tunnel.io.journal_ref import JOURNAL_LIMIT, RECEIVED, SENT, Journal, Record
+from tunnel.io.journal_ref import exact as _exact
+from tunnel.io.journal_ref import headroom as _headroom
+from tunnel.io.journal_ref import real as _real
+
 from .fdb import ZERO_MAC
 
-SENT = 0  # (SENT, macs, remotes, now): remotes ((ip, ...), frames, inner bytes) per run
-RECEIVED = 1  # (RECEIVED, macs, source, frames, inner bytes, now): macs to learn from source
-JOURNAL_LIMIT = 64  # records; a full journal makes the next batch go to ``after``
+# The journal's records here (Journal, SENT, RECEIVED and JOURNAL_LIMIT are tunnel.io.journal_ref's,
+# shared with the WireGuard pumps, re-exported):
+# (SENT, macs, remotes, now): remotes ((ip, ...), frames, inner bytes) per run;
+# (RECEIVED, macs, source, frames, inner bytes, now): macs to learn from source.
 TX_OK = 0  # tunnel.vxlan.fast's verdicts, as both twins define them
 TX_ARP = 2
 VXLAN_HLEN = 8
 ETH_HLEN = 14
 _ANY_ADDRESSES = frozenset(("0.0.0.0", "::"))
-
-Record = tuple[Any, ...]
-
-
-def _exact(value: Any, kind: type, name: str) -> None:
-    """TypeError unless ``value`` is exactly a ``kind``, as the Cython twin's typed arguments."""
-    if type(value) is not kind:
-        raise TypeError(f"Argument '{name}' has incorrect type (expected {kind.__name__}, "
-                        f"got {type(value).__name__})")
-
-
-def _real(value: Any) -> float:
-    kind = type(value)
-    if not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
-        raise TypeError(f"must be real number, not {kind.__name__}")
-    return float(value)
-
-
-def _headroom(value: Any) -> int:
-    value = operator.index(value)
-    if value < 0:
-        raise ValueError("headroom must be >= 0")
-    return int(value)
 
 
 class Snapshot:
@@ -174,41 +157,6 @@ def apply_record(engine: Any, record: Record) -> None:
         engine.rx_packets += frames
         engine.rx_bytes += nbytes
         engine.remotes.received(str(source), frames, nbytes)
-
-
-class Journal:
-    """Records of settled batches, applied by ``flush`` (the shell) in order.
-
-    ``loop`` (None: no journaling, every batch goes to ``after``) is set by the shell; it is
-    anything with ``call_later(delay, callback)`` (the event loop, or a worker's timer);
-    :meth:`add` arms it once for the first record."""
-
-    def __init__(self, delay: float, flush: Callable[[], None]) -> None:
-        self.loop: Any = None
-        self.delay = _real(delay)
-        self.flush = flush
-        self.records: list[Record] = []
-        self.armed = False
-
-    def add(self, record: tuple[Any, ...]) -> None:
-        _exact(record, tuple, "record")
-        self.records.append(record)
-        if not self.armed:
-            self.armed = True
-            self.loop.call_later(self.delay, self._due)
-
-    def _due(self) -> None:
-        self.armed = False
-        self.flush()
-
-    def take(self) -> list[Record]:
-        """The records so far, oldest first (the journal is empty after)."""
-        records, self.records = self.records, []
-        return records
-
-    def open(self) -> bool:
-        """Whether a settled batch may be journaled now."""
-        return self.loop is not None and len(self.records) < JOURNAL_LIMIT
 
 
 class Outbound:

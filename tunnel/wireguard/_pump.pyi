@@ -1,20 +1,10 @@
 from collections.abc import Callable
 from typing import Any
 
-SENT: int
-RECEIVED: int
-JOURNAL_LIMIT: int
-
-class Journal:
-    loop: Any
-    delay: float
-    flush: Callable[[], None]
-    records: list[tuple[Any, ...]]
-    armed: bool
-    def __init__(self, delay: float, flush: Callable[[], None]) -> None: ...
-    def add(self, record: tuple[Any, ...]) -> None: ...
-    def take(self) -> list[tuple[Any, ...]]: ...
-    def open(self) -> bool: ...
+from tunnel.io._journal import JOURNAL_LIMIT as JOURNAL_LIMIT
+from tunnel.io._journal import RECEIVED as RECEIVED
+from tunnel.io._journal import SENT as SENT
+from tunnel.io._journal import Journal as Journal
 
 class Outbound:
     device: Any

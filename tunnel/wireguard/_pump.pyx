@@ -1,72 +1,23 @@
 # cython: language_level=3
-"""One wake-up's work in one native call: TUN -> UDP and UDP -> TUN, and the lanes' journal.
+"""One wake-up's work in one native call: TUN -> UDP and UDP -> TUN.
 
 The Cython twin of ``tunnel/wireguard/pump_ref.py``: same API and behaviour; read that module's docstring
 for the contract and the reason. Each step is a call into another native object (the TUN and UDP
 batch I/O, the datapath's lane rules, the transport cipher); what this saves is the Python
 frames between them, which cost most on a cold wake-up. The GIL is held here; the callees
-release it around their system calls and crypto.
+release it around their system calls and crypto. The lanes' journal is ``tunnel.io._journal``'s,
+shared with the VXLAN pumps (cimported: its ``add``/``open`` are C calls).
 """
 
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from tunnel.io._journal cimport Journal, check_headroom as _check_headroom, monotonic as _monotonic
 
-from tunnel.wireguard.pump_ref import JOURNAL_LIMIT, RECEIVED, SENT
+from tunnel.io._journal import JOURNAL_LIMIT, RECEIVED, SENT
 
 __all__ = ["Journal", "Outbound", "Inbound", "SENT", "RECEIVED", "JOURNAL_LIMIT"]
 
-cdef Py_ssize_t _LIMIT = JOURNAL_LIMIT
+globals()["Journal"] = Journal  # the cimported type is this module's Journal too (shells: pump.Journal)
 cdef object _SENT = SENT
 cdef object _RECEIVED = RECEIVED
-
-
-cdef inline Py_ssize_t _check_headroom(Py_ssize_t value) except -1:
-    if value < 0:
-        raise ValueError("headroom must be >= 0")
-    return value
-
-
-cdef inline double _monotonic() noexcept nogil:
-    # The clock of Python's time.monotonic(), which the rest of the shell reads.
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef class Journal:
-    """Records of settled lane batches; see tunnel/wireguard/pump_ref.py."""
-
-    cdef public object loop
-    cdef public double delay
-    cdef public object flush
-    cdef public list records
-    cdef public bint armed
-
-    def __init__(self, double delay, flush):
-        self.loop = None
-        self.delay = delay
-        self.flush = flush
-        self.records = []
-        self.armed = False
-
-    cpdef add(self, tuple record):
-        self.records.append(record)
-        if not self.armed:
-            self.armed = True
-            self.loop.call_later(self.delay, self._due)
-
-    def _due(self):
-        self.armed = False
-        self.flush()
-
-    def take(self):
-        """The records so far, oldest first (the journal is empty after)."""
-        cdef list records = self.records
-        self.records = []
-        return records
-
-    cpdef bint open(self):
-        """Whether a settled batch may be journaled now."""
-        return self.loop is not None and len(self.records) < _LIMIT
 
 
 cdef class Outbound:

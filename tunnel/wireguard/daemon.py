@@ -18,6 +18,17 @@ applied first, as a UAPI get does). LOG_LEVEL is read as wireguard-go reads it:
 DEBUG messages) and ``silent``. Logs go to stdout. A daemonized child keeps stdout and stderr
 only when LOG_LEVEL is set and not silent; otherwise all three of its standard fds are
 /dev/null, as wireguard-go does (stdin is /dev/null in every case).
+
+Extension requests (UAPI ``ext=WORD ...``, e.g. the L2 overlay's ``ext=vxlan add ...``): their
+handlers are given to :func:`main` by the caller, never imported here, because they live in
+packages above this one (``tunnel.overlay`` imports ``tunnel.wireguard``, so the reverse import
+would be a cycle across the layers, which ``tests/test_sans_io.py`` refuses, also for a module
+name written as a string in this module's ``__main__``). So ``python -m tunnel.wireguard.daemon
+IFACE`` runs a daemon without them: it answers ``ext=vxlan ...`` with ``unknown request``, and
+``wg-py vxlan add ... dev IFACE`` says what to start instead. The ``wg-py`` command
+(``tunnel.cli``, which sits above both packages) passes the overlay's handlers; without its
+script, ``python -m tunnel IFACE`` does the same, and that is what
+``tunnel.wireguard.quick.daemon_command`` falls back to.
 """
 
 from __future__ import annotations
@@ -104,7 +115,7 @@ def setup_logging(name: str) -> int | None:
 def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> int:
     """Run the daemon (see module doc). ``extensions``: the handlers of UAPI ``ext=WORD ...``
     requests (:attr:`Interface.extensions`), given by the ``wg-py`` command line; none when the
-    module runs alone (``python -m``)."""
+    module runs alone (``python -m tunnel.wireguard.daemon``: see the module docstring)."""
     options = parse_args(args)
     if options is None:
         sys.stderr.write(USAGE)

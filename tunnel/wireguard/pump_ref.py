@@ -55,73 +55,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tunnel.io.journal_ref import JOURNAL_LIMIT, RECEIVED, SENT, Journal
+from tunnel.io.journal_ref import exact as _exact
+from tunnel.io.journal_ref import headroom as _headroom
+from tunnel.io.journal_ref import real as _real
 from tunnel.wireguard.peer import Keypair, Peer
 
-SENT = 0  # (SENT, peer, keypair, datagram bytes, now): Device.lane_sent
-RECEIVED = 1  # (RECEIVED, keypair, datagram bytes, opened, keepalives, invalid, disallowed, now)
-JOURNAL_LIMIT = 64  # records; a full journal makes the next batch go to ``after``
-
-Record = tuple[Any, ...]
-
-
-def _exact(value: Any, kind: type, name: str, none_ok: bool = False) -> None:
-    """TypeError unless ``value`` is exactly a ``kind`` (or None with ``none_ok``), as the
-    Cython twin's typed arguments say."""
-    if type(value) is not kind and not (none_ok and value is None):
-        raise TypeError(f"Argument '{name}' has incorrect type (expected {kind.__name__}, "
-                        f"got {type(value).__name__})")
-
-
-def _real(value: Any) -> float:
-    """``value`` as a float; TypeError if it is not a real number (as a C double argument)."""
-    kind = type(value)
-    if not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
-        raise TypeError(f"must be real number, not {kind.__name__}")
-    return float(value)
-
-
-def _headroom(value: Any) -> int:
-    """A headroom: an int >= 0 (TypeError, ValueError)."""
-    value = operator.index(value)
-    if value < 0:
-        raise ValueError("headroom must be >= 0")
-    return int(value)
-
-
-class Journal:
-    """Records of settled lane batches, applied by ``flush`` (the interface) in order.
-
-    ``loop`` (None: no journaling, every batch goes to ``after``) is set by the interface when
-    it starts; :meth:`add` arms one ``loop.call_later(delay, ...)`` for the first record.
-    """
-
-    def __init__(self, delay: float, flush: Callable[[], None]) -> None:
-        self.loop: Any = None
-        self.delay = _real(delay)
-        self.flush = flush
-        self.records: list[Record] = []
-        self.armed = False
-
-    def add(self, record: Record) -> None:
-        _exact(record, tuple, "record", none_ok=True)
-        self.records.append(record)
-        if not self.armed:
-            self.armed = True
-            self.loop.call_later(self.delay, self._due)
-
-    def _due(self) -> None:
-        self.armed = False
-        self.flush()
-
-    def take(self) -> list[Record]:
-        """The records so far, oldest first (the journal is empty after)."""
-        records, self.records = self.records, []
-        return records
-
-    def open(self) -> bool:
-        """Whether a settled batch may be journaled now."""
-        return self.loop is not None and len(self.records) < JOURNAL_LIMIT
-
+# The journal's records here: (SENT, peer, keypair, datagram bytes, now) for Device.lane_sent;
+# (RECEIVED, keypair, datagram bytes, opened, keepalives, invalid, disallowed, now) for
+# Device.lane_received. Journal, SENT, RECEIVED and JOURNAL_LIMIT are tunnel.io.journal_ref's
+# (shared with the VXLAN pumps), re-exported.
 
 class Outbound:
     """TUN -> UDP for one interface. ``device`` is its engine, ``tun`` its TunBatch, ``udp4``
@@ -366,3 +309,6 @@ class Inbound:
                 except OSError as exc:
                     self.write_error = exc
         return n
+
+
+__all__ = ["JOURNAL_LIMIT", "RECEIVED", "SENT", "Inbound", "Journal", "Outbound"]

@@ -25,7 +25,8 @@ with nothing created; if any step after the daemon started fails, the link is de
 (with the rules and DNS), so nothing is left half up.
 
 The daemon program is ``$WG_PY_IMPLEMENTATION`` (split like a shell word list) if set, else the
-``wg-py`` script next to this interpreter, else ``python -m tunnel.wireguard.daemon``.
+``wg-py`` script next to this interpreter, else ``python -m tunnel`` (the same command without
+its script; ``python -m tunnel.wireguard.daemon`` would lack the L2 overlay's handlers).
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def daemon_command() -> list[str]:
     script = Path(sys.executable).parent / "wg-py"
     if os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "tunnel.wireguard.daemon"]
+    return [sys.executable, "-m", "tunnel"]  # the wg-py command: the daemon with its handlers
 
 
 def substitute(hook: str, iface: str) -> str:
