@@ -21,6 +21,7 @@ crossings and the copies), the machine's busy and softirq CPU per GB (``/proc/st
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -116,10 +117,12 @@ def main(argv: Sequence[str]) -> int:
     pairs: dict[str, Pair] = {}
     results: dict[str, dict[str, list[Any]]] = {n: {} for n in names}
     saved = os.environ.get("WG_PY_IMPLEMENTATION")
+    counter = itertools.count()  # WireGuard interface names (global UAPI sockets) unique across the labs
     try:
         for name in names:
             build = name.split("-")[-1]
             lab = labs[name] = Lab(f"vl{name[:2]}{build[0]}{tag}")
+            lab._counter = counter
             if build == "base":
                 os.environ["WG_PY_IMPLEMENTATION"] = opts.base_program
             else:
