@@ -69,8 +69,7 @@ SPARES = 2 * BATCH  # buffers for replicated copies per batch
 ETH_HLEN = 14
 AGE_INTERVAL = 10.0
 DEFAULT_TTL = 64
-JOURNAL_DELAY = 0.002  # seconds a lane batch's record may wait (as the pumps')
-JOURNAL_LIMIT = 64  # records; a full journal sends the next batch the general way
+JOURNAL_LIMIT = 64  # records; a full journal sends the next batch the general way (which flushes it)
 TX_ARP = 2  # tunnel.vxlan.fast's verdict for an ARP frame split out for proxy ARP
 _MISSING = object()
 L2_NAME, L2 = select_l2()
@@ -175,7 +174,6 @@ class L2Overlay:
         # journal of their batches' records (applied by flush)
         self.snapshot: Snapshot | None = None
         self._records: list[tuple[Any, ...]] = []
-        self._armed = False
         self.lane_counts = {"tx_lane": 0, "tx_general": 0, "rx_lane": 0, "rx_general": 0}
 
     # ---- setup / teardown ----------------------------------------------------------------
@@ -269,7 +267,9 @@ class L2Overlay:
             self.tap_fd = -1
 
     def housekeeping(self) -> None:
-        """Once a second: the TAP still there (else close), its MTU, FDB ageing."""
+        """Once a second: the lanes' journal applied, the TAP still there (else close), its
+        MTU, FDB ageing."""
+        self.flush()
         try:
             name = socket.if_indextoname(self.tap_index)
         except OSError:
@@ -358,16 +358,6 @@ class L2Overlay:
         family than ``local``, for the general way to count)."""
         return self._template(remote.ip, remote.port, remote.vni)
 
-    def _journal(self, record: tuple[Any, ...]) -> None:
-        self._records.append(record)
-        if not self._armed and self._loop is not None:
-            self._armed = True
-            self._loop.call_later(JOURNAL_DELAY, self._journal_due)
-
-    def _journal_due(self) -> None:
-        self._armed = False
-        self.flush()
-
     def flush(self) -> None:
         """Apply the lanes' records to the engine, oldest first (before any other engine work),
         then republish the snapshot if learning changed the FDB."""
@@ -417,7 +407,7 @@ class L2Overlay:
             macs.append(mac)
             remotes.append((ips, frames, nbytes))
         self._encap_send(plan, count, now)
-        self._journal((SENT, tuple(macs), tuple(remotes), now))
+        self._records.append((SENT, tuple(macs), tuple(remotes), now))
         return True
 
     def _encap_send(self, plan: list[tuple[int, int, Any]], count: int, now: float) -> None:
@@ -430,7 +420,10 @@ class L2Overlay:
         verdicts, sports = self._tx_verdicts, self._tx_sports
         out_bufs: list[bytearray] = []
         out_lengths: list[int] = []
-        spares = list(self._spares)
+        # spares only for a frame sent to more than one remote (head-end replication)
+        replicas = not (len(plan) == 1 and len(plan[0][2]) == 1) and (
+            len({(start, end) for start, end, _ in plan}) < sum(len(t) for _, _, t in plan))
+        spares = list(self._spares) if replicas else []
         used = self._used
         used[:] = bytes(BATCH)
         mtu = self.interface.device.mtu
@@ -444,8 +437,11 @@ class L2Overlay:
                         drops["tx_oversized"] += oversized
                     if no_spare:
                         drops["tx_no_buffer"] += no_spare
-            for k in range(0, len(out_bufs), BATCH):
-                self.interface.send_packets(out_bufs[k : k + BATCH], out_lengths[k : k + BATCH], now)
+            if len(out_bufs) <= BATCH:
+                self.interface.send_packets(out_bufs, out_lengths, now)
+            else:
+                for k in range(0, len(out_bufs), BATCH):
+                    self.interface.send_packets(out_bufs[k : k + BATCH], out_lengths[k : k + BATCH], now)
         except Exception:
             log.exception("%s: transmit batch failed", self.name)
             drops["tx_exception"] += count
@@ -545,7 +541,7 @@ class L2Overlay:
                     return False  # learning would change the FDB, or a conflict: the engine's
                 macs.append(mac)
         self._tap_write(accepted, self.tap_io.write_slots, bufs, lengths, 8, verdicts, count)
-        self._journal((RECEIVED, tuple(macs), source, accepted, nbytes, now))
+        self._records.append((RECEIVED, tuple(macs), source, accepted, nbytes, now))
         return True
 
     def _tap_write(self, frames: int, write: Any, *args: Any) -> None:
