@@ -6,18 +6,30 @@ that request's handler (``tunnel/cli.py`` gives it to the daemon's ``main``).
 
 Outbound (TAP readable, :meth:`L2Overlay.on_tap_readable`): ``TunBatch(l2=14).read`` cuts TSO
 super-frames natively into frames at ``buf[HEADROOM + hlen:]`` (``hlen`` = inner IP + UDP +
-VXLAN = 36 over IPv4, 56 over IPv6) -> ``VxlanEngine.transmit_bufs`` (checks, flow hash into the
-srcport range, FDB lookup per run) -> ``l2.encap`` (native: VXLAN, UDP and IP headers written
-in place in front of each frame; a replicated frame copied for each further remote) ->
-``Interface.send_packets`` (the WireGuard lane: route, seal in place, sendmmsg with UDP GSO; or
+VXLAN = 36 over IPv4, 56 over IPv6) -> the outbound lane (``fast.scan_tx``: checks, flow hash
+into the srcport range, runs; the FDB snapshot per run) or, for a batch it does not cover,
+``VxlanEngine.transmit_bufs`` (the same checks, FDB lookup per run) -> ``l2.encap`` (native:
+VXLAN, UDP and IP headers written in place in front of each frame; a replicated frame copied
+for each further remote) -> ``Interface.send_packets`` (the WireGuard lane: route, seal in place, sendmmsg with UDP GSO; or
 ``Device.send_batch``). No trip through the kernel's stack between the two.
 
 Inbound: the interface's local delivery (:meth:`Hub.deliver`, called by the inbound pump with
 each opened batch after the allowed-IPs source check) -> ``l2.claim`` (native: UDP to the local
 tunnel address and dstport; payload moved to the buffer's start; the inner source address is
-the VTEP) -> ``VxlanEngine.receive_bufs`` (the kernel's receive rules, learning: a MAC is
-learned at the tunnel address of the peer it came from, since the allowed-IPs check already
-tied that source to the sending peer) -> ``TunBatch(l2=14, gro=True, verify=True).write_slots``.
+the VTEP) -> the inbound lane (``fast.decap_batch`` and the snapshot: one VTEP, every datagram
+accepted, every source MAC already at that VTEP) or ``VxlanEngine.receive_bufs`` (the kernel's
+receive rules, learning: a MAC is learned at the tunnel address of the peer it came from, since
+the allowed-IPs check already tied that source to the sending peer) ->
+``TunBatch(l2=14, gro=True, verify=True).write_slots``.
+
+The lanes (as the VXLAN daemon's pumps, ``tunnel/vxlan/pump_ref.py``): they read the FDB
+:class:`~tunnel.vxlan.pump_ref.Snapshot` (:meth:`L2Overlay.publish`: each remote's destination
+is its header template; a remote of the other family makes its MAC the general way's) and
+leave the engine's bookkeeping of a batch (counters, FDB times, learning that changes nothing)
+as a ``SENT``/``RECEIVED`` record in the endpoint's journal, applied (:meth:`L2Overlay.flush`)
+before any other engine work and by housekeeping once a second; a full journal (``JOURNAL_LIMIT``)
+sends the batch the general way, which applies it first. The snapshot is republished after
+control requests and whenever ``fdb_version`` moved. ``show`` lists ``lanes``: batches per way.
 
 Control: the usual VXLAN control socket (``tunnel.vxlan.control``) for NAME, served on the
 daemon's loop, so ``wg-py vxlan show|fdb|del NAME`` work unchanged; ``stop`` (``del``) closes
