@@ -10,8 +10,9 @@ VXLAN = 36 over IPv4, 56 over IPv6) -> the outbound lane (``fast.scan_tx``: chec
 into the srcport range, runs; the FDB snapshot per run) or, for a batch it does not cover,
 ``VxlanEngine.transmit_bufs`` (the same checks, FDB lookup per run) -> ``l2.encap`` (native:
 VXLAN, UDP and IP headers written in place in front of each frame; a replicated frame copied
-for each further remote) -> ``Interface.send_packets`` (the WireGuard lane: route, seal in place, sendmmsg with UDP GSO; or
-``Device.send_batch``). No trip through the kernel's stack between the two.
+for each further remote) -> ``Interface.send_packets`` (the WireGuard lane: route, seal in
+place, sendmmsg with UDP GSO; or ``Device.send_batch``). No trip through the kernel's stack
+between the two.
 
 Inbound: the interface's local delivery (:meth:`Hub.deliver`, called by the inbound pump with
 each opened batch after the allowed-IPs source check) -> ``l2.claim`` (native: UDP to the local
