@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from crypto import keys
+from crypto.backend import HEADROOM
 from tests.shellfakes import FakeLoop, FakeSocket, make_interface, make_pair, sealed
 from tests.vxlan_wire import ones_sum
 from tests.wgpair import Pair, ipv4_packet
@@ -358,3 +359,25 @@ def test_inbound_lane_leaves_a_migration_to_the_engine(twin: Any) -> None:
     assert overlay.lane_counts == {"tx_lane": 0, "tx_general": 0, "rx_lane": 0, "rx_general": 1}
     assert engine.fdb.migrated_count == 1 and len(tap.frames) == 1
     assert overlay.snapshot is not None and overlay.snapshot.entries[MAC_A][1] == ("10.0.0.1",)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("journaled", [True, False], ids=["journal", "no-journal"])
+def test_send_packets_journals_a_whole_lane_batch(twin: Any, journaled: bool) -> None:
+    """``Interface.send_packets`` on its lane: with the journal open (a loop), the batch is sent
+    and only its Device.lane_sent waits in the journal; without, it is applied at once. The
+    peer's counters end the same either way."""
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    if not journaled:
+        interface._journal.loop = None
+    packet = ipv4_packet("10.0.0.2", "10.0.0.1", b"x" * 100)
+    buf = bytearray(HEADROOM + len(packet) + 64)
+    buf[HEADROOM : HEADROOM + len(packet)] = packet
+    before = pair.peer_ba.tx_bytes
+    interface.send_packets([buf], [len(packet)], pair.now)
+    bind: Any = interface.bind
+    assert len(bind.sent) == 1
+    assert bool(interface._journal.records) == journaled
+    assert (pair.peer_ba.tx_bytes == before) == journaled
+    interface._apply_journal()
+    assert pair.peer_ba.tx_bytes == before + len(bind.sent[0][0])
