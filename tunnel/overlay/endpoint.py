@@ -56,7 +56,7 @@ import stat
 import time
 from array import array
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 from crypto.backend import HEADROOM, TAG_SIZE
 from tunnel.io.offload import get_hwaddr, get_mtu, open_tun, select_io, set_mtu
@@ -67,7 +67,6 @@ from tunnel.vxlan.control import handle_request, is_alive, socket_path
 from tunnel.vxlan.datapath import move_tap_errors
 from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import select as select_fast
-from tunnel.vxlan.fdb import ZERO_MAC
 from tunnel.vxlan.pump_ref import RECEIVED, SENT, Snapshot, apply_record, compile_snapshot, fdb_version
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.interface import Interface
@@ -83,8 +82,6 @@ ETH_HLEN = 14
 AGE_INTERVAL = 10.0
 DEFAULT_TTL = 64
 JOURNAL_LIMIT = 64  # records; a full journal sends the next batch the general way (which flushes it)
-TX_ARP = 2  # tunnel.vxlan.fast's verdict for an ARP frame split out for proxy ARP
-_MISSING = object()
 L2_NAME, L2 = select_l2()
 
 
@@ -402,26 +399,39 @@ class L2Overlay:
                                snap.port_max, snap.proxy, verdicts, sports, runs)
         if ok < count:
             return False
-        entries = snap.entries
-        plan = []
-        macs = []
-        remotes = []
-        for start, end, frames, nbytes in runs:
-            if verdicts[start] == TX_ARP:
+        out_bufs: list[bytearray] = []
+        out_lengths: list[int] = []
+        macs: list[bytes] = []
+        remotes: list[Any] = []
+        used = self._used
+        used[:] = bytes(BATCH)
+        try:
+            counts = L2.encap_runs(bufs, lengths, headroom, verdicts, sports, runs, snap.entries,
+                                   self.interface.device.mtu, out_bufs, out_lengths, self._spares, used,
+                                   macs, remotes)
+            if counts is None:
                 return False
-            mac = bytes(bufs[start][headroom : headroom + 6])
-            entry = entries.get(mac, _MISSING)
-            if entry is _MISSING:
-                entry = entries.get(ZERO_MAC)
-            if entry is None:
-                return False
-            templates, ips = cast("tuple[tuple[bytes, ...], tuple[str, ...]]", entry)
-            plan.append((start, end, templates))
-            macs.append(mac)
-            remotes.append((ips, frames, nbytes))
-        self._encap_send(plan, count, now)
+            self._send(out_bufs, out_lengths, now, counts[0], counts[1])
+        except Exception:
+            log.exception("%s: transmit batch failed", self.name)
+            engine.drops["tx_exception"] += count
         self._records.append((SENT, tuple(macs), tuple(remotes), now))
         return True
+
+    def _send(self, out_bufs: list[bytearray], out_lengths: list[int], now: float, oversized: int,
+              no_spare: int) -> None:
+        """Count what ``encap`` dropped, then send the packets through the interface."""
+        engine = self.engine
+        assert engine is not None
+        if oversized:
+            engine.drops["tx_oversized"] += oversized
+        if no_spare:
+            engine.drops["tx_no_buffer"] += no_spare
+        if len(out_bufs) <= BATCH:
+            self.interface.send_packets(out_bufs, out_lengths, now)
+        else:
+            for k in range(0, len(out_bufs), BATCH):
+                self.interface.send_packets(out_bufs[k : k + BATCH], out_lengths[k : k + BATCH], now)
 
     def _encap_send(self, plan: list[tuple[int, int, Any]], count: int, now: float) -> None:
         """Encapsulate each ``(start, end, templates)`` range for each template and send the
@@ -440,24 +450,18 @@ class L2Overlay:
         used = self._used
         used[:] = bytes(BATCH)
         mtu = self.interface.device.mtu
-        drops = engine.drops
+        oversized = no_spare = 0
         try:
             for start, end, templates in plan:
                 for tmpl in templates:
-                    _n, oversized, no_spare = L2.encap(bufs, lengths, start, end, self.headroom, verdicts,
-                                                       sports, tmpl, mtu, out_bufs, out_lengths, spares, used)
-                    if oversized:
-                        drops["tx_oversized"] += oversized
-                    if no_spare:
-                        drops["tx_no_buffer"] += no_spare
-            if len(out_bufs) <= BATCH:
-                self.interface.send_packets(out_bufs, out_lengths, now)
-            else:
-                for k in range(0, len(out_bufs), BATCH):
-                    self.interface.send_packets(out_bufs[k : k + BATCH], out_lengths[k : k + BATCH], now)
+                    _n, big, short = L2.encap(bufs, lengths, start, end, self.headroom, verdicts,
+                                              sports, tmpl, mtu, out_bufs, out_lengths, spares, used)
+                    oversized += big
+                    no_spare += short
+            self._send(out_bufs, out_lengths, now, oversized, no_spare)
         except Exception:
             log.exception("%s: transmit batch failed", self.name)
-            drops["tx_exception"] += count
+            engine.drops["tx_exception"] += count
 
     def _transmit(self, count: int, now: float) -> None:
         """The general way: the engine's transmit rules over the batch, then encapsulate and
