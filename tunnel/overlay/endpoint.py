@@ -7,7 +7,8 @@ that request's handler (``tunnel/cli.py`` gives it to the daemon's ``main``).
 Outbound (TAP readable, :meth:`L2Overlay.on_tap_readable`): ``TunBatch(l2=14).read`` cuts TSO
 super-frames natively into frames at ``buf[HEADROOM + hlen:]`` (``hlen`` = inner IP + UDP +
 VXLAN = 36 over IPv4, 56 over IPv6) -> the outbound lane (``fast.scan_tx``: checks, flow hash
-into the srcport range, runs; the FDB snapshot per run) or, for a batch it does not cover,
+into the srcport range, runs; ``l2.encap_runs``: the FDB snapshot per run and ``l2.encap``, in
+one native call) or, for a batch it does not cover,
 ``VxlanEngine.transmit_bufs`` (the same checks, FDB lookup per run) -> ``l2.encap`` (native:
 VXLAN, UDP and IP headers written in place in front of each frame; a replicated frame copied
 for each further remote) -> ``Interface.send_packets`` (the WireGuard lane: route, seal in

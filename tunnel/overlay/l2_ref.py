@@ -14,6 +14,8 @@ Two loops sit at the seam between the VXLAN engine and the WireGuard engine of o
   (RFC 8200 forbids 0). The packet then starts at ``bufs[i][headroom - len(template):]``, where
   the WireGuard engine wants it (its own 16-byte header goes before that). A frame sent to a
   second remote (head-end replication) is copied into a spare buffer first.
+  :func:`encap_runs` is the endpoint's outbound lane around it: per run of one destination MAC,
+  the FDB snapshot's templates (or the flood entry's), then :func:`encap` for each.
 - :func:`claim` (inbound): decrypted packets that passed the allowed-IPs source check
   (``verdicts[i] == 0``, packet at ``bufs[i][headroom:lengths[i]]``) and are UDP to the local
   tunnel address and the VXLAN port are taken from the TUN's batch (``verdicts[i]`` becomes
