@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from crypto import keys
+from crypto.backend import HEADROOM
 from tests.shellfakes import FakeLoop, FakeSocket, make_interface, make_pair, sealed
 from tests.vxlan_wire import ones_sum
 from tests.wgpair import Pair, ipv4_packet
@@ -212,3 +213,171 @@ def test_uapi_ext_request_framing() -> None:
     assert replies[1].endswith(b"errno=0\n\n") and not session.closed
     plain = UapiSession(_typed(FakeTarget()))
     assert plain.feed(b"ext=vxlan add vx0\n\n") == [b"errno=-22\n\n"] and plain.closed
+
+
+# ---- the lanes (snapshot + journal) against the general way --------------------------------
+
+
+def _engine_state(overlay: ep.L2Overlay) -> tuple[Any, ...]:
+    engine = overlay.engine
+    assert engine is not None
+    fdb = {mac: ([r.ip for r in e.remotes], e.used) for mac, e in engine.fdb.entries.items()}
+    return (engine.tx_packets, engine.tx_bytes, engine.rx_packets, engine.rx_bytes, dict(engine.drops),
+            {ip: list(row) for ip, row in engine.remotes.table.items()}, fdb)
+
+
+def _fill(overlay: ep.L2Overlay, frames: list[bytes]) -> None:
+    for i, frame in enumerate(frames):
+        overlay._tx_bufs[i][overlay.headroom : overlay.headroom + len(frame)] = frame
+        overlay._tx_lengths[i] = len(frame)
+
+
+def _opened(pair: Pair, bind: Any) -> list[bytes]:
+    """The packets the peer opens, the UDP source port (each endpoint's own flow-hash seed)
+    left out."""
+    sent = [bytes(d) for d, _ in bind.sent]
+    out = pair.a.device.receive_batch([bytearray(d) for d in sent], [len(d) for d in sent],
+                                      [pair.b.endpoint] * len(sent), pair.now)
+    return [bytes(p[:20]) + bytes(p[22:]) for p in out.packets]
+
+
+def test_outbound_lane_sends_and_counts_as_the_general_way(twin: Any) -> None:
+    """The same batch (two runs: a known MAC and a flood; one oversized frame) through the lane
+    of one endpoint and the general way of another: the same packets reach the peer, and once
+    the journals are applied the engines, the FDB times and the WireGuard peers agree."""
+    pump, _l2, fast = twin
+    now = time.monotonic()
+    frames = [MAC_A + MAC_B + b"\x08\x00" + bytes([i]) * (100 + i) for i in range(3)]
+    frames.append(MAC_A + MAC_B + b"\x08\x00" + b"x" * (1420 - 36 - 14 + 1))  # oversized
+    frames.append(MAC_C + MAC_B + b"\x08\x00" + b"flooded" * 9)  # unknown MAC: the flood entry
+    results = []
+    for lane in (True, False):
+        pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+        engine = overlay.engine
+        assert engine is not None
+        engine.fdb.learn(MAC_A, "10.0.0.1", now - 1.0)
+        loop = FakeLoop()
+        interface._journal.loop = loop
+        overlay._loop = loop  # type: ignore[assignment]
+        overlay.publish()
+        _fill(overlay, frames)
+        before = pair.peer_ba.tx_bytes
+        if lane:
+            assert overlay._transmit_lane(len(frames), now)
+            assert overlay._records and interface._journal.records  # both journaled, not yet applied
+            assert engine.tx_packets == 0 and pair.peer_ba.tx_bytes == before
+            assert loop.fire() == 1  # the interface's journal timer (the endpoint's waits for housekeeping)
+            assert overlay._records and not interface._journal.records
+            overlay.flush()  # what housekeeping does once a second
+            assert not overlay._records
+        else:
+            overlay._transmit(len(frames), now)
+            interface._apply_journal()
+        results.append((_opened(pair, interface.bind), _engine_state(overlay), pair.peer_ba.tx_bytes - before))
+    assert results[0][0] == results[1][0] and len(results[0][0]) == 4
+    assert results[0][1] == results[1][1]
+    assert results[0][2] == results[1][2] > 0
+    assert results[0][1][4]["tx_oversized"] == 1
+
+
+@pytest.mark.parametrize("case", ["too_short", "no_flood", "proxy_arp", "journal_full", "other_family"])
+def test_outbound_lane_leaves_what_it_does_not_cover(twin: Any, case: str) -> None:
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    engine = overlay.engine
+    assert engine is not None
+    now = time.monotonic()
+    overlay._loop = FakeLoop()  # type: ignore[assignment]
+    frames = [MAC_A + MAC_B + b"\x08\x00" + b"data" * 20]
+    if case == "too_short":
+        frames.append(MAC_A + MAC_B)
+    elif case == "no_flood":
+        engine.fdb.delete(b"\x00" * 6)
+    elif case == "proxy_arp":
+        engine._proxy = True
+        frames.append(b"\xff" * 6 + MAC_B + b"\x08\x06" + bytes(28))
+    elif case == "journal_full":
+        overlay._records = [(0, (), (), now)] * ep.JOURNAL_LIMIT  # SENT records
+    else:
+        engine.fdb.append(b"\x00" * 6, "fd00::1", now=now)
+    overlay.publish()
+    if case == "proxy_arp":
+        overlay.snapshot.proxy = True  # type: ignore[union-attr]
+    _fill(overlay, frames)
+    records = len(overlay._records)
+    assert not overlay._transmit_lane(len(frames), now)
+    bind: Any = interface.bind
+    assert bind.sent == [] and len(overlay._records) == records
+
+
+def test_inbound_lane_learns_nothing_new_and_counts_as_the_general_way(twin: Any) -> None:
+    """A's first frame (a new MAC) goes the general way, which learns it; the snapshot is then
+    republished, so the second takes the lane; its journaled record brings the engine to where
+    the general way alone leaves another endpoint fed the same packets."""
+    pump, _l2, fast = twin
+    states = []
+    for lane in (True, False):
+        pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+        pair.peer_ba.endpoint = sock.source
+        loop = FakeLoop()
+        interface._journal.loop = loop
+        if lane:
+            overlay._loop = loop  # type: ignore[assignment]
+            overlay.publish()
+        for body in (b"first" * 10, b"second" * 10):
+            sock.inbox.append(sealed(pair, vxlan_packet("10.0.0.1", "10.0.0.2", MAC_A, body=body)))
+            interface._inbound.on_readable(sock, sock.io)
+            interface._apply_journal()
+        if lane:
+            assert overlay.lane_counts["rx_general"] == 1 and overlay.lane_counts["rx_lane"] == 1
+            assert overlay._records  # the second batch's record waits in the journal
+            overlay.flush()
+            assert not overlay._records
+        else:
+            assert overlay.lane_counts["rx_lane"] == 0
+        assert [f[12:] for f in tap.frames] == [b"\x08\x00" + b"first" * 10, b"\x08\x00" + b"second" * 10]
+        state = _engine_state(overlay)
+        states.append(state[:6] + ({mac: ips for mac, (ips, _used) in state[6].items()},))
+    assert states[0] == states[1]
+    assert states[0][2] == 2
+
+
+def test_inbound_lane_leaves_a_migration_to_the_engine(twin: Any) -> None:
+    """A MAC the FDB holds at another VTEP: the lane refuses it, the engine migrates it."""
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    pair.peer_ba.endpoint = sock.source
+    engine = overlay.engine
+    assert engine is not None
+    engine.fdb.learn(MAC_A, "10.0.0.3", time.monotonic())
+    loop = FakeLoop()
+    interface._journal.loop = loop
+    overlay._loop = loop  # type: ignore[assignment]
+    overlay.publish()
+    sock.inbox.append(sealed(pair, vxlan_packet("10.0.0.1", "10.0.0.2", MAC_A)))
+    interface._inbound.on_readable(sock, sock.io)
+    assert overlay.lane_counts == {"tx_lane": 0, "tx_general": 0, "rx_lane": 0, "rx_general": 1}
+    assert engine.fdb.migrated_count == 1 and len(tap.frames) == 1
+    assert overlay.snapshot is not None and overlay.snapshot.entries[MAC_A][1] == ("10.0.0.1",)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("journaled", [True, False], ids=["journal", "no-journal"])
+def test_send_packets_journals_a_whole_lane_batch(twin: Any, journaled: bool) -> None:
+    """``Interface.send_packets`` on its lane: with the journal open (a loop), the batch is sent
+    and only its Device.lane_sent waits in the journal; without, it is applied at once. The
+    peer's counters end the same either way."""
+    pump, _l2, fast = twin
+    pair, interface, tun, overlay, tap, sock = b_endpoint(pump, fast)
+    if not journaled:
+        interface._journal.loop = None
+    packet = ipv4_packet("10.0.0.2", "10.0.0.1", b"x" * 100)
+    buf = bytearray(HEADROOM + len(packet) + 64)
+    buf[HEADROOM : HEADROOM + len(packet)] = packet
+    before = pair.peer_ba.tx_bytes
+    interface.send_packets([buf], [len(packet)], pair.now)
+    bind: Any = interface.bind
+    assert len(bind.sent) == 1
+    assert bool(interface._journal.records) == journaled
+    assert (pair.peer_ba.tx_bytes == before) == journaled
+    interface._apply_journal()
+    assert pair.peer_ba.tx_bytes == before + len(bind.sent[0][0])

@@ -255,3 +255,69 @@ def test_encap_then_claim_round_trip(mod: ModuleType) -> None:
         assert (appended, claimed, bad) == (1, 1, 0)
         assert bytes(out_bufs[0][8 : out_lengths[0]]) == f
         assert sources == [str(ipaddress.ip_address(local))]
+
+
+def run_lane(mod: ModuleType, frames: list[bytes], runs: list[tuple[int, int, int, int]], entries: dict,
+             verdicts: bytes | None = None, spares: list[bytearray] | None = None) -> tuple:
+    tmpl = mod.template(L4, R4, 4789, 42, 64)
+    headroom = WG + len(tmpl)
+    bufs, lengths = batch(frames, headroom)
+    count = len(frames)
+    out_bufs: list[bytearray] = []
+    out_lengths: list[int] = []
+    macs: list[bytes] = []
+    remotes: list[tuple] = []
+    pool = spares if spares is not None else []
+    result = mod.encap_runs(bufs, lengths, headroom, bytearray(verdicts or bytes(count)),
+                            array("H", [40000 + i for i in range(count)]), runs, entries, 1420, out_bufs,
+                            out_lengths, pool, bytearray(count), macs, remotes)
+    start = headroom - len(tmpl)
+    packets = [bytes(b[start : start + n]) for b, n in zip(out_bufs, out_lengths, strict=True)]
+    return result, packets, macs, remotes
+
+
+def test_encap_runs_plans_from_the_snapshot(mod: ModuleType) -> None:
+    """Two runs: a known MAC (one remote) and an unknown one (the flood entry, two remotes:
+    one copy from the spares, which stay as they are); the packets are encap's, the MACs and
+    (ips, frames, bytes) per run the snapshot's; a too-big frame is counted."""
+    t1, t2 = mod.template(L4, R4, 4789, 42, 64), mod.template(L4, R4B, 4789, 42, 64)
+    known, other = bytes.fromhex("020000000002"), bytes.fromhex("0200000000ff")
+    frames = [frame(100, 1), frame(120, 2), other + frame(90, 3)[6:], other + frame(1420 - 36 + 1, 4)[6:]]
+    entries = {known: ((t1,), ("10.9.0.2",)), bytes(6): ((t1, t2), ("10.9.0.2", "10.9.0.3"))}
+    spares = [bytearray(SIZE) for _ in range(4)]
+    result, packets, macs, remotes = run_lane(mod, frames, [(0, 2, 2, 220), (2, 4, 2, 90 + 1385)], entries,
+                                              spares=spares)
+    assert result == (2, 0)  # the too-big frame, once per template
+    assert len(spares) == 4
+    assert macs == [known, other]
+    assert remotes == [(("10.9.0.2",), 2, 220), (("10.9.0.2", "10.9.0.3"), 2, 1475)]
+    assert len(packets) == 4  # 2 frames to R4, the flood frame to R4 and to R4B
+    assert [p[16:20] for p in packets] == [R4, R4, R4, R4B]
+    assert [p[36:] for p in packets] == [frames[0], frames[1], frames[2], frames[2]]
+    for p in packets:
+        assert ones_sum(p[:20]) == 0xFFFF
+
+
+@pytest.mark.parametrize("case", ["arp", "miss", "none"])
+def test_encap_runs_leaves_what_the_snapshot_does_not_cover(mod: ModuleType, case: str) -> None:
+    tmpl = mod.template(L4, R4, 4789, 42, 64)
+    known = bytes.fromhex("020000000002")
+    entries: dict = {known: ((tmpl,), ("10.9.0.2",))}
+    frames = [frame(100, 1), bytes.fromhex("0200000000ff") + frame(90, 3)[6:]]
+    verdicts = None
+    if case == "arp":
+        verdicts = bytes([0, mod.TX_ARP])
+        frames[1] = known + frames[1][6:]
+        runs = [(0, 1, 1, 100), (1, 2, 1, 90)]
+    elif case == "miss":
+        runs = [(0, 1, 1, 100), (1, 2, 1, 90)]  # no flood entry
+    else:
+        entries[bytes(6)] = None  # a flood entry the sender cannot use
+        runs = [(0, 1, 1, 100), (1, 2, 1, 90)]
+    result, packets, macs, remotes = run_lane(mod, frames, runs, entries, verdicts=verdicts)
+    assert result is None and packets == [] and macs == [] and remotes == []
+
+
+def test_encap_runs_errors_are_the_same(mod: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        run_lane(mod, [frame(100)], [(0, 1, 1, 100)], [])  # type: ignore[arg-type]

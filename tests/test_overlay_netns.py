@@ -197,8 +197,11 @@ def test_one_process_l2_ping_iperf3_learning(netns_factory: Lab, peer: str, fami
     assert re.search(rf"{MAC.format(2)} dst {re.escape(b_addr)}( |$)", fdb, re.M), fdb
     if peer != "wg-py":
         assert any(line.startswith(MAC.format(1)) and f"dst {a_addr} " in line + " " for line in kernel_fdb(lab, b.ns))
-    stats = show(lab, a.ns)["stats"]
+    info = show(lab, a.ns)
+    stats = info["stats"]
     assert stats["rx_packets"] > 1000 and stats["tx_packets"] > 1000, stats
+    # the steady state went through the endpoint's lanes (snapshot + journal), both ways
+    assert info["lanes"]["tx_lane"] > 0 and info["lanes"]["rx_lane"] > 0, info["lanes"]
     # the WireGuard daemon is one process: the endpoint's pid is the daemon's
     pids = lab.daemon_pids(a.ns)
     assert show(lab, a.ns)["pid"] in pids

@@ -19,7 +19,8 @@ from tunnel.overlay.l2_ref import (
 )
 
 __all__ = ["DF", "HLEN4", "HLEN6", "IPV4_HLEN", "IPV6_HLEN", "MAX_BATCH", "TAKEN", "TX_ARP", "TX_OK",
-           "UDP_HLEN", "VXLAN_FLAGS", "VXLAN_HLEN", "SourceCache", "claim", "encap", "template"]
+           "UDP_HLEN", "VXLAN_FLAGS", "VXLAN_HLEN", "SourceCache", "claim", "encap", "encap_runs",
+           "template"]
 
 cdef int C_TAKEN = TAKEN
 cdef enum:
@@ -148,6 +149,52 @@ def encap(list bufs, list lengths, Py_ssize_t start, Py_ssize_t end, Py_ssize_t 
         out_lengths.append(total)
         appended += 1
     return appended, oversized, no_spare
+
+
+cdef bytes _ZERO_MAC = bytes(6)
+cdef object _MISSING = object()
+
+
+def encap_runs(list bufs, list lengths, Py_ssize_t headroom, verdicts, sports, list runs,
+               dict entries, Py_ssize_t mtu, list out_bufs, list out_lengths, list spares, used,
+               list macs, list remotes):
+    """See tunnel/overlay/l2_ref.py."""
+    cdef Py_ssize_t start, end, frames, nbytes, copies = 0, oversized = 0, no_spare = 0, k
+    cdef list plan = []
+    cdef list pool
+    cdef tuple run, step, entry
+    if runs is None or entries is None or macs is None or remotes is None:
+        raise TypeError("runs, macs and remotes must be lists, entries a dict")
+    for run in runs:
+        start = run[0]
+        if verdicts[start] == C_TX_ARP:
+            return None
+        buf = bufs[start]
+        if type(buf) is not bytearray:
+            raise TypeError("bufs must hold bytearrays")
+        mac = bytes((<bytearray>buf)[headroom:headroom + 6])
+        found = entries.get(mac, _MISSING)
+        if found is _MISSING:
+            found = entries.get(_ZERO_MAC)
+        if found is None:
+            return None
+        entry = <tuple?>found
+        plan.append((mac, entry))
+        copies += len(<tuple?>entry[0]) - 1
+    pool = list(spares) if copies else []
+    for k in range(len(runs)):
+        run = <tuple?>runs[k]
+        start, end, frames, nbytes = run
+        step = <tuple>plan[k]
+        entry = <tuple>step[1]
+        for tmpl in <tuple?>entry[0]:
+            result = encap(bufs, lengths, start, end, headroom, verdicts, sports, tmpl, mtu,
+                           out_bufs, out_lengths, pool, used)
+            oversized += <Py_ssize_t>result[1]
+            no_spare += <Py_ssize_t>result[2]
+        macs.append(step[0])
+        remotes.append((entry[1], frames, nbytes))
+    return oversized, no_spare
 
 
 cdef class SourceCache:

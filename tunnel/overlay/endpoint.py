@@ -6,18 +6,32 @@ that request's handler (``tunnel/cli.py`` gives it to the daemon's ``main``).
 
 Outbound (TAP readable, :meth:`L2Overlay.on_tap_readable`): ``TunBatch(l2=14).read`` cuts TSO
 super-frames natively into frames at ``buf[HEADROOM + hlen:]`` (``hlen`` = inner IP + UDP +
-VXLAN = 36 over IPv4, 56 over IPv6) -> ``VxlanEngine.transmit_bufs`` (checks, flow hash into the
-srcport range, FDB lookup per run) -> ``l2.encap`` (native: VXLAN, UDP and IP headers written
-in place in front of each frame; a replicated frame copied for each further remote) ->
-``Interface.send_packets`` (the WireGuard lane: route, seal in place, sendmmsg with UDP GSO; or
-``Device.send_batch``). No trip through the kernel's stack between the two.
+VXLAN = 36 over IPv4, 56 over IPv6) -> the outbound lane (``fast.scan_tx``: checks, flow hash
+into the srcport range, runs; ``l2.encap_runs``: the FDB snapshot per run and ``l2.encap``, in
+one native call) or, for a batch it does not cover,
+``VxlanEngine.transmit_bufs`` (the same checks, FDB lookup per run) -> ``l2.encap`` (native:
+VXLAN, UDP and IP headers written in place in front of each frame; a replicated frame copied
+for each further remote) -> ``Interface.send_packets`` (the WireGuard lane: route, seal in
+place, sendmmsg with UDP GSO; or ``Device.send_batch``). No trip through the kernel's stack
+between the two.
 
 Inbound: the interface's local delivery (:meth:`Hub.deliver`, called by the inbound pump with
 each opened batch after the allowed-IPs source check) -> ``l2.claim`` (native: UDP to the local
 tunnel address and dstport; payload moved to the buffer's start; the inner source address is
-the VTEP) -> ``VxlanEngine.receive_bufs`` (the kernel's receive rules, learning: a MAC is
-learned at the tunnel address of the peer it came from, since the allowed-IPs check already
-tied that source to the sending peer) -> ``TunBatch(l2=14, gro=True, verify=True).write_slots``.
+the VTEP) -> the inbound lane (``fast.decap_batch`` and the snapshot: one VTEP, every datagram
+accepted, every source MAC already at that VTEP) or ``VxlanEngine.receive_bufs`` (the kernel's
+receive rules, learning: a MAC is learned at the tunnel address of the peer it came from, since
+the allowed-IPs check already tied that source to the sending peer) ->
+``TunBatch(l2=14, gro=True, verify=True).write_slots``.
+
+The lanes (as the VXLAN daemon's pumps, ``tunnel/vxlan/pump_ref.py``): they read the FDB
+:class:`~tunnel.vxlan.pump_ref.Snapshot` (:meth:`L2Overlay.publish`: each remote's destination
+is its header template; a remote of the other family makes its MAC the general way's) and
+leave the engine's bookkeeping of a batch (counters, FDB times, learning that changes nothing)
+as a ``SENT``/``RECEIVED`` record in the endpoint's journal, applied (:meth:`L2Overlay.flush`)
+before any other engine work and by housekeeping once a second; a full journal (``JOURNAL_LIMIT``)
+sends the batch the general way, which applies it first. The snapshot is republished after
+control requests and whenever ``fdb_version`` moved. ``show`` lists ``lanes``: batches per way.
 
 Control: the usual VXLAN control socket (``tunnel.vxlan.control``) for NAME, served on the
 daemon's loop, so ``wg-py vxlan show|fdb|del NAME`` work unchanged; ``stop`` (``del``) closes
@@ -53,6 +67,7 @@ from tunnel.vxlan.control import handle_request, is_alive, socket_path
 from tunnel.vxlan.datapath import move_tap_errors, write_tap
 from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import select as select_fast
+from tunnel.vxlan.pump_ref import RECEIVED, SENT, Snapshot, apply_record, compile_snapshot, fdb_version
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.interface import Interface
 
@@ -67,6 +82,7 @@ ETH_HLEN = 14
 AGE_INTERVAL = 10.0
 DEFAULT_TTL = 64
 MIN_MTU = 68  # the smallest IPv4 MTU (RFC 791): a TAP MTU below it is refused
+JOURNAL_LIMIT = 64  # records; a full journal sends the next batch the general way (which flushes it)
 L2_NAME, L2 = select_l2()
 
 
@@ -166,6 +182,11 @@ class L2Overlay:
         self._rx_sources: list[Any] = []
         self._rx_verdicts = bytearray(256)
         self._cache = L2.SourceCache()
+        # the lanes (see "The lanes" in the module doc): the FDB snapshot they read, and the
+        # journal of their batches' records (applied by flush)
+        self.snapshot: Snapshot | None = None
+        self._records: list[tuple[Any, ...]] = []
+        self.lane_counts = {"tx_lane": 0, "tx_general": 0, "rx_lane": 0, "rx_general": 0}
 
     # ---- setup / teardown ----------------------------------------------------------------
 
@@ -207,6 +228,7 @@ class L2Overlay:
         self.engine.set_own_mac(own_mac)
         self._open_control()
         self._loop = loop
+        self.publish()
         loop.add_reader(self.tap_fd, self.on_tap_readable)
         assert self.control is not None
         task = loop.create_task(asyncio.start_unix_server(self._on_control, sock=self.control))
@@ -235,6 +257,7 @@ class L2Overlay:
         """Stop and release everything (idempotent); the TAP device goes with its fd."""
         if self._closed:
             return
+        self.flush()
         self._closed = True
         log.info("%s: stopping (%s)", self.name, reason)
         Hub.of(self.interface).remove(self)
@@ -257,8 +280,9 @@ class L2Overlay:
             self.tap_fd = -1
 
     def housekeeping(self) -> None:
-        """Once a second: the TAP still there (else close), its MTU (following WGIFACE's),
-        FDB ageing."""
+        """Once a second: the lanes' journal applied, the TAP still there (else close), its
+        MTU (following WGIFACE's), FDB ageing."""
+        self.flush()
         try:
             name = socket.if_indextoname(self.tap_index)
         except OSError:
@@ -272,7 +296,9 @@ class L2Overlay:
         now = time.monotonic()
         if now - self._aged >= AGE_INTERVAL and self.engine is not None:
             self._aged = now
+            self.flush()
             self.engine.age(now)
+            self.refresh()
 
     def _follow_interface_mtu(self, name: str) -> None:
         """When WGIFACE's MTU changed since the TAP's was set from it (``ip link set WGIFACE mtu
@@ -321,9 +347,17 @@ class L2Overlay:
                 self.close(f"TAP device gone ({exc.strerror})")
                 return
             if tap_io.errors:
+                self.flush()
                 self._tap_errors()
             if count:
-                self._transmit(count, time.monotonic())
+                now = time.monotonic()
+                if self._transmit_lane(count, now):
+                    self.lane_counts["tx_lane"] += 1
+                else:
+                    self.lane_counts["tx_general"] += 1
+                    self.flush()
+                    self._transmit(count, now)
+                    self.refresh()
             if count < BATCH or not tap_io.pending:
                 return
         if self._loop is not None:  # segments of a super-frame still pending: next loop turn
@@ -343,7 +377,123 @@ class L2Overlay:
             self._templates[key] = tmpl
         return tmpl
 
+    # ---- the lanes: snapshot and journal ---------------------------------------------------
+
+    def publish(self) -> None:
+        """Compile the FDB snapshot the lanes read (after any change the journal did not make:
+        control requests, ageing, the general ways' learning)."""
+        if self.engine is not None:
+            self.snapshot = compile_snapshot(self.engine, self._dest_of)
+
+    def refresh(self) -> None:
+        """Republish the snapshot if learning or ageing changed the FDB since it was compiled."""
+        engine = self.engine
+        if engine is not None and (self.snapshot is None or self.snapshot.version != fdb_version(engine)):
+            self.publish()
+
+    def _dest_of(self, remote: Any) -> bytes | None:
+        """The snapshot's destination of a remote: its header template (None: the other address
+        family than ``local``, for the general way to count)."""
+        return self._template(remote.ip, remote.port, remote.vni)
+
+    def flush(self) -> None:
+        """Apply the lanes' records to the engine, oldest first (before any other engine work),
+        then republish the snapshot if learning changed the FDB."""
+        records = self._records
+        engine = self.engine
+        if not records or engine is None:
+            return
+        self._records = []
+        for record in records:
+            apply_record(engine, record)
+        self.refresh()
+
+    def _transmit_lane(self, count: int, now: float) -> bool:
+        """The outbound lane: when the snapshot covers the whole batch (every frame sendable, no
+        proxy-ARP frame, every destination MAC (or the flood entry) with remotes of our family),
+        encapsulate and send it as :meth:`_transmit` would and journal its counters and FDB
+        times (a SENT record, ``tunnel.vxlan.pump_ref.apply_record``). False, with nothing
+        sent, otherwise."""
+        snap = self.snapshot
+        engine = self.engine
+        if (snap is None or engine is None or self._loop is None
+                or len(self._records) >= JOURNAL_LIMIT):
+            return False
+        bufs, lengths = self._tx_bufs, self._tx_lengths
+        verdicts, sports = self._tx_verdicts, self._tx_sports
+        headroom = self.headroom
+        runs: list[tuple[int, int, int, int]] = []
+        ok = self.fast.scan_tx(bufs, lengths, count, headroom, snap.seed, snap.port_min,
+                               snap.port_max, snap.proxy, verdicts, sports, runs)
+        if ok < count:
+            return False
+        out_bufs: list[bytearray] = []
+        out_lengths: list[int] = []
+        macs: list[bytes] = []
+        remotes: list[Any] = []
+        used = self._used
+        used[:] = bytes(BATCH)
+        try:
+            counts = L2.encap_runs(bufs, lengths, headroom, verdicts, sports, runs, snap.entries,
+                                   self.interface.device.mtu, out_bufs, out_lengths, self._spares, used,
+                                   macs, remotes)
+            if counts is None:
+                return False
+            self._send(out_bufs, out_lengths, now, counts[0], counts[1])
+        except Exception:
+            log.exception("%s: transmit batch failed", self.name)
+            engine.drops["tx_exception"] += count
+        self._records.append((SENT, tuple(macs), tuple(remotes), now))
+        return True
+
+    def _send(self, out_bufs: list[bytearray], out_lengths: list[int], now: float, oversized: int,
+              no_spare: int) -> None:
+        """Count what ``encap`` dropped, then send the packets through the interface."""
+        engine = self.engine
+        assert engine is not None
+        if oversized:
+            engine.drops["tx_oversized"] += oversized
+        if no_spare:
+            engine.drops["tx_no_buffer"] += no_spare
+        if len(out_bufs) <= BATCH:
+            self.interface.send_packets(out_bufs, out_lengths, now)
+        else:
+            for k in range(0, len(out_bufs), BATCH):
+                self.interface.send_packets(out_bufs[k : k + BATCH], out_lengths[k : k + BATCH], now)
+
+    def _encap_send(self, plan: list[tuple[int, int, Any]], count: int, now: float) -> None:
+        """Encapsulate each ``(start, end, templates)`` range for each template and send the
+        packets through the interface; oversized frames and replicas beyond the spares are
+        dropped and counted."""
+        engine = self.engine
+        assert engine is not None
+        bufs, lengths = self._tx_bufs, self._tx_lengths
+        verdicts, sports = self._tx_verdicts, self._tx_sports
+        out_bufs: list[bytearray] = []
+        out_lengths: list[int] = []
+        # spares only for a frame sent to more than one remote (head-end replication)
+        replicas = not (len(plan) == 1 and len(plan[0][2]) == 1) and (
+            len({(start, end) for start, end, _ in plan}) < sum(len(t) for _, _, t in plan))
+        spares = list(self._spares) if replicas else []
+        used = self._used
+        used[:] = bytes(BATCH)
+        mtu = self.interface.device.mtu
+        oversized = no_spare = 0
+        try:
+            for start, end, templates in plan:
+                for tmpl in templates:
+                    _n, big, short = L2.encap(bufs, lengths, start, end, self.headroom, verdicts,
+                                              sports, tmpl, mtu, out_bufs, out_lengths, spares, used)
+                    oversized += big
+                    no_spare += short
+            self._send(out_bufs, out_lengths, now, oversized, no_spare)
+        except Exception:
+            log.exception("%s: transmit batch failed", self.name)
+            engine.drops["tx_exception"] += count
+
     def _transmit(self, count: int, now: float) -> None:
+        """The general way: the engine's transmit rules over the batch, then encapsulate and
+        send."""
         engine = self.engine
         assert engine is not None
         bufs, lengths = self._tx_bufs, self._tx_lengths
@@ -354,29 +504,18 @@ class L2Overlay:
                 self._tap_write(len(plan.local), self.tap_io.write, list(plan.local))
             if not plan.items:
                 return
-            out_bufs: list[bytearray] = []
-            out_lengths: list[int] = []
-            spares = list(self._spares)
-            used = self._used
-            used[:] = bytes(BATCH)
-            mtu = self.interface.device.mtu
-            drops = engine.drops
+            steps = []
             for start, end, remote in plan.items:
                 tmpl = self._template(remote.ip, remote.port, remote.vni)
                 if tmpl is None:
-                    drops["remote_family"] += end - start
+                    engine.drops["remote_family"] += end - start
                     continue
-                _n, oversized, no_spare = L2.encap(bufs, lengths, start, end, self.headroom, verdicts, sports,
-                                                   tmpl, mtu, out_bufs, out_lengths, spares, used)
-                if oversized:
-                    drops["tx_oversized"] += oversized
-                if no_spare:
-                    drops["tx_no_buffer"] += no_spare
-            for k in range(0, len(out_bufs), BATCH):
-                self.interface.send_packets(out_bufs[k : k + BATCH], out_lengths[k : k + BATCH], now)
+                steps.append((start, end, (tmpl,)))
         except Exception:
             log.exception("%s: transmit batch failed", self.name)
             engine.drops["tx_exception"] += count
+            return
+        self._encap_send(steps, count, now)
 
     # ---- inbound -------------------------------------------------------------------------
 
@@ -402,6 +541,11 @@ class L2Overlay:
             rx_verdicts = self._rx_verdicts
             if len(rx_verdicts) < claimed:
                 rx_verdicts = self._rx_verdicts = bytearray(claimed)
+            if self._receive_lane(out_bufs, out_lengths, sources, claimed, now, rx_verdicts):
+                self.lane_counts["rx_lane"] += 1
+                return int(claimed + bad)
+            self.lane_counts["rx_general"] += 1
+            self.flush()
             try:
                 accepted = engine.receive_bufs(out_bufs, out_lengths, sources, claimed, now, rx_verdicts)
                 if accepted:
@@ -410,7 +554,40 @@ class L2Overlay:
             except Exception:
                 log.exception("%s: receive batch failed", self.name)
                 engine.drops["rx_exception"] += claimed
+            self.refresh()
         return int(claimed + bad)
+
+    def _receive_lane(self, bufs: list[bytearray], lengths: list[int], sources: list[Any], count: int,
+                      now: float, verdicts: bytearray) -> bool:
+        """The inbound lane: when the snapshot says the engine would only count the claimed
+        batch (one VTEP, every datagram accepted, every source MAC already in the FDB at that
+        VTEP, no proxy ARP), write it to the TAP and journal a RECEIVED record. False, with
+        nothing written, otherwise (``verdicts`` may have been filled)."""
+        snap = self.snapshot
+        if (snap is None or snap.proxy or self._loop is None or self.tap_io is None
+                or len(self._records) >= JOURNAL_LIMIT):
+            return False
+        source = sources[0]
+        for i in range(1, count):
+            if sources[i] != source:
+                return False
+        runs: list[int] = []
+        accepted, nbytes = self.fast.decap_batch(bufs, lengths, count, snap.vni, snap.own_mac, snap.learning,
+                                                 sources, verdicts, runs)
+        if accepted < count:
+            return False
+        macs = []
+        if snap.learning:
+            entries = snap.entries
+            for start in runs:
+                mac = bytes(bufs[start][14:20])
+                entry = entries.get(mac)
+                if entry is None or entry[1][0] != source:
+                    return False  # learning would change the FDB, or a conflict: the engine's
+                macs.append(mac)
+        self._tap_write(accepted, self.tap_io.write_slots, bufs, lengths, 8, verdicts, count)
+        self._records.append((RECEIVED, tuple(macs), source, accepted, nbytes, now))
+        return True
 
     def _tap_write(self, frames: int, write: Any, *args: Any) -> None:
         assert self.engine is not None
@@ -433,6 +610,7 @@ class L2Overlay:
             "mtu": self.mtu,
             "sender": f"in-process ({self.interface.name})",
             "underlay": self.interface.name,
+            "lanes": dict(self.lane_counts),
             "datapath": f"{self.fast_name}+l2 {L2_NAME}",
             "io": self.io_name,
             "offloads": self.offloads,
@@ -447,7 +625,9 @@ class L2Overlay:
             text = line.decode(errors="replace")
             if self.engine is None:
                 return
+            self.flush()
             answer = handle_request(self.engine, text, time.monotonic(), self.extra)
+            self.publish()
             if answer.get("show"):
                 answer["show"]["config"]["hash_seed"] = None
             writer.write(json_line(answer))

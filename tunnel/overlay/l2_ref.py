@@ -14,6 +14,8 @@ Two loops sit at the seam between the VXLAN engine and the WireGuard engine of o
   (RFC 8200 forbids 0). The packet then starts at ``bufs[i][headroom - len(template):]``, where
   the WireGuard engine wants it (its own 16-byte header goes before that). A frame sent to a
   second remote (head-end replication) is copied into a spare buffer first.
+  :func:`encap_runs` is the endpoint's outbound lane around it: per run of one destination MAC,
+  the FDB snapshot's templates (or the flood entry's), then :func:`encap` for each.
 - :func:`claim` (inbound): decrypted packets that passed the allowed-IPs source check
   (``verdicts[i] == 0``, packet at ``bufs[i][headroom:lengths[i]]``) and are UDP to the local
   tunnel address and the VXLAN port are taken from the TUN's batch (``verdicts[i]`` becomes
@@ -164,6 +166,61 @@ def encap(
         out_lengths.append(total)
         appended += 1
     return appended, oversized, no_spare
+
+
+_ZERO_MAC = bytes(6)
+_MISSING = object()
+
+
+def encap_runs(
+    bufs: list[bytearray], lengths: list[int], headroom: int, verdicts: Any, sports: array[int],
+    runs: list[tuple[int, int, int, int]], entries: dict[bytes, Any], mtu: int,
+    out_bufs: list[bytearray], out_lengths: list[int], spares: list[bytearray], used: bytearray,
+    macs: list[bytes], remotes: list[tuple[Any, int, int]],
+) -> tuple[int, int] | None:
+    """The L2 endpoint's outbound lane over a batch ``fast.scan_tx`` checked: ``runs`` are its
+    ``(start, end, frames, nbytes)`` runs of one destination MAC (``bufs[start][headroom:
+    headroom + 6]``), ``entries`` an FDB snapshot's (``tunnel.vxlan.pump_ref.Snapshot``) with
+    header templates (:func:`template`) as destinations: ``entries[mac] = (templates, ips)`` or
+    None, the flood entry under the all-zeros MAC. If a run starts with an ARP frame (verdict
+    ``TX_ARP``: proxy ARP), or its MAC (or, for a MAC not in ``entries``, the flood entry) has
+    no entry or None, returns None having changed nothing. Otherwise :func:`encap` puts each
+    run's frames behind each of its templates (``used`` must be all zeros for the batch; a
+    frame for a further template is copied into a buffer from a copy of ``spares``, which is
+    left as it is), appends each run's MAC to ``macs`` and ``(ips, frames, nbytes)`` to
+    ``remotes``, and returns ``(oversized, no_spare)``, :func:`encap`'s counts summed. Errors
+    as :func:`encap` (TypeError for ``runs``, ``entries``, ``macs`` or ``remotes`` of the wrong
+    type)."""
+    if type(runs) is not list or type(entries) is not dict or type(macs) is not list \
+            or type(remotes) is not list:
+        raise TypeError("runs, macs and remotes must be lists, entries a dict")
+    plan = []
+    copies = 0
+    for start, _end, _frames, _nbytes in runs:
+        if verdicts[start] == TX_ARP:
+            return None
+        buf = bufs[start]
+        if type(buf) is not bytearray:
+            raise TypeError("bufs must hold bytearrays")
+        mac = bytes(buf[headroom : headroom + 6])
+        entry = entries.get(mac, _MISSING)
+        if entry is _MISSING:
+            entry = entries.get(_ZERO_MAC)
+        if entry is None:
+            return None
+        plan.append((mac, entry))
+        copies += len(entry[0]) - 1
+    pool = list(spares) if copies else []
+    oversized = no_spare = 0
+    for (start, end, frames, nbytes), (mac, (templates, ips)) in zip(runs, plan, strict=True):
+        for tmpl in templates:
+            _n, big, short = encap(bufs, lengths, start, end, headroom, verdicts, sports, tmpl, mtu,
+                                   out_bufs, out_lengths, pool, used)
+            oversized += big
+            no_spare += short
+        macs.append(mac)
+        remotes.append((ips, frames, nbytes))
+    return oversized, no_spare
 
 
 class SourceCache:

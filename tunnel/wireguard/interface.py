@@ -585,9 +585,11 @@ class Interface:
         are borrowed for the call (sealed in place); ``lengths`` become datagram lengths."""
         if not bufs:
             return
-        self._apply_journal()
         device = self.device
         try:
+            # As the outbound pump: the lane is asked with the journal pending, and a batch
+            # sent whole leaves only its record (Device.lane_sent) to the journal, so the
+            # caller (the L2 overlay's TAP callback) yields right after the send.
             lane = device.datapath.lane(device, bufs, lengths, HEADROOM, now)
             if lane is not None:
                 peer, keypair = lane
@@ -596,6 +598,12 @@ class Interface:
                 if udp is not None:
                     sealed = keypair.cipher.seal_batch(bufs, lengths, device.mtu)
                     udp.send_slots(bufs, lengths, 0, sealed, endpoint)
+                    journal = self._journal
+                    if (sealed == len(bufs) and journal.open()
+                            and (self.bind is None or not self.bind.lost_sources)):
+                        journal.add((PUMP.SENT, peer, keypair, sum(lengths), now))
+                        return
+                    self._apply_journal()
                     out = device.lane_sent(peer, keypair, sum(lengths[:sealed]), now) if sealed else None
                     if self.bind is not None and self.bind.lost_sources:
                         self._forget_sources(self.bind.take_lost_sources())
@@ -605,6 +613,7 @@ class Interface:
                         self._transmit(device.send_batch(bufs[sealed:], lengths[sealed:], now))
                     self._rearm()
                     return
+            self._apply_journal()
             self._transmit(device.send_batch(bufs, lengths, now))
         except Exception:
             self.errors["send_packets"] += 1
