@@ -59,6 +59,7 @@ from dataclasses import replace
 from typing import Any
 
 from crypto.backend import HEADROOM, TAG_SIZE
+from tunnel.io.journal_ref import JOURNAL_LIMIT  # a full journal sends the next batch the general way
 from tunnel.io.offload import get_hwaddr, get_mtu, open_tun, select_io, set_mtu
 from tunnel.vxlan import control
 from tunnel.vxlan.cli import UsageError, parse_add
@@ -82,7 +83,6 @@ ETH_HLEN = 14
 AGE_INTERVAL = 10.0
 DEFAULT_TTL = 64
 MIN_MTU = 68  # the smallest IPv4 MTU (RFC 791): a TAP MTU below it is refused
-JOURNAL_LIMIT = 64  # records; a full journal sends the next batch the general way (which flushes it)
 L2_NAME, L2 = select_l2()
 
 

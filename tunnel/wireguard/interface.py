@@ -68,6 +68,7 @@ from crypto import noise
 from crypto.backend import HEADROOM, OK, TAG_SIZE
 from crypto.backend import NAME as CIPHER_NAME
 from tunnel.io.endpoint import Endpoint
+from tunnel.io.journal_ref import JOURNAL_DELAY  # seconds the lanes' bookkeeping may wait (when idle)
 from tunnel.io.tun import IO_NAME, Tun, TunGone
 from tunnel.io.udp import BatchSocket, UdpBind
 from tunnel.wireguard import pump
@@ -94,7 +95,6 @@ TRANSPORT_HEADER = 16  # type, receiver index, counter: where an opened packet s
 MESSAGE_OVERHEAD = 32  # transport header (16) and tag (16) around a padded packet
 PEER_MTU_ROOM = 9000  # with GRO: room for datagrams of peers with an MTU up to this (jumbo)
 MTU_RECHECK = 0.1  # at most this often when a packet bigger than the known MTU shows up
-JOURNAL_DELAY = 0.002  # seconds: the lanes' bookkeeping waits at most this long (when idle)
 
 PUMP_NAME, PUMP = pump.select()
 
