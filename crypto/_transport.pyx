@@ -63,6 +63,26 @@ cdef extern from "_chacha_small.h" nogil:
                            size_t adlen, unsigned char *buf, size_t length, const unsigned char *tag)
 
 
+# Whole batches (of at least _batch_min messages) are sealed and opened by the multi-buffer
+# ChaCha20-Poly1305 of _chacha_batch.h (SIMD lanes across packets) when the CPU has AVX-512 IFMA;
+# otherwise by the per-packet code below. WGPY_AEAD (read once at import) forces a path.
+cdef extern from "_chacha_batch.h" nogil:
+    enum:
+        WGPY_BATCH_EVP
+        WGPY_BATCH_AVX512
+        WGPY_BATCH_AVX2
+    ctypedef struct wgpy_batch_msg:
+        unsigned char *data
+        size_t len
+        uint64_t counter
+        unsigned char *tag
+    int wgpy_batch_supported(int impl)
+    void wgpy_batch_seal(int impl, const unsigned char *key, const wgpy_batch_msg *m, size_t n)
+    void wgpy_batch_verify(int impl, const unsigned char *key, const wgpy_batch_msg *m, size_t n, int *ok)
+    void wgpy_batch_xor(int impl, const unsigned char *key, const wgpy_batch_msg *m, size_t n,
+                        const int *select)
+
+
 cdef extern from *:
     """
     #include <openssl/evp.h>
@@ -80,6 +100,51 @@ cdef extern from *:
     """
     uint64_t WGPY_REJECT_AFTER_MESSAGES
     int wgpy_set_nonce(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, int enc) nogil
+
+
+# --- Which batch AEAD runs (testing and measuring hooks; the twin has the same two) ---
+
+_BATCH_NAMES = {"evp": WGPY_BATCH_EVP, "avx512": WGPY_BATCH_AVX512, "avx2": WGPY_BATCH_AVX2}
+cdef int _batch = WGPY_BATCH_EVP
+cdef Py_ssize_t _batch_min = 2      # smaller batches (one packet) stay on the per-packet path
+
+
+def _set_batch_impl(name) -> str:
+    """Use the batch AEAD ``name`` from now on ("auto", "evp", "avx512", "avx2"); returns the
+    name in use before. ValueError for an unknown name or one this CPU cannot run."""
+    global _batch
+    previous = _batch_impl()
+    if name == "auto":
+        _batch = WGPY_BATCH_AVX512 if wgpy_batch_supported(WGPY_BATCH_AVX512) else WGPY_BATCH_EVP
+        return previous
+    if name not in _BATCH_NAMES:
+        raise ValueError(f"unknown batch AEAD {name!r}: expected auto, evp, avx512 or avx2")
+    code = _BATCH_NAMES[name]
+    if code != WGPY_BATCH_EVP and not wgpy_batch_supported(code):
+        raise ValueError(f"batch AEAD {name!r} needs AVX-512 F/BW/VL/IFMA, which this CPU lacks")
+    _batch = code
+    return previous
+
+
+def _batch_impl() -> str:
+    """The batch AEAD in use: "evp" (per packet, OpenSSL and the small scalar code), "avx512"
+    or "avx2" (the multi-buffer code of _chacha_batch.h, by its ChaCha20 width)."""
+    for name, code in _BATCH_NAMES.items():
+        if code == _batch:
+            return name
+    raise AssertionError(_batch)
+
+
+def _init_batch() -> None:
+    import os
+    name = os.environ.get("WGPY_AEAD", "auto") or "auto"
+    try:
+        _set_batch_impl(name)
+    except ValueError as error:
+        raise RuntimeError(f"WGPY_AEAD={name}: {error}") from None
+
+
+_init_batch()
 
 
 # --- Public constants (identical values in crypto/transport.py) ---
@@ -287,6 +352,9 @@ cdef class TransportCipher:
     cdef Py_ssize_t *_sizes
     cdef Py_ssize_t *_padded
     cdef int *_codes
+    cdef wgpy_batch_msg *_msgs
+    cdef Py_ssize_t *_index
+    cdef int *_ok
     cdef Py_ssize_t _capacity
 
     def __cinit__(self, send_key, receive_key, remote_index, *, send_counter=0) -> None:
@@ -299,6 +367,9 @@ cdef class TransportCipher:
         self._sizes = NULL
         self._padded = NULL
         self._codes = NULL
+        self._msgs = NULL
+        self._index = NULL
+        self._ok = NULL
         self._capacity = 0
         self._seal_ctx = NULL
         self._open_ctx = NULL
@@ -333,6 +404,9 @@ cdef class TransportCipher:
         PyMem_Free(self._sizes)
         PyMem_Free(self._padded)
         PyMem_Free(self._codes)
+        PyMem_Free(self._msgs)
+        PyMem_Free(self._index)
+        PyMem_Free(self._ok)
 
     cdef void _erase(self) noexcept:
         OPENSSL_cleanse(self._send_key, C_KEY)
@@ -350,13 +424,20 @@ cdef class TransportCipher:
         PyMem_Free(self._sizes)
         PyMem_Free(self._padded)
         PyMem_Free(self._codes)
+        PyMem_Free(self._msgs)
+        PyMem_Free(self._index)
+        PyMem_Free(self._ok)
         self._capacity = 0
         self._views = <Py_buffer *>PyMem_Malloc(count * sizeof(Py_buffer))
         self._sizes = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
         self._padded = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
         self._codes = <int *>PyMem_Malloc(count * sizeof(int))
+        self._msgs = <wgpy_batch_msg *>PyMem_Malloc(count * sizeof(wgpy_batch_msg))
+        self._index = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
+        self._ok = <int *>PyMem_Malloc(count * sizeof(int))
         if (self._views == NULL or self._sizes == NULL or self._padded == NULL
-                or self._codes == NULL):
+                or self._codes == NULL or self._msgs == NULL or self._index == NULL
+                or self._ok == NULL):
             raise MemoryError()
         self._capacity = count
         return 0
@@ -453,6 +534,8 @@ cdef class TransportCipher:
         cdef unsigned char *p
         cdef unsigned char nonce[12]
         cdef int outl
+        if _batch != WGPY_BATCH_EVP and count >= _batch_min:
+            return self._seal_batched(count)
         memset(nonce, 0, 12)
         for i in range(count):
             p = <unsigned char *>self._views[i].buf
@@ -478,6 +561,26 @@ cdef class TransportCipher:
             if EVP_CIPHER_CTX_ctrl(self._seal_ctx, EVP_CTRL_AEAD_GET_TAG, C_TAG,
                                    p + C_HEADROOM + padded) != 1:
                 return i
+        return count
+
+    cdef Py_ssize_t _seal_batched(self, Py_ssize_t count) noexcept nogil:
+        """Headers and padding per packet, then the AEAD of the whole batch in SIMD lanes."""
+        cdef Py_ssize_t i, size, padded
+        cdef unsigned char *p
+        for i in range(count):
+            p = <unsigned char *>self._views[i].buf
+            size = self._sizes[i]
+            padded = self._padded[i]
+            if padded > size:
+                memset(p + C_HEADROOM + size, 0, padded - size)
+            store_le32(p, C_MESSAGE_TRANSPORT)
+            store_le32(p + 4, self._remote_index)
+            store_le64(p + 8, self._send_counter + <uint64_t>i)
+            self._msgs[i].data = p + C_HEADROOM
+            self._msgs[i].len = <size_t>padded
+            self._msgs[i].counter = self._send_counter + <uint64_t>i
+            self._msgs[i].tag = p + C_HEADROOM + padded
+        wgpy_batch_seal(_batch, self._send_key, self._msgs, <size_t>count)
         return count
 
     def open_batch(self, list bufs not None, list lengths not None,
@@ -525,6 +628,8 @@ cdef class TransportCipher:
         cdef uint64_t counter
         cdef int outl
         cdef bint authentic
+        if _batch != WGPY_BATCH_EVP and count >= _batch_min:
+            return self._open_batched(count)
         memset(nonce, 0, 12)
         for i in range(count):
             p = <unsigned char *>self._views[i].buf
@@ -558,4 +663,45 @@ cdef class TransportCipher:
             self._codes[i] = R_OK
             self._sizes[i] = body
             accepted += 1
+        return accepted
+
+    cdef Py_ssize_t _open_batched(self, Py_ssize_t count) noexcept nogil:
+        """The checks of _open_all in the same order with the same codes, the tags of the whole
+        batch verified in SIMD lanes first; only packets that pass every check are decrypted."""
+        cdef Py_ssize_t i, j, size, body
+        cdef Py_ssize_t candidates = 0
+        cdef Py_ssize_t accepted = 0
+        cdef unsigned char *p
+        cdef uint64_t counter
+        for i in range(count):
+            p = <unsigned char *>self._views[i].buf
+            size = self._sizes[i]
+            if size < C_HEADROOM + C_TAG:
+                self._codes[i] = R_TOO_SHORT
+                continue
+            counter = load_le64(p + 8)
+            if counter >= WGPY_REJECT_AFTER_MESSAGES:
+                self._codes[i] = R_COUNTER_LIMIT
+                continue
+            body = size - C_HEADROOM - C_TAG
+            self._msgs[candidates].data = p + C_HEADROOM
+            self._msgs[candidates].len = <size_t>body
+            self._msgs[candidates].counter = counter
+            self._msgs[candidates].tag = p + C_HEADROOM + body
+            self._index[candidates] = i
+            candidates += 1
+        wgpy_batch_verify(_batch, self._receive_key, self._msgs, <size_t>candidates, self._ok)
+        # In packet order: only an authenticated counter may move the window.
+        for j in range(candidates):
+            i = self._index[j]
+            if not self._ok[j]:
+                self._codes[i] = R_AUTH
+            elif not window_validate(&self._window, self._msgs[j].counter):
+                self._codes[i] = R_REPLAY
+                self._ok[j] = 0
+            else:
+                self._codes[i] = R_OK
+                self._sizes[i] = <Py_ssize_t>self._msgs[j].len
+                accepted += 1
+        wgpy_batch_xor(_batch, self._receive_key, self._msgs, <size_t>candidates, self._ok)
         return accepted
