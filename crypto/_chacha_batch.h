@@ -52,9 +52,15 @@ typedef struct {
     uint8_t *tag;
 } wgpy_batch_msg;
 
+/* Zero n bytes at p in a way the compiler may not drop as a dead store. */
 static void wgpy_batch_wipe(void *p, size_t n) {
+#if defined(__GNUC__)
+    memset(p, 0, n);
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+#else
     volatile uint8_t *v = (volatile uint8_t *)p;
     while (n--) *v++ = 0;
+#endif
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(WGPY_NO_BATCH)
@@ -82,7 +88,7 @@ static inline uint64_t wgpy_b_ld64(const uint8_t *p) {
     return (uint64_t)wgpy_b_ld32(p) | ((uint64_t)wgpy_b_ld32(p + 4) << 32);
 }
 
-static int wgpy_batch_supported(int impl) {
+static inline int wgpy_batch_supported(int impl) {
     __builtin_cpu_init();
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512ifma")))
@@ -328,24 +334,12 @@ static void wgpy_cc_batch(int impl, const uint32_t kw[8], const wgpy_batch_msg *
         h1 = _mm512_add_epi64(h1, _mm512_and_si512(                                              \
                  _mm512_or_si512(_mm512_srli_epi64(LO, 44), _mm512_slli_epi64(HI, 20)), m44));    \
         h2 = _mm512_add_epi64(h2, _mm512_or_si512(_mm512_srli_epi64(HI, 24), bit128));            \
-        l0 = _mm512_add_epi64(_mm512_add_epi64(_mm512_madd52lo_epu64(z, h0, r0),                 \
-                                               _mm512_madd52lo_epu64(z, h1, s2)),                \
-                              _mm512_madd52lo_epu64(z, h2, s1));                                  \
-        u0 = _mm512_add_epi64(_mm512_add_epi64(_mm512_madd52hi_epu64(z, h0, r0),                 \
-                                               _mm512_madd52hi_epu64(z, h1, s2)),                \
-                              _mm512_madd52hi_epu64(z, h2, s1));                                  \
-        l1 = _mm512_add_epi64(_mm512_add_epi64(_mm512_madd52lo_epu64(z, h0, r1),                 \
-                                               _mm512_madd52lo_epu64(z, h1, r0)),                \
-                              _mm512_madd52lo_epu64(z, h2, s2));                                  \
-        u1 = _mm512_add_epi64(_mm512_add_epi64(_mm512_madd52hi_epu64(z, h0, r1),                 \
-                                               _mm512_madd52hi_epu64(z, h1, r0)),                \
-                              _mm512_madd52hi_epu64(z, h2, s2));                                  \
-        l2 = _mm512_add_epi64(_mm512_add_epi64(_mm512_madd52lo_epu64(z, h0, r2),                 \
-                                               _mm512_madd52lo_epu64(z, h1, r1)),                \
-                              _mm512_madd52lo_epu64(z, h2, r0));                                  \
-        u2 = _mm512_add_epi64(_mm512_add_epi64(_mm512_madd52hi_epu64(z, h0, r2),                 \
-                                               _mm512_madd52hi_epu64(z, h1, r1)),                \
-                              _mm512_madd52hi_epu64(z, h2, r0));                                  \
+        l0 = _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h2, s1), h0, r0), h1, s2);                                  \
+        u0 = _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h2, s1), h0, r0), h1, s2);                                  \
+        l1 = _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h2, s2), h0, r1), h1, r0);                                  \
+        u1 = _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h2, s2), h0, r1), h1, r0);                                  \
+        l2 = _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h2, r0), h0, r2), h1, r1);                                  \
+        u2 = _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h2, r0), h0, r2), h1, r1);                                  \
         c = _mm512_add_epi64(_mm512_srli_epi64(l0, 44), _mm512_slli_epi64(u0, 8));                \
         h0 = _mm512_and_si512(l0, m44);                                                           \
         l1 = _mm512_add_epi64(l1, c);                                                             \
@@ -398,7 +392,8 @@ WGPY_T512 static void wgpy_poly8(const wgpy_batch_msg *m, size_t n, const uint8_
     size_t taken = 0;
     const __m512i z = _mm512_setzero_si512(), m44 = _mm512_set1_epi64((long long)WGPY_M44);
     const __m512i m42 = _mm512_set1_epi64((long long)WGPY_M42), bit128 = _mm512_set1_epi64(1LL << 40);
-    const __m512i sixteen = _mm512_set1_epi64(16), eight = _mm512_set1_epi64(8);
+    const __m512i eight = _mm512_set1_epi64(8);
+    const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
     __m512i h0 = z, h1 = z, h2 = z, r0 = z, r1 = z, r2 = z, s1 = z, s2 = z;
     for (l = 0; l < 8; l++) {
         next[l] = zero16; full[l] = 0; cur[l] = 0; stage[l] = 0;
@@ -436,13 +431,28 @@ WGPY_T512 static void wgpy_poly8(const wgpy_batch_msg *m, size_t n, const uint8_
         }
         if (run > 0) {
             /* every active lane has `run` full blocks ahead: vector-only stretch */
-            __m512i addr = _mm512_loadu_si512((const void *)next);
+            const uint8_t *p0 = next[0], *p1 = next[1], *p2 = next[2], *p3 = next[3];
+            const uint8_t *p4 = next[4], *p5 = next[5], *p6 = next[6], *p7 = next[7];
+            const size_t i0 = active & 1 ? 16 : 0, i1 = active & 2 ? 16 : 0, i2 = active & 4 ? 16 : 0;
+            const size_t i3 = active & 8 ? 16 : 0, i4 = active & 16 ? 16 : 0, i5 = active & 32 ? 16 : 0;
+            const size_t i6 = active & 64 ? 16 : 0, i7 = active & 128 ? 16 : 0;
             uint64_t j;
             for (j = 0; j < run; j++) {
-                __m512i lo = _mm512_i64gather_epi64(addr, (const void *)0, 1);
-                __m512i hi = _mm512_i64gather_epi64(_mm512_add_epi64(addr, eight), (const void *)0, 1);
+                /* lane l's 16 bytes into the 128-bit slot l of a (l < 4) or b, then split into
+                   the low and high 64 bits of every lane */
+                __m512i a = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p0));
+                __m512i b = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p4));
+                __m512i lo, hi;
+                a = _mm512_inserti32x4(a, _mm_loadu_si128((const __m128i *)p1), 1);
+                b = _mm512_inserti32x4(b, _mm_loadu_si128((const __m128i *)p5), 1);
+                a = _mm512_inserti32x4(a, _mm_loadu_si128((const __m128i *)p2), 2);
+                b = _mm512_inserti32x4(b, _mm_loadu_si128((const __m128i *)p6), 2);
+                a = _mm512_inserti32x4(a, _mm_loadu_si128((const __m128i *)p3), 3);
+                b = _mm512_inserti32x4(b, _mm_loadu_si128((const __m128i *)p7), 3);
+                lo = _mm512_permutex2var_epi64(a, even, b);
+                hi = _mm512_permutex2var_epi64(a, odd, b);
                 WGPY_POLY8_BLOCK(lo, hi)
-                addr = _mm512_mask_add_epi64(addr, (__mmask8)active, addr, sixteen);
+                p0 += i0; p1 += i1; p2 += i2; p3 += i3; p4 += i4; p5 += i5; p6 += i6; p7 += i7;
             }
             for (l = 0; l < 8; l++) {
                 if (active & (1u << l)) { next[l] += 16 * run; full[l] -= run; }
