@@ -68,6 +68,7 @@ static int evp_open(int size, int batch, uint64_t ctr) {
 static void fill_msgs(wgpy_batch_msg *m, int size, int batch, uint64_t ctr) {
     int i;
     for (i = 0; i < batch; i++) {
+        memset(&m[i], 0, sizeof m[i]);
         m[i].data = buf[i]; m[i].len = (size_t)size; m[i].counter = ctr + (uint64_t)i; m[i].tag = buf[i] + size;
     }
 }

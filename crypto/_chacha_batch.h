@@ -44,12 +44,17 @@
 #define WGPY_BATCH_AVX512 1
 #define WGPY_BATCH_AVX2 2
 
-/* One message of a batch: `len` bytes at `data` (sealed or opened in place), the tag at `tag`. */
+/* One message of a batch: `len` bytes at `data` (sealed or opened in place), the tag at `tag`,
+   the 96-bit nonce as le32(nonce0) || le64(counter) (WireGuard: nonce0 = 0), and `adlen` bytes
+   of additional data at `ad` (WireGuard: none). */
 typedef struct {
     uint8_t *data;
     size_t len;
     uint64_t counter;
     uint8_t *tag;
+    const uint8_t *ad;
+    size_t adlen;
+    uint32_t nonce0;
 } wgpy_batch_msg;
 
 /* Zero n bytes at p in a way the compiler may not drop as a dead store. */
@@ -76,6 +81,7 @@ static void wgpy_batch_wipe(void *p, size_t n) {
 typedef struct {
     uint8_t *p;
     uint64_t nonce;
+    uint32_t nonce0;
     uint32_t block;
     uint32_t len;
 } wgpy_cc_job;
@@ -134,23 +140,25 @@ WGPY_T512 static inline void wgpy_cc16_emit(const wgpy_cc_job *job, int nj, int 
 }
 
 WGPY_T512 static void wgpy_cc16(const uint32_t kw[8], const wgpy_cc_job *job, int nj) {
-    uint32_t ctr[16], n1[16], n2[16];
+    uint32_t ctr[16], n0[16], n1[16], n2[16];
     int l, i;
     for (l = 0; l < 16; l++) {
         if (l < nj) {
-            ctr[l] = job[l].block; n1[l] = (uint32_t)job[l].nonce; n2[l] = (uint32_t)(job[l].nonce >> 32);
+            ctr[l] = job[l].block; n0[l] = job[l].nonce0;
+            n1[l] = (uint32_t)job[l].nonce; n2[l] = (uint32_t)(job[l].nonce >> 32);
         } else {
-            ctr[l] = n1[l] = n2[l] = 0;
+            ctr[l] = n0[l] = n1[l] = n2[l] = 0;
         }
     }
-    const __m512i c12 = _mm512_loadu_si512(ctr), c14 = _mm512_loadu_si512(n1), c15 = _mm512_loadu_si512(n2);
+    const __m512i c12 = _mm512_loadu_si512(ctr), c13 = _mm512_loadu_si512(n0);
+    const __m512i c14 = _mm512_loadu_si512(n1), c15 = _mm512_loadu_si512(n2);
     __m512i x0 = _mm512_set1_epi32(0x61707865), x1 = _mm512_set1_epi32(0x3320646e);
     __m512i x2 = _mm512_set1_epi32(0x79622d32), x3 = _mm512_set1_epi32(0x6b206574);
     __m512i x4 = _mm512_set1_epi32((int)kw[0]), x5 = _mm512_set1_epi32((int)kw[1]);
     __m512i x6 = _mm512_set1_epi32((int)kw[2]), x7 = _mm512_set1_epi32((int)kw[3]);
     __m512i x8 = _mm512_set1_epi32((int)kw[4]), x9 = _mm512_set1_epi32((int)kw[5]);
     __m512i x10 = _mm512_set1_epi32((int)kw[6]), x11 = _mm512_set1_epi32((int)kw[7]);
-    __m512i x12 = c12, x13 = _mm512_setzero_si512(), x14 = c14, x15 = c15;
+    __m512i x12 = c12, x13 = c13, x14 = c14, x15 = c15;
     for (i = 0; i < 10; i++) {
         WGPY_QR16(x0, x4, x8, x12) WGPY_QR16(x1, x5, x9, x13)
         WGPY_QR16(x2, x6, x10, x14) WGPY_QR16(x3, x7, x11, x15)
@@ -170,6 +178,7 @@ WGPY_T512 static void wgpy_cc16(const uint32_t kw[8], const wgpy_cc_job *job, in
     x10 = _mm512_add_epi32(x10, _mm512_set1_epi32((int)kw[6]));
     x11 = _mm512_add_epi32(x11, _mm512_set1_epi32((int)kw[7]));
     x12 = _mm512_add_epi32(x12, c12);
+    x13 = _mm512_add_epi32(x13, c13);
     x14 = _mm512_add_epi32(x14, c14);
     x15 = _mm512_add_epi32(x15, c15);
     {
@@ -225,7 +234,7 @@ WGPY_T256 static inline void wgpy_cc8_emit(const wgpy_cc_job *job, int nj, int k
 }
 
 WGPY_T256 static void wgpy_cc8(const uint32_t kw[8], const wgpy_cc_job *job, int nj) {
-    uint32_t ctr[8], n1[8], n2[8];
+    uint32_t ctr[8], n0[8], n1[8], n2[8];
     int l, i;
     const __m256i r16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2, 3, 0, 1, 6, 7, 4,
                                          5, 10, 11, 8, 9, 14, 15, 12, 13);
@@ -233,12 +242,13 @@ WGPY_T256 static void wgpy_cc8(const uint32_t kw[8], const wgpy_cc_job *job, int
                                         11, 8, 9, 10, 15, 12, 13, 14);
     for (l = 0; l < 8; l++) {
         if (l < nj) {
-            ctr[l] = job[l].block; n1[l] = (uint32_t)job[l].nonce; n2[l] = (uint32_t)(job[l].nonce >> 32);
+            ctr[l] = job[l].block; n0[l] = job[l].nonce0;
+            n1[l] = (uint32_t)job[l].nonce; n2[l] = (uint32_t)(job[l].nonce >> 32);
         } else {
-            ctr[l] = n1[l] = n2[l] = 0;
+            ctr[l] = n0[l] = n1[l] = n2[l] = 0;
         }
     }
-    const __m256i c12 = _mm256_loadu_si256((const __m256i *)ctr);
+    const __m256i c12 = _mm256_loadu_si256((const __m256i *)ctr), c13 = _mm256_loadu_si256((const __m256i *)n0);
     const __m256i c14 = _mm256_loadu_si256((const __m256i *)n1), c15 = _mm256_loadu_si256((const __m256i *)n2);
     __m256i x0 = _mm256_set1_epi32(0x61707865), x1 = _mm256_set1_epi32(0x3320646e);
     __m256i x2 = _mm256_set1_epi32(0x79622d32), x3 = _mm256_set1_epi32(0x6b206574);
@@ -246,7 +256,7 @@ WGPY_T256 static void wgpy_cc8(const uint32_t kw[8], const wgpy_cc_job *job, int
     __m256i x6 = _mm256_set1_epi32((int)kw[2]), x7 = _mm256_set1_epi32((int)kw[3]);
     __m256i x8 = _mm256_set1_epi32((int)kw[4]), x9 = _mm256_set1_epi32((int)kw[5]);
     __m256i x10 = _mm256_set1_epi32((int)kw[6]), x11 = _mm256_set1_epi32((int)kw[7]);
-    __m256i x12 = c12, x13 = _mm256_setzero_si256(), x14 = c14, x15 = c15;
+    __m256i x12 = c12, x13 = c13, x14 = c14, x15 = c15;
     for (i = 0; i < 10; i++) {
         WGPY_QR8(x0, x4, x8, x12) WGPY_QR8(x1, x5, x9, x13)
         WGPY_QR8(x2, x6, x10, x14) WGPY_QR8(x3, x7, x11, x15)
@@ -266,6 +276,7 @@ WGPY_T256 static void wgpy_cc8(const uint32_t kw[8], const wgpy_cc_job *job, int
     x10 = _mm256_add_epi32(x10, _mm256_set1_epi32((int)kw[6]));
     x11 = _mm256_add_epi32(x11, _mm256_set1_epi32((int)kw[7]));
     x12 = _mm256_add_epi32(x12, c12);
+    x13 = _mm256_add_epi32(x13, c13);
     x14 = _mm256_add_epi32(x14, c14);
     x15 = _mm256_add_epi32(x15, c15);
     {
@@ -304,13 +315,15 @@ static void wgpy_cc_batch(int impl, const uint32_t kw[8], const wgpy_batch_msg *
     for (i = 0; i < n; i++) {
         if (with_keys) {
             memset(keys[i], 0, 32);
-            job[nj].p = keys[i]; job[nj].nonce = m[i].counter; job[nj].block = 0; job[nj].len = 32;
+            job[nj].p = keys[i]; job[nj].nonce = m[i].counter; job[nj].nonce0 = m[i].nonce0;
+            job[nj].block = 0; job[nj].len = 32;
             if (++nj == WGPY_JOBS) { wgpy_cc_run(impl, kw, job, nj); nj = 0; }
         }
         if (!with_data || (select != NULL && !select[i])) continue;
         for (off = 0; off < m[i].len; off += 64) {
             job[nj].p = m[i].data + off;
             job[nj].nonce = m[i].counter;
+            job[nj].nonce0 = m[i].nonce0;
             job[nj].block = (uint32_t)(1 + off / 64);
             job[nj].len = (uint32_t)(m[i].len - off < 64 ? m[i].len - off : 64);
             if (++nj == WGPY_JOBS) { wgpy_cc_run(impl, kw, job, nj); nj = 0; }
@@ -379,7 +392,20 @@ static void wgpy_poly44_finish(uint64_t h0, uint64_t h1, uint64_t h2, const uint
     for (i = 0; i < 16; i++) tag[i] = (uint8_t)(b >> (8 * i));
 }
 
-/* tags[i] = Poly1305(keys[i], data of m[i] zero-padded to 16 bytes || 0^64 || le64(len)). */
+/* A lane whose current segment is used up moves on: additional data (segment 0), then the data
+   (segment 1); with segment 1 used up, its next block is the length block. */
+static inline void wgpy_poly_lane_next(const wgpy_batch_msg *msg, int *seg, const uint8_t **next, uint64_t *full,
+                                       size_t *rem) {
+    while (*seg == 0 && *full == 0 && *rem == 0) {
+        *seg = 1;
+        *next = msg->data;
+        *full = msg->len / 16;
+        *rem = msg->len & 15;
+    }
+}
+
+/* tags[i] = Poly1305(keys[i], ad zero-padded to 16 bytes || data zero-padded to 16 bytes ||
+   le64(adlen) || le64(len)) for each message m[i] (RFC 8439 2.8). */
 WGPY_T512 static void wgpy_poly8(const wgpy_batch_msg *m, size_t n, const uint8_t (*keys)[32], uint8_t (*tags)[16]) {
     static const uint8_t zero16[16] __attribute__((aligned(16))) = {0};
     uint8_t pad[8][16] __attribute__((aligned(64)));
@@ -387,7 +413,8 @@ WGPY_T512 static void wgpy_poly8(const wgpy_batch_msg *m, size_t n, const uint8_
     const uint8_t *next[8];
     uint64_t full[8];
     size_t cur[8];
-    int stage[8];
+    int seg[8];
+    size_t rem[8];
     unsigned active = 0, l;
     size_t taken = 0;
     const __m512i z = _mm512_setzero_si512(), m44 = _mm512_set1_epi64((long long)WGPY_M44);
@@ -396,7 +423,7 @@ WGPY_T512 static void wgpy_poly8(const wgpy_batch_msg *m, size_t n, const uint8_
     const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
     __m512i h0 = z, h1 = z, h2 = z, r0 = z, r1 = z, r2 = z, s1 = z, s2 = z;
     for (l = 0; l < 8; l++) {
-        next[l] = zero16; full[l] = 0; cur[l] = 0; stage[l] = 0;
+        next[l] = zero16; full[l] = 0; cur[l] = 0; seg[l] = 1; rem[l] = 0;
         ra[0][l] = ra[1][l] = ra[2][l] = sa[0][l] = sa[1][l] = 0;
     }
     for (;;) {
@@ -412,9 +439,11 @@ WGPY_T512 static void wgpy_poly8(const wgpy_batch_msg *m, size_t n, const uint8_
                 sa[0][l] = 20 * ra[1][l];
                 sa[1][l] = 20 * ra[2][l];
                 cur[l] = taken;
-                next[l] = m[taken].data;
-                full[l] = m[taken].len / 16;
-                stage[l] = 0;
+                seg[l] = 0;
+                next[l] = m[taken].ad;
+                full[l] = m[taken].adlen / 16;
+                rem[l] = m[taken].adlen & 15;
+                wgpy_poly_lane_next(&m[taken], &seg[l], &next[l], &full[l], &rem[l]);
                 taken++;
                 active |= 1u << l;
                 fresh |= 1u << l;
@@ -455,7 +484,10 @@ WGPY_T512 static void wgpy_poly8(const wgpy_batch_msg *m, size_t n, const uint8_
                 p0 += i0; p1 += i1; p2 += i2; p3 += i3; p4 += i4; p5 += i5; p6 += i6; p7 += i7;
             }
             for (l = 0; l < 8; l++) {
-                if (active & (1u << l)) { next[l] += 16 * run; full[l] -= run; }
+                if (active & (1u << l)) {
+                    next[l] += 16 * run; full[l] -= run;
+                    wgpy_poly_lane_next(&m[cur[l]], &seg[l], &next[l], &full[l], &rem[l]);
+                }
             }
             continue;
         }
@@ -465,22 +497,23 @@ WGPY_T512 static void wgpy_poly8(const wgpy_batch_msg *m, size_t n, const uint8_
             unsigned done = 0;
             __m512i addr, lo, hi;
             for (l = 0; l < 8; l++) {
-                size_t len = m[cur[l]].len;
                 ptr[l] = zero16;
                 if (!(active & (1u << l))) continue;
                 if (full[l]) {
                     ptr[l] = next[l]; next[l] += 16; full[l]--;
-                } else if (stage[l] == 0 && (len & 15)) {
+                } else if (rem[l]) {
                     memset(pad[l], 0, 16);
-                    memcpy(pad[l], next[l], len & 15);
+                    memcpy(pad[l], next[l], rem[l]);
                     ptr[l] = pad[l];
-                    stage[l] = 1;
+                    rem[l] = 0;
                 } else {
+                    uint64_t adlen = m[cur[l]].adlen, len = m[cur[l]].len;
                     int i;
-                    for (i = 0; i < 8; i++) { pad[l][i] = 0; pad[l][8 + i] = (uint8_t)((uint64_t)len >> (8 * i)); }
+                    for (i = 0; i < 8; i++) { pad[l][i] = (uint8_t)(adlen >> (8 * i)); pad[l][8 + i] = (uint8_t)(len >> (8 * i)); }
                     ptr[l] = pad[l];
                     done |= 1u << l;
                 }
+                wgpy_poly_lane_next(&m[cur[l]], &seg[l], &next[l], &full[l], &rem[l]);
             }
             addr = _mm512_loadu_si512((const void *)ptr);
             lo = _mm512_i64gather_epi64(addr, (const void *)0, 1);
