@@ -175,7 +175,8 @@ def test_open_codes_match_the_pure_twin(native: ModuleType) -> None:
         results = [-1] * len(batch)
         accepted = receiver.open_batch(bufs, lengths, results)
         plain = [bytes(b[16 : 16 + n]) if r == 0 else None for b, n, r in zip(bufs, lengths, results, strict=True)]
-        outcomes.append((accepted, results, [n if r == 0 else None for n, r in zip(lengths, results, strict=True)], plain))
+        opened = [n if r == 0 else None for n, r in zip(lengths, results, strict=True)]
+        outcomes.append((accepted, results, opened, plain))
     assert outcomes[0] == outcomes[1]
     assert set(outcomes[0][1]) == {0, 1, 2, 3, 4}
 
@@ -253,9 +254,10 @@ def test_env_var_chooses_the_path_at_import() -> None:
     import sys
 
     code = "import crypto._transport as t; print(t._batch_impl())"
+    command = [sys.executable, "-c", code]
     env = {**os.environ, "WGPY_AEAD": "evp"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "evp", done.stderr
     env["WGPY_AEAD"] = "neon"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0 and "WGPY_AEAD=neon" in done.stderr
