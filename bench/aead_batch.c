@@ -1,7 +1,8 @@
 /* Per-packet CPU cost of ChaCha20-Poly1305 over a batch: OpenSSL EVP one packet at a time (the
  * way crypto/_transport.pyx drives it: one context, a new nonce per message) against the
  * multi-buffer code of crypto/_chacha_batch.h (ChaCha20 16 lanes "avx512" or 8 lanes "avx2",
- * Poly1305 8 lanes IFMA).
+ * Poly1305 8 lanes IFMA), and for messages of at most 128 bytes the scalar code of
+ * crypto/_chacha_small.h ("small"), which is what the transport uses per packet at those sizes.
  *
  *   gcc -O2 -I crypto bench/aead_batch.c -lcrypto -o /tmp/aead_batch
  *   /tmp/aead_batch [rounds]
@@ -21,6 +22,7 @@
 #include <time.h>
 
 #include "_chacha_batch.h"
+#include "_chacha_small.h"
 
 #define MAXB 128
 #define MAXS 1536
@@ -65,6 +67,17 @@ static int evp_open(int size, int batch, uint64_t ctr) {
     return good;
 }
 
+static void small_seal(int size, int batch, uint64_t ctr) {
+    int i;
+    for (i = 0; i < batch; i++) wgpy_small_seal(key, ctr + (uint64_t)i, buf[i], (size_t)size, buf[i] + size);
+}
+
+static int small_open(int size, int batch, uint64_t ctr) {
+    int i, good = 0;
+    for (i = 0; i < batch; i++) good += wgpy_small_open(key, ctr + (uint64_t)i, buf[i], (size_t)size, buf[i] + size);
+    return good;
+}
+
 static void fill_msgs(wgpy_batch_msg *m, int size, int batch, uint64_t ctr) {
     int i;
     for (i = 0; i < batch; i++) {
@@ -92,7 +105,7 @@ static void batch_seal(int impl, int size, int batch, uint64_t ctr) {
 int main(int argc, char **argv) {
     static const int sizes[] = {0, 96, 1024, 1424};
     static const int batches[] = {1, 16, 128};
-    static const char *names[] = {"evp", "avx512", "avx2"};
+    static const char *names[] = {"evp", "avx512", "avx2", "small"};
     int rounds = argc > 1 ? atoi(argv[1]) : 15;
     int si, bi, impl, r, i, k;
     for (i = 0; i < 32; i++) key[i] = (uint8_t)(i * 7 + 1);
@@ -105,7 +118,8 @@ int main(int argc, char **argv) {
         for (bi = 0; bi < 3; bi++) {
             int size = sizes[si], batch = batches[bi];
             int reps = (int)(2e6 / (300.0 + size * 0.7) / batch) + 1;
-            double seal[3][64], open[3][64];
+            double seal[4][64], open[4][64];
+            int nimpl = size <= WGPY_SMALL_MAX ? 4 : 3;
             uint64_t ctr = 1;
             if (rounds > 64) rounds = 64;
             /* correctness: batch output == EVP output, and both open */
@@ -120,12 +134,13 @@ int main(int argc, char **argv) {
                 if (batch_open(impl, size, batch, 99) != batch) { printf("OPEN FAILED %s\n", names[impl]); return 1; }
             }
             for (r = 0; r < rounds; r++) {
-                for (impl = 0; impl < 3; impl++) {
+                for (impl = 0; impl < nimpl; impl++) {
                     double t0, t1, t2;
                     int good = 0;
                     t0 = cpu_ns();
                     for (k = 0; k < reps; k++) {
                         if (impl == 0) evp_seal(size, batch, ctr + (uint64_t)k * MAXB);
+                        else if (impl == 3) small_seal(size, batch, ctr + (uint64_t)k * MAXB);
                         else batch_seal(impl, size, batch, ctr + (uint64_t)k * MAXB);
                     }
                     t1 = cpu_ns();
@@ -134,8 +149,9 @@ int main(int argc, char **argv) {
                        every tag plus decryption of the authentic ones; undo by re-sealing. */
                     for (k = 0; k < reps; k++) {
                         uint64_t c = ctr + (uint64_t)(reps - 1) * MAXB;
-                        good += impl == 0 ? evp_open(size, batch, c) : batch_open(impl, size, batch, c);
-                        if (impl == 0) evp_seal(size, batch, c); else batch_seal(impl, size, batch, c);
+                        if (impl == 0) good += evp_open(size, batch, c), evp_seal(size, batch, c);
+                        else if (impl == 3) good += small_open(size, batch, c), small_seal(size, batch, c);
+                        else good += batch_open(impl, size, batch, c), batch_seal(impl, size, batch, c);
                     }
                     t2 = cpu_ns();
                     if (good != reps * batch) { printf("open rejected %d of %d\n", reps * batch - good, reps * batch); return 1; }
@@ -143,7 +159,7 @@ int main(int argc, char **argv) {
                     open[impl][r] = (t2 - t1) / reps / batch - seal[impl][r];
                 }
             }
-            for (impl = 0; impl < 3; impl++) {
+            for (impl = 0; impl < nimpl; impl++) {
                 qsort(seal[impl], (size_t)rounds, sizeof(double), cmp_d);
                 qsort(open[impl], (size_t)rounds, sizeof(double), cmp_d);
                 printf("%-6s %5d %4d %8.0f %8.0f\n", names[impl], size, batch, seal[impl][rounds / 2],
