@@ -25,7 +25,8 @@
  *   wgpy_batch_xor    decrypt (XOR the keystream from block 1 on into) the messages whose
  *                     select[i] is non-zero: the caller does this only for verified messages.
  * WireGuard's nonce is 32 zero bits then the 64-bit little-endian counter; there is no additional
- * data. Poly1305 keys, keystream and pads on the stack are wiped before returning.
+ * data. Poly1305 keys, r and h limbs and pads on the stack are wiped before returning, and every
+ * vector register (which held the key and keystream) is zeroed.
  *
  * Both the AVX-512 and the AVX2 variants need AVX-512F/BW/VL + IFMA for Poly1305 (the AVX2
  * variant exists to measure the ChaCha20 width on this hardware); on any other CPU (or a non-x86
