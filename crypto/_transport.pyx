@@ -63,6 +63,29 @@ cdef extern from "_chacha_small.h" nogil:
                            size_t adlen, unsigned char *buf, size_t length, const unsigned char *tag)
 
 
+# Whole batches (of at least _batch_min messages) are sealed and opened by the multi-buffer
+# ChaCha20-Poly1305 of _chacha_batch.h (SIMD lanes across packets) when the CPU has AVX-512 IFMA;
+# otherwise by the per-packet code below. WGPY_AEAD (read once at import) forces a path.
+cdef extern from "_chacha_batch.h" nogil:
+    enum:
+        WGPY_BATCH_EVP
+        WGPY_BATCH_AVX512
+        WGPY_BATCH_AVX2
+    ctypedef struct wgpy_batch_msg:
+        unsigned char *data
+        size_t len
+        uint64_t counter
+        unsigned char *tag
+        const unsigned char *ad
+        size_t adlen
+        uint32_t nonce0
+    int wgpy_batch_supported(int impl)
+    void wgpy_batch_seal(int impl, const unsigned char *key, const wgpy_batch_msg *m, size_t n)
+    void wgpy_batch_verify(int impl, const unsigned char *key, const wgpy_batch_msg *m, size_t n, int *ok)
+    void wgpy_batch_xor(int impl, const unsigned char *key, const wgpy_batch_msg *m, size_t n,
+                        const int *select)
+
+
 cdef extern from *:
     """
     #include <openssl/evp.h>
@@ -80,6 +103,51 @@ cdef extern from *:
     """
     uint64_t WGPY_REJECT_AFTER_MESSAGES
     int wgpy_set_nonce(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, int enc) nogil
+
+
+# --- Which batch AEAD runs (testing and measuring hooks; the twin has the same two) ---
+
+_BATCH_NAMES = {"evp": WGPY_BATCH_EVP, "avx512": WGPY_BATCH_AVX512, "avx2": WGPY_BATCH_AVX2}
+cdef int _batch = WGPY_BATCH_EVP
+cdef Py_ssize_t _batch_min = 3      # smaller batches stay on the per-packet path (faster there)
+
+
+def _set_batch_impl(name) -> str:
+    """Use the batch AEAD ``name`` from now on ("auto", "evp", "avx512", "avx2"); returns the
+    name in use before. ValueError for an unknown name or one this CPU cannot run."""
+    global _batch
+    previous = _batch_impl()
+    if name == "auto":
+        _batch = WGPY_BATCH_AVX512 if wgpy_batch_supported(WGPY_BATCH_AVX512) else WGPY_BATCH_EVP
+        return previous
+    if name not in _BATCH_NAMES:
+        raise ValueError(f"unknown batch AEAD {name!r}: expected auto, evp, avx512 or avx2")
+    code = _BATCH_NAMES[name]
+    if code != WGPY_BATCH_EVP and not wgpy_batch_supported(code):
+        raise ValueError(f"batch AEAD {name!r} needs AVX-512 F/BW/VL/IFMA, which this CPU lacks")
+    _batch = code
+    return previous
+
+
+def _batch_impl() -> str:
+    """The batch AEAD in use: "evp" (per packet, OpenSSL and the small scalar code), "avx512"
+    or "avx2" (the multi-buffer code of _chacha_batch.h, by its ChaCha20 width)."""
+    for name, code in _BATCH_NAMES.items():
+        if code == _batch:
+            return name
+    raise AssertionError(_batch)
+
+
+def _init_batch() -> None:
+    import os
+    name = os.environ.get("WGPY_AEAD", "auto") or "auto"
+    try:
+        _set_batch_impl(name)
+    except ValueError as error:
+        raise RuntimeError(f"WGPY_AEAD={name}: {error}") from None
+
+
+_init_batch()
 
 
 # --- Public constants (identical values in crypto/transport.py) ---
@@ -220,6 +288,71 @@ def aead_open(key, nonce, sealed, ad=b""):
     return bytes(out[:size])
 
 
+def _aead_batch(key, items, bint seal) -> list:
+    """Testing hook: RFC 8439 AEAD of several messages under one key in one call of the batch
+    code in use (_batch_impl(); with "evp", message by message through aead_seal/aead_open).
+    ``items``: (nonce, ad, data) tuples; seal -> ciphertext || tag per item, open -> the
+    plaintext or None per item. Same results as crypto/transport.py's twin."""
+    cdef bytes k = bytes(memoryview(key))
+    cdef Py_ssize_t n = len(items), i, size
+    cdef wgpy_batch_msg *msgs
+    cdef int *ok
+    cdef unsigned char *p
+    cdef const unsigned char *q
+    if len(k) != C_KEY:
+        raise ValueError("key must be 32 bytes")
+    if _batch == WGPY_BATCH_EVP:
+        if seal:
+            return [aead_seal(k, nonce, data, ad) for nonce, ad, data in items]
+        return [aead_open(k, nonce, data, ad) for nonce, ad, data in items]
+    nonces, ads, outs = [], [], []
+    for nonce, ad, data in items:
+        nonce = bytes(memoryview(nonce))
+        if len(nonce) != 12:
+            raise ValueError("nonce must be 12 bytes")
+        data = bytes(memoryview(data))
+        if not seal and len(data) < C_TAG:
+            outs.append(None)
+        else:
+            outs.append(bytearray(data + bytes(C_TAG) if seal else data))
+        nonces.append(nonce)
+        ads.append(bytes(memoryview(ad)))
+    msgs = <wgpy_batch_msg *>PyMem_Malloc((n + 1) * sizeof(wgpy_batch_msg))
+    ok = <int *>PyMem_Malloc((n + 1) * sizeof(int))
+    index_of = []
+    try:
+        if msgs == NULL or ok == NULL:
+            raise MemoryError()
+        for i in range(n):
+            if outs[i] is None:
+                continue
+            j = len(index_of)
+            index_of.append(i)
+            p = <unsigned char *>(<bytearray>outs[i])
+            size = len(outs[i]) - C_TAG
+            q = <const unsigned char *>(<bytes>nonces[i])
+            msgs[j].data = p
+            msgs[j].len = <size_t>size
+            msgs[j].tag = p + size
+            msgs[j].nonce0 = (<uint32_t>q[0]) | (<uint32_t>q[1] << 8) | (<uint32_t>q[2] << 16) | (<uint32_t>q[3] << 24)
+            msgs[j].counter = load_le64(q + 4)
+            msgs[j].ad = <const unsigned char *>(<bytes>ads[i])
+            msgs[j].adlen = <size_t>len(ads[i])
+        if seal:
+            wgpy_batch_seal(_batch, k, msgs, <size_t>len(index_of))
+            return [bytes(out) for out in outs]
+        wgpy_batch_verify(_batch, k, msgs, <size_t>len(index_of), ok)
+        wgpy_batch_xor(_batch, k, msgs, <size_t>len(index_of), ok)
+        result = [None] * n
+        for j, i in enumerate(index_of):
+            if ok[j]:
+                result[i] = bytes(outs[i][:len(outs[i]) - C_TAG])
+        return result
+    finally:
+        PyMem_Free(msgs)
+        PyMem_Free(ok)
+
+
 def padded_length(size, mtu) -> int:
     """Plaintext length after padding: a multiple of 16, never past max(mtu, size)."""
     size = index(size)  # integers only (TypeError for 1.5), as in crypto/transport.py
@@ -287,6 +420,9 @@ cdef class TransportCipher:
     cdef Py_ssize_t *_sizes
     cdef Py_ssize_t *_padded
     cdef int *_codes
+    cdef wgpy_batch_msg *_msgs
+    cdef Py_ssize_t *_index
+    cdef int *_ok
     cdef Py_ssize_t _capacity
 
     def __cinit__(self, send_key, receive_key, remote_index, *, send_counter=0) -> None:
@@ -299,6 +435,9 @@ cdef class TransportCipher:
         self._sizes = NULL
         self._padded = NULL
         self._codes = NULL
+        self._msgs = NULL
+        self._index = NULL
+        self._ok = NULL
         self._capacity = 0
         self._seal_ctx = NULL
         self._open_ctx = NULL
@@ -333,6 +472,9 @@ cdef class TransportCipher:
         PyMem_Free(self._sizes)
         PyMem_Free(self._padded)
         PyMem_Free(self._codes)
+        PyMem_Free(self._msgs)
+        PyMem_Free(self._index)
+        PyMem_Free(self._ok)
 
     cdef void _erase(self) noexcept:
         OPENSSL_cleanse(self._send_key, C_KEY)
@@ -350,13 +492,20 @@ cdef class TransportCipher:
         PyMem_Free(self._sizes)
         PyMem_Free(self._padded)
         PyMem_Free(self._codes)
+        PyMem_Free(self._msgs)
+        PyMem_Free(self._index)
+        PyMem_Free(self._ok)
         self._capacity = 0
         self._views = <Py_buffer *>PyMem_Malloc(count * sizeof(Py_buffer))
         self._sizes = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
         self._padded = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
         self._codes = <int *>PyMem_Malloc(count * sizeof(int))
+        self._msgs = <wgpy_batch_msg *>PyMem_Malloc(count * sizeof(wgpy_batch_msg))
+        self._index = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
+        self._ok = <int *>PyMem_Malloc(count * sizeof(int))
         if (self._views == NULL or self._sizes == NULL or self._padded == NULL
-                or self._codes == NULL):
+                or self._codes == NULL or self._msgs == NULL or self._index == NULL
+                or self._ok == NULL):
             raise MemoryError()
         self._capacity = count
         return 0
@@ -453,6 +602,8 @@ cdef class TransportCipher:
         cdef unsigned char *p
         cdef unsigned char nonce[12]
         cdef int outl
+        if _batch != WGPY_BATCH_EVP and count >= _batch_min:
+            return self._seal_batched(count)
         memset(nonce, 0, 12)
         for i in range(count):
             p = <unsigned char *>self._views[i].buf
@@ -478,6 +629,29 @@ cdef class TransportCipher:
             if EVP_CIPHER_CTX_ctrl(self._seal_ctx, EVP_CTRL_AEAD_GET_TAG, C_TAG,
                                    p + C_HEADROOM + padded) != 1:
                 return i
+        return count
+
+    cdef Py_ssize_t _seal_batched(self, Py_ssize_t count) noexcept nogil:
+        """Headers and padding per packet, then the AEAD of the whole batch in SIMD lanes."""
+        cdef Py_ssize_t i, size, padded
+        cdef unsigned char *p
+        for i in range(count):
+            p = <unsigned char *>self._views[i].buf
+            size = self._sizes[i]
+            padded = self._padded[i]
+            if padded > size:
+                memset(p + C_HEADROOM + size, 0, padded - size)
+            store_le32(p, C_MESSAGE_TRANSPORT)
+            store_le32(p + 4, self._remote_index)
+            store_le64(p + 8, self._send_counter + <uint64_t>i)
+            self._msgs[i].data = p + C_HEADROOM
+            self._msgs[i].len = <size_t>padded
+            self._msgs[i].counter = self._send_counter + <uint64_t>i
+            self._msgs[i].tag = p + C_HEADROOM + padded
+            self._msgs[i].ad = NULL
+            self._msgs[i].adlen = 0
+            self._msgs[i].nonce0 = 0
+        wgpy_batch_seal(_batch, self._send_key, self._msgs, <size_t>count)
         return count
 
     def open_batch(self, list bufs not None, list lengths not None,
@@ -525,6 +699,8 @@ cdef class TransportCipher:
         cdef uint64_t counter
         cdef int outl
         cdef bint authentic
+        if _batch != WGPY_BATCH_EVP and count >= _batch_min:
+            return self._open_batched(count)
         memset(nonce, 0, 12)
         for i in range(count):
             p = <unsigned char *>self._views[i].buf
@@ -558,4 +734,48 @@ cdef class TransportCipher:
             self._codes[i] = R_OK
             self._sizes[i] = body
             accepted += 1
+        return accepted
+
+    cdef Py_ssize_t _open_batched(self, Py_ssize_t count) noexcept nogil:
+        """The checks of _open_all in the same order with the same codes, the tags of the whole
+        batch verified in SIMD lanes first; only packets that pass every check are decrypted."""
+        cdef Py_ssize_t i, j, size, body
+        cdef Py_ssize_t candidates = 0
+        cdef Py_ssize_t accepted = 0
+        cdef unsigned char *p
+        cdef uint64_t counter
+        for i in range(count):
+            p = <unsigned char *>self._views[i].buf
+            size = self._sizes[i]
+            if size < C_HEADROOM + C_TAG:
+                self._codes[i] = R_TOO_SHORT
+                continue
+            counter = load_le64(p + 8)
+            if counter >= WGPY_REJECT_AFTER_MESSAGES:
+                self._codes[i] = R_COUNTER_LIMIT
+                continue
+            body = size - C_HEADROOM - C_TAG
+            self._msgs[candidates].data = p + C_HEADROOM
+            self._msgs[candidates].len = <size_t>body
+            self._msgs[candidates].counter = counter
+            self._msgs[candidates].tag = p + C_HEADROOM + body
+            self._msgs[candidates].ad = NULL
+            self._msgs[candidates].adlen = 0
+            self._msgs[candidates].nonce0 = 0
+            self._index[candidates] = i
+            candidates += 1
+        wgpy_batch_verify(_batch, self._receive_key, self._msgs, <size_t>candidates, self._ok)
+        # In packet order: only an authenticated counter may move the window.
+        for j in range(candidates):
+            i = self._index[j]
+            if not self._ok[j]:
+                self._codes[i] = R_AUTH
+            elif not window_validate(&self._window, self._msgs[j].counter):
+                self._codes[i] = R_REPLAY
+                self._ok[j] = 0
+            else:
+                self._codes[i] = R_OK
+                self._sizes[i] = <Py_ssize_t>self._msgs[j].len
+                accepted += 1
+        wgpy_batch_xor(_batch, self._receive_key, self._msgs, <size_t>candidates, self._ok)
         return accepted

@@ -106,6 +106,33 @@ def aead_open(key: bytes, nonce: bytes, sealed: bytes, ad: bytes = b"") -> bytes
         return None
 
 
+_BATCH_NAMES: Final = ("auto", "evp", "avx512", "avx2")
+
+
+def _set_batch_impl(name: str) -> str:
+    """Testing hook shared with the Cython twin, which can seal/open a batch by OpenSSL per
+    packet ("evp") or by its multi-buffer SIMD code ("avx512", "avx2"; "auto" picks). This
+    reference has one path (``cryptography``, per packet): any known name is accepted and
+    changes nothing; ValueError for an unknown name. Returns the name in use: "pure"."""
+    if name not in _BATCH_NAMES:
+        raise ValueError(f"unknown batch AEAD {name!r}: expected auto, evp, avx512 or avx2")
+    return "pure"
+
+
+def _batch_impl() -> str:
+    """The batch AEAD in use: always "pure" here (see _set_batch_impl)."""
+    return "pure"
+
+
+def _aead_batch(key: bytes, items: list[tuple[bytes, bytes, bytes]], seal: bool) -> list[bytes | None]:
+    """Testing hook shared with the Cython twin (which runs its batch code): RFC 8439 AEAD of
+    several (nonce, ad, data) items under one key; seal -> ciphertext || tag per item, open ->
+    the plaintext or None per item."""
+    if seal:
+        return [aead_seal(key, nonce, data, ad) for nonce, ad, data in items]
+    return [aead_open(key, nonce, data, ad) for nonce, ad, data in items]
+
+
 def padded_length(size: int, mtu: int) -> int:
     """Plaintext length after padding: a multiple of 16, never past max(mtu, size)."""
     size = index(size)  # integers only (TypeError for 1.5), as in the Cython twin
