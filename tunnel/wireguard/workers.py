@@ -68,6 +68,7 @@ from typing import Any
 from crypto.backend import HEADROOM, OK
 from tunnel.io.endpoint import Endpoint
 from tunnel.io.offload import open_tun
+from tunnel.io.steering import attach_flow_steering
 from tunnel.io.threads import Timers
 from tunnel.io.tun import GONE_ERRNOS, Tun, TunGone, _io
 from tunnel.io.udp import UdpBind
@@ -435,6 +436,8 @@ class Workers:
         for _ in range(1, count):
             fd, _info = open_tun(tun.name, vnet_hdr=tun.vnet_hdr, multi_queue=True)
             self.queue_fds.append(fd)
+        # outbound flows to queues by their own hash, not by where their ACKs were written
+        self.steering = attach_flow_steering(tun.fd)
 
     @property
     def running(self) -> bool:
