@@ -60,6 +60,7 @@ import contextlib
 import logging
 import os
 import select
+import socket
 import threading
 import time
 from collections import Counter
@@ -165,19 +166,20 @@ class Worker(threading.Thread):
     """One TUN queue and its UDP sockets on a thread (see the module doc). ``handed`` (written
     by this thread) and ``finished`` (written by the control thread) count hand-overs."""
 
-    def __init__(self, index: int, owner: Workers, tun_fd: int, sockets: list[tuple[int, bool]]) -> None:
+    def __init__(self, index: int, owner: Workers, tun_fd: int, tun_io: Any,
+                 sockets: list[tuple[int, Any, bool]]) -> None:
+        """``tun_io`` reads and writes this worker's TUN queue ``tun_fd``; ``sockets`` are its
+        ``(fd, UdpBatch, is_ipv6)`` (the batch I/O objects are this worker's alone)."""
         super().__init__(name=f"wg-worker-{index}", daemon=True)
         self.index = index
         self.owner = owner
         iface = owner.iface
-        tun: Tun = iface.tun
         self.tun_fd = tun_fd
-        self.tun_io = _io.TunBatch(tun_fd, vnet_hdr=tun.vnet_hdr, gro=tun.gro, hold_oversized=tun.vnet_hdr)
+        self.tun_io = tun_io
         self.lost: list[Endpoint] = []
         self.udps: dict[int, Any] = {}
         udp4 = udp6 = None
-        for fd, v6 in sockets:
-            udp = _io.UdpBatch(fd, gso=True, gro=iface.bind.gro if iface.bind else False, make_source=Endpoint)
+        for fd, udp, v6 in sockets:
             udp.lost_sources = self.lost
             self.udps[fd] = udp
             if v6:
@@ -230,6 +232,9 @@ class Worker(threading.Thread):
         hand-over: the FIFO keeps this worker's order)."""
         records = self.journal.take()
         if records:
+            sent = sum(1 for r in records if r[0] == PUMP.SENT)
+            self.counters["tx_lane_batches"] += sent
+            self.counters["rx_lane_batches"] += len(records) - sent
             self.owner.post((JOURNAL, records))
 
     def _journal_add(self, record: tuple[Any, ...]) -> None:
@@ -284,7 +289,6 @@ class Worker(threading.Thread):
         bufs, lengths, lane = pump.bufs, pump.lengths, pump.lane
         if lane is not None:
             sealed = pump.sealed
-            self.counters["tx_lane_batches"] += 1
             if sealed:
                 self._journal_add((PUMP.SENT, lane[0], lane[1], sum(lengths[:sealed]), pump.now))
             if sealed < count:  # the session was zeroed meanwhile: the engine stages the rest
@@ -326,7 +330,6 @@ class Worker(threading.Thread):
             copies = [bytearray(memoryview(b)[:n]) for b, n in zip(pump.bufs, pump.lengths, strict=False)]
             self._hand_over((UDP, self, copies, list(pump.lengths), list(pump.sources), now))
             return
-        self.counters["rx_lane_batches"] += 1
         if pump.write_error is not None:
             self.owner.post((TUN_WRITE_ERROR, pump.write_error))
         wire_lengths, results = pump.wire_lengths, pump.results
@@ -334,6 +337,7 @@ class Worker(threading.Thread):
         failures = [code for code in results if code != OK]
         if failures:
             self._post_journal()
+            self.counters["rx_lane_batches"] += 1
             self.owner.post((RECEIVED, keypair, nbytes, pump.opened, pump.accepted, now, failures))
         else:
             self._journal_add((PUMP.RECEIVED, keypair, nbytes, pump.opened, *pump.accepted, now))
@@ -422,7 +426,7 @@ class Workers:
     """The extra TUN queues, the per-worker sockets, the worker threads and the FIFO to the
     control thread of one :class:`WorkerInterface`."""
 
-    def __init__(self, iface: WorkerInterface, count: int) -> None:
+    def __init__(self, iface: Interface, count: int) -> None:
         self.iface = iface
         self.count = count
         self.queue_fds: list[int] = []  # queues 1..N-1 (queue 0 is iface.tun.fd)
@@ -432,8 +436,12 @@ class Workers:
         self.fifo: collections.deque[tuple[Any, ...]] = collections.deque()
         self.scheduled = False
         self.loop: Any = None
-        tun = iface.tun
-        for _ in range(1, count):
+        self.steering = False
+
+    def open_queues(self) -> None:
+        """Attach queues 1..N-1 to the interface's multi-queue TUN and steer it (OSError)."""
+        tun = self.iface.tun
+        for _ in range(1, self.count):
             fd, _info = open_tun(tun.name, vnet_hdr=tun.vnet_hdr, multi_queue=True)
             self.queue_fds.append(fd)
         # outbound flows to queues by their own hash, not by where their ACKs were written
@@ -460,9 +468,12 @@ class Workers:
         assert iface.bind is not None
         binds = [iface.bind, *self.binds]
         fds = [iface.tun.fd, *self.queue_fds]
+        tun: Tun = iface.tun
         for i, (fd, bind) in enumerate(zip(fds, binds, strict=True)):
-            sockets = [(s.fileno(), s.family != 2) for s in bind.sockets]  # 2: AF_INET
-            self.threads.append(Worker(i, self, fd, sockets))
+            tun_io = _io.TunBatch(fd, vnet_hdr=tun.vnet_hdr, gro=tun.gro, hold_oversized=tun.vnet_hdr)
+            sockets = [(s.fileno(), _io.UdpBatch(s.fileno(), gso=True, gro=s.gro, make_source=Endpoint),
+                        s.family == socket.AF_INET6) for s in bind.sockets]
+            self.threads.append(Worker(i, self, fd, tun_io, sockets))
         for worker in self.threads:
             worker.start()
 
@@ -591,6 +602,11 @@ class WorkerInterface(Interface):
             raise ValueError("workers need a TUN created with multi_queue=True")
         super().__init__(tun, device)
         self.workers = Workers(self, count)
+        try:
+            self.workers.open_queues()
+        except OSError:
+            self.workers.close()
+            raise
 
     # The loop watches no data fd: the workers do.
     def _watch(self, bind: UdpBind) -> None:
