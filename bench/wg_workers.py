@@ -41,32 +41,49 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def threads_cpu(pids: list[int]) -> dict[str, float]:
-    """``PID/TID`` -> CPU seconds of every thread of ``pids``."""
+def threads_cpu(pair: Pair) -> dict[str, float]:
+    """``END:THREAD`` -> CPU seconds of every thread of the pair's tunnel processes: END is
+    ``c`` (client) or ``s`` (server), THREAD ``main`` (a wg-py daemon's control thread) or the
+    thread id."""
     out: dict[str, float] = {}
-    for pid in pids:
+    for pid in pair.pids:
+        end = "c" if _netns_of(pid) == _netns_of_name(pair.client) else "s"
         try:
             tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
             continue
         for tid in tids:
-            out[f"{pid}/{tid}"] = thread_cpu_seconds(pid, tid)
+            out[f"{end}:{'main' if tid == pid else tid}"] = thread_cpu_seconds(pid, tid)
     return out
+
+
+def _netns_of(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return ""
+
+
+def _netns_of_name(name: str) -> str:
+    try:
+        return f"net:[{os.stat(f'/run/netns/{name}').st_ino}]"
+    except OSError:
+        return "?"
 
 
 def run_once(lab: Lab, pair: Pair, streams: int, seconds: int, reverse: bool) -> dict[str, Any]:
     busy0, idle0 = cpu_times()
-    t0 = threads_cpu(pair.pids)
+    t0 = threads_cpu(pair)
     result = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=seconds, reverse=reverse,
                         extra=["-P", str(streams)])
     busy1, idle1 = cpu_times()
-    t1 = threads_cpu(pair.pids)
+    t1 = threads_cpu(pair)
     bps, nbytes = tcp_figures(result)
     per_thread = {k: round(v - t0.get(k, 0.0), 2) for k, v in t1.items()}
-    busiest = sorted((v for v in per_thread.values() if v >= 0.05), reverse=True)
+    busiest = sorted(((v, k) for k, v in per_thread.items() if v >= 0.05), reverse=True)
     tunnel = sum(per_thread.values())
     return {"gbps": bps / 1e9, "idle_pct": 100 * (idle1 - idle0) / ((busy1 - busy0) + (idle1 - idle0)),
-            "cpu_tunnel_s_per_gb": per_gigabyte(tunnel, nbytes), "threads_cpu_s": busiest,
+            "cpu_tunnel_s_per_gb": per_gigabyte(tunnel, nbytes), "threads_cpu_s": [f"{k} {v:.2f}" for v, k in busiest],
             "loadavg": loadavg()}
 
 
@@ -77,8 +94,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--streams", type=int, default=4)
     p.add_argument("--wireguard-go", dest="wggo")
     p.add_argument("--json")
+    p.add_argument("--only", help="comma-separated subset of wgpy,wgpy-w2 (and wggo-x)")
     opts = p.parse_args(argv)
     names = ["wgpy", "wgpy-w2"] + (["wggo-x"] if opts.wggo else [])
+    if opts.only:
+        names = [n for n in names if n in opts.only.split(",")]
     programs = {"wggo-x": opts.wggo} if opts.wggo else {}
     results: dict[str, list[dict[str, Any]]] = {}
     lab = Lab(f"wgw{os.getpid() % 10000}")
