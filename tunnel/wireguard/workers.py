@@ -207,6 +207,7 @@ class Worker(threading.Thread):
         self.inbound.udp_sources = self.udp_sources
         self.outbound.tun_lengths = self.tun_lengths
         self.udp_full = False
+        self._slots_mtu = iface.device.mtu
         self._size_tun()
         self._size_udp()
         self.handed = 0
@@ -408,8 +409,13 @@ class Worker(threading.Thread):
             self._post_journal()
 
     def _check_slots(self) -> None:
-        """Follow the interface's slot sizes (an MTU change, a rebind without GRO)."""
+        """Follow the interface's slot sizes (an MTU change; the bind is fixed for a worker's
+        life: a rebind restarts the workers). Two attribute reads when nothing changed."""
         iface = self.owner.iface
+        mtu = iface.device.mtu
+        if mtu == self._slots_mtu:
+            return
+        self._slots_mtu = mtu
         if len(self.outbound.tun_bufs[0]) < iface.tun_slot_size():
             self._size_tun()
         if not self.udp_full and len(self.inbound.udp_bufs[0]) != iface.udp_slot_size():
