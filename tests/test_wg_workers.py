@@ -19,6 +19,7 @@ import pytest
 from crypto.backend import TransportCipher
 from tunnel.io.endpoint import Endpoint
 from tunnel.wireguard import daemon
+from tunnel.wireguard.constants import REKEY_AFTER_TIME
 from tunnel.wireguard.interface import Interface
 from tunnel.wireguard.output import packet_buffer
 from tunnel.wireguard.workers import UDP, Worker, Workers, parse_workers
@@ -234,3 +235,44 @@ def test_transport_cipher_has_no_busy_error() -> None:
     single-owner contract it had)."""
     cipher: Any = TransportCipher(bytes(32), bytes(range(32)), 1)
     assert not hasattr(cipher, "_busy")
+
+
+def test_rekey_while_a_worker_sends() -> None:
+    """The session reaches REKEY_AFTER_TIME (its age moved, as a fake clock would): the worker's
+    lane refuses the batch and hands it over; the control thread seals it with the old session
+    and initiates; once b answered, the worker's lane seals with the new session."""
+    pair = make_pair()
+    _iface, bind, workers, (worker, _) = workers_for(pair)
+    tun = worker.tun_io
+    assert isinstance(tun, FakeTun)
+    udp = udp_of(worker)
+    peer = pair.a.device.peers[pair.b.device.public_key]  # type: ignore[index]
+    old = peer.current
+    assert old is not None and old.is_initiator
+    old.created -= REKEY_AFTER_TIME + 1  # what a clock REKEY_AFTER_TIME later would see
+    peer.last_initiation_sent -= REKEY_AFTER_TIME + 1
+    pair.a.device.wall_offset += REKEY_AFTER_TIME + 1  # (b refuses a TAI64N timestamp not newer)
+    pair.now += REKEY_AFTER_TIME + 1  # b's clock (its initiation limiter)
+    tun.inbox.append(A_TO_B)
+    worker.outbound.on_readable()
+    assert not udp.out.sent and worker.handed == 1
+    workers.drain()
+    kinds = sorted(d[0] for d, _ in bind.sent)
+    assert kinds == [1, 4]  # the data with the old session, and an initiation
+    data = next(d for d, _ in bind.sent if d[0] == 4)
+    assert struct.unpack_from("<I", data, 4)[0] == old.remote_index
+    initiation = next(d for d, _ in bind.sent if d[0] == 1)
+    response = pair.deliver(pair.b, [initiation], pair.a.endpoint)
+    assert at_b(pair, [data]) == [A_TO_B]
+    answer = [bytes(d) for d, _ in response.datagrams]
+    assert [d[0] for d in answer] == [2]
+    receive(worker, *answer)  # a handshake response: handed over, run by the control thread
+    workers.drain()
+    new = peer.current
+    assert new is not None and new is not old
+    tun.inbox.append(A_TO_B)
+    worker.outbound.on_readable()
+    assert len(udp.out.sent) == 1 and worker.handed == 2  # the lane, with the new session
+    sealed = udp.out.sent[0][0]
+    assert struct.unpack_from("<I", sealed, 4)[0] == new.remote_index
+    assert at_b(pair, [sealed]) == [A_TO_B]
