@@ -276,3 +276,17 @@ def test_rekey_while_a_worker_sends() -> None:
     sealed = udp.out.sent[0][0]
     assert struct.unpack_from("<I", sealed, 4)[0] == new.remote_index
     assert at_b(pair, [sealed]) == [A_TO_B]
+
+
+@pytest.mark.parametrize(("args", "env"), [(["--workers", "0"], {}), ([], {"WGPY_WORKERS": "lots"})])
+def test_a_bad_worker_count_fails_the_start(args: list[str], env: dict[str, str]) -> None:
+    """Refused before anything is created, with the reason on stderr and exit status 1."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tunnel.wireguard.daemon", *args, "wgpyw0"],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "workers" in done.stderr and "1..64" in done.stderr
+    assert not os.path.exists("/sys/class/net/wgpyw0")
