@@ -290,3 +290,18 @@ def test_a_bad_worker_count_fails_the_start(args: list[str], env: dict[str, str]
     assert done.returncode == 1
     assert "workers" in done.stderr and "1..64" in done.stderr
     assert not os.path.exists("/sys/class/net/wgpyw0")
+
+
+def test_show_names_the_workers() -> None:
+    """``wg-py show`` (text) lists each worker's lane batches and hand-overs with N > 1 only."""
+    from tunnel.ops import show
+
+    pair = make_pair()
+    iface, _bind, workers, pool = workers_for(pair)
+    stats = iface.stats()
+    assert "workers:" not in show.render(stats)
+    pool[0].counters["tx_lane_batches"] = 5
+    pool[1].counters["handed_over"] = 2
+    stats["workers"] = workers.stats()
+    text = show.render(stats)
+    assert "  workers: #0 tx 5 rx 0 batches handed over 0, #1 tx 0 rx 0 batches handed over 2\n" in text
