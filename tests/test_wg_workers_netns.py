@@ -150,3 +150,14 @@ def rekey(node: Node, peer: Node) -> None:
 def handshake_done(node: Node, peer: Node) -> bool:
     out = node.wg("show", node.iface, "latest-handshakes")
     return any(line.startswith(peer.public) and not line.endswith("\t0") for line in out.splitlines())
+
+
+def test_workers_daemon_exits_when_its_device_is_deleted(netns_factory: Lab) -> None:  # noqa: F811
+    """``ip link del`` of the multi-queue TUN (every queue detached at once) under traffic: the
+    workers notice, the control thread stops the daemon, its UAPI socket goes."""
+    lab = netns_factory
+    a, b = workers_pair(lab)
+    ping(a, b.inner4)
+    lab.spawn(b.ns, ["ping", "-i", "0.01", "-c", "500", "-W", "1", a.inner4])
+    lab.run(a.ns, ["ip", "link", "del", a.iface])
+    assert wait_for(lambda: not a.alive(), timeout=10), "the daemon still answers after its device went"
