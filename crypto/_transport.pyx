@@ -10,8 +10,15 @@ messages of at most 128 bytes, the compact scalar code of ``_chacha_small.h``, w
 faster on a cold wake-up) and the replay window (a C bitmap) is updated, then the results are
 written back to the Python lists.
 
-Threading contract: one event loop owns a ``TransportCipher``. Calling it from a second thread
-while a batch is in flight raises ``RuntimeError`` instead of corrupting the cipher state.
+Threading contract (the WireGuard daemon's ``workers N``, docs/multicore.md section 4): several
+threads may seal and open with one ``TransportCipher`` at once. The send counter is reserved a
+batch at a time by an atomic compare-and-swap (``wgpy_reserve_counters``), so no counter (nonce)
+is ever handed out twice; the replay window is updated under a per-keypair spinlock taken once
+per batch, after the batch's tags verified. The per-batch scratch (pinned views, sizes, the EVP
+contexts) is the cipher's own for the first thread in; a thread that finds it in use takes its
+own thread's scratch (:class:`_Scratch`, keyed for the call and wiped after it). ``zero()``
+while batches are in flight takes effect at once for new calls and erases the keys when the
+last batch in flight returns.
 """
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
@@ -19,6 +26,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+import threading
 from operator import index
 
 
@@ -150,6 +158,53 @@ def _init_batch() -> None:
 _init_batch()
 
 
+cdef extern from *:
+    """
+    #include <sched.h>
+    /* Reserve up to n consecutive send counters below limit: *first is the first one, the
+       return value how many were reserved (0 once the counter reached the limit). A
+       compare-and-swap rather than a plain fetch-add, so the counter never passes the limit
+       (a fetch-add past it would eventually wrap to 0 and hand out used nonces again). Two
+       threads never get overlapping blocks: this is what makes sharing a keypair safe. */
+    static inline uint64_t wgpy_reserve_counters(uint64_t *counter, uint64_t n, uint64_t limit,
+                                                 uint64_t *first) {
+        uint64_t current = __atomic_load_n(counter, __ATOMIC_RELAXED);
+        for (;;) {
+            uint64_t take;
+            if (current >= limit) {
+                *first = current;
+                return 0;
+            }
+            take = limit - current < n ? limit - current : n;
+            if (__atomic_compare_exchange_n(counter, &current, current + take, 0,
+                                            __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+                *first = current;
+                return take;
+            }
+        }
+    }
+    static inline uint64_t wgpy_load_counter(const uint64_t *counter) {
+        return __atomic_load_n(counter, __ATOMIC_RELAXED);
+    }
+    /* The replay window's lock: held for a few bit operations per datagram of one batch. */
+    static inline void wgpy_spin_lock(int *lock) {
+        unsigned spins = 0;
+        while (__atomic_exchange_n(lock, 1, __ATOMIC_ACQUIRE)) {
+            while (__atomic_load_n(lock, __ATOMIC_RELAXED)) {
+                if (++spins > 64) { sched_yield(); spins = 0; }
+            }
+        }
+    }
+    static inline void wgpy_spin_unlock(int *lock) {
+        __atomic_store_n(lock, 0, __ATOMIC_RELEASE);
+    }
+    """
+    uint64_t wgpy_reserve_counters(uint64_t *counter, uint64_t n, uint64_t limit, uint64_t *first) nogil
+    uint64_t wgpy_load_counter(const uint64_t *counter) nogil
+    void wgpy_spin_lock(int *lock) nogil
+    void wgpy_spin_unlock(int *lock) nogil
+
+
 # --- Public constants (identical values in crypto/transport.py) ---
 HEADROOM = 16
 TAG_SIZE = 16
@@ -183,6 +238,7 @@ cdef enum:
     R_REPLAY = 3
     R_COUNTER_LIMIT = 4
     R_EXPIRED = 5
+    R_PENDING = 6               # authentic, its counter not yet checked against the window
 
 
 # --- Replay window -------------------------------------------------------------------------
@@ -399,11 +455,107 @@ cdef inline void release_views(Py_buffer *views, Py_ssize_t count) noexcept:
         PyBuffer_Release(&views[i])
 
 
+# --- Per-batch scratch ------------------------------------------------------------------------
+
+cdef struct batch_scratch:
+    # grown on demand and reused: pinned views, per-packet sizes, codes and counters
+    Py_buffer *views
+    Py_ssize_t *sizes
+    Py_ssize_t *padded
+    int *codes
+    uint64_t *counters
+    wgpy_batch_msg *msgs            # the batch AEAD's messages, their packets' indices, tag verdicts
+    Py_ssize_t *index
+    int *ok
+    Py_ssize_t capacity
+    # the contexts a batch seals/opens with (a cipher's own, keyed once; or a thread's, keyed
+    # for one call and wiped after it)
+    EVP_CIPHER_CTX *seal_ctx
+    EVP_CIPHER_CTX *open_ctx
+
+
+cdef void scratch_free_arrays(batch_scratch *s) noexcept:
+    PyMem_Free(s.views)
+    PyMem_Free(s.sizes)
+    PyMem_Free(s.padded)
+    PyMem_Free(s.codes)
+    PyMem_Free(s.counters)
+    PyMem_Free(s.msgs)
+    PyMem_Free(s.index)
+    PyMem_Free(s.ok)
+    s.msgs = NULL
+    s.index = NULL
+    s.ok = NULL
+    s.views = NULL
+    s.sizes = NULL
+    s.padded = NULL
+    s.codes = NULL
+    s.counters = NULL
+    s.capacity = 0
+
+
+cdef int scratch_reserve(batch_scratch *s, Py_ssize_t count) except -1:
+    if count <= s.capacity:
+        return 0
+    scratch_free_arrays(s)
+    s.views = <Py_buffer *>PyMem_Malloc(count * sizeof(Py_buffer))
+    s.sizes = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
+    s.padded = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
+    s.codes = <int *>PyMem_Malloc(count * sizeof(int))
+    s.counters = <uint64_t *>PyMem_Malloc(count * sizeof(uint64_t))
+    s.msgs = <wgpy_batch_msg *>PyMem_Malloc(count * sizeof(wgpy_batch_msg))
+    s.index = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
+    s.ok = <int *>PyMem_Malloc(count * sizeof(int))
+    if (s.views == NULL or s.sizes == NULL or s.padded == NULL or s.codes == NULL
+            or s.counters == NULL or s.msgs == NULL or s.index == NULL or s.ok == NULL):
+        scratch_free_arrays(s)
+        raise MemoryError()
+    s.capacity = count
+    return 0
+
+
+cdef unsigned char _ZERO_KEY[C_KEY]
+memset(_ZERO_KEY, 0, C_KEY)
+
+
+cdef class _Scratch:
+    """One thread's scratch for batches of a cipher whose own scratch another thread is using
+    (see the module doc). Its contexts carry no key between calls."""
+
+    cdef batch_scratch s
+
+    def __cinit__(self) -> None:
+        memset(&self.s, 0, sizeof(batch_scratch))
+        self.s.seal_ctx = EVP_CIPHER_CTX_new()
+        self.s.open_ctx = EVP_CIPHER_CTX_new()
+        if self.s.seal_ctx == NULL or self.s.open_ctx == NULL:
+            raise MemoryError()
+        if (EVP_CipherInit_ex(self.s.seal_ctx, EVP_chacha20_poly1305(), NULL, _ZERO_KEY, NULL, 1) != 1
+                or EVP_CipherInit_ex(self.s.open_ctx, EVP_chacha20_poly1305(), NULL, _ZERO_KEY, NULL, 0) != 1):
+            raise RuntimeError("OpenSSL: cannot set up ChaCha20-Poly1305")
+
+    def __dealloc__(self) -> None:
+        EVP_CIPHER_CTX_free(self.s.seal_ctx)
+        EVP_CIPHER_CTX_free(self.s.open_ctx)
+        scratch_free_arrays(&self.s)
+
+
+_threads = threading.local()
+
+
+cdef _Scratch _thread_scratch():
+    scratch = getattr(_threads, "scratch", None)
+    if scratch is None:
+        scratch = _threads.scratch = _Scratch()
+    return <_Scratch>scratch
+
+
 cdef class TransportCipher:
     """Transport keys of one keypair (both directions) and its counters.
 
-    Single-threaded: one event loop owns it. The caller owns every buffer; nothing is kept after
-    a call returns. See crypto/transport.py for the full contract (same behaviour).
+    May be used by several threads at once (see the module doc). The caller owns every buffer;
+    nothing is kept after a call returns. See crypto/transport.py for the full contract (same
+    behaviour).
     """
 
     cdef EVP_CIPHER_CTX *_seal_ctx
@@ -411,19 +563,17 @@ cdef class TransportCipher:
     cdef unsigned char _send_key[C_KEY]
     cdef unsigned char _receive_key[C_KEY]
     cdef uint32_t _remote_index
-    cdef uint64_t _send_counter
-    cdef replay_window _window
+    cdef uint64_t _send_counter     # the next counter to reserve (atomic: wgpy_reserve_counters)
+    cdef replay_window _window      # under _window_lock
+    cdef int _window_lock
     cdef bint _zeroed
-    cdef bint _busy
-    # Per-batch scratch, grown on demand and reused: pinned views and per-packet sizes.
-    cdef Py_buffer *_views
-    cdef Py_ssize_t *_sizes
-    cdef Py_ssize_t *_padded
-    cdef int *_codes
-    cdef wgpy_batch_msg *_msgs
-    cdef Py_ssize_t *_index
-    cdef int *_ok
-    cdef Py_ssize_t _capacity
+    # The cipher's own scratch (the first thread in uses it; ``_own_busy`` while it does), the
+    # batches in flight (``_users``) and a zero() waiting for them. All three are read and
+    # written with the GIL held.
+    cdef batch_scratch _own
+    cdef bint _own_busy
+    cdef int _users
+    cdef bint _zero_pending
 
     def __cinit__(self, send_key, receive_key, remote_index, *, send_counter=0) -> None:
         # bytes-like keys only: bytes(32) would be 32 zero bytes, a valid-looking key
@@ -431,18 +581,14 @@ cdef class TransportCipher:
         cdef bytes receive = bytes(memoryview(receive_key))
         remote_index = index(remote_index)
         send_counter = index(send_counter)
-        self._views = NULL
-        self._sizes = NULL
-        self._padded = NULL
-        self._codes = NULL
-        self._msgs = NULL
-        self._index = NULL
-        self._ok = NULL
-        self._capacity = 0
+        memset(&self._own, 0, sizeof(batch_scratch))
         self._seal_ctx = NULL
         self._open_ctx = NULL
         self._zeroed = True
-        self._busy = False
+        self._own_busy = False
+        self._users = 0
+        self._zero_pending = False
+        self._window_lock = 0
         if len(send) != C_KEY or len(receive) != C_KEY:
             raise ValueError("transport keys must be 32 bytes")
         if not 0 <= remote_index <= 0xFFFFFFFF:
@@ -468,13 +614,7 @@ cdef class TransportCipher:
 
     def __dealloc__(self) -> None:
         self._erase()
-        PyMem_Free(self._views)
-        PyMem_Free(self._sizes)
-        PyMem_Free(self._padded)
-        PyMem_Free(self._codes)
-        PyMem_Free(self._msgs)
-        PyMem_Free(self._index)
-        PyMem_Free(self._ok)
+        scratch_free_arrays(&self._own)
 
     cdef void _erase(self) noexcept:
         OPENSSL_cleanse(self._send_key, C_KEY)
@@ -485,41 +625,46 @@ cdef class TransportCipher:
         self._open_ctx = NULL
         self._zeroed = True
 
-    cdef int _reserve(self, Py_ssize_t count) except -1:
-        if count <= self._capacity:
-            return 0
-        PyMem_Free(self._views)
-        PyMem_Free(self._sizes)
-        PyMem_Free(self._padded)
-        PyMem_Free(self._codes)
-        PyMem_Free(self._msgs)
-        PyMem_Free(self._index)
-        PyMem_Free(self._ok)
-        self._capacity = 0
-        self._views = <Py_buffer *>PyMem_Malloc(count * sizeof(Py_buffer))
-        self._sizes = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
-        self._padded = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
-        self._codes = <int *>PyMem_Malloc(count * sizeof(int))
-        self._msgs = <wgpy_batch_msg *>PyMem_Malloc(count * sizeof(wgpy_batch_msg))
-        self._index = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
-        self._ok = <int *>PyMem_Malloc(count * sizeof(int))
-        if (self._views == NULL or self._sizes == NULL or self._padded == NULL
-                or self._codes == NULL or self._msgs == NULL or self._index == NULL
-                or self._ok == NULL):
-            raise MemoryError()
-        self._capacity = count
-        return 0
+    cdef batch_scratch *_enter(self, bint seal) except NULL:
+        """The scratch for one batch (GIL held): the cipher's own if free, else this thread's,
+        keyed for the call. Pair with :meth:`_leave`."""
+        cdef _Scratch theirs
+        cdef batch_scratch *s
+        if not self._own_busy:
+            self._own_busy = True
+            self._own.seal_ctx = self._seal_ctx
+            self._own.open_ctx = self._open_ctx
+            self._users += 1
+            return &self._own
+        theirs = _thread_scratch()
+        s = &theirs.s
+        if seal:
+            if EVP_CipherInit_ex(s.seal_ctx, NULL, NULL, self._send_key, NULL, 1) != 1:
+                raise RuntimeError("OpenSSL: cannot key ChaCha20-Poly1305 (seal)")
+        elif EVP_CipherInit_ex(s.open_ctx, NULL, NULL, self._receive_key, NULL, 0) != 1:
+            raise RuntimeError("OpenSSL: cannot key ChaCha20-Poly1305 (open)")
+        self._users += 1
+        return s
 
-    cdef int _enter(self) except -1:
-        if self._busy:
-            raise RuntimeError("TransportCipher used from two threads at once")
-        self._busy = True
-        return 0
+    cdef void _leave(self, batch_scratch *s, bint seal) noexcept:
+        """End a batch begun by :meth:`_enter` (GIL held): a thread's scratch loses the key; the
+        last batch out runs a zero() that waited for it."""
+        if s == &self._own:
+            self._own_busy = False
+        elif seal:
+            EVP_CipherInit_ex(s.seal_ctx, NULL, NULL, _ZERO_KEY, NULL, 1)
+        else:
+            EVP_CipherInit_ex(s.open_ctx, NULL, NULL, _ZERO_KEY, NULL, 0)
+        self._users -= 1
+        if self._users == 0 and self._zero_pending:
+            self._zero_pending = False
+            self._erase()
+            window_reset(&self._window)
 
     @property
     def send_counter(self) -> int:
-        """The counter the next sealed packet will carry."""
-        return self._send_counter
+        """The counter the next sealed packet will carry (the next one not yet reserved)."""
+        return wgpy_load_counter(&self._send_counter)
 
     @property
     def remote_index(self) -> int:
@@ -539,9 +684,14 @@ cdef class TransportCipher:
         return load_le64(&view[8])
 
     def zero(self) -> None:
-        """Erase the key material; afterwards seal_batch seals nothing, open_batch says EXPIRED."""
-        if self._busy:
-            raise RuntimeError("TransportCipher used from two threads at once")
+        """Erase the key material; afterwards seal_batch seals nothing, open_batch says EXPIRED.
+
+        With batches in flight on other threads, new calls see the cipher zeroed at once and
+        the keys are erased when the last of those batches returns."""
+        if self._users:
+            self._zeroed = True
+            self._zero_pending = True
+            return
         self._erase()
         window_reset(&self._window)
 
@@ -550,27 +700,28 @@ cdef class TransportCipher:
         cdef Py_ssize_t n = len(bufs)
         cdef Py_ssize_t count, i, size, padded, done
         cdef Py_ssize_t pinned
-        cdef uint64_t remaining
+        cdef uint64_t first, remaining
+        cdef batch_scratch *s
         if len(lengths) < n:
             raise ValueError("lengths is shorter than bufs")
         if mtu < 0:
             raise ValueError("mtu must be non-negative")
         if self._zeroed or n == 0:
             return 0
-        remaining = WGPY_REJECT_AFTER_MESSAGES - self._send_counter
+        remaining = WGPY_REJECT_AFTER_MESSAGES - wgpy_load_counter(&self._send_counter)
         count = n if <uint64_t>n <= remaining else <Py_ssize_t>remaining
         if count == 0:
             return 0
         pinned = 0
-        self._enter()
+        s = self._enter(True)
         try:
-            self._reserve(count)
+            scratch_reserve(s, count)
             # With the GIL: pin every buffer and check every size before touching anything.
             for i in range(count):
                 size = lengths[i]
-                PyObject_GetBuffer(bufs[i], &self._views[i], PyBUF_WRITABLE)
+                PyObject_GetBuffer(bufs[i], &s.views[i], PyBUF_WRITABLE)
                 pinned = i + 1
-                if size < 0 or size > MAX_PAYLOAD or C_HEADROOM + size > self._views[i].len:
+                if size < 0 or size > MAX_PAYLOAD or C_HEADROOM + size > s.views[i].len:
                     raise ValueError(f"packet {i}: length {size} does not fit its buffer")
                 if size > mtu:
                     padded = size
@@ -578,80 +729,86 @@ cdef class TransportCipher:
                     padded = (size + 15) & ~(<Py_ssize_t>15)
                     if padded > mtu:
                         padded = mtu
-                if C_HEADROOM + padded + C_TAG > self._views[i].len:
+                if C_HEADROOM + padded + C_TAG > s.views[i].len:
                     raise ValueError(
-                        f"packet {i}: buffer of {self._views[i].len} bytes cannot hold "
+                        f"packet {i}: buffer of {s.views[i].len} bytes cannot hold "
                         f"{C_HEADROOM + padded + C_TAG} sealed bytes")
-                self._sizes[i] = size
-                self._padded[i] = padded
+                s.sizes[i] = size
+                s.padded[i] = padded
+            # The batch's counters, reserved at once: never handed to another batch or thread,
+            # even if sealing fails (an unused counter is a gap the receiver's window ignores).
+            count = <Py_ssize_t>wgpy_reserve_counters(&self._send_counter, <uint64_t>count,
+                                                       WGPY_REJECT_AFTER_MESSAGES, &first)
+            if count == 0:  # another thread took the last counters meanwhile
+                return 0
             with nogil:
-                done = self._seal_all(count)
-            # Never reuse a nonce: every counter handed to OpenSSL is consumed, even on failure.
-            self._send_counter += <uint64_t>(done if done == count else done + 1)
+                done = self._seal_all(s, first, count)
             for i in range(done):
-                lengths[i] = C_HEADROOM + self._padded[i] + C_TAG
+                lengths[i] = C_HEADROOM + s.padded[i] + C_TAG
             if done != count:
                 raise RuntimeError(f"OpenSSL: sealing packet {done} failed")
             return count
         finally:
-            release_views(self._views, pinned)
-            self._busy = False
+            release_views(s.views, pinned)
+            self._leave(s, True)
 
-    cdef Py_ssize_t _seal_all(self, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t _seal_all(self, batch_scratch *s, uint64_t first, Py_ssize_t count) noexcept nogil:
         cdef Py_ssize_t i, size, padded
         cdef unsigned char *p
         cdef unsigned char nonce[12]
         cdef int outl
         if _batch != WGPY_BATCH_EVP and count >= _batch_min:
-            return self._seal_batched(count)
+            return self._seal_batched(s, first, count)
         memset(nonce, 0, 12)
         for i in range(count):
-            p = <unsigned char *>self._views[i].buf
-            size = self._sizes[i]
-            padded = self._padded[i]
+            p = <unsigned char *>s.views[i].buf
+            size = s.sizes[i]
+            padded = s.padded[i]
             if padded > size:
                 memset(p + C_HEADROOM + size, 0, padded - size)
             store_le32(p, C_MESSAGE_TRANSPORT)
             store_le32(p + 4, self._remote_index)
-            store_le64(p + 8, self._send_counter + <uint64_t>i)
+            store_le64(p + 8, first + <uint64_t>i)
             if padded <= WGPY_SMALL_MAX:
-                wgpy_small_seal(self._send_key, self._send_counter + <uint64_t>i, p + C_HEADROOM,
+                wgpy_small_seal(self._send_key, first + <uint64_t>i, p + C_HEADROOM,
                                 <size_t>padded, p + C_HEADROOM + padded)
                 continue
             memcpy(nonce + 4, p + 8, 8)
-            if wgpy_set_nonce(self._seal_ctx, nonce, 1) != 1:
+            if wgpy_set_nonce(s.seal_ctx, nonce, 1) != 1:
                 return i
-            if padded > 0 and EVP_CipherUpdate(self._seal_ctx, p + C_HEADROOM, &outl,
+            if padded > 0 and EVP_CipherUpdate(s.seal_ctx, p + C_HEADROOM, &outl,
                                                p + C_HEADROOM, <int>padded) != 1:
                 return i
-            if EVP_CipherFinal_ex(self._seal_ctx, p + C_HEADROOM + padded, &outl) != 1:
+            if EVP_CipherFinal_ex(s.seal_ctx, p + C_HEADROOM + padded, &outl) != 1:
                 return i
-            if EVP_CIPHER_CTX_ctrl(self._seal_ctx, EVP_CTRL_AEAD_GET_TAG, C_TAG,
+            if EVP_CIPHER_CTX_ctrl(s.seal_ctx, EVP_CTRL_AEAD_GET_TAG, C_TAG,
                                    p + C_HEADROOM + padded) != 1:
                 return i
         return count
 
-    cdef Py_ssize_t _seal_batched(self, Py_ssize_t count) noexcept nogil:
-        """Headers and padding per packet, then the AEAD of the whole batch in SIMD lanes."""
+    cdef Py_ssize_t _seal_batched(self, batch_scratch *s, uint64_t first,
+                                  Py_ssize_t count) noexcept nogil:
+        """Headers and padding per packet, then the AEAD of the whole batch in SIMD lanes, with
+        the counters ``first ..`` that seal_batch reserved for this batch."""
         cdef Py_ssize_t i, size, padded
         cdef unsigned char *p
         for i in range(count):
-            p = <unsigned char *>self._views[i].buf
-            size = self._sizes[i]
-            padded = self._padded[i]
+            p = <unsigned char *>s.views[i].buf
+            size = s.sizes[i]
+            padded = s.padded[i]
             if padded > size:
                 memset(p + C_HEADROOM + size, 0, padded - size)
             store_le32(p, C_MESSAGE_TRANSPORT)
             store_le32(p + 4, self._remote_index)
-            store_le64(p + 8, self._send_counter + <uint64_t>i)
-            self._msgs[i].data = p + C_HEADROOM
-            self._msgs[i].len = <size_t>padded
-            self._msgs[i].counter = self._send_counter + <uint64_t>i
-            self._msgs[i].tag = p + C_HEADROOM + padded
-            self._msgs[i].ad = NULL
-            self._msgs[i].adlen = 0
-            self._msgs[i].nonce0 = 0
-        wgpy_batch_seal(_batch, self._send_key, self._msgs, <size_t>count)
+            store_le64(p + 8, first + <uint64_t>i)
+            s.msgs[i].data = p + C_HEADROOM
+            s.msgs[i].len = <size_t>padded
+            s.msgs[i].counter = first + <uint64_t>i
+            s.msgs[i].tag = p + C_HEADROOM + padded
+            s.msgs[i].ad = NULL
+            s.msgs[i].adlen = 0
+            s.msgs[i].nonce0 = 0
+        wgpy_batch_seal(_batch, self._send_key, s.msgs, <size_t>count)
         return count
 
     def open_batch(self, list bufs not None, list lengths not None,
@@ -660,6 +817,7 @@ cdef class TransportCipher:
         cdef Py_ssize_t n = len(bufs)
         cdef Py_ssize_t i, size, accepted
         cdef Py_ssize_t pinned
+        cdef batch_scratch *s
         if len(lengths) < n or len(results) < n:
             raise ValueError("lengths or results is shorter than bufs")
         if self._zeroed:
@@ -669,28 +827,28 @@ cdef class TransportCipher:
         if n == 0:
             return 0
         pinned = 0
-        self._enter()
+        s = self._enter(False)
         try:
-            self._reserve(n)
+            scratch_reserve(s, n)
             for i in range(n):
                 size = lengths[i]
-                PyObject_GetBuffer(bufs[i], &self._views[i], PyBUF_WRITABLE)
+                PyObject_GetBuffer(bufs[i], &s.views[i], PyBUF_WRITABLE)
                 pinned = i + 1
-                if size < 0 or size > MAX_PAYLOAD or size > self._views[i].len:
+                if size < 0 or size > MAX_PAYLOAD or size > s.views[i].len:
                     raise ValueError(f"packet {i}: length {size} does not fit its buffer")
-                self._sizes[i] = size
+                s.sizes[i] = size
             with nogil:
-                accepted = self._open_all(n)
+                accepted = self._open_all(s, n)
             for i in range(n):
-                results[i] = self._codes[i]
-                if self._codes[i] == R_OK:
-                    lengths[i] = self._sizes[i]
+                results[i] = s.codes[i]
+                if s.codes[i] == R_OK:
+                    lengths[i] = s.sizes[i]
             return accepted
         finally:
-            release_views(self._views, pinned)
-            self._busy = False
+            release_views(s.views, pinned)
+            self._leave(s, False)
 
-    cdef Py_ssize_t _open_all(self, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t _open_all(self, batch_scratch *s, Py_ssize_t count) noexcept nogil:
         cdef Py_ssize_t i, size, body
         cdef Py_ssize_t accepted = 0
         cdef unsigned char *p
@@ -700,17 +858,17 @@ cdef class TransportCipher:
         cdef int outl
         cdef bint authentic
         if _batch != WGPY_BATCH_EVP and count >= _batch_min:
-            return self._open_batched(count)
+            return self._open_batched(s, count)
         memset(nonce, 0, 12)
         for i in range(count):
-            p = <unsigned char *>self._views[i].buf
-            size = self._sizes[i]
+            p = <unsigned char *>s.views[i].buf
+            size = s.sizes[i]
             if size < C_HEADROOM + C_TAG:
-                self._codes[i] = R_TOO_SHORT
+                s.codes[i] = R_TOO_SHORT
                 continue
             counter = load_le64(p + 8)
             if counter >= WGPY_REJECT_AFTER_MESSAGES:
-                self._codes[i] = R_COUNTER_LIMIT
+                s.codes[i] = R_COUNTER_LIMIT
                 continue
             body = size - C_HEADROOM - C_TAG
             if body <= WGPY_SMALL_MAX:
@@ -718,64 +876,83 @@ cdef class TransportCipher:
                                             p + C_HEADROOM + body)
             else:
                 memcpy(nonce + 4, p + 8, 8)
-                authentic = (wgpy_set_nonce(self._open_ctx, nonce, 0) == 1
-                             and (body == 0 or EVP_CipherUpdate(self._open_ctx, p + C_HEADROOM, &outl,
+                authentic = (wgpy_set_nonce(s.open_ctx, nonce, 0) == 1
+                             and (body == 0 or EVP_CipherUpdate(s.open_ctx, p + C_HEADROOM, &outl,
                                                                 p + C_HEADROOM, <int>body) == 1)
-                             and EVP_CIPHER_CTX_ctrl(self._open_ctx, EVP_CTRL_AEAD_SET_TAG, C_TAG,
+                             and EVP_CIPHER_CTX_ctrl(s.open_ctx, EVP_CTRL_AEAD_SET_TAG, C_TAG,
                                                      p + C_HEADROOM + body) == 1
-                             and EVP_CipherFinal_ex(self._open_ctx, sink, &outl) == 1)
+                             and EVP_CipherFinal_ex(s.open_ctx, sink, &outl) == 1)
             if not authentic:
-                self._codes[i] = R_AUTH
+                s.codes[i] = R_AUTH
                 continue
-            # Only an authenticated counter may move the window.
-            if not window_validate(&self._window, counter):
-                self._codes[i] = R_REPLAY
+            s.codes[i] = R_PENDING
+            s.counters[i] = counter
+            s.sizes[i] = body
+        return self._validate_all(s, count)
+
+    cdef Py_ssize_t _validate_all(self, batch_scratch *s, Py_ssize_t count) noexcept nogil:
+        """The replay check of a batch's authentic datagrams (R_PENDING), in batch order, under
+        the window's lock (taken once per batch): only an authenticated counter may move the
+        window, and a datagram opened by two threads at once is accepted by one of them."""
+        cdef Py_ssize_t i
+        cdef Py_ssize_t accepted = 0
+        wgpy_spin_lock(&self._window_lock)
+        for i in range(count):
+            if s.codes[i] != R_PENDING:
                 continue
-            self._codes[i] = R_OK
-            self._sizes[i] = body
-            accepted += 1
+            if window_validate(&self._window, s.counters[i]):
+                s.codes[i] = R_OK
+                accepted += 1
+            else:
+                s.codes[i] = R_REPLAY
+        wgpy_spin_unlock(&self._window_lock)
         return accepted
 
-    cdef Py_ssize_t _open_batched(self, Py_ssize_t count) noexcept nogil:
-        """The checks of _open_all in the same order with the same codes, the tags of the whole
-        batch verified in SIMD lanes first; only packets that pass every check are decrypted."""
+    cdef Py_ssize_t _open_batched(self, batch_scratch *s, Py_ssize_t count) noexcept nogil:
+        """The checks of _open_all in the same order with the same codes: the tags of the whole
+        batch verified in SIMD lanes first, then the replay check of the authentic ones
+        (_validate_all, under the window's lock); only packets that pass every check are
+        decrypted."""
         cdef Py_ssize_t i, j, size, body
         cdef Py_ssize_t candidates = 0
-        cdef Py_ssize_t accepted = 0
+        cdef Py_ssize_t accepted
         cdef unsigned char *p
         cdef uint64_t counter
         for i in range(count):
-            p = <unsigned char *>self._views[i].buf
-            size = self._sizes[i]
+            p = <unsigned char *>s.views[i].buf
+            size = s.sizes[i]
             if size < C_HEADROOM + C_TAG:
-                self._codes[i] = R_TOO_SHORT
+                s.codes[i] = R_TOO_SHORT
                 continue
             counter = load_le64(p + 8)
             if counter >= WGPY_REJECT_AFTER_MESSAGES:
-                self._codes[i] = R_COUNTER_LIMIT
+                s.codes[i] = R_COUNTER_LIMIT
                 continue
             body = size - C_HEADROOM - C_TAG
-            self._msgs[candidates].data = p + C_HEADROOM
-            self._msgs[candidates].len = <size_t>body
-            self._msgs[candidates].counter = counter
-            self._msgs[candidates].tag = p + C_HEADROOM + body
-            self._msgs[candidates].ad = NULL
-            self._msgs[candidates].adlen = 0
-            self._msgs[candidates].nonce0 = 0
-            self._index[candidates] = i
+            s.msgs[candidates].data = p + C_HEADROOM
+            s.msgs[candidates].len = <size_t>body
+            s.msgs[candidates].counter = counter
+            s.msgs[candidates].tag = p + C_HEADROOM + body
+            s.msgs[candidates].ad = NULL
+            s.msgs[candidates].adlen = 0
+            s.msgs[candidates].nonce0 = 0
+            s.index[candidates] = i
             candidates += 1
-        wgpy_batch_verify(_batch, self._receive_key, self._msgs, <size_t>candidates, self._ok)
-        # In packet order: only an authenticated counter may move the window.
+        wgpy_batch_verify(_batch, self._receive_key, s.msgs, <size_t>candidates, s.ok)
         for j in range(candidates):
-            i = self._index[j]
-            if not self._ok[j]:
-                self._codes[i] = R_AUTH
-            elif not window_validate(&self._window, self._msgs[j].counter):
-                self._codes[i] = R_REPLAY
-                self._ok[j] = 0
+            i = s.index[j]
+            if s.ok[j]:
+                s.codes[i] = R_PENDING
+                s.counters[i] = s.msgs[j].counter
             else:
-                self._codes[i] = R_OK
-                self._sizes[i] = <Py_ssize_t>self._msgs[j].len
-                accepted += 1
-        wgpy_batch_xor(_batch, self._receive_key, self._msgs, <size_t>candidates, self._ok)
+                s.codes[i] = R_AUTH
+        # Only an authenticated counter may move the window; a replay stays encrypted.
+        accepted = self._validate_all(s, count)
+        for j in range(candidates):
+            i = s.index[j]
+            if s.codes[i] == R_OK:
+                s.sizes[i] = <Py_ssize_t>s.msgs[j].len
+            else:
+                s.ok[j] = 0
+        wgpy_batch_xor(_batch, self._receive_key, s.msgs, <size_t>candidates, s.ok)
         return accepted

@@ -15,12 +15,18 @@ plaintext is zero-padded to a multiple of 16 but never past the MTU.
 
 Buffer contract (docs/design.md): the caller owns every buffer and list; nothing is kept after
 a call returns. A buffer needs capacity HEADROOM + padded + TAG_SIZE to be sealed in place.
-Single-threaded: one event loop owns a TransportCipher.
+
+Threads (the WireGuard daemon's ``workers N``): several threads may seal and open with one
+TransportCipher at once. A batch reserves its block of send counters under the cipher's lock
+before sealing, so no counter is ever used twice; the replay window is checked under the same
+lock, after the batch's tags verified; each call keeps its scratch in locals. ``zero()`` makes
+new calls seal nothing / say EXPIRED at once (a batch already past its checks finishes).
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 from operator import index
 from typing import Final
 
@@ -145,11 +151,12 @@ def padded_length(size: int, mtu: int) -> int:
 class TransportCipher:
     """Transport keys of one keypair (both directions) and its counters.
 
-    Single-threaded: one event loop owns it. ``send_counter`` (keyword only) starts the send
-    counter elsewhere than 0; it exists for tests, never reuse a counter with the same key.
+    May be used by several threads at once (see the module doc). ``send_counter`` (keyword
+    only) starts the send counter elsewhere than 0; it exists for tests, never reuse a counter
+    with the same key.
     """
 
-    __slots__ = ("_send", "_receive", "_keys", "_remote_index", "_send_counter", "_replay")
+    __slots__ = ("_send", "_receive", "_keys", "_remote_index", "_send_counter", "_replay", "_lock")
 
     def __init__(self, send_key: bytes, receive_key: bytes, remote_index: int, *, send_counter: int = 0) -> None:
         send_key = bytes(memoryview(send_key))  # bytes-like keys only (not an int, not a list)
@@ -168,11 +175,21 @@ class TransportCipher:
         self._remote_index = remote_index
         self._send_counter = send_counter
         self._replay = ReplayFilter()
+        self._lock = threading.Lock()  # the counter reservation and the replay window
 
     @property
     def send_counter(self) -> int:
-        """The counter the next sealed packet will carry."""
+        """The counter the next sealed packet will carry (the next one not yet reserved)."""
         return self._send_counter
+
+    def _reserve(self, count: int) -> tuple[int, int]:
+        """``(first, n)``: the batch's block of n <= count counters, never handed out again
+        (n is 0 once the counter reached REJECT_AFTER_MESSAGES)."""
+        with self._lock:
+            first = self._send_counter
+            count = min(count, REJECT_AFTER_MESSAGES - first)
+            self._send_counter = first + count
+        return first, count
 
     @property
     def remote_index(self) -> int:
@@ -241,9 +258,9 @@ class TransportCipher:
                         f"{HEADROOM + padded + TAG_SIZE} sealed bytes"
                     )
                 plan[-1] = (view, size, padded)
-            for i, (view, size, padded) in enumerate(plan):
-                counter = self._send_counter
-                self._send_counter = counter + 1
+            first, count = self._reserve(count)
+            for i, (view, size, padded) in enumerate(plan[:count]):
+                counter = first + i
                 view[HEADROOM + size : HEADROOM + padded] = bytes(padded - size)
                 _HEADER.pack_into(view, 0, MESSAGE_TRANSPORT, self._remote_index, counter)
                 nonce = _NONCE_PREFIX + _COUNTER.pack(counter)
@@ -277,6 +294,7 @@ class TransportCipher:
                 results[i] = EXPIRED
             return 0
         views: list[memoryview] = []
+        authentic: list[tuple[int, int, bytes]] = []  # (index, counter, plaintext)
         try:
             for i in range(count):
                 view = memoryview(bufs[i]).cast("B")
@@ -301,9 +319,15 @@ class TransportCipher:
                 except InvalidTag:
                     results[i] = AUTH
                     continue
-                if not self._replay.validate(counter):
+                authentic.append((i, counter, plain))
+            # Only an authenticated counter may move the window; one lock per batch.
+            with self._lock:
+                fresh = [self._replay.validate(counter) for _, counter, _ in authentic]
+            for (i, _, plain), ok in zip(authentic, fresh, strict=True):
+                if not ok:
                     results[i] = REPLAY
                     continue
+                view = views[i]
                 view[HEADROOM : HEADROOM + len(plain)] = plain
                 lengths[i] = len(plain)
                 results[i] = OK

@@ -20,7 +20,7 @@ from typing import Any
 
 from crypto import keys
 
-USAGE = """usage: wg-py [-f|--foreground] [--metrics ADDR:PORT] INTERFACE-NAME
+USAGE = """usage: wg-py [-f|--foreground] [--metrics ADDR:PORT] [--workers N] INTERFACE-NAME
        wg-py genkey | pubkey | genpsk
        wg-py up | down CONFIG-NAME|CONFIG-FILE
        wg-py vxlan add|del|show|fdb ...

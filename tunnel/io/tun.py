@@ -111,16 +111,23 @@ class Tun:
     be renamed). ``mtu`` is refreshed by :meth:`refresh_mtu`; callers poll it.
     """
 
-    def __init__(self, name: str, mtu: int, offloads: bool | None = None) -> None:
-        """Create the device with ``mtu`` (``offloads``: None reads WGPY_NO_OFFLOAD; False forces plain)."""
+    def __init__(self, name: str, mtu: int, offloads: bool | None = None, multi_queue: bool = False) -> None:
+        """Create the device with ``mtu`` (``offloads``: None reads WGPY_NO_OFFLOAD; False forces plain).
+
+        ``multi_queue``: create it with IFF_MULTI_QUEUE (this fd is queue 0; the WireGuard
+        daemon's ``workers N`` attach more with :func:`tunnel.io.offload.open_tun`); needs the
+        offload path (ValueError with WGPY_NO_OFFLOAD=1)."""
         if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name in (".", ".."):
             raise ValueError(f"invalid interface name {name!r}")
         if offloads is None:
             offloads = os.environ.get("WGPY_NO_OFFLOAD") != "1"
+        if multi_queue and not offloads:
+            raise ValueError("a multi-queue TUN needs the offload path (unset WGPY_NO_OFFLOAD)")
         self._dev: pytun.TunTapDevice | None = None
+        self.multi_queue = multi_queue
         if offloads:
             try:
-                fd, info = offload.open_tun(name)
+                fd, info = offload.open_tun(name, multi_queue=multi_queue)
             except OSError as exc:
                 raise OSError(exc.errno, f"failed to create TUN device {name!r}: {exc.strerror}") from None
             self.fd: int = fd

@@ -59,10 +59,12 @@ class BatchSocket:
     :meth:`send_batch`). ``gro`` says whether the kernel accepted UDP_GRO.
     """
 
-    def __init__(self, family: int, port: int, fwmark: int = 0) -> None:
+    def __init__(self, family: int, port: int, fwmark: int = 0, reuseport: bool = False) -> None:
         self.family = family
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if reuseport:  # before bind: one socket of a group sharing the port (workers N)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
@@ -186,18 +188,21 @@ class UdpBind:
             sock.lost_sources = self.lost_sources
 
     @classmethod
-    def open(cls, port: int, fwmark: int = 0, attempts: int = 100) -> UdpBind:
-        """Bind both families on ``port`` (0: one free in both). Raises OSError (EADDRINUSE)."""
+    def open(cls, port: int, fwmark: int = 0, attempts: int = 100, reuseport: bool = False) -> UdpBind:
+        """Bind both families on ``port`` (0: one free in both). Raises OSError (EADDRINUSE).
+
+        ``reuseport``: SO_REUSEPORT on each socket, so that more sockets (a worker's each) can
+        join the group on that port; off by default, so a second daemon on a port fails."""
         for _ in range(attempts if port == 0 else 1):
             v4: BatchSocket | None = None
             try:
-                v4 = BatchSocket(socket.AF_INET, port, fwmark)
+                v4 = BatchSocket(socket.AF_INET, port, fwmark, reuseport)
             except OSError as exc:
                 if exc.errno != errno.EAFNOSUPPORT:
                     raise
             chosen = v4.port if v4 is not None else port
             try:
-                v6 = BatchSocket(socket.AF_INET6, chosen, fwmark)
+                v6 = BatchSocket(socket.AF_INET6, chosen, fwmark, reuseport)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE and port == 0 and v4 is not None:
                     v4.close()  # the random port is taken in IPv6 only: pick another

@@ -7,6 +7,7 @@ rotates each round) so that slow drifts of the machine hit all of them alike:
 
 ``veth``        raw veth, no tunnel (the ceiling)
 ``wgpy``        wg-py WireGuard on both ends (MTU 1420, configured with ``wg setconf``)
+``wgpy-w2``     the same with ``WGPY_WORKERS=2`` (issue 17: two data path threads per daemon)
 ``wggo-VER``    one per ``--wireguard-go PATH`` (repeatable; default: Debian's ``wireguard-go``
                 on the PATH), on both ends (MTU 1420), keyed by and labelled with its
                 ``--version`` line (``wggo-20250522`` = ``wireguard-go v0.0.20250522``)
@@ -250,7 +251,7 @@ def rss_mib(pids: Sequence[int], field_name: str = "VmRSS") -> float:
     return sum(status_kib(_read(f"/proc/{p}/status"), field_name) for p in pids) / 1024
 
 
-WGPY_UNDERLAY = ("wgpy", "kvxlan-wgpy", "wgpy-l2")  # contenders whose WireGuard is wg-py
+WGPY_UNDERLAY = ("wgpy", "wgpy-w2", "kvxlan-wgpy", "wgpy-l2")  # contenders whose WireGuard is wg-py
 
 
 def _wg_program(name: str, programs: Mapping[str, str]) -> list[str]:
@@ -284,8 +285,9 @@ def build_pair(lab: Lab, name: str, programs: Mapping[str, str] | None = None) -
     if name in WGPY_UNDERLAY or kind(name) in (WGGO, KVXLAN_WGGO):
         privs = [keys.generate_private(), keys.generate_private()]
         ifaces = []
+        wg_env = {**env, "WGPY_WORKERS": "2"} if name == "wgpy-w2" else env
         for ns, _, i in ends:
-            iface = lab.start_daemon(ns, _wg_program(name, programs), env=env)
+            iface = lab.start_daemon(ns, _wg_program(name, programs), env=wg_env)
             other = 1 - i
             peer = (f"[Peer]\nPublicKey = {keys.to_base64(keys.public_from_private(privs[other]))}\n"
                     f"AllowedIPs = {INNER[other]}/32\nEndpoint = {OUTER[other]}:{51820 + other}\n")

@@ -17,6 +17,7 @@ from tunnel.lab.netns import iperf3_bits_per_second
 CONTENDERS: dict[str, str] = {
     "veth": "raw veth",
     "wgpy": "wg-py WireGuard",
+    "wgpy-w2": "wg-py WireGuard, workers 2",  # issue 17: WGPY_WORKERS=2 on both ends
     "wggo": "wireguard-go",
     "wgpy-vxlan": "wg-py VXLAN",
     "kvxlan": "kernel vxlan",
@@ -33,11 +34,11 @@ KVXLAN_WGGO = "kvxlan-wggo"
 OVERLAYS = ("kvxlan-wgpy", KVXLAN_WGGO, "wgpy-l2")  # a VXLAN inside a WireGuard pair
 # (contender, reference) kinds whose ratios the report gives, in this order
 REFERENCES: tuple[tuple[str, str], ...] = (
-    ("wgpy", WGGO), ("wgpy-vxlan", "kvxlan"),
+    ("wgpy", WGGO), ("wgpy-w2", WGGO), ("wgpy-w2", "wgpy"), ("wgpy-vxlan", "kvxlan"),
     ("wgpy-l2", KVXLAN_WGGO), ("wgpy-l2", "kvxlan-wgpy"), ("wgpy-l2", "wgpy"),
 )
 # contenders with userspace tunnel processes (for the kernel overlays: their WireGuard daemons)
-TUNNEL_PROCESSES = ("wgpy", WGGO, "wgpy-vxlan", *OVERLAYS)
+TUNNEL_PROCESSES = ("wgpy", "wgpy-w2", WGGO, "wgpy-vxlan", *OVERLAYS)
 PEER_RSS = ("wgpy", WGGO)
 
 

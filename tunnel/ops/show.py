@@ -72,6 +72,11 @@ def render(stats: Mapping[str, Any], now: float | None = None) -> str:
         f"udp {'gso' if off.get('udp_gso') else 'no gso'}, {'gro' if off.get('udp_gro') else 'no gro'}",
         "  drops: " + (", ".join(f"{k} {v}" for k, v in sorted(stats.get("drops", {}).items())) or "none"),
     ]
+    workers = stats.get("workers") or []
+    if len(workers) > 1:  # WGPY_WORKERS / --workers N (tunnel/wireguard/workers.py)
+        lines.append("  workers: " + ", ".join(
+            f"#{w['worker']} tx {w['tx_lane_batches']} rx {w['rx_lane_batches']} batches"
+            f" handed over {w['handed_over']}" for w in workers))
     if stats.get("cookie_replies_sent"):
         lines.append(f"  cookie replies sent: {stats['cookie_replies_sent']}")
     if stats.get("errors"):

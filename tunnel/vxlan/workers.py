@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunnel.io.offload import open_tun
+from tunnel.io.threads import Timers
 
 from .datapath import DataPath
 from .sockets import open_receiver
@@ -52,31 +53,6 @@ from .sockets import open_receiver
 log = logging.getLogger("wg-py.vxlan")
 
 POLL_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
-
-
-class Timers:
-    """A worker's ``call_later`` (what the journal arms): callbacks due at a monotonic time,
-    run by the worker's loop (only its thread calls these)."""
-
-    def __init__(self) -> None:
-        self.due: list[tuple[float, Callable[[], None]]] = []
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        self.due.append((time.monotonic() + delay, callback))
-
-    def timeout(self) -> float:
-        """Seconds until the next callback (-1: none)."""
-        if not self.due:
-            return -1.0
-        return max(0.0, min(t for t, _ in self.due) - time.monotonic())
-
-    def run_due(self) -> None:
-        now = time.monotonic()
-        ready = [cb for t, cb in self.due if t <= now]
-        if ready:
-            self.due = [(t, cb) for t, cb in self.due if t > now]
-            for callback in ready:
-                callback()
 
 
 class Worker(threading.Thread):

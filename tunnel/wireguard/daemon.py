@@ -1,5 +1,10 @@
-"""``wg-py [-f|--foreground] [--metrics ADDR:PORT] IFACE``: the WireGuard daemon, a drop-in for
-``wireguard-go IFACE``.
+"""``wg-py [-f|--foreground] [--metrics ADDR:PORT] [--workers N] IFACE``: the WireGuard daemon, a
+drop-in for ``wireguard-go IFACE``.
+
+Workers: ``--workers N`` or ``WGPY_WORKERS=N`` in the environment (how it reaches a daemon that
+wg-quick starts) runs the data path on N threads, each with its own TUN queue (IFF_MULTI_QUEUE)
+and UDP sockets (SO_REUSEPORT); see tunnel/wireguard/workers.py. The default, 1, is the single
+event loop. A bad value fails the start with a clear message.
 
 Start-up order (what callers such as wg-quick rely on): create the TUN device, bind the UAPI
 socket ``/var/run/wireguard/IFACE.sock`` and the UDP sockets, and only then return to the caller
@@ -49,11 +54,13 @@ from tunnel.metrics.wireguard import families as wireguard_families
 from tunnel.wireguard.constants import DEFAULT_MTU
 from tunnel.wireguard.interface import PUMP_NAME, Extension, Interface
 from tunnel.wireguard.uapi_server import UapiServer, listen_socket, socket_path
+from tunnel.wireguard.workers import ENV as WORKERS_ENV
+from tunnel.wireguard.workers import WorkerInterface, parse_workers
 
 log = logging.getLogger("tunnel")
 
 HOUSEKEEPING_INTERVAL = 1.0
-USAGE = "usage: wg-py [-f|--foreground] [--metrics ADDR:PORT] INTERFACE-NAME\n"
+USAGE = "usage: wg-py [-f|--foreground] [--metrics ADDR:PORT] [--workers N] INTERFACE-NAME\n"
 _early_signals: list[int] = []  # SIGTERM/SIGINT received before the event loop took them over
 _LEVELS = {"error": logging.ERROR, "verbose": logging.INFO, "debug": logging.DEBUG, "silent": None}
 
@@ -63,13 +70,15 @@ class Options:
     name: str
     foreground: bool
     metrics: str | None = None  # --metrics ADDR:PORT (WGPY_METRICS is read later)
+    workers: str | None = None  # --workers N (WGPY_WORKERS is read later)
 
 
 def parse_args(args: Sequence[str]) -> Options | None:
-    """``[-f|--foreground] [--metrics ADDR:PORT] IFACE`` (options before or after the name);
-    None if malformed."""
+    """``[-f|--foreground] [--metrics ADDR:PORT] [--workers N] IFACE`` (options before or after
+    the name); None if malformed."""
     foreground = False
     metrics: str | None = None
+    workers: str | None = None
     names: list[str] = []
     words = iter(args)
     for arg in words:
@@ -81,13 +90,19 @@ def parse_args(args: Sequence[str]) -> Options | None:
                 return None
         elif arg.startswith("--metrics="):
             metrics = arg.split("=", 1)[1]
+        elif arg == "--workers":
+            workers = next(words, None)
+            if workers is None:
+                return None
+        elif arg.startswith("--workers="):
+            workers = arg.split("=", 1)[1]
         elif arg.startswith("-"):
             return None
         else:
             names.append(arg)
     if len(names) != 1:
         return None
-    return Options(names[0], foreground, metrics)
+    return Options(names[0], foreground, metrics, workers)
 
 
 def setup_logging(name: str) -> int | None:
@@ -125,7 +140,15 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
     for signum in (signal.SIGTERM, signal.SIGINT):  # from now on a signal means a clean exit
         signal.signal(signum, lambda signum, _frame: _early_signals.append(signum))
     try:
-        tun = Tun(name, DEFAULT_MTU)
+        if options.workers is not None:
+            workers = parse_workers(options.workers)
+        else:
+            workers = parse_workers(os.environ.get(WORKERS_ENV), WORKERS_ENV)
+    except ValueError as exc:
+        print(f"wg-py: {exc}", file=sys.stderr)
+        return 1
+    try:
+        tun = Tun(name, DEFAULT_MTU, multi_queue=workers > 1)
     except (OSError, ValueError) as exc:
         print(f"wg-py: failed to create TUN device {name}: {exc}", file=sys.stderr)
         return 1
@@ -136,7 +159,15 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
         tun.close()
         print(f"wg-py: failed to open UAPI socket {socket_path(name)}: {exc}", file=sys.stderr)
         return 1
-    interface = Interface(tun)
+    try:
+        interface = Interface(tun) if workers == 1 else WorkerInterface(tun, workers)
+    except OSError as exc:
+        tun.close()
+        uapi_sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(socket_path(name))
+        print(f"wg-py: failed to open {workers} TUN queues: {exc}", file=sys.stderr)
+        return 1
     interface.extensions.update(extensions or {})
     try:
         interface.open_bind(0)
@@ -150,8 +181,8 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
         _abandon(uapi_sock, name, interface)
         print(f"wg-py: {exc}", file=sys.stderr)
         return 1
-    log.info("device %s started (MTU %d, UDP port %d, %s pumps)", name, tun.mtu, interface.listen_port,
-             PUMP_NAME)
+    log.info("device %s started (MTU %d, UDP port %d, %s pumps, %d worker%s)", name, tun.mtu,
+             interface.listen_port, PUMP_NAME, workers, "" if workers == 1 else "s")
     if metrics is not None:
         log.info("metrics on http://%s:%d/metrics", metrics.host or "*", metrics.port)
     if options.foreground:

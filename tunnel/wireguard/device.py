@@ -95,8 +95,7 @@ class Device:
         # The per-packet loops in use (Cython or the pure reference); the shell's pump calls
         # its ``lane`` directly.
         self.datapath = datapath if datapath is not None else select_datapath()[1]
-        self._route_table: Any = None
-        self._route_version = -1
+        self._routes: tuple[int, Any] = (-1, None)  # (allowed-IPs version, compiled table)
         self.handshake_load = HandshakeLoad()
         self.set_private_key(private_key)
 
@@ -149,7 +148,7 @@ class Device:
         self._initiation_limiters.pop(peer, None)
         self.peer_slots[peer.slot] = None
         self._free_slots.append(peer.slot)
-        self._route_version = -1  # the slot may be reused: recompile
+        self._routes = (-1, None)  # the slot may be reused: recompile
 
     def set_preshared_key(self, peer: Peer, key: bytes | None) -> None:
         peer.handshake.preshared_key = key if key is not None else noise.ZERO_KEY
@@ -203,11 +202,15 @@ class Device:
     def routes(self) -> Any:
         """The compiled route table, recompiled when allowed-IPs changed since the last use."""
         allowed = self.allowed_ips
-        if self._route_version != allowed.version:
+        version, table = self._routes
+        if version != allowed.version:
+            # version read first, stored with the table in one tuple: a worker (workers N)
+            # racing an allowed-IPs change leaves an older version, recompiled on the next call
+            version = allowed.version
             entries = [(addr, cidr, peer.slot) for peer, prefixes in allowed.owners() for addr, cidr in prefixes]
-            self._route_table = self.datapath.RouteTable(entries)
-            self._route_version = allowed.version
-        return self._route_table
+            table = self.datapath.RouteTable(entries)
+            self._routes = (version, table)
+        return table
 
     def _sending_keypair(self, peer: Peer, now: float) -> Keypair | None:
         keypair = peer.current
