@@ -21,13 +21,14 @@ I/O; the daemon passes ``now``) so it is tested without devices.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tunnel.io import unix
 
 from .config import parse_mac
 from .engine import VxlanEngine
@@ -39,24 +40,11 @@ MAX_REQUEST = 4096
 
 
 def listen(path: Path) -> tuple[socket.socket, int]:
-    """Listen on the control socket ``path`` (mode 0600 in a 0700 directory; a stale file there
-    is removed: call :func:`is_alive` first). Returns the non-blocking socket and the inode of its
-    file (to tell later whether the file is still ours). Raises OSError; nothing is left open."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # stale: is_alive() said nobody listens there
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o077)
-    try:
-        sock.bind(str(path))
-        sock.listen(16)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.umask(old)
-    sock.setblocking(False)
-    return sock, os.stat(path).st_ino
+    """Listen on the control socket ``path`` (owner only, in a 0700 directory; a stale socket file
+    there is replaced, a live one or a file that is not a socket refused: see
+    :func:`tunnel.io.unix.listen`). Returns the non-blocking socket and the inode of its file
+    (to tell later whether the file is still ours). Raises OSError; nothing is left open."""
+    return unix.listen(path, dir_mode=0o700)
 
 
 def run_dir() -> Path:
@@ -196,12 +184,4 @@ def request(name: str, line: str, timeout: float = 5.0, path: Path | None = None
 
 def is_alive(path: Path) -> bool:
     """True if something accepts connections on the unix socket ``path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(1.0)
-    try:
-        sock.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
+    return unix.is_alive(path)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import socket
-import stat
 from typing import Any, Protocol
 
+from tunnel.io import unix
 from tunnel.wireguard.uapi import UapiTarget
 from tunnel.wireguard.uapi_session import UapiSession
 
@@ -59,42 +58,15 @@ def socket_path(name: str, directory: str = SOCKET_DIR) -> str:
 
 
 def listen_socket(name: str, directory: str = SOCKET_DIR) -> tuple[socket.socket, int]:
-    """Create, bind and listen on the interface's UAPI socket; returns it (blocking mode) and the
-    inode of the socket file as created, so a later removal or replacement can be told apart.
+    """Create, bind and listen on the interface's UAPI socket (owner only, in a 0755 directory, as
+    wireguard-go's; a stale socket file replaced: :func:`tunnel.io.unix.listen`); returns it
+    (blocking mode) and the inode of the socket file as created, so a later removal or
+    replacement can be told apart.
 
-    Raises OSError(EADDRINUSE) if another process answers on that path.
+    Raises OSError(EADDRINUSE) if another process answers on that path, OSError(EEXIST) if the
+    path is taken by a file that is not a socket.
     """
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    path = socket_path(name, directory)
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # stale: nobody listens any more
-        else:
-            raise OSError(errno.EADDRINUSE, f"{path} is in use by another process")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o077)
-    try:
-        sock.bind(path)
-        inode = os.stat(path).st_ino
-        sock.listen(16)
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        os.umask(old_umask)
-    return sock, inode
+    return unix.listen(socket_path(name, directory), dir_mode=0o755, blocking=True)
 
 
 class UapiServer:
