@@ -9,6 +9,7 @@ pure twin's ``cryptography`` calls may switch threads between any two packets).
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from crypto.backend import load
+
 REJECT = 2**64 - 2**13 - 1
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(100, 132))
@@ -28,20 +31,24 @@ PAYLOAD = 1400
 TIMEOUT = 60.0
 
 
-@pytest.fixture(autouse=True, params=["evp", "avx512", "avx2"])
-def aead(request: pytest.FixtureRequest, backend: ModuleType) -> Iterator[str]:
-    """Each test under each batch AEAD path of the Cython twin (batches here are 16-64 packets,
-    so the SIMD code seals and opens them unless "evp"); the pure twin has one path and runs
-    once."""
-    name = str(request.param)
-    if backend.__name__ == "crypto.transport" and name != "evp":
-        pytest.skip("the pure twin has one AEAD path")
+@pytest.fixture(params=["cython/evp", "cython/avx512", "cython/avx2", "pure"])
+def backend(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
+    """The transport under test (conftest's ``backend``, narrowed here): the Cython twin under
+    each of its batch AEAD paths (batches here are 16-64 packets, so the SIMD code seals and
+    opens them unless "evp"), and the pure twin, which has one path."""
+    name, _, path = str(request.param).partition("/")
+    if name == "cython" and os.environ.get("WGPY_PURE") == "1":
+        pytest.skip("WGPY_PURE=1 disables the Cython backend")
+    module = load(name)
+    if not path:
+        yield module
+        return
     try:
-        previous = backend._set_batch_impl(name)
+        previous = module._set_batch_impl(path)
     except ValueError as error:  # a CPU without AVX-512 IFMA: stated, not silent
-        pytest.skip(f"{name}: {error}")
-    yield name
-    backend._set_batch_impl("auto" if previous == "pure" else previous)
+        pytest.skip(f"{path}: {error}")
+    yield module
+    module._set_batch_impl(previous)
 
 
 def _batch(count: int, tag: int) -> tuple[list[bytearray], list[int]]:
