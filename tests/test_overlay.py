@@ -28,6 +28,7 @@ from tests.wgpair import Pair, ipv4_packet
 from tunnel.io.endpoint import Endpoint
 from tunnel.overlay import endpoint as ep
 from tunnel.overlay import l2 as l2_pair
+from tunnel.overlay import pump as l2pump_pair
 from tunnel.vxlan.config import VxlanConfig
 from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import load as load_fast
@@ -45,17 +46,31 @@ def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tup
     """(pump, l2, vxlan fast) of one twin; the endpoint module uses that l2."""
     l2 = l2_pair.load(request.param)
     monkeypatch.setattr(ep, "L2", l2)
+    monkeypatch.setattr(ep, "L2PUMP", l2pump_pair.load(request.param))
     return pump_pair.load(request.param), l2, load_fast(request.param)
 
 
 class FakeTap:
-    """The TAP batch the endpoint writes to: records the frames."""
+    """The TAP batch of the endpoint: records the frames written, reads those in :attr:`inbox`
+    (one batch per read, as ``TunBatch.read``: frame at ``headroom``, its length in ``lengths``)."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.inbox: list[bytes] = []
+        self.reads = 0
+        self.pending = 0
         self.errors: dict[str, int] = {}
         self.csum_partial = 0
         self.tso_frames = 0
+
+    def read(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int) -> int:
+        self.reads += 1
+        n = min(len(self.inbox), len(bufs))
+        for i in range(n):
+            frame = self.inbox.pop(0)
+            bufs[i][headroom : headroom + len(frame)] = frame
+            lengths[i] = len(frame)
+        return n
 
     def write_slots(self, bufs: list[bytearray], lengths: list[int], offset: int, verdicts: bytearray,
                     count: int) -> int:

@@ -73,6 +73,8 @@ from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.interface import Interface
 
 from .l2 import select as select_l2
+from .pump import select as select_pump
+from .pump_ref import ENCAPSULATED, READ
 
 log = logging.getLogger("tunnel.overlay")
 
@@ -84,6 +86,7 @@ AGE_INTERVAL = 10.0
 DEFAULT_TTL = 64
 MIN_MTU = 68  # the smallest IPv4 MTU (RFC 791): a TAP MTU below it is refused
 L2_NAME, L2 = select_l2()
+L2PUMP_NAME, L2PUMP = select_pump()
 
 
 class OverlayError(Exception):
@@ -113,13 +116,27 @@ class Hub:
 
     def add(self, overlay: L2Overlay) -> None:
         self.overlays[overlay.name] = overlay
-        self.interface.set_local_delivery(self.deliver)
+        self._install()
 
     def remove(self, overlay: L2Overlay) -> None:
         if self.overlays.get(overlay.name) is overlay:
             del self.overlays[overlay.name]
-        if not self.overlays:
-            self.interface.set_local_delivery(None)  # the WireGuard path as without an overlay
+        self._install()
+
+    def _install(self) -> None:
+        """The interface's local delivery and answer: one endpoint's pump directly (no Python
+        frame on the way), several through :meth:`deliver`/:meth:`answer`, none: removed (the
+        WireGuard path as without an overlay)."""
+        overlays = list(self.overlays.values())
+        if not overlays:
+            self.interface.set_local_delivery(None)
+            self.interface.set_local_answer(None)
+        elif len(overlays) == 1:
+            self.interface.set_local_delivery(overlays[0].pump.deliver)
+            self.interface.set_local_answer(overlays[0].pump.answer)
+        else:
+            self.interface.set_local_delivery(self.deliver)
+            self.interface.set_local_answer(self.answer)
 
     def deliver(self, bufs: list[bytearray], lengths: list[int], headroom: int, verdicts: bytearray,
                 count: int, now: float) -> int:
@@ -128,6 +145,11 @@ class Hub:
         for overlay in list(self.overlays.values()):
             taken += overlay.deliver(bufs, lengths, headroom, verdicts, count, now)
         return taken
+
+    def answer(self) -> None:
+        """The interface's answer after a wake-up: each endpoint reads its TAP if written."""
+        for overlay in list(self.overlays.values()):
+            overlay.pump.answer()
 
     def close(self) -> None:
         for overlay in list(self.overlays.values()):
@@ -156,9 +178,16 @@ class L2Overlay:
         self.ttl = config.ttl or DEFAULT_TTL
         self.fast_name, self.fast = select_fast()
         self.io_name, self.io = select_io()
-        self.engine: VxlanEngine | None = None
+        # the lanes (see "The lanes" in the module doc and tunnel/overlay/pump_ref.py): the pump
+        # holds the TAP batch, the transmit slots, the FDB snapshot and the journal's records
+        self.pump: Any = L2PUMP.L2Pump(self.fast, L2, interface.outbound_pump, self.headroom, self.local_packed,
+                                       self.config.dstport)
+        self.pump.after = self._tap_round_done
+        self.pump.general = self._receive_general
+        self._closed = False
+        self._engine: VxlanEngine | None = None
         self.tap_fd = -1
-        self.tap_io: Any = None
+        self._tap_io: Any = None
         self.tap_index = 0
         self.offloads = "none"
         self.mtu = 0
@@ -167,26 +196,64 @@ class L2Overlay:
         self.control_path = socket_path(self.name)
         self._control_ino = 0
         self._server: asyncio.AbstractServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self.__loop: asyncio.AbstractEventLoop | None = None
         self._aged = time.monotonic()
         self._templates: dict[tuple[str, int, int], bytes | None] = {}
-        self._tx_bufs: list[bytearray] = []
-        self._tx_lengths = [0] * BATCH
-        self._tx_verdicts = bytearray(BATCH)
-        self._tx_sports = array("H", bytes(2 * BATCH))
-        self._used = bytearray(BATCH)
-        self._spares: list[bytearray] = []
-        self._rx_bufs: list[bytearray] = []
-        self._rx_lengths: list[int] = []
-        self._rx_sources: list[Any] = []
-        self._rx_verdicts = bytearray(256)
-        self._cache = L2.SourceCache()
-        # the lanes (see "The lanes" in the module doc): the FDB snapshot they read, and the
-        # journal of their batches' records (applied by flush)
-        self.snapshot: Snapshot | None = None
-        self._records: list[tuple[Any, ...]] = []
-        self.lane_counts = {"tx_lane": 0, "tx_general": 0, "rx_lane": 0, "rx_general": 0}
+
+    # ---- the state the pump holds ----------------------------------------------------------
+
+    @property
+    def engine(self) -> VxlanEngine | None:
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: VxlanEngine | None) -> None:
+        self._engine = engine
+        self.pump.drops = engine.drops if engine is not None else {}
+        self.pump.enabled = engine is not None and not self._closed
+
+    @property
+    def tap_io(self) -> Any:
+        return self._tap_io
+
+    @tap_io.setter
+    def tap_io(self, tap_io: Any) -> None:
+        self._tap_io = self.pump.tap = tap_io
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.__loop
+
+    @_loop.setter
+    def _loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.__loop = loop
+        self.pump.active = loop is not None and not self._closed
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The FDB snapshot the lanes read."""
+        return self.pump.snapshot  # type: ignore[no-any-return]
+
+    @property
+    def _records(self) -> list[tuple[Any, ...]]:
+        """The lanes' journal: records applied by :meth:`flush`."""
+        return self.pump.records  # type: ignore[no-any-return]
+
+    @_records.setter
+    def _records(self, records: list[tuple[Any, ...]]) -> None:
+        self.pump.records = records
+
+    @property
+    def lane_counts(self) -> dict[str, int]:
+        return self.pump.lanes  # type: ignore[no-any-return]
+
+    @property
+    def _tx_bufs(self) -> list[bytearray]:
+        return self.pump.tx_bufs  # type: ignore[no-any-return]
+
+    @property
+    def _tx_lengths(self) -> list[int]:
+        return self.pump.tx_lengths  # type: ignore[no-any-return]
 
     # ---- setup / teardown ----------------------------------------------------------------
 
@@ -229,7 +296,7 @@ class L2Overlay:
         self._open_control()
         self._loop = loop
         self.publish()
-        loop.add_reader(self.tap_fd, self.on_tap_readable)
+        loop.add_reader(self.tap_fd, self.pump.on_readable)
         assert self.control is not None
         task = loop.create_task(asyncio.start_unix_server(self._on_control, sock=self.control))
         task.add_done_callback(self._served)
@@ -259,6 +326,7 @@ class L2Overlay:
             return
         self.flush()
         self._closed = True
+        self.pump.active = self.pump.enabled = False
         log.info("%s: stopping (%s)", self.name, reason)
         Hub.of(self.interface).remove(self)
         if self._loop is not None and self.tap_fd >= 0:
@@ -326,42 +394,66 @@ class L2Overlay:
 
     def _set_mtu(self, mtu: int) -> None:
         """The TAP's MTU: the TAP batch's cut and write size, and the transmit slots."""
-        self.mtu = mtu
+        self.mtu = self.pump.mtu = mtu
         if self.tap_io is not None:
             self.tap_io.mtu = mtu
         size = self.headroom + ETH_HLEN + mtu + PADDING_MULTIPLE + TAG_SIZE + 64
         if not self._tx_bufs or len(self._tx_bufs[0]) != size:
-            self._tx_bufs = [bytearray(size) for _ in range(BATCH)]
-            self._spares = [bytearray(size) for _ in range(SPARES)]
+            self.pump.tx_bufs = [bytearray(size) for _ in range(BATCH)]
+            self.pump.spares = [bytearray(size) for _ in range(SPARES)]
 
     # ---- outbound ------------------------------------------------------------------------
 
     def on_tap_readable(self) -> None:
+        """TAP readable: the pump's rounds (see tunnel/overlay/pump_ref.py); the event loop
+        calls the pump's ``on_readable`` itself, this is for the shell's own use."""
+        self.pump.on_readable()
+
+    def _tap_round_done(self, count: int, error: Exception | None) -> None:
+        """The pump's ``after``: finish the round it ran the general way, then read on (at
+        most TAP_ROUNDS rounds; then the loop's next turn)."""
         tap_io = self.tap_io
+        pump = self.pump
         for _ in range(TAP_ROUNDS):
-            if tap_io is None or self._closed:
+            if not self._finish_round(count, error) or tap_io is None or self._closed:
                 return
-            try:
-                count = tap_io.read(self._tx_bufs, self._tx_lengths, self.headroom, self.mtu)
-            except OSError as exc:
-                self.close(f"TAP device gone ({exc.strerror})")
-                return
-            if tap_io.errors:
-                self.flush()
-                self._tap_errors()
-            if count:
-                now = time.monotonic()
-                if self._transmit_lane(count, now):
-                    self.lane_counts["tx_lane"] += 1
-                else:
-                    self.lane_counts["tx_general"] += 1
-                    self.flush()
-                    self._transmit(count, now)
-                    self.refresh()
             if count < BATCH or not tap_io.pending:
                 return
+            count, error = 0, None
+            try:
+                count = pump.run(time.monotonic())
+            except Exception as exc:
+                error = exc
         if self._loop is not None:  # segments of a super-frame still pending: next loop turn
-            self._loop.call_soon(self.on_tap_readable)
+            self._loop.call_soon(pump.on_readable)
+
+    def _finish_round(self, count: int, error: Exception | None) -> bool:
+        """What the pump's last run left: TAP errors counted, a batch the lanes did not take
+        through the general way, encapsulated packets the WireGuard lane did not send through
+        ``Interface.send_packets``. False when the TAP is gone."""
+        pump = self.pump
+        if isinstance(error, OSError):  # only the TAP read raises it
+            self.close(f"TAP device gone ({error.strerror})")
+            return False
+        if self.tap_io is None or self.engine is None:
+            return False
+        if error is not None:
+            log.error("%s: transmit batch failed", self.name, exc_info=error)
+            self.engine.drops["tx_exception"] += count
+            return True
+        if self.tap_io.errors:
+            self.flush()
+            self._tap_errors()
+        if count:
+            if pump.stage == READ:
+                self.lane_counts["tx_general"] += 1
+                self.flush()
+                self._transmit(count, pump.now)
+                self.refresh()
+            elif pump.stage == ENCAPSULATED:
+                unsent = pump.unsent
+                self._send(pump.out_bufs[unsent:], pump.out_lengths[unsent:], pump.now, 0, 0)
+        return True
 
     def _template(self, ip: str, port: int, vni: int) -> bytes | None:
         key = (ip, port, vni)
@@ -383,7 +475,7 @@ class L2Overlay:
         """Compile the FDB snapshot the lanes read (after any change the journal did not make:
         control requests, ageing, the general ways' learning)."""
         if self.engine is not None:
-            self.snapshot = compile_snapshot(self.engine, self._dest_of)
+            self.pump.snapshot = compile_snapshot(self.engine, self._dest_of)
 
     def refresh(self) -> None:
         """Republish the snapshot if learning or ageing changed the FDB since it was compiled."""
@@ -409,41 +501,16 @@ class L2Overlay:
         self.refresh()
 
     def _transmit_lane(self, count: int, now: float) -> bool:
-        """The outbound lane: when the snapshot covers the whole batch (every frame sendable, no
-        proxy-ARP frame, every destination MAC (or the flood entry) with remotes of our family),
-        encapsulate and send it as :meth:`_transmit` would and journal its counters and FDB
-        times (a SENT record, ``tunnel.vxlan.pump_ref.apply_record``). False, with nothing
-        sent, otherwise."""
-        snap = self.snapshot
-        engine = self.engine
-        if (snap is None or engine is None or self._loop is None
-                or len(self._records) >= JOURNAL_LIMIT):
+        """The outbound lane over the batch in the transmit slots (the pump's ``tx_lane`` and
+        ``send``; what the WireGuard lane does not send goes through ``send_packets``). False,
+        with nothing sent, when the snapshot does not cover it."""
+        pump = self.pump
+        if not pump.tx_lane(count, now):
             return False
-        bufs, lengths = self._tx_bufs, self._tx_lengths
-        verdicts, sports = self._tx_verdicts, self._tx_sports
-        headroom = self.headroom
-        runs: list[tuple[int, int, int, int]] = []
-        ok = self.fast.scan_tx(bufs, lengths, count, headroom, snap.seed, snap.port_min,
-                               snap.port_max, snap.proxy, verdicts, sports, runs)
-        if ok < count:
-            return False
-        out_bufs: list[bytearray] = []
-        out_lengths: list[int] = []
-        macs: list[bytes] = []
-        remotes: list[Any] = []
-        used = self._used
-        used[:] = bytes(BATCH)
-        try:
-            counts = L2.encap_runs(bufs, lengths, headroom, verdicts, sports, runs, snap.entries,
-                                   self.interface.device.mtu, out_bufs, out_lengths, self._spares, used,
-                                   macs, remotes)
-            if counts is None:
-                return False
-            self._send(out_bufs, out_lengths, now, counts[0], counts[1])
-        except Exception:
-            log.exception("%s: transmit batch failed", self.name)
-            engine.drops["tx_exception"] += count
-        self._records.append((SENT, tuple(macs), tuple(remotes), now))
+        self.lane_counts["tx_lane"] += 1
+        if not pump.send(pump.out_bufs, pump.out_lengths, now):
+            unsent = pump.unsent
+            self._send(pump.out_bufs[unsent:], pump.out_lengths[unsent:], now, 0, 0)
         return True
 
     def _send(self, out_bufs: list[bytearray], out_lengths: list[int], now: float, oversized: int,
@@ -468,14 +535,14 @@ class L2Overlay:
         engine = self.engine
         assert engine is not None
         bufs, lengths = self._tx_bufs, self._tx_lengths
-        verdicts, sports = self._tx_verdicts, self._tx_sports
+        verdicts, sports = self.pump.tx_verdicts, self.pump.tx_sports
         out_bufs: list[bytearray] = []
         out_lengths: list[int] = []
         # spares only for a frame sent to more than one remote (head-end replication)
         replicas = not (len(plan) == 1 and len(plan[0][2]) == 1) and (
             len({(start, end) for start, end, _ in plan}) < sum(len(t) for _, _, t in plan))
-        spares = list(self._spares) if replicas else []
-        used = self._used
+        spares = list(self.pump.spares) if replicas else []
+        used = self.pump.used
         used[:] = bytes(BATCH)
         mtu = self.interface.device.mtu
         oversized = no_spare = 0
@@ -497,7 +564,7 @@ class L2Overlay:
         engine = self.engine
         assert engine is not None
         bufs, lengths = self._tx_bufs, self._tx_lengths
-        verdicts, sports = self._tx_verdicts, self._tx_sports
+        verdicts, sports = self.pump.tx_verdicts, self.pump.tx_sports
         try:
             plan = engine.transmit_bufs(bufs, lengths, count, now, self.headroom, verdicts, sports)
             if plan.local:
@@ -521,73 +588,28 @@ class L2Overlay:
 
     def deliver(self, bufs: list[bytearray], lengths: list[int], headroom: int, verdicts: bytearray,
                 count: int, now: float) -> int:
-        """Take this endpoint's packets of an opened batch (see module doc); never raises."""
-        engine = self.engine
-        if engine is None or self._closed:
+        """Take this endpoint's packets of an opened batch (the pump's ``deliver``, see module
+        doc); never raises."""
+        if self.engine is None or self._closed:
             return 0
-        out_bufs: list[bytearray] = []
-        out_lengths: list[int] = []
-        sources: list[Any] = []
-        try:
-            claimed, bad = L2.claim(bufs, lengths, count, headroom, verdicts, self.local_packed,
-                                    self.config.dstport, out_bufs, out_lengths, sources, self._cache)
-        except Exception:
-            log.exception("%s: claim failed", self.name)
-            engine.drops["rx_exception"] += 1
-            return 0
-        if bad:
-            engine.drops["rx_bad_udp_csum"] += bad
-        if claimed:
-            rx_verdicts = self._rx_verdicts
-            if len(rx_verdicts) < claimed:
-                rx_verdicts = self._rx_verdicts = bytearray(claimed)
-            if self._receive_lane(out_bufs, out_lengths, sources, claimed, now, rx_verdicts):
-                self.lane_counts["rx_lane"] += 1
-                return int(claimed + bad)
-            self.lane_counts["rx_general"] += 1
-            self.flush()
-            try:
-                accepted = engine.receive_bufs(out_bufs, out_lengths, sources, claimed, now, rx_verdicts)
-                if accepted:
-                    self._tap_write(accepted, self.tap_io.write_slots, out_bufs, out_lengths, 8, rx_verdicts,
-                                    claimed)
-            except Exception:
-                log.exception("%s: receive batch failed", self.name)
-                engine.drops["rx_exception"] += claimed
-            self.refresh()
-        return int(claimed + bad)
+        return int(self.pump.deliver(bufs, lengths, headroom, verdicts, count, now))
 
-    def _receive_lane(self, bufs: list[bytearray], lengths: list[int], sources: list[Any], count: int,
-                      now: float, verdicts: bytearray) -> bool:
-        """The inbound lane: when the snapshot says the engine would only count the claimed
-        batch (one VTEP, every datagram accepted, every source MAC already in the FDB at that
-        VTEP, no proxy ARP), write it to the TAP and journal a RECEIVED record. False, with
-        nothing written, otherwise (``verdicts`` may have been filled)."""
-        snap = self.snapshot
-        if (snap is None or snap.proxy or self._loop is None or self.tap_io is None
-                or len(self._records) >= JOURNAL_LIMIT):
-            return False
-        source = sources[0]
-        for i in range(1, count):
-            if sources[i] != source:
-                return False
-        runs: list[int] = []
-        accepted, nbytes = self.fast.decap_batch(bufs, lengths, count, snap.vni, snap.own_mac, snap.learning,
-                                                 sources, verdicts, runs)
-        if accepted < count:
-            return False
-        macs = []
-        if snap.learning:
-            entries = snap.entries
-            for start in runs:
-                mac = bytes(bufs[start][14:20])
-                entry = entries.get(mac)
-                if entry is None or entry[1][0] != source:
-                    return False  # learning would change the FDB, or a conflict: the engine's
-                macs.append(mac)
-        self._tap_write(accepted, self.tap_io.write_slots, bufs, lengths, 8, verdicts, count)
-        self._records.append((RECEIVED, tuple(macs), source, accepted, nbytes, now))
-        return True
+    def _receive_general(self, bufs: list[bytearray], lengths: list[int], sources: list[Any], claimed: int,
+                         now: float, verdicts: bytearray) -> None:
+        """The pump's ``general``: a claimed batch the inbound lane did not take, through the
+        engine (the journal applied first), to the TAP."""
+        engine = self.engine
+        if engine is None:
+            return
+        self.flush()
+        try:
+            accepted = engine.receive_bufs(bufs, lengths, sources, claimed, now, verdicts)
+            if accepted:
+                self._tap_write(accepted, self.tap_io.write_slots, bufs, lengths, 8, verdicts, claimed)
+        except Exception:
+            log.exception("%s: receive batch failed", self.name)
+            engine.drops["rx_exception"] += claimed
+        self.refresh()
 
     def _tap_write(self, frames: int, write: Any, *args: Any) -> None:
         assert self.engine is not None

@@ -46,6 +46,11 @@ endpoint whose underlay is this interface; this package knows nothing of it):
   their verdicts non-zero); the rest go to the TUN. The inbound pump calls it natively on its
   lane (one Python call per batch); batches handled the general way copy their packets into a
   scratch batch for it. With no delivery installed nothing changes on either path.
+  :meth:`set_local_answer` installs ``answer()``, which the inbound pump calls at the end of
+  each UDP wake-up (after the batch's records or the general way): the L2 overlay reads its
+  TAP then for the reply to what its delivery wrote, in the same wake-up.
+  :attr:`outbound_pump` is the outbound pump (its device, sockets and journal), for an
+  overlay that sends through the same lane natively.
 - :meth:`send_packets` injects a batch of inner IP packets (``bufs[i][HEADROOM:HEADROOM +
   lengths[i]]``, room for padding and the tag after them) into the send path: the fast lane
   (route, seal in place, send with GSO) when the batch goes to one peer in the steady state,
@@ -552,6 +557,15 @@ class Interface:
         """Install (or with None remove) the local delivery (see the module doc)."""
         self._local = deliver
         self._inbound.local = deliver
+
+    def set_local_answer(self, answer: Callable[[], None] | None) -> None:
+        """Install (or with None remove) the local delivery's answer (see the module doc)."""
+        self._inbound.answer = answer
+
+    @property
+    def outbound_pump(self) -> Any:
+        """The outbound pump (``device``, ``udp4``/``udp6``, ``journal``; see the module doc)."""
+        return self._outbound
 
     def _deliver_locally(self, packets: list[memoryview], now: float) -> list[memoryview]:
         """The general inbound path's packets through the local delivery: each is copied into

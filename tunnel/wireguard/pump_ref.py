@@ -213,6 +213,9 @@ class Inbound:
         #: sees the accepted packets before the TUN write, takes those addressed to it (their
         #: verdicts set non-zero) and returns how many it took; it must not raise
         self.local: Callable[..., int] | None = None
+        #: ``answer()`` (None: none): called at the end of every :meth:`on_readable`, after the
+        #: batch's records or ``after`` (the local delivery's reply read); must not raise
+        self.answer: Callable[[], None] | None = None
         self.answered = False
         self.replied = 0
         self.reply_error: Exception | None = None
@@ -256,8 +259,10 @@ class Inbound:
             if self.answered:
                 outbound.now = now
                 outbound.record(self.replied)
-            return
-        self.after(sock, count, error)
+        else:
+            self.after(sock, count, error)
+        if self.answer is not None:
+            self.answer()
 
     def settled(self, count: int, udp: Any) -> bool:
         """Whether the last :meth:`run` left nothing for the interface but the journal record."""
