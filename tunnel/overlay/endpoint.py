@@ -54,12 +54,10 @@ import random
 import socket
 import stat
 import time
-from array import array
 from dataclasses import replace
 from typing import Any
 
 from crypto.backend import HEADROOM, TAG_SIZE
-from tunnel.io.journal_ref import JOURNAL_LIMIT  # a full journal sends the next batch the general way
 from tunnel.io.offload import get_hwaddr, get_mtu, open_tun, select_io, set_mtu
 from tunnel.vxlan import control
 from tunnel.vxlan.cli import UsageError, parse_add
@@ -68,7 +66,7 @@ from tunnel.vxlan.control import handle_request, is_alive, socket_path
 from tunnel.vxlan.datapath import move_tap_errors, write_tap
 from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import select as select_fast
-from tunnel.vxlan.pump_ref import RECEIVED, SENT, Snapshot, apply_record, compile_snapshot, fdb_version
+from tunnel.vxlan.pump_ref import Snapshot, apply_record, compile_snapshot, fdb_version
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.interface import Interface
 

@@ -146,7 +146,7 @@ class L2Pump:
         if tap is None:
             self.count = 0
             return 0
-        self.count = count = tap.read(self.tx_bufs, self.tx_lengths, self.headroom, self.mtu)
+        self.count = count = int(tap.read(self.tx_bufs, self.tx_lengths, self.headroom, self.mtu))
         if count and self.tx_lane(count, now):
             self.lanes["tx_lane"] += 1
             if self.send(self.out_bufs, self.out_lengths, now):
@@ -216,7 +216,7 @@ class L2Pump:
         udp = wg.udp6 if ":" in endpoint.ip else wg.udp4
         if udp is None:
             return False
-        sealed = keypair.cipher.seal_batch(bufs, lengths, device.mtu)
+        sealed = int(keypair.cipher.seal_batch(bufs, lengths, device.mtu))
         udp.send_slots(bufs, lengths, 0, sealed, endpoint)
         if sealed:
             journal.add((SENT, peer, keypair, sum(lengths[:sealed]), now))
