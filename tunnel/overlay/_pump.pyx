@@ -65,6 +65,7 @@ cdef class L2Pump:
     cdef public Py_ssize_t unsent
     cdef public bint written
     cdef public Py_ssize_t answers
+    cdef public Py_ssize_t tx_whole
 
     def __init__(self, fast, l2, wg, Py_ssize_t headroom, local, dstport):
         if headroom < _HEADROOM:
@@ -103,6 +104,7 @@ cdef class L2Pump:
         self.unsent = 0
         self.written = False
         self.answers = 0
+        self.tx_whole = 0
 
     # ---- outbound ------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ cdef class L2Pump:
             self.lanes["tx_lane"] += 1
             if self.send(self.out_bufs, self.out_lengths, now):
                 self.stage = 2
+                self.tx_whole += 1
         return count
 
     cpdef bint tx_lane(self, Py_ssize_t count, double now) except -1:

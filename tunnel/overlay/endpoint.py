@@ -631,6 +631,7 @@ class L2Overlay:
             "sender": f"in-process ({self.interface.name})",
             "underlay": self.interface.name,
             "lanes": dict(self.lane_counts),
+            "pump": {"name": L2PUMP_NAME, "tx_whole": self.pump.tx_whole, "answers": self.pump.answers},
             "datapath": f"{self.fast_name}+l2 {L2_NAME}",
             "io": self.io_name,
             "offloads": self.offloads,

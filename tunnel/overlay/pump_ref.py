@@ -107,6 +107,7 @@ class L2Pump:
         self.unsent = 0
         self.written = False  # the delivery wrote to the TAP since the last answer
         self.answers = 0  # answers that ran a TAP round
+        self.tx_whole = 0  # TAP batches sent whole by the lanes (stage SENT_WHOLE)
 
     # ---- outbound ------------------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class L2Pump:
             self.lanes["tx_lane"] += 1
             if self.send(self.out_bufs, self.out_lengths, now):
                 self.stage = SENT_WHOLE
+                self.tx_whole += 1
         return count
 
     def tx_lane(self, count: int, now: float) -> bool:
