@@ -26,6 +26,7 @@ from tests.shellfakes import FakeLoop, FakeSocket, make_interface, make_pair, se
 from tests.vxlan_wire import ones_sum
 from tests.wgpair import Pair, ipv4_packet
 from tunnel.io.endpoint import Endpoint
+from tunnel.io.journal_ref import JOURNAL_LIMIT
 from tunnel.overlay import endpoint as ep
 from tunnel.overlay import l2 as l2_pair
 from tunnel.overlay import pump as l2pump_pair
@@ -312,7 +313,7 @@ def test_outbound_lane_leaves_what_it_does_not_cover(twin: Any, case: str) -> No
         engine._proxy = True
         frames.append(b"\xff" * 6 + MAC_B + b"\x08\x06" + bytes(28))
     elif case == "journal_full":
-        overlay._records = [(0, (), (), now)] * ep.JOURNAL_LIMIT  # SENT records
+        overlay._records = [(0, (), (), now)] * JOURNAL_LIMIT  # SENT records
     else:
         engine.fdb.append(b"\x00" * 6, "fd00::1", now=now)
     overlay.publish()
