@@ -4,7 +4,11 @@
 over its UAPI socket (``ext=vxlan add NAME ...``), to run the endpoint here; :func:`handle` is
 that request's handler (``tunnel/cli.py`` gives it to the daemon's ``main``).
 
-Outbound (TAP readable, :meth:`L2Overlay.on_tap_readable`): ``TunBatch(l2=14).read`` cuts TSO
+The per-wake-up work is the pump's (:class:`tunnel.overlay.pump_ref.L2Pump`, native twin
+``_pump.pyx``): the steps below that a steady-state batch takes run in one call of it, and this
+module is its shell (the general ways, setup, control).
+
+Outbound (TAP readable, the pump's ``on_readable``): ``TunBatch(l2=14).read`` cuts TSO
 super-frames natively into frames at ``buf[HEADROOM + hlen:]`` (``hlen`` = inner IP + UDP +
 VXLAN = 36 over IPv4, 56 over IPv6) -> the outbound lane (``fast.scan_tx``: checks, flow hash
 into the srcport range, runs; ``l2.encap_runs``: the FDB snapshot per run and ``l2.encap``, in
@@ -15,14 +19,15 @@ for each further remote) -> ``Interface.send_packets`` (the WireGuard lane: rout
 place, sendmmsg with UDP GSO; or ``Device.send_batch``). No trip through the kernel's stack
 between the two.
 
-Inbound: the interface's local delivery (:meth:`Hub.deliver`, called by the inbound pump with
+Inbound: the interface's local delivery (the pump's ``deliver``, called by the inbound pump with
 each opened batch after the allowed-IPs source check) -> ``l2.claim`` (native: UDP to the local
 tunnel address and dstport; payload moved to the buffer's start; the inner source address is
 the VTEP) -> the inbound lane (``fast.decap_batch`` and the snapshot: one VTEP, every datagram
 accepted, every source MAC already at that VTEP) or ``VxlanEngine.receive_bufs`` (the kernel's
 receive rules, learning: a MAC is learned at the tunnel address of the peer it came from, since
 the allowed-IPs check already tied that source to the sending peer) ->
-``TunBatch(l2=14, gro=True, verify=True).write_slots``.
+``TunBatch(l2=14, gro=True, verify=True).write_slots``; at the end of that UDP wake-up the
+pump's ``answer`` reads the TAP once for the reply (``set_local_answer``).
 
 The lanes (as the VXLAN daemon's pumps, ``tunnel/vxlan/pump_ref.py``): they read the FDB
 :class:`~tunnel.vxlan.pump_ref.Snapshot` (:meth:`L2Overlay.publish`: each remote's destination
@@ -48,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -402,11 +408,6 @@ class L2Overlay:
 
     # ---- outbound ------------------------------------------------------------------------
 
-    def on_tap_readable(self) -> None:
-        """TAP readable: the pump's rounds (see tunnel/overlay/pump_ref.py); the event loop
-        calls the pump's ``on_readable`` itself, this is for the shell's own use."""
-        self.pump.on_readable()
-
     def _tap_round_done(self, count: int, error: Exception | None) -> None:
         """The pump's ``after``: finish the round it ran the general way, then read on (at
         most TAP_ROUNDS rounds; then the loop's next turn)."""
@@ -651,7 +652,7 @@ class L2Overlay:
             self.publish()
             if answer.get("show"):
                 answer["show"]["config"]["hash_seed"] = None
-            writer.write(json_line(answer))
+            writer.write(json.dumps(answer).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), 5.0)
             if text.split() == ["stop"] and answer.get("ok"):
                 self.close("stop request")
@@ -661,12 +662,6 @@ class L2Overlay:
             log.exception("%s: control request failed", self.name)
         finally:
             writer.close()
-
-
-def json_line(obj: Any) -> bytes:
-    import json
-
-    return json.dumps(obj).encode() + b"\n"
 
 
 def handle(interface: Interface, words: list[str]) -> dict[str, Any]:
