@@ -223,8 +223,7 @@ cdef class L2Pump:
 
     # ---- inbound -------------------------------------------------------------------------
 
-    def deliver(self, list bufs, list lengths, Py_ssize_t headroom, bytearray verdicts, Py_ssize_t count,
-                double now):
+    def deliver(self, bufs, lengths, headroom, verdicts, count, now):
         """The interface's local delivery; see tunnel/overlay/pump_ref.py. Never raises."""
         cdef Py_ssize_t claimed, bad
         if not self.enabled:

@@ -183,7 +183,9 @@ class Inbound:
     the allowed-IPs check, it takes the packets addressed to it before the TUN write. After
     :meth:`on_readable`, :attr:`answered` says whether it ran the outbound pump after a write,
     and :attr:`replied`/:attr:`reply_error` are that run's outcome. With :attr:`keypair` None
-    the caller handles the batch the general way.
+    the caller handles the batch the general way. :attr:`answer` (default None) is called at
+    the end of every :meth:`on_readable`, after the batch's records or ``after`` (the local
+    delivery's chance to send the reply to what it wrote, in the same wake-up).
     """
 
     def __init__(self, device: Any, tun: Any, outbound: Outbound,
