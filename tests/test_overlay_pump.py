@@ -96,8 +96,8 @@ def test_tap_round_is_sent_whole_and_journaled(twin: Any) -> None:
             assert afters == [] and overlay.pump.stage == SENT_WHOLE and overlay.pump.tx_whole == 1
             assert [r[0] for r in overlay._records] == [VX_SENT] and len(interface._journal.records) == 1
             assert engine.tx_packets == 0 and pair.peer_ba.tx_bytes == before  # not applied yet
-            interface._apply_journal()
-            overlay.flush()
+            interface._apply_journal()  # the endpoint's journal is applied with the interface's
+            assert not overlay._records and engine.tx_packets == len(FRAMES)
             assert engine.fdb.entries[MAC_A].used == overlay.pump.now  # the FDB time is the round's
         else:
             overlay._loop = None  # no loop: the lanes refuse, the shell's general way

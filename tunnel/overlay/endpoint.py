@@ -34,9 +34,10 @@ The lanes (as the VXLAN daemon's pumps, ``tunnel/vxlan/pump_ref.py``): they read
 is its header template; a remote of the other family makes its MAC the general way's) and
 leave the engine's bookkeeping of a batch (counters, FDB times, learning that changes nothing)
 as a ``SENT``/``RECEIVED`` record in the endpoint's journal, applied (:meth:`L2Overlay.flush`)
-before any other engine work and by housekeeping once a second; a full journal (``JOURNAL_LIMIT``)
-sends the batch the general way, which applies it first. The snapshot is republished after
-control requests and whenever ``fdb_version`` moved. ``show`` lists ``lanes``: batches per way.
+before any other engine work, whenever the interface applies its journal (``journal_hooks``)
+and by housekeeping; a full journal (``JOURNAL_LIMIT``) sends the batch the general way, which
+applies it first. The snapshot is republished after control requests and whenever
+``fdb_version`` moved. ``show`` lists ``lanes`` (batches per way) and ``pump``.
 
 Control: the usual VXLAN control socket (``tunnel.vxlan.control``) for NAME, served on the
 daemon's loop, so ``wg-py vxlan show|fdb|del NAME`` work unchanged; ``stop`` (``del``) closes
@@ -116,6 +117,7 @@ class Hub:
                 return attachment
         hub = cls(interface)
         interface.attachments.append(hub)
+        interface.journal_hooks.append(hub.flush)
         return hub
 
     def add(self, overlay: L2Overlay) -> None:
@@ -128,9 +130,8 @@ class Hub:
         self._install()
 
     def _install(self) -> None:
-        """The interface's local delivery and answer: one endpoint's pump directly (no Python
-        frame on the way), several through :meth:`deliver`/:meth:`answer`, none: removed (the
-        WireGuard path as without an overlay)."""
+        """The interface's local delivery and answer: one endpoint's pump's (no Python frame on
+        the way), else :meth:`deliver`/:meth:`answer`, or none (the plain WireGuard path)."""
         overlays = list(self.overlays.values())
         if not overlays:
             self.interface.set_local_delivery(None)
@@ -149,6 +150,14 @@ class Hub:
         for overlay in list(self.overlays.values()):
             taken += overlay.deliver(bufs, lengths, headroom, verdicts, count, now)
         return taken
+
+    def flush(self) -> None:
+        """The interface applied its journal: each endpoint applies its own (never raises)."""
+        for overlay in list(self.overlays.values()):
+            try:
+                overlay.flush()
+            except Exception:
+                log.exception("%s: applying the journal failed", overlay.name)
 
     def answer(self) -> None:
         """The interface's answer after a wake-up: each endpoint reads its TAP if written."""
@@ -373,13 +382,10 @@ class L2Overlay:
             self.refresh()
 
     def _follow_interface_mtu(self, name: str) -> None:
-        """When WGIFACE's MTU changed since the TAP's was set from it (``ip link set WGIFACE mtu
-        X``: the interface notices that in its own housekeeping, which runs before its
-        attachments', or as soon as a larger packet shows up), set the TAP's to the new MTU
-        minus the overhead (50 bytes over an IPv4 underlay, 70 over IPv6), as at creation. A
-        TAP MTU set by hand in between stays until WGIFACE's changes again. A WGIFACE MTU too
-        small for VXLAN leaves the TAP's as it was (logged; frames too large for the tunnel
-        are dropped and counted as ``tx_oversized``)."""
+        """When WGIFACE's MTU changed since the TAP's was set from it (the interface notices in
+        its housekeeping, which runs before its attachments'), set the TAP's to it minus the
+        overhead (50 / 70), as at creation; a TAP MTU set by hand stays until WGIFACE's next
+        change. Too small for VXLAN: the TAP's stays (logged; ``tx_oversized`` counts)."""
         wg_mtu = self.interface.device.mtu
         if wg_mtu == self.wg_mtu:
             return
