@@ -22,6 +22,8 @@ from tunnel.overlay import endpoint as ep
 from tunnel.overlay import l2 as l2_pair
 from tunnel.overlay import pump as l2pump_pair
 from tunnel.overlay.pump_ref import ENCAPSULATED, READ, SENT_WHOLE
+from tunnel.vxlan.config import VxlanConfig
+from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import load as load_fast
 from tunnel.vxlan.pump_ref import RECEIVED as VX_RECEIVED
 from tunnel.vxlan.pump_ref import SENT as VX_SENT
@@ -219,3 +221,34 @@ def test_pump_arguments_are_checked_the_same(twin: Any) -> None:
             mod.L2Pump(load_fast(name), l2_pair.load(name), None, 4, bytes(4), 4789)  # headroom < HEADROOM
         with pytest.raises(ValueError):
             mod.L2Pump(load_fast(name), l2_pair.load(name), None, 200, bytes(5), 4789)
+
+
+def test_two_endpoints_share_the_delivery_and_the_answer(twin: Any) -> None:
+    """Two endpoints on one interface (dstports 4789 and 4790): the Hub's delivery gives each
+    its packets, its answer runs each pump's; removing one installs the other's pump itself."""
+    pump, fast = twin
+    pair, interface, tun, overlay, tap, sock, afters = endpoint(pump, fast, EchoTap())
+    other = ep.L2Overlay(interface, VxlanConfig(vni=42, local="10.0.0.2", remote="10.0.0.1", name="vx1",
+                                                   dstport=4790))
+    other.engine = VxlanEngine(other.config, pair.now, fast)
+    other.engine.set_own_mac(MAC_B)
+    other.engine.fdb.learn(MAC_A, "10.0.0.1", pair.now - 1.0)
+    other_tap = EchoTap()
+    other.tap_io = other_tap
+    other._set_mtu(1370)
+    other._loop = overlay._loop
+    other.publish()
+    hub = ep.Hub.of(interface)
+    hub.add(other)
+    assert interface._inbound.local == hub.deliver and interface._inbound.answer == hub.answer
+    to_other = bytearray(vxlan_packet("10.0.0.1", "10.0.0.2", MAC_A, body=b"other" * 9))
+    to_other[22:24] = (4790).to_bytes(2, "big")
+    sock.inbox.extend([sealed(pair, vxlan_packet("10.0.0.1", "10.0.0.2", MAC_A, body=b"first" * 9)),
+                       sealed(pair, bytes(to_other))])
+    interface._inbound.on_readable(sock, sock.io)
+    assert [f[14:] for f in tap.frames] == [b"first" * 9]
+    assert [f[14:] for f in other_tap.frames] == [b"other" * 9]
+    assert overlay.pump.answers == 1 and other.pump.answers == 1
+    assert len(_opened(pair, interface.bind)) == 2  # both replies sent in that wake-up
+    other.close("test")
+    assert interface._inbound.local == overlay.pump.deliver and interface._inbound.answer == overlay.pump.answer
