@@ -15,9 +15,9 @@ into the srcport range, runs; ``l2.encap_runs``: the FDB snapshot per run and ``
 one native call) or, for a batch it does not cover,
 ``VxlanEngine.transmit_bufs`` (the same checks, FDB lookup per run) -> ``l2.encap`` (native:
 VXLAN, UDP and IP headers written in place in front of each frame; a replicated frame copied
-for each further remote) -> ``Interface.send_packets`` (the WireGuard lane: route, seal in
-place, sendmmsg with UDP GSO; or ``Device.send_batch``). No trip through the kernel's stack
-between the two.
+for each further remote) -> the WireGuard lane (the pump's ``send``, else
+``Interface.send_packets``: route, seal in place, sendmmsg with UDP GSO; or
+``Device.send_batch``). No trip through the kernel's stack between the two.
 
 Inbound: the interface's local delivery (the pump's ``deliver``, called by the inbound pump with
 each opened batch after the allowed-IPs source check) -> ``l2.claim`` (native: UDP to the local
