@@ -26,8 +26,10 @@ from tests.shellfakes import FakeLoop, FakeSocket, make_interface, make_pair, se
 from tests.vxlan_wire import ones_sum
 from tests.wgpair import Pair, ipv4_packet
 from tunnel.io.endpoint import Endpoint
+from tunnel.io.journal_ref import JOURNAL_LIMIT
 from tunnel.overlay import endpoint as ep
 from tunnel.overlay import l2 as l2_pair
+from tunnel.overlay import pump as l2pump_pair
 from tunnel.vxlan.config import VxlanConfig
 from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import load as load_fast
@@ -45,17 +47,31 @@ def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tup
     """(pump, l2, vxlan fast) of one twin; the endpoint module uses that l2."""
     l2 = l2_pair.load(request.param)
     monkeypatch.setattr(ep, "L2", l2)
+    monkeypatch.setattr(ep, "L2PUMP", l2pump_pair.load(request.param))
     return pump_pair.load(request.param), l2, load_fast(request.param)
 
 
 class FakeTap:
-    """The TAP batch the endpoint writes to: records the frames."""
+    """The TAP batch of the endpoint: records the frames written, reads those in :attr:`inbox`
+    (one batch per read, as ``TunBatch.read``: frame at ``headroom``, its length in ``lengths``)."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.inbox: list[bytes] = []
+        self.reads = 0
+        self.pending = 0
         self.errors: dict[str, int] = {}
         self.csum_partial = 0
         self.tso_frames = 0
+
+    def read(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int) -> int:
+        self.reads += 1
+        n = min(len(self.inbox), len(bufs))
+        for i in range(n):
+            frame = self.inbox.pop(0)
+            bufs[i][headroom : headroom + len(frame)] = frame
+            lengths[i] = len(frame)
+        return n
 
     def write_slots(self, bufs: list[bytearray], lengths: list[int], offset: int, verdicts: bytearray,
                     count: int) -> int:
@@ -266,10 +282,8 @@ def test_outbound_lane_sends_and_counts_as_the_general_way(twin: Any) -> None:
             assert overlay._transmit_lane(len(frames), now)
             assert overlay._records and interface._journal.records  # both journaled, not yet applied
             assert engine.tx_packets == 0 and pair.peer_ba.tx_bytes == before
-            assert loop.fire() == 1  # the interface's journal timer (the endpoint's waits for housekeeping)
-            assert overlay._records and not interface._journal.records
-            overlay.flush()  # what housekeeping does once a second
-            assert not overlay._records
+            assert loop.fire() == 1  # the interface's journal timer: the endpoint's is applied with it
+            assert not overlay._records and not interface._journal.records
         else:
             overlay._transmit(len(frames), now)
             interface._apply_journal()
@@ -297,7 +311,7 @@ def test_outbound_lane_leaves_what_it_does_not_cover(twin: Any, case: str) -> No
         engine._proxy = True
         frames.append(b"\xff" * 6 + MAC_B + b"\x08\x06" + bytes(28))
     elif case == "journal_full":
-        overlay._records = [(0, (), (), now)] * ep.JOURNAL_LIMIT  # SENT records
+        overlay._records = [(0, (), (), now)] * JOURNAL_LIMIT  # SENT records
     else:
         engine.fdb.append(b"\x00" * 6, "fd00::1", now=now)
     overlay.publish()
@@ -330,9 +344,7 @@ def test_inbound_lane_learns_nothing_new_and_counts_as_the_general_way(twin: Any
             interface._apply_journal()
         if lane:
             assert overlay.lane_counts["rx_general"] == 1 and overlay.lane_counts["rx_lane"] == 1
-            assert overlay._records  # the second batch's record waits in the journal
-            overlay.flush()
-            assert not overlay._records
+            assert not overlay._records  # applied with the interface's journal (journal_hooks)
         else:
             assert overlay.lane_counts["rx_lane"] == 0
         assert [f[12:] for f in tap.frames] == [b"\x08\x00" + b"first" * 10, b"\x08\x00" + b"second" * 10]

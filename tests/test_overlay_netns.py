@@ -202,6 +202,9 @@ def test_one_process_l2_ping_iperf3_learning(netns_factory: Lab, peer: str, fami
     assert stats["rx_packets"] > 1000 and stats["tx_packets"] > 1000, stats
     # the steady state went through the endpoint's lanes (snapshot + journal), both ways
     assert info["lanes"]["tx_lane"] > 0 and info["lanes"]["rx_lane"] > 0, info["lanes"]
+    # ... carried by the pump (tunnel/overlay/pump_ref.py): TAP batches sealed and sent whole by
+    # it, and replies read from the TAP in the WireGuard inbound wake-up that delivered the request
+    assert info["pump"]["tx_whole"] > 0 and info["pump"]["answers"] > 0, info["pump"]
     # the WireGuard daemon is one process: the endpoint's pid is the daemon's
     pids = lab.daemon_pids(a.ns)
     assert show(lab, a.ns)["pid"] in pids

@@ -185,6 +185,30 @@ def test_settled_inbound_batch_and_its_answer_are_journaled_in_order(pump: Modul
     assert [bytes(p) for p in out.packets] == [REPLY]
 
 
+@pytest.mark.parametrize("settled", [True, False], ids=["settled", "general"])
+def test_local_answer_is_called_last_in_every_wakeup(pump: ModuleType, settled: bool) -> None:
+    """The local delivery's answer (``set_local_answer``) runs at the end of each UDP wake-up:
+    after the batch's records (settled) or after the interface's general way (``after``)."""
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    if settled:
+        settle_source(pair, sock, interface)
+    else:  # from another port: a roam the engine must record, so the general way
+        sock = FakeSocket(Endpoint(pair.a.endpoint.ip, pair.a.endpoint.port + 1))
+    calls: list[str] = []
+    after = interface._inbound.after
+    interface._inbound.after = lambda s, count, error: (calls.append("after"), after(s, count, error))
+    interface.set_local_answer(lambda: calls.append(f"answer {len(interface._journal.records)}"))
+    sock.inbox.append(sealed(pair, REQUEST))
+    interface._inbound.on_readable(sock, sock.io)
+    assert calls == (["answer 1"] if settled else ["after", "answer 0"])
+    interface._inbound.on_readable(sock, sock.io)  # an empty wake-up: the answer still comes last
+    assert calls[-1].startswith("answer") and len(calls) == (2 if settled else 3)
+    interface.set_local_answer(None)
+    interface._inbound.on_readable(sock, sock.io)
+    assert len(calls) == (2 if settled else 3)
+
+
 def test_inbound_lane_needs_the_current_endpoint(pump: ModuleType) -> None:
     """A datagram from another address (a roam the engine must record) goes the general way,
     which moves the endpoint; later ones can take the lane."""

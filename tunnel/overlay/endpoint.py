@@ -4,34 +4,40 @@
 over its UAPI socket (``ext=vxlan add NAME ...``), to run the endpoint here; :func:`handle` is
 that request's handler (``tunnel/cli.py`` gives it to the daemon's ``main``).
 
-Outbound (TAP readable, :meth:`L2Overlay.on_tap_readable`): ``TunBatch(l2=14).read`` cuts TSO
+The per-wake-up work is the pump's (:class:`tunnel.overlay.pump_ref.L2Pump`, native twin
+``_pump.pyx``): the steps below that a steady-state batch takes run in one call of it, and this
+module is its shell (the general ways, setup, control).
+
+Outbound (TAP readable, the pump's ``on_readable``): ``TunBatch(l2=14).read`` cuts TSO
 super-frames natively into frames at ``buf[HEADROOM + hlen:]`` (``hlen`` = inner IP + UDP +
 VXLAN = 36 over IPv4, 56 over IPv6) -> the outbound lane (``fast.scan_tx``: checks, flow hash
 into the srcport range, runs; ``l2.encap_runs``: the FDB snapshot per run and ``l2.encap``, in
 one native call) or, for a batch it does not cover,
 ``VxlanEngine.transmit_bufs`` (the same checks, FDB lookup per run) -> ``l2.encap`` (native:
 VXLAN, UDP and IP headers written in place in front of each frame; a replicated frame copied
-for each further remote) -> ``Interface.send_packets`` (the WireGuard lane: route, seal in
-place, sendmmsg with UDP GSO; or ``Device.send_batch``). No trip through the kernel's stack
-between the two.
+for each further remote) -> the WireGuard lane (the pump's ``send``, else
+``Interface.send_packets``: route, seal in place, sendmmsg with UDP GSO; or
+``Device.send_batch``). No trip through the kernel's stack between the two.
 
-Inbound: the interface's local delivery (:meth:`Hub.deliver`, called by the inbound pump with
+Inbound: the interface's local delivery (the pump's ``deliver``, called by the inbound pump with
 each opened batch after the allowed-IPs source check) -> ``l2.claim`` (native: UDP to the local
 tunnel address and dstport; payload moved to the buffer's start; the inner source address is
 the VTEP) -> the inbound lane (``fast.decap_batch`` and the snapshot: one VTEP, every datagram
 accepted, every source MAC already at that VTEP) or ``VxlanEngine.receive_bufs`` (the kernel's
 receive rules, learning: a MAC is learned at the tunnel address of the peer it came from, since
 the allowed-IPs check already tied that source to the sending peer) ->
-``TunBatch(l2=14, gro=True, verify=True).write_slots``.
+``TunBatch(l2=14, gro=True, verify=True).write_slots``; at the end of that UDP wake-up the
+pump's ``answer`` reads the TAP once for the reply (``set_local_answer``).
 
 The lanes (as the VXLAN daemon's pumps, ``tunnel/vxlan/pump_ref.py``): they read the FDB
 :class:`~tunnel.vxlan.pump_ref.Snapshot` (:meth:`L2Overlay.publish`: each remote's destination
 is its header template; a remote of the other family makes its MAC the general way's) and
 leave the engine's bookkeeping of a batch (counters, FDB times, learning that changes nothing)
 as a ``SENT``/``RECEIVED`` record in the endpoint's journal, applied (:meth:`L2Overlay.flush`)
-before any other engine work and by housekeeping once a second; a full journal (``JOURNAL_LIMIT``)
-sends the batch the general way, which applies it first. The snapshot is republished after
-control requests and whenever ``fdb_version`` moved. ``show`` lists ``lanes``: batches per way.
+before any other engine work, whenever the interface applies its journal (``journal_hooks``)
+and by housekeeping; a full journal (``JOURNAL_LIMIT``) sends the batch the general way, which
+applies it first. The snapshot is republished after control requests and whenever
+``fdb_version`` moved. ``show`` lists ``lanes`` (batches per way) and ``pump``.
 
 Control: the usual VXLAN control socket (``tunnel.vxlan.control``) for NAME, served on the
 daemon's loop, so ``wg-py vxlan show|fdb|del NAME`` work unchanged; ``stop`` (``del``) closes
@@ -48,18 +54,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import random
 import socket
 import stat
 import time
-from array import array
 from dataclasses import replace
 from typing import Any
 
 from crypto.backend import HEADROOM, TAG_SIZE
-from tunnel.io.journal_ref import JOURNAL_LIMIT  # a full journal sends the next batch the general way
 from tunnel.io.offload import get_hwaddr, get_mtu, open_tun, select_io, set_mtu
 from tunnel.vxlan import control
 from tunnel.vxlan.cli import UsageError, parse_add
@@ -68,11 +73,13 @@ from tunnel.vxlan.control import handle_request, is_alive, socket_path
 from tunnel.vxlan.datapath import move_tap_errors, write_tap
 from tunnel.vxlan.engine import VxlanEngine
 from tunnel.vxlan.fast import select as select_fast
-from tunnel.vxlan.pump_ref import RECEIVED, SENT, Snapshot, apply_record, compile_snapshot, fdb_version
+from tunnel.vxlan.pump_ref import Snapshot, apply_record, compile_snapshot, fdb_version
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.interface import Interface
 
 from .l2 import select as select_l2
+from .pump import select as select_pump
+from .pump_ref import ENCAPSULATED, READ
 
 log = logging.getLogger("tunnel.overlay")
 
@@ -84,6 +91,7 @@ AGE_INTERVAL = 10.0
 DEFAULT_TTL = 64
 MIN_MTU = 68  # the smallest IPv4 MTU (RFC 791): a TAP MTU below it is refused
 L2_NAME, L2 = select_l2()
+L2PUMP_NAME, L2PUMP = select_pump()
 
 
 class OverlayError(Exception):
@@ -109,17 +117,31 @@ class Hub:
                 return attachment
         hub = cls(interface)
         interface.attachments.append(hub)
+        interface.journal_hooks.append(hub.flush)
         return hub
 
     def add(self, overlay: L2Overlay) -> None:
         self.overlays[overlay.name] = overlay
-        self.interface.set_local_delivery(self.deliver)
+        self._install()
 
     def remove(self, overlay: L2Overlay) -> None:
         if self.overlays.get(overlay.name) is overlay:
             del self.overlays[overlay.name]
-        if not self.overlays:
-            self.interface.set_local_delivery(None)  # the WireGuard path as without an overlay
+        self._install()
+
+    def _install(self) -> None:
+        """The interface's local delivery and answer: one endpoint's pump's (no Python frame on
+        the way), else :meth:`deliver`/:meth:`answer`, or none (the plain WireGuard path)."""
+        overlays = list(self.overlays.values())
+        if not overlays:
+            self.interface.set_local_delivery(None)
+            self.interface.set_local_answer(None)
+        elif len(overlays) == 1:
+            self.interface.set_local_delivery(overlays[0].pump.deliver)
+            self.interface.set_local_answer(overlays[0].pump.answer)
+        else:
+            self.interface.set_local_delivery(self.deliver)
+            self.interface.set_local_answer(self.answer)
 
     def deliver(self, bufs: list[bytearray], lengths: list[int], headroom: int, verdicts: bytearray,
                 count: int, now: float) -> int:
@@ -128,6 +150,19 @@ class Hub:
         for overlay in list(self.overlays.values()):
             taken += overlay.deliver(bufs, lengths, headroom, verdicts, count, now)
         return taken
+
+    def flush(self) -> None:
+        """The interface applied its journal: each endpoint applies its own (never raises)."""
+        for overlay in list(self.overlays.values()):
+            try:
+                overlay.flush()
+            except Exception:
+                log.exception("%s: applying the journal failed", overlay.name)
+
+    def answer(self) -> None:
+        """The interface's answer after a wake-up: each endpoint reads its TAP if written."""
+        for overlay in list(self.overlays.values()):
+            overlay.pump.answer()
 
     def close(self) -> None:
         for overlay in list(self.overlays.values()):
@@ -156,9 +191,16 @@ class L2Overlay:
         self.ttl = config.ttl or DEFAULT_TTL
         self.fast_name, self.fast = select_fast()
         self.io_name, self.io = select_io()
-        self.engine: VxlanEngine | None = None
+        # the lanes (see "The lanes" in the module doc and tunnel/overlay/pump_ref.py): the pump
+        # holds the TAP batch, the transmit slots, the FDB snapshot and the journal's records
+        self.pump: Any = L2PUMP.L2Pump(self.fast, L2, interface.outbound_pump, self.headroom, self.local_packed,
+                                       self.config.dstport)
+        self.pump.after = self._tap_round_done
+        self.pump.general = self._receive_general
+        self._closed = False
+        self._engine: VxlanEngine | None = None
         self.tap_fd = -1
-        self.tap_io: Any = None
+        self._tap_io: Any = None
         self.tap_index = 0
         self.offloads = "none"
         self.mtu = 0
@@ -167,26 +209,64 @@ class L2Overlay:
         self.control_path = socket_path(self.name)
         self._control_ino = 0
         self._server: asyncio.AbstractServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self.__loop: asyncio.AbstractEventLoop | None = None
         self._aged = time.monotonic()
         self._templates: dict[tuple[str, int, int], bytes | None] = {}
-        self._tx_bufs: list[bytearray] = []
-        self._tx_lengths = [0] * BATCH
-        self._tx_verdicts = bytearray(BATCH)
-        self._tx_sports = array("H", bytes(2 * BATCH))
-        self._used = bytearray(BATCH)
-        self._spares: list[bytearray] = []
-        self._rx_bufs: list[bytearray] = []
-        self._rx_lengths: list[int] = []
-        self._rx_sources: list[Any] = []
-        self._rx_verdicts = bytearray(256)
-        self._cache = L2.SourceCache()
-        # the lanes (see "The lanes" in the module doc): the FDB snapshot they read, and the
-        # journal of their batches' records (applied by flush)
-        self.snapshot: Snapshot | None = None
-        self._records: list[tuple[Any, ...]] = []
-        self.lane_counts = {"tx_lane": 0, "tx_general": 0, "rx_lane": 0, "rx_general": 0}
+
+    # ---- the state the pump holds ----------------------------------------------------------
+
+    @property
+    def engine(self) -> VxlanEngine | None:
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: VxlanEngine | None) -> None:
+        self._engine = engine
+        self.pump.drops = engine.drops if engine is not None else {}
+        self.pump.enabled = engine is not None and not self._closed
+
+    @property
+    def tap_io(self) -> Any:
+        return self._tap_io
+
+    @tap_io.setter
+    def tap_io(self, tap_io: Any) -> None:
+        self._tap_io = self.pump.tap = tap_io
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.__loop
+
+    @_loop.setter
+    def _loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.__loop = loop
+        self.pump.active = loop is not None and not self._closed
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The FDB snapshot the lanes read."""
+        return self.pump.snapshot  # type: ignore[no-any-return]
+
+    @property
+    def _records(self) -> list[tuple[Any, ...]]:
+        """The lanes' journal: records applied by :meth:`flush`."""
+        return self.pump.records  # type: ignore[no-any-return]
+
+    @_records.setter
+    def _records(self, records: list[tuple[Any, ...]]) -> None:
+        self.pump.records = records
+
+    @property
+    def lane_counts(self) -> dict[str, int]:
+        return self.pump.lanes  # type: ignore[no-any-return]
+
+    @property
+    def _tx_bufs(self) -> list[bytearray]:
+        return self.pump.tx_bufs  # type: ignore[no-any-return]
+
+    @property
+    def _tx_lengths(self) -> list[int]:
+        return self.pump.tx_lengths  # type: ignore[no-any-return]
 
     # ---- setup / teardown ----------------------------------------------------------------
 
@@ -229,7 +309,7 @@ class L2Overlay:
         self._open_control()
         self._loop = loop
         self.publish()
-        loop.add_reader(self.tap_fd, self.on_tap_readable)
+        loop.add_reader(self.tap_fd, self.pump.on_readable)
         assert self.control is not None
         task = loop.create_task(asyncio.start_unix_server(self._on_control, sock=self.control))
         task.add_done_callback(self._served)
@@ -259,6 +339,7 @@ class L2Overlay:
             return
         self.flush()
         self._closed = True
+        self.pump.active = self.pump.enabled = False
         log.info("%s: stopping (%s)", self.name, reason)
         Hub.of(self.interface).remove(self)
         if self._loop is not None and self.tap_fd >= 0:
@@ -301,13 +382,10 @@ class L2Overlay:
             self.refresh()
 
     def _follow_interface_mtu(self, name: str) -> None:
-        """When WGIFACE's MTU changed since the TAP's was set from it (``ip link set WGIFACE mtu
-        X``: the interface notices that in its own housekeeping, which runs before its
-        attachments', or as soon as a larger packet shows up), set the TAP's to the new MTU
-        minus the overhead (50 bytes over an IPv4 underlay, 70 over IPv6), as at creation. A
-        TAP MTU set by hand in between stays until WGIFACE's changes again. A WGIFACE MTU too
-        small for VXLAN leaves the TAP's as it was (logged; frames too large for the tunnel
-        are dropped and counted as ``tx_oversized``)."""
+        """When WGIFACE's MTU changed since the TAP's was set from it (the interface notices in
+        its housekeeping, which runs before its attachments'), set the TAP's to it minus the
+        overhead (50 / 70), as at creation; a TAP MTU set by hand stays until WGIFACE's next
+        change. Too small for VXLAN: the TAP's stays (logged; ``tx_oversized`` counts)."""
         wg_mtu = self.interface.device.mtu
         if wg_mtu == self.wg_mtu:
             return
@@ -326,42 +404,61 @@ class L2Overlay:
 
     def _set_mtu(self, mtu: int) -> None:
         """The TAP's MTU: the TAP batch's cut and write size, and the transmit slots."""
-        self.mtu = mtu
+        self.mtu = self.pump.mtu = mtu
         if self.tap_io is not None:
             self.tap_io.mtu = mtu
         size = self.headroom + ETH_HLEN + mtu + PADDING_MULTIPLE + TAG_SIZE + 64
         if not self._tx_bufs or len(self._tx_bufs[0]) != size:
-            self._tx_bufs = [bytearray(size) for _ in range(BATCH)]
-            self._spares = [bytearray(size) for _ in range(SPARES)]
+            self.pump.tx_bufs = [bytearray(size) for _ in range(BATCH)]
+            self.pump.spares = [bytearray(size) for _ in range(SPARES)]
 
     # ---- outbound ------------------------------------------------------------------------
 
-    def on_tap_readable(self) -> None:
+    def _tap_round_done(self, count: int, error: Exception | None) -> None:
+        """The pump's ``after``: finish the round it ran the general way, then read on (at
+        most TAP_ROUNDS rounds; then the loop's next turn)."""
         tap_io = self.tap_io
+        pump = self.pump
         for _ in range(TAP_ROUNDS):
-            if tap_io is None or self._closed:
+            if not self._finish_round(count, error) or tap_io is None or self._closed:
                 return
-            try:
-                count = tap_io.read(self._tx_bufs, self._tx_lengths, self.headroom, self.mtu)
-            except OSError as exc:
-                self.close(f"TAP device gone ({exc.strerror})")
-                return
-            if tap_io.errors:
-                self.flush()
-                self._tap_errors()
-            if count:
-                now = time.monotonic()
-                if self._transmit_lane(count, now):
-                    self.lane_counts["tx_lane"] += 1
-                else:
-                    self.lane_counts["tx_general"] += 1
-                    self.flush()
-                    self._transmit(count, now)
-                    self.refresh()
             if count < BATCH or not tap_io.pending:
                 return
+            count, error = 0, None
+            try:
+                count = pump.run(time.monotonic())
+            except Exception as exc:
+                error = exc
         if self._loop is not None:  # segments of a super-frame still pending: next loop turn
-            self._loop.call_soon(self.on_tap_readable)
+            self._loop.call_soon(pump.on_readable)
+
+    def _finish_round(self, count: int, error: Exception | None) -> bool:
+        """What the pump's last run left: TAP errors counted, a batch the lanes did not take
+        through the general way, encapsulated packets the WireGuard lane did not send through
+        ``Interface.send_packets``. False when the TAP is gone."""
+        pump = self.pump
+        if isinstance(error, OSError):  # only the TAP read raises it
+            self.close(f"TAP device gone ({error.strerror})")
+            return False
+        if self.tap_io is None or self.engine is None:
+            return False
+        if error is not None:
+            log.error("%s: transmit batch failed", self.name, exc_info=error)
+            self.engine.drops["tx_exception"] += count
+            return True
+        if self.tap_io.errors:
+            self.flush()
+            self._tap_errors()
+        if count:
+            if pump.stage == READ:
+                self.lane_counts["tx_general"] += 1
+                self.flush()
+                self._transmit(count, pump.now)
+                self.refresh()
+            elif pump.stage == ENCAPSULATED:
+                unsent = pump.unsent
+                self._send(pump.out_bufs[unsent:], pump.out_lengths[unsent:], pump.now, 0, 0)
+        return True
 
     def _template(self, ip: str, port: int, vni: int) -> bytes | None:
         key = (ip, port, vni)
@@ -383,7 +480,7 @@ class L2Overlay:
         """Compile the FDB snapshot the lanes read (after any change the journal did not make:
         control requests, ageing, the general ways' learning)."""
         if self.engine is not None:
-            self.snapshot = compile_snapshot(self.engine, self._dest_of)
+            self.pump.snapshot = compile_snapshot(self.engine, self._dest_of)
 
     def refresh(self) -> None:
         """Republish the snapshot if learning or ageing changed the FDB since it was compiled."""
@@ -409,41 +506,16 @@ class L2Overlay:
         self.refresh()
 
     def _transmit_lane(self, count: int, now: float) -> bool:
-        """The outbound lane: when the snapshot covers the whole batch (every frame sendable, no
-        proxy-ARP frame, every destination MAC (or the flood entry) with remotes of our family),
-        encapsulate and send it as :meth:`_transmit` would and journal its counters and FDB
-        times (a SENT record, ``tunnel.vxlan.pump_ref.apply_record``). False, with nothing
-        sent, otherwise."""
-        snap = self.snapshot
-        engine = self.engine
-        if (snap is None or engine is None or self._loop is None
-                or len(self._records) >= JOURNAL_LIMIT):
+        """The outbound lane over the batch in the transmit slots (the pump's ``tx_lane`` and
+        ``send``; what the WireGuard lane does not send goes through ``send_packets``). False,
+        with nothing sent, when the snapshot does not cover it."""
+        pump = self.pump
+        if not pump.tx_lane(count, now):
             return False
-        bufs, lengths = self._tx_bufs, self._tx_lengths
-        verdicts, sports = self._tx_verdicts, self._tx_sports
-        headroom = self.headroom
-        runs: list[tuple[int, int, int, int]] = []
-        ok = self.fast.scan_tx(bufs, lengths, count, headroom, snap.seed, snap.port_min,
-                               snap.port_max, snap.proxy, verdicts, sports, runs)
-        if ok < count:
-            return False
-        out_bufs: list[bytearray] = []
-        out_lengths: list[int] = []
-        macs: list[bytes] = []
-        remotes: list[Any] = []
-        used = self._used
-        used[:] = bytes(BATCH)
-        try:
-            counts = L2.encap_runs(bufs, lengths, headroom, verdicts, sports, runs, snap.entries,
-                                   self.interface.device.mtu, out_bufs, out_lengths, self._spares, used,
-                                   macs, remotes)
-            if counts is None:
-                return False
-            self._send(out_bufs, out_lengths, now, counts[0], counts[1])
-        except Exception:
-            log.exception("%s: transmit batch failed", self.name)
-            engine.drops["tx_exception"] += count
-        self._records.append((SENT, tuple(macs), tuple(remotes), now))
+        self.lane_counts["tx_lane"] += 1
+        if not pump.send(pump.out_bufs, pump.out_lengths, now):
+            unsent = pump.unsent
+            self._send(pump.out_bufs[unsent:], pump.out_lengths[unsent:], now, 0, 0)
         return True
 
     def _send(self, out_bufs: list[bytearray], out_lengths: list[int], now: float, oversized: int,
@@ -468,14 +540,14 @@ class L2Overlay:
         engine = self.engine
         assert engine is not None
         bufs, lengths = self._tx_bufs, self._tx_lengths
-        verdicts, sports = self._tx_verdicts, self._tx_sports
+        verdicts, sports = self.pump.tx_verdicts, self.pump.tx_sports
         out_bufs: list[bytearray] = []
         out_lengths: list[int] = []
         # spares only for a frame sent to more than one remote (head-end replication)
         replicas = not (len(plan) == 1 and len(plan[0][2]) == 1) and (
             len({(start, end) for start, end, _ in plan}) < sum(len(t) for _, _, t in plan))
-        spares = list(self._spares) if replicas else []
-        used = self._used
+        spares = list(self.pump.spares) if replicas else []
+        used = self.pump.used
         used[:] = bytes(BATCH)
         mtu = self.interface.device.mtu
         oversized = no_spare = 0
@@ -497,7 +569,7 @@ class L2Overlay:
         engine = self.engine
         assert engine is not None
         bufs, lengths = self._tx_bufs, self._tx_lengths
-        verdicts, sports = self._tx_verdicts, self._tx_sports
+        verdicts, sports = self.pump.tx_verdicts, self.pump.tx_sports
         try:
             plan = engine.transmit_bufs(bufs, lengths, count, now, self.headroom, verdicts, sports)
             if plan.local:
@@ -521,73 +593,28 @@ class L2Overlay:
 
     def deliver(self, bufs: list[bytearray], lengths: list[int], headroom: int, verdicts: bytearray,
                 count: int, now: float) -> int:
-        """Take this endpoint's packets of an opened batch (see module doc); never raises."""
-        engine = self.engine
-        if engine is None or self._closed:
+        """Take this endpoint's packets of an opened batch (the pump's ``deliver``, see module
+        doc); never raises."""
+        if self.engine is None or self._closed:
             return 0
-        out_bufs: list[bytearray] = []
-        out_lengths: list[int] = []
-        sources: list[Any] = []
-        try:
-            claimed, bad = L2.claim(bufs, lengths, count, headroom, verdicts, self.local_packed,
-                                    self.config.dstport, out_bufs, out_lengths, sources, self._cache)
-        except Exception:
-            log.exception("%s: claim failed", self.name)
-            engine.drops["rx_exception"] += 1
-            return 0
-        if bad:
-            engine.drops["rx_bad_udp_csum"] += bad
-        if claimed:
-            rx_verdicts = self._rx_verdicts
-            if len(rx_verdicts) < claimed:
-                rx_verdicts = self._rx_verdicts = bytearray(claimed)
-            if self._receive_lane(out_bufs, out_lengths, sources, claimed, now, rx_verdicts):
-                self.lane_counts["rx_lane"] += 1
-                return int(claimed + bad)
-            self.lane_counts["rx_general"] += 1
-            self.flush()
-            try:
-                accepted = engine.receive_bufs(out_bufs, out_lengths, sources, claimed, now, rx_verdicts)
-                if accepted:
-                    self._tap_write(accepted, self.tap_io.write_slots, out_bufs, out_lengths, 8, rx_verdicts,
-                                    claimed)
-            except Exception:
-                log.exception("%s: receive batch failed", self.name)
-                engine.drops["rx_exception"] += claimed
-            self.refresh()
-        return int(claimed + bad)
+        return int(self.pump.deliver(bufs, lengths, headroom, verdicts, count, now))
 
-    def _receive_lane(self, bufs: list[bytearray], lengths: list[int], sources: list[Any], count: int,
-                      now: float, verdicts: bytearray) -> bool:
-        """The inbound lane: when the snapshot says the engine would only count the claimed
-        batch (one VTEP, every datagram accepted, every source MAC already in the FDB at that
-        VTEP, no proxy ARP), write it to the TAP and journal a RECEIVED record. False, with
-        nothing written, otherwise (``verdicts`` may have been filled)."""
-        snap = self.snapshot
-        if (snap is None or snap.proxy or self._loop is None or self.tap_io is None
-                or len(self._records) >= JOURNAL_LIMIT):
-            return False
-        source = sources[0]
-        for i in range(1, count):
-            if sources[i] != source:
-                return False
-        runs: list[int] = []
-        accepted, nbytes = self.fast.decap_batch(bufs, lengths, count, snap.vni, snap.own_mac, snap.learning,
-                                                 sources, verdicts, runs)
-        if accepted < count:
-            return False
-        macs = []
-        if snap.learning:
-            entries = snap.entries
-            for start in runs:
-                mac = bytes(bufs[start][14:20])
-                entry = entries.get(mac)
-                if entry is None or entry[1][0] != source:
-                    return False  # learning would change the FDB, or a conflict: the engine's
-                macs.append(mac)
-        self._tap_write(accepted, self.tap_io.write_slots, bufs, lengths, 8, verdicts, count)
-        self._records.append((RECEIVED, tuple(macs), source, accepted, nbytes, now))
-        return True
+    def _receive_general(self, bufs: list[bytearray], lengths: list[int], sources: list[Any], claimed: int,
+                         now: float, verdicts: bytearray) -> None:
+        """The pump's ``general``: a claimed batch the inbound lane did not take, through the
+        engine (the journal applied first), to the TAP."""
+        engine = self.engine
+        if engine is None:
+            return
+        self.flush()
+        try:
+            accepted = engine.receive_bufs(bufs, lengths, sources, claimed, now, verdicts)
+            if accepted:
+                self._tap_write(accepted, self.tap_io.write_slots, bufs, lengths, 8, verdicts, claimed)
+        except Exception:
+            log.exception("%s: receive batch failed", self.name)
+            engine.drops["rx_exception"] += claimed
+        self.refresh()
 
     def _tap_write(self, frames: int, write: Any, *args: Any) -> None:
         assert self.engine is not None
@@ -611,6 +638,7 @@ class L2Overlay:
             "sender": f"in-process ({self.interface.name})",
             "underlay": self.interface.name,
             "lanes": dict(self.lane_counts),
+            "pump": {"name": L2PUMP_NAME, "tx_whole": self.pump.tx_whole, "answers": self.pump.answers},
             "datapath": f"{self.fast_name}+l2 {L2_NAME}",
             "io": self.io_name,
             "offloads": self.offloads,
@@ -630,7 +658,7 @@ class L2Overlay:
             self.publish()
             if answer.get("show"):
                 answer["show"]["config"]["hash_seed"] = None
-            writer.write(json_line(answer))
+            writer.write(json.dumps(answer).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), 5.0)
             if text.split() == ["stop"] and answer.get("ok"):
                 self.close("stop request")
@@ -640,12 +668,6 @@ class L2Overlay:
             log.exception("%s: control request failed", self.name)
         finally:
             writer.close()
-
-
-def json_line(obj: Any) -> bytes:
-    import json
-
-    return json.dumps(obj).encode() + b"\n"
 
 
 def handle(interface: Interface, words: list[str]) -> dict[str, Any]:

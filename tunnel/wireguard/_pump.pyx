@@ -150,6 +150,7 @@ cdef class Inbound:
     cdef public Py_ssize_t written
     cdef public object write_error
     cdef public object local
+    cdef public object answer
     cdef public bint answered
     cdef public Py_ssize_t replied
     cdef public object reply_error
@@ -176,6 +177,7 @@ cdef class Inbound:
         self.written = 0
         self.write_error = None
         self.local = None
+        self.answer = None
         self.answered = False
         self.replied = 0
         self.reply_error = None
@@ -219,8 +221,10 @@ cdef class Inbound:
             if self.answered:
                 outbound.now = self.now
                 outbound.record(self.replied)
-            return
-        self.after(sock, count, error)
+        else:
+            self.after(sock, count, error)
+        if self.answer is not None:
+            self.answer()
 
     cpdef bint settled(self, Py_ssize_t count, udp):
         """Whether the last run left nothing for the interface but the journal record."""

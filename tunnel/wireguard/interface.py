@@ -46,6 +46,13 @@ endpoint whose underlay is this interface; this package knows nothing of it):
   their verdicts non-zero); the rest go to the TUN. The inbound pump calls it natively on its
   lane (one Python call per batch); batches handled the general way copy their packets into a
   scratch batch for it. With no delivery installed nothing changes on either path.
+  :meth:`set_local_answer` installs ``answer()``, which the inbound pump calls at the end of
+  each UDP wake-up (after the batch's records or the general way): the L2 overlay reads its
+  TAP then for the reply to what its delivery wrote, in the same wake-up.
+  :attr:`outbound_pump` is the outbound pump (its device, sockets and journal), for an
+  overlay that sends through the same lane natively; :attr:`journal_hooks` are called each
+  time the journal was applied (its timer, a full journal, any entry into the engine), so
+  the overlay's own journal is applied in step and does not fill up under steady traffic.
 - :meth:`send_packets` injects a batch of inner IP packets (``bufs[i][HEADROOM:HEADROOM +
   lengths[i]]``, room for padding and the tag after them) into the send path: the fast lane
   (route, seal in place, send with GSO) when the batch goes to one peer in the steady state,
@@ -158,6 +165,9 @@ class Interface:
         self._size_udp_buffers()
         self.rates: RateMeter[bytes] = RateMeter()  # sampled by housekeeping
         self.extensions: dict[str, Extension] = {}
+        #: called (no arguments, must not raise) after :meth:`_apply_journal` applied records:
+        #: an overlay applies its own journal in step with the interface's (see the module doc)
+        self.journal_hooks: list[Callable[[], None]] = []
         self.attachments: list[Attachment] = []
         self._local: LocalDelivery | None = None
         self._scratch: list[bytearray] = []
@@ -388,6 +398,8 @@ class Interface:
                 log.debug("journaled bookkeeping failed", exc_info=True)
         if self.bind is not None and self.bind.lost_sources:  # noted by the pumps' sends
             self._forget_sources(self.bind.take_lost_sources())
+        for hook in self.journal_hooks:
+            hook()
 
     def _journal_due(self) -> None:
         """The journal's timer: nothing else touched the engine for JOURNAL_DELAY."""
@@ -552,6 +564,15 @@ class Interface:
         """Install (or with None remove) the local delivery (see the module doc)."""
         self._local = deliver
         self._inbound.local = deliver
+
+    def set_local_answer(self, answer: Callable[[], None] | None) -> None:
+        """Install (or with None remove) the local delivery's answer (see the module doc)."""
+        self._inbound.answer = answer
+
+    @property
+    def outbound_pump(self) -> Any:
+        """The outbound pump (``device``, ``udp4``/``udp6``, ``journal``; see the module doc)."""
+        return self._outbound
 
     def _deliver_locally(self, packets: list[memoryview], now: float) -> list[memoryview]:
         """The general inbound path's packets through the local delivery: each is copied into

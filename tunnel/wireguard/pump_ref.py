@@ -183,7 +183,9 @@ class Inbound:
     the allowed-IPs check, it takes the packets addressed to it before the TUN write. After
     :meth:`on_readable`, :attr:`answered` says whether it ran the outbound pump after a write,
     and :attr:`replied`/:attr:`reply_error` are that run's outcome. With :attr:`keypair` None
-    the caller handles the batch the general way.
+    the caller handles the batch the general way. :attr:`answer` (default None) is called at
+    the end of every :meth:`on_readable`, after the batch's records or ``after`` (the local
+    delivery's chance to send the reply to what it wrote, in the same wake-up).
     """
 
     def __init__(self, device: Any, tun: Any, outbound: Outbound,
@@ -213,6 +215,9 @@ class Inbound:
         #: sees the accepted packets before the TUN write, takes those addressed to it (their
         #: verdicts set non-zero) and returns how many it took; it must not raise
         self.local: Callable[..., int] | None = None
+        #: ``answer()`` (None: none): called at the end of every :meth:`on_readable`, after the
+        #: batch's records or ``after`` (the local delivery's reply read); must not raise
+        self.answer: Callable[[], None] | None = None
         self.answered = False
         self.replied = 0
         self.reply_error: Exception | None = None
@@ -256,8 +261,10 @@ class Inbound:
             if self.answered:
                 outbound.now = now
                 outbound.record(self.replied)
-            return
-        self.after(sock, count, error)
+        else:
+            self.after(sock, count, error)
+        if self.answer is not None:
+            self.answer()
 
     def settled(self, count: int, udp: Any) -> bool:
         """Whether the last :meth:`run` left nothing for the interface but the journal record."""
