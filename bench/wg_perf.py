@@ -30,13 +30,15 @@ from tunnel.lab.benchreport import per_gigabyte, tcp_figures  # noqa: E402
 from tunnel.lab.netns import Lab  # noqa: E402
 
 THREAD_LINE = re.compile(r"^\s*\S.*?\((\d+)\), \d+ events")
+SYSCALL_NAMES = ("readv", "writev", "read", "write", "recvmmsg", "recvmsg", "sendmmsg", "sendmsg", "epoll_wait",
+                 "epoll_pwait")
 TRACE_LINE = re.compile(r"^\s+(\w+)\s+(\d+)\s+(\d+)\s+([\d.]+)")
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--program", required=True)
-    p.add_argument("--mode", choices=("record", "trace", "pyspy", "none"), default="record")
+    p.add_argument("--mode", choices=("record", "trace", "stat", "pyspy", "none"), default="record")
     p.add_argument("--time", type=int, default=10)
     p.add_argument("--window", type=float, default=6.0, help="seconds of perf in the middle")
     p.add_argument("--hz", type=int, default=499)
@@ -64,6 +66,8 @@ def main(argv: list[str]) -> int:
             load0 = " ".join(f.read().split()[:3])
         data = opts.keep or tempfile.mktemp(prefix="wgperf", suffix=".data")
         perf_out = ""
+        stat_out: dict[str, subprocess.Popen[str]] = {}
+        stat_text: dict[str, str] = {}
         if opts.mode == "record":
             subprocess.run(["perf", "record", "-q", "-a", "-g", "-F", str(opts.hz), "-o", data, "--",
                             "sleep", str(opts.window)], capture_output=True, check=True)
@@ -75,10 +79,20 @@ def main(argv: list[str]) -> int:
                 for side, group in zip(("sender", "receiver"), sides, strict=True) for pid in [min(group)]]
             for spy in spies:
                 spy.wait(timeout=opts.window + 30)
+        elif opts.mode == "stat":
+            events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALL_NAMES)
+            for side, group in zip(("sender", "receiver"), sides, strict=True):
+                stat_out[side] = subprocess.Popen(
+                    ["perf", "stat", "-x", ",", "-e", events, "-p", ",".join(map(str, sorted(group))), "--",
+                     "sleep", str(opts.window)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for side, proc in stat_out.items():
+                stat_text[side] = proc.communicate(timeout=opts.window + 30)[1]
         elif opts.mode == "trace":
             perf_out = subprocess.run(
                 ["perf", "trace", "-s", "-p", ",".join(map(str, pids)), "--", "sleep", str(opts.window)],
                 capture_output=True, text=True, check=False).stderr
+            if os.environ.get("WGPERF_RAW"):
+                print(perf_out)
         worker.join(timeout=opts.time + 30)
         p1 = process_cpu(pids)
         with open("/proc/loadavg") as f:
@@ -100,6 +114,13 @@ def main(argv: list[str]) -> int:
                   f"{total / opts.hz / gb:.3f} s/GB")
             for key in sorted(counts, key=lambda k: (k.strip().split(":")[0], -counts[k])):
                 print(f"{counts[key] / opts.hz / gb:7.3f} s/GB {100 * counts[key] / total:5.1f} %  {key}")
+        elif opts.mode == "stat":
+            for side, text in stat_text.items():
+                for line in text.splitlines():
+                    parts = line.split(",")
+                    if len(parts) > 2 and parts[0].isdigit():
+                        n = int(parts[0])
+                        print(f"{side:>9} {parts[2].split('sys_enter_')[-1]:>12} {n:9d} calls  {n / gb:10.0f} per GB")
         elif opts.mode == "trace":
             calls: dict[tuple[str, str], int] = {}
             who = "?"

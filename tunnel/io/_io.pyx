@@ -23,12 +23,11 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.errno cimport EAGAIN, EINTR, EINVAL, errno
 from libc.stdint cimport uint16_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memset
 from posix.uio cimport iovec, readv, writev
 
 from tunnel.io._socket cimport (
-    getsockopt, mmsghdr, msghdr, recvmmsg, recvmsg, sendmmsg, sendmsg, setsockopt, socket_family,
-    socklen_t,
+    getsockopt, mmsghdr, msghdr, recvmmsg, sendmmsg, sendmsg, setsockopt, socket_family, socklen_t,
 )
 
 import errno as _errno

@@ -28,9 +28,6 @@ cdef class UdpBatch:
     cdef int _pend_msg          # GRO: next message to hand out, its offset, how many messages
     cdef Py_ssize_t _pend_off
     cdef int _pend_count
-    cdef iovec *_diov           # GRO straight into the slots: one iovec per slot + the overflow
-    cdef Py_ssize_t _direct_seg  # the last coalesced message's segment size (0: none seen yet)
-    cdef Py_ssize_t _last_count  # how many slots the last recv filled (how many to offer next)
     cdef wgpy_source _src_cache[16]  # recent sources and their objects, direct-mapped by port
     cdef list _obj_cache
     # send side
@@ -54,9 +51,6 @@ cdef class UdpBatch:
         self._scap = 0
         self._rmsgs = NULL
         self._riov = NULL
-        self._diov = NULL
-        self._direct_seg = 0
-        self._last_count = 0
         self._rnames = NULL
         self._rctl = NULL
         self._rsrc = NULL
@@ -99,7 +93,6 @@ cdef class UdpBatch:
     def __dealloc__(self) -> None:
         PyMem_Free(self._rmsgs)
         PyMem_Free(self._riov)
-        PyMem_Free(self._diov)
         PyMem_Free(self._rnames)
         PyMem_Free(self._rctl)
         PyMem_Free(self._rsrc)
@@ -149,20 +142,18 @@ cdef class UdpBatch:
             raise MemoryError()
         self._rsrc = <wgpy_source *>p
         PyMem_Free(self._riov)
-        PyMem_Free(self._diov)
         PyMem_Free(self._rnames)
         PyMem_Free(self._rctl)
         PyMem_Free(self._rviews)
         PyMem_Free(self._slot_len)
         PyMem_Free(self._slot_src)
         self._riov = <iovec *>PyMem_Malloc(n * sizeof(iovec))
-        self._diov = <iovec *>PyMem_Malloc((n + 1) * sizeof(iovec))
         self._rnames = <char *>PyMem_Malloc(n * 32)
         self._rctl = <unsigned char *>PyMem_Malloc(n * WGPY_CONTROL)
         self._rviews = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
         self._slot_len = <Py_ssize_t *>PyMem_Malloc(n * sizeof(Py_ssize_t))
         self._slot_src = <wgpy_source *>PyMem_Malloc(n * sizeof(wgpy_source))
-        if (self._riov == NULL or self._diov == NULL or self._rnames == NULL or self._rctl == NULL
+        if (self._riov == NULL or self._rnames == NULL or self._rctl == NULL
                 or self._rviews == NULL or self._slot_len == NULL or self._slot_src == NULL):
             self._rcap = 0
             raise MemoryError()
@@ -241,8 +232,8 @@ cdef class UdpBatch:
         """
         cdef Py_ssize_t n = len(bufs)
         cdef Py_ssize_t i, count = 0, pinned = 0, need, limit = 0
-        cdef int r = 0, err = 0, attempts, errors
-        cdef bint gro = self.gro, direct = False
+        cdef int r = 0, err = 0, attempts
+        cdef bint gro = self.gro
         if len(lengths) < n or len(sources) < n:
             raise ValueError("lengths or sources is shorter than bufs")
         if n == 0:
@@ -265,37 +256,7 @@ cdef class UdpBatch:
                 pinned = self._pin(bufs, pinned, need)
                 with nogil:
                     count = self._drain(count, need)
-                direct = self._direct_seg > 0
-                errors = 0
-                # Straight into the slots (no copy) once a coalesced message has shown the
-                # segment size; each round is one message (one recvmsg) and fills >= 1 slot,
-                # hence the bound. As many slots are offered as the last call filled.
-                for attempts in range(n + 8):
-                    if not direct or count >= n or self._pend_msg < self._pend_count:
-                        break
-                    limit = min(n, count + max(2, self._last_count))
-                    pinned = self._pin(bufs, pinned, limit)
-                    for i in range(count, limit):
-                        if self._rviews[i].len < self._direct_seg:
-                            direct = False  # a slot too small for a segment: the copying way
-                    if not direct:
-                        break
-                    with nogil:
-                        count = self._gro_direct(count, limit, &r, &err)
-                    if self._pend_msg < self._pend_count:
-                        need = min(n, count + self._pending_segments())
-                        pinned = self._pin(bufs, pinned, need)
-                        with nogil:
-                            count = self._drain(count, need)
-                    if r >= 0:
-                        continue
-                    if err == EAGAIN or err == EINTR:
-                        break
-                    self._count("recv:" + _errname(err))
-                    errors += 1
-                    if count or errors >= 8:
-                        break
-                for attempts in range(0 if direct else 8):
+                for attempts in range(8):
                     if count >= n:
                         break
                     with nogil:
@@ -323,7 +284,6 @@ cdef class UdpBatch:
                             break
                     if count < limit or limit == n or r < 0:
                         break
-            self._last_count = count
             for i in range(count):
                 lengths[i] = self._slot_len[i]
                 # The slot's own copy: a later recvmmsg of this call may have reused the
@@ -398,85 +358,9 @@ cdef class UdpBatch:
             return
         for j in range(r):
             wgpy_read_source(&self._rmsgs[j].msg_hdr, &self._rsrc[j])
-            if self._rsrc[j].gro > 0:
-                self._direct_seg = self._rsrc[j].gro
         self._pend_msg = 0
         self._pend_off = 0
         self._pend_count = r
-
-    cdef Py_ssize_t _gro_direct(self, Py_ssize_t count, Py_ssize_t limit, int *result,
-                                int *err) noexcept nogil:
-        """With GRO, nothing pending: one recvmsg whose iovecs are slots count..limit-1 (pinned,
-        each at least ``_direct_seg`` long), ``_direct_seg`` bytes each, then the scratch.
-
-        When the message's segment size is ``_direct_seg`` (or it is one datagram that fits
-        a slot), each segment is already in its own slot: no copy; what went past the slots
-        (into the scratch, at a segment boundary) is the pending message. Otherwise the
-        message is made contiguous in the scratch and left pending for ``_drain`` (the copying
-        way), and its segment size becomes the new guess. Returns the new count."""
-        cdef Py_ssize_t seg = self._direct_seg, k = limit - count, j, size, head, tail
-        cdef mmsghdr *mm = &self._rmsgs[0]
-        cdef msghdr *m = &mm.msg_hdr
-        cdef ssize_t got
-        for j in range(k):
-            self._diov[j].iov_base = self._rviews[count + j].buf
-            self._diov[j].iov_len = <size_t>seg
-        self._diov[k].iov_base = self._scratch
-        self._diov[k].iov_len = WGPY_GRO_MESSAGE
-        m.msg_name = self._rnames
-        m.msg_namelen = 32
-        m.msg_iov = self._diov
-        m.msg_iovlen = <size_t>(k + 1)
-        m.msg_control = self._rctl
-        m.msg_controllen = WGPY_CONTROL
-        m.msg_flags = 0
-        while True:
-            got = recvmsg(self.fd, m, MSG_DONTWAIT)
-            if got < 0 and errno == EINTR:
-                continue
-            break
-        if got < 0:
-            result[0] = -1
-            err[0] = errno
-            return count
-        result[0] = 1
-        wgpy_read_source(m, &self._rsrc[0])
-        size = got
-        tail = size - k * seg
-        if self._rsrc[0].gro == seg or (self._rsrc[0].gro <= 0 and size <= seg):
-            if size == 0:
-                self._slot_len[count] = 0
-                self._slot_src[count] = self._rsrc[0]
-                return count + 1
-            j = 0
-            while j < k and j * seg < size:
-                self._slot_len[count + j] = seg if size - j * seg > seg else size - j * seg
-                self._slot_src[count + j] = self._rsrc[0]
-                j += 1
-            if tail > 0:
-                mm.msg_len = <unsigned int>tail
-                self._pend_msg = 0
-                self._pend_off = 0
-                self._pend_count = 1
-            return count + j
-        # Another segment size: the message, contiguous in the scratch, goes the copying way.
-        if self._rsrc[0].gro > 0:
-            self._direct_seg = self._rsrc[0].gro
-        if tail > 0:
-            memmove(self._scratch + k * seg, self._scratch, <size_t>tail)
-            head = k * seg
-        else:
-            head = size
-        j = 0
-        while j * seg < head:
-            memcpy(self._scratch + j * seg, self._rviews[count + j].buf,
-                   <size_t>(seg if head - j * seg > seg else head - j * seg))
-            j += 1
-        mm.msg_len = <unsigned int>size
-        self._pend_msg = 0
-        self._pend_off = 0
-        self._pend_count = 1
-        return count
 
     # -- send --------------------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ cdef extern from "<sys/socket.h>" nogil:
     int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, void *timeout)
     int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags)
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
-    ssize_t recvmsg(int fd, msghdr *msg, int flags)
     int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
     int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
     enum:
