@@ -68,6 +68,7 @@ from typing import Any
 
 from crypto.backend import HEADROOM, OK
 from tunnel.io.endpoint import Endpoint
+from tunnel.io.journal_ref import JOURNAL_DELAY
 from tunnel.io.offload import open_tun
 from tunnel.io.steering import attach_flow_steering
 from tunnel.io.threads import Timers
@@ -75,7 +76,6 @@ from tunnel.io.tun import GONE_ERRNOS, Tun, TunGone, _io
 from tunnel.io.udp import UdpBind
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.interface import (
-    JOURNAL_DELAY,
     MAX_ROUNDS,
     PUMP,
     TRANSPORT_HEADER,
