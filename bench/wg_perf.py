@@ -1,0 +1,145 @@
+"""Where one WireGuard TCP stream's CPU goes: a namespace pair of one program (wg-py or a
+wireguard-go), ``iperf3 -t T`` through it, and in the middle of the run either a system-wide
+``perf record -a -g`` (accounted by ``bench/vxlat_perf.py``: daemons' user space by library,
+their kernel time by system call, iperf3, softirq elsewhere) or ``perf trace -s`` of both
+daemons (system calls per GB). Not a test: numbers for docs/benchmarks.md.
+
+    sudo .venv/bin/python bench/wg_perf.py --program .venv/bin/wg-py --mode record
+    sudo .venv/bin/python bench/wg_perf.py --program .venv/bin/wg-py --mode trace
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from vxlat_perf import account  # noqa: E402
+from wg_ab import wg_pair  # noqa: E402
+
+from tunnel.lab.bench import process_cpu  # noqa: E402
+from tunnel.lab.benchreport import per_gigabyte, tcp_figures  # noqa: E402
+from tunnel.lab.netns import Lab  # noqa: E402
+
+THREAD_LINE = re.compile(r"^\s*\S.*?\((\d+)\), \d+ events")
+SYSCALL_NAMES = ("readv", "writev", "read", "write", "recvmmsg", "recvmsg", "sendmmsg", "sendmsg", "epoll_wait",
+                 "epoll_pwait")
+TRACE_LINE = re.compile(r"^\s+(\w+)\s+(\d+)\s+(\d+)\s+([\d.]+)")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--program", required=True)
+    p.add_argument("--mode", choices=("record", "trace", "stat", "pyspy", "none"), default="record")
+    p.add_argument("--time", type=int, default=10)
+    p.add_argument("--window", type=float, default=6.0, help="seconds of perf in the middle")
+    p.add_argument("--hz", type=int, default=499)
+    p.add_argument("--reverse", action="store_true")
+    p.add_argument("--keep", help="keep perf.data here (record mode)")
+    opts = p.parse_args(argv)
+    env = {"LOG_LEVEL": "error", **({"WGPY_PURE": os.environ["WGPY_PURE"]} if "WGPY_PURE" in os.environ else {})}
+    lab = Lab(f"wperf{os.getpid() % 10000}")
+    try:
+        pair = wg_pair(lab, "p", [opts.program], env)
+        pids = pair.pids
+        sides = tuple({int(t) for pid in lab.daemon_pids(ns) for t in os.listdir(f"/proc/{pid}/task")}
+                      for ns in (pair.client, pair.server))
+        out: dict[str, Any] = {}
+
+        def transfer() -> None:
+            out["result"] = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=opts.time,
+                                       reverse=opts.reverse)
+
+        p0 = process_cpu(pids)
+        worker = threading.Thread(target=transfer)
+        worker.start()
+        time.sleep(max(1.0, (opts.time - opts.window) / 2))
+        with open("/proc/loadavg") as f:
+            load0 = " ".join(f.read().split()[:3])
+        data = opts.keep or tempfile.mktemp(prefix="wgperf", suffix=".data")
+        perf_out = ""
+        stat_out: dict[str, subprocess.Popen[str]] = {}
+        stat_text: dict[str, str] = {}
+        if opts.mode == "record":
+            subprocess.run(["perf", "record", "-q", "-a", "-g", "-F", str(opts.hz), "-o", data, "--",
+                            "sleep", str(opts.window)], capture_output=True, check=True)
+        elif opts.mode == "pyspy":
+            spies = [subprocess.Popen(
+                [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--native", "-r", "250",
+                 "-d", str(int(opts.window)), "-f", "raw", "-o", f"{opts.keep or '/tmp/wgspy'}.{side}.txt",
+                 "-p", str(pid)], stdout=subprocess.DEVNULL)
+                for side, group in zip(("sender", "receiver"), sides, strict=True) for pid in [min(group)]]
+            for spy in spies:
+                spy.wait(timeout=opts.window + 30)
+        elif opts.mode == "stat":
+            events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALL_NAMES)
+            for side, group in zip(("sender", "receiver"), sides, strict=True):
+                stat_out[side] = subprocess.Popen(
+                    ["perf", "stat", "-x", ",", "-e", events, "-p", ",".join(map(str, sorted(group))), "--",
+                     "sleep", str(opts.window)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for side, proc in stat_out.items():
+                stat_text[side] = proc.communicate(timeout=opts.window + 30)[1]
+        elif opts.mode == "trace":
+            perf_out = subprocess.run(
+                ["perf", "trace", "-s", "-p", ",".join(map(str, pids)), "--", "sleep", str(opts.window)],
+                capture_output=True, text=True, check=False).stderr
+            if os.environ.get("WGPERF_RAW"):
+                print(perf_out)
+        worker.join(timeout=opts.time + 30)
+        p1 = process_cpu(pids)
+        with open("/proc/loadavg") as f:
+            load1 = " ".join(f.read().split()[:3])
+        bps, nbytes = tcp_figures(out["result"])
+        cpu = per_gigabyte(sum(p1.values()) - sum(p0.get(x, 0.0) for x in p1), nbytes)
+        print(f"{opts.program}: {bps / 1e9:.2f} Gbit/s, tunnel CPU {cpu or 0:.3f} s/GB, "
+              f"load {load0} -> {load1}")
+        gb = bps / 8e9 * opts.window
+        if opts.mode == "record":
+            script = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,ip,sym,dso"],
+                                    capture_output=True, text=True, check=True).stdout
+            if not opts.keep:
+                os.unlink(data)
+            print("daemon pids (client, server):", [sorted(s) for s in sides])
+            counts = account(script, {str(x) for x in pids})
+            total = sum(v for k, v in counts.items() if not k.startswith("  "))
+            print(f"GB in the window {gb:.2f}; attributable CPU {total / opts.hz:.2f} s = "
+                  f"{total / opts.hz / gb:.3f} s/GB")
+            for key in sorted(counts, key=lambda k: (k.strip().split(":")[0], -counts[k])):
+                print(f"{counts[key] / opts.hz / gb:7.3f} s/GB {100 * counts[key] / total:5.1f} %  {key}")
+        elif opts.mode == "stat":
+            for side, text in stat_text.items():
+                for line in text.splitlines():
+                    parts = line.split(",")
+                    if len(parts) > 2 and parts[0].isdigit():
+                        n = int(parts[0])
+                        print(f"{side:>9} {parts[2].split('sys_enter_')[-1]:>12} {n:9d} calls  {n / gb:10.0f} per GB")
+        elif opts.mode == "trace":
+            calls: dict[tuple[str, str], int] = {}
+            who = "?"
+            for line in perf_out.splitlines():
+                head = THREAD_LINE.match(line)
+                if head:
+                    pid = int(head.group(1))
+                    who = "sender" if pid in sides[0] else "receiver" if pid in sides[1] else str(pid)
+                    if opts.reverse:
+                        who = {"sender": "receiver", "receiver": "sender"}.get(who, who)
+                m = TRACE_LINE.match(line)
+                if m:
+                    calls[(who, m.group(1))] = calls.get((who, m.group(1)), 0) + int(m.group(2))
+            for (side, name), n in sorted(calls.items(), key=lambda kv: (kv[0][0], -kv[1])):
+                print(f"{side:>9} {name:>12} {n:9d} calls  {n / gb:10.0f} per GB")
+    finally:
+        lab.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
