@@ -73,6 +73,7 @@ from tunnel.io.steering import attach_flow_steering
 from tunnel.io.threads import Timers
 from tunnel.io.tun import GONE_ERRNOS, Tun, TunGone, _io
 from tunnel.io.udp import UdpBind
+from tunnel.wireguard import fused
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.interface import (
     JOURNAL_DELAY,
@@ -89,6 +90,7 @@ from tunnel.wireguard.interface import (
 log = logging.getLogger(__name__)
 
 ENV = "WGPY_WORKERS"
+FUSED_NAME, FUSED = fused.select()
 MAX_WORKERS = 64
 POLL_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 _PLACEHOLDER = Endpoint("0.0.0.0", 0)
@@ -200,6 +202,10 @@ class Worker(threading.Thread):
         self.lanes = Lanes(iface.device, self)
         self.outbound = PUMP.Outbound(self.lanes, self.tun_io, udp4, udp6, self.journal, self._tun_done, HEADROOM)
         self.inbound = PUMP.Inbound(self.lanes, self.tun_io, self.outbound, self._udp_done, TRANSPORT_HEADER)
+        # a lane batch's seal+send and open+check+write give the GIL up once (tunnel/wireguard/fused_ref.py)
+        self.fused = FUSED.Fused()
+        self.outbound.fused = self.fused
+        self.inbound.fused = self.fused
         self.tun_lengths = [0] * TUN_BATCH
         self.udp_lengths = [0] * UDP_BATCH
         self.udp_sources = [_PLACEHOLDER] * UDP_BATCH
