@@ -68,6 +68,7 @@ from typing import Any
 
 from crypto.backend import HEADROOM, OK
 from tunnel.io.endpoint import Endpoint
+from tunnel.io.journal_ref import JOURNAL_DELAY
 from tunnel.io.offload import open_tun
 from tunnel.io.steering import attach_flow_steering
 from tunnel.io.threads import Timers
@@ -76,7 +77,6 @@ from tunnel.io.udp import UdpBind
 from tunnel.wireguard import fused
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.interface import (
-    JOURNAL_DELAY,
     MAX_ROUNDS,
     PUMP,
     TRANSPORT_HEADER,
@@ -439,6 +439,7 @@ class Worker(threading.Thread):
         for udp in self.udps.values():
             errors.update({f"udp:{k}": v for k, v in udp.errors.items()})
         return {"worker": self.index, "tid": self.native_id or 0, **dict(self.counters),
+                "fused_batches": self.fused.native_batches,
                 "errors": dict(sorted((k, v) for k, v in errors.items() if v))}
 
 
