@@ -204,8 +204,9 @@ class Worker(threading.Thread):
         self.inbound = PUMP.Inbound(self.lanes, self.tun_io, self.outbound, self._udp_done, TRANSPORT_HEADER)
         # a lane batch's seal+send and open+check+write give the GIL up once (tunnel/wireguard/fused_ref.py)
         self.fused = FUSED.Fused()
-        self.outbound.fused = self.fused
-        self.inbound.fused = self.fused
+        if os.environ.get("WGPY_FUSED") != "0":  # a measuring hook: WGPY_FUSED=0 keeps the separate calls
+            self.outbound.fused = self.fused
+            self.inbound.fused = self.fused
         self.tun_lengths = [0] * TUN_BATCH
         self.udp_lengths = [0] * UDP_BATCH
         self.udp_sources = [_PLACEHOLDER] * UDP_BATCH
