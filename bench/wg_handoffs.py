@@ -8,8 +8,9 @@ giving the GIL up). Rounds alternate the contenders. Per run (iperf3 -P ``--stre
 ``--time`` s): throughput, the tunnel CPU seconds per GB (both ends), and over a 3 s window in
 the middle of the run, per daemon (``c``/``s`` = client/server end): ``futex`` (futex system
 calls: a thread waiting for the GIL, or waking its waiter, makes one), ``epoll_wait`` calls
-(a worker's waits) and ``epoll_pwait`` calls (the event loop's waits), the voluntary and involuntary context switches of its threads
-(``/proc/PID/task/TID/status``); and ``/proc/loadavg``.
+(a worker's waits) and ``epoll_pwait`` calls (the event loop's waits), the voluntary and
+involuntary context switches of its threads (``/proc/PID/task/TID/status``); and
+``/proc/loadavg``.
 
     sudo .venv/bin/python bench/wg_handoffs.py --rounds 3 --streams 4
 """
