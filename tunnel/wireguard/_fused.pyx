@@ -10,7 +10,7 @@ steps run through those modules' C entry points (their ``_capi`` PyCapsules): th
 and set-up with the GIL held, then the AEAD, the replay window, the inner-packet checks and
 the system calls of the common case in **one** ``with nogil:`` section, then the results and
 anything uncommon (a send error, a fallback, a device gone) with the GIL again. The GIL is
-released once per batch instead of two or three times: a worker thread of ``workers N`` gives
+released once per batch instead of twice (seal, send; open, write): a worker thread of ``workers N`` gives
 it up, and must win it back, once (docs/multicore.md 4.7). Any other object (the pure twins,
 a test's fakes) takes the plain sequence of Python calls.
 
