@@ -1,5 +1,6 @@
-"""A/B of two wg-py daemons (e.g. the main checkout's and this one's), WireGuard, workers 1:
-TCP 1 and 4 streams, tunnel CPU per GB, in one run, rounds alternated. Not a test.
+"""A/B of two wg-py daemons (e.g. the main checkout's and this one's), WireGuard, workers 1
+(``--workers N``: both with ``WGPY_WORKERS=N``): TCP 1 and 4 streams, tunnel CPU per GB, in one
+run, rounds alternated. Not a test.
 
     sudo .venv/bin/python bench/wg_ab.py --a /work/main/.venv/bin/wg-py --b .venv/bin/wg-py --rounds 3
 """
@@ -55,13 +56,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--b", required=True)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--time", type=int, default=5)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--env-a", action="append", default=[], help="KEY=VALUE for a's daemons only")
     p.add_argument("--json")
     opts = p.parse_args(argv)
-    env = {"LOG_LEVEL": "error"}
+    env = {"LOG_LEVEL": "error", **({"WGPY_WORKERS": str(opts.workers)} if opts.workers > 1 else {})}
     rows: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
     lab = Lab(f"wab{os.getpid() % 10000}")
     try:
-        pairs = {"a": wg_pair(lab, "a", [opts.a], env), "b": wg_pair(lab, "b", [opts.b], env)}
+        env_a = {**env, **dict(kv.split("=", 1) for kv in opts.env_a)}
+        pairs = {"a": wg_pair(lab, "a", [opts.a], env_a), "b": wg_pair(lab, "b", [opts.b], env)}
         for r in range(opts.rounds):
             for name in (("a", "b") if r % 2 == 0 else ("b", "a")):
                 g1, c1 = tcp(lab, pairs[name], 1, opts.time)

@@ -956,3 +956,137 @@ cdef class TransportCipher:
                 s.ok[j] = 0
         wgpy_batch_xor(_batch, self._receive_key, s.msgs, <size_t>candidates, s.ok)
         return accepted
+
+
+# --- C entry points for a native caller (tunnel/wireguard/_worker.pyx) ----------------------
+#
+# The same work as seal_batch/open_batch over C arrays of packet addresses, split so that the
+# caller can run it inside its own ``with nogil:`` section together with other native work
+# (the batch I/O): ``*_begin`` (GIL held: the checks, the scratch, the same errors as the
+# Python methods), ``*_run`` (nogil: the counters, the AEAD, the replay window), ``*_end``
+# (GIL held: the scratch back; a zero() that waited for the batch runs). A cipher between
+# begin and end counts as a batch in flight (zero() waits for it, as for the Python calls).
+# Exported as PyCapsules in ``_capi`` (names below); the caller keeps the cipher alive.
+
+cdef void *_capi_seal_begin(void *c, unsigned char **ptrs, Py_ssize_t *lens, Py_ssize_t *caps,
+                            Py_ssize_t n, Py_ssize_t mtu, Py_ssize_t *count_out) except? NULL:
+    """Checks and scratch for sealing packets ``ptrs[i][16:16+lens[i]]`` (buffers of
+    ``caps[i]`` bytes); ``*count_out`` how many to seal (0: nothing, and NULL is returned
+    without an exception). Raises the ValueError of seal_batch."""
+    cdef TransportCipher self = <TransportCipher>c
+    cdef Py_ssize_t count, i, size, padded
+    cdef uint64_t remaining
+    cdef batch_scratch *s
+    count_out[0] = 0
+    if mtu < 0:
+        raise ValueError("mtu must be non-negative")
+    if self._zeroed or n == 0:
+        return NULL
+    remaining = WGPY_REJECT_AFTER_MESSAGES - wgpy_load_counter(&self._send_counter)
+    count = n if <uint64_t>n <= remaining else <Py_ssize_t>remaining
+    if count == 0:
+        return NULL
+    s = self._enter(True)
+    try:
+        scratch_reserve(s, count)
+        for i in range(count):
+            size = lens[i]
+            if size < 0 or size > MAX_PAYLOAD or C_HEADROOM + size > caps[i]:
+                raise ValueError(f"packet {i}: length {size} does not fit its buffer")
+            if size > mtu:
+                padded = size
+            else:
+                padded = (size + 15) & ~(<Py_ssize_t>15)
+                if padded > mtu:
+                    padded = mtu
+            if C_HEADROOM + padded + C_TAG > caps[i]:
+                raise ValueError(
+                    f"packet {i}: buffer of {caps[i]} bytes cannot hold "
+                    f"{C_HEADROOM + padded + C_TAG} sealed bytes")
+            s.views[i].buf = ptrs[i]
+            s.sizes[i] = size
+            s.padded[i] = padded
+    except BaseException:
+        self._leave(s, True)
+        raise
+    count_out[0] = count
+    return s
+
+
+cdef Py_ssize_t _capi_seal_run(void *c, void *scratch, Py_ssize_t count, Py_ssize_t *lens) noexcept nogil:
+    """Reserve the batch's counters and seal (no GIL); ``lens[i]`` become datagram lengths.
+    Returns how many were sealed, or ``-1 - done`` if OpenSSL failed at packet ``done``."""
+    cdef batch_scratch *s = <batch_scratch *>scratch
+    cdef uint64_t first
+    cdef Py_ssize_t i, done
+    if (<TransportCipher>c)._zeroed:  # zero() ran since begin: seal nothing (keys live until end)
+        return 0
+    count = <Py_ssize_t>wgpy_reserve_counters(&(<TransportCipher>c)._send_counter, <uint64_t>count,
+                                               WGPY_REJECT_AFTER_MESSAGES, &first)
+    if count == 0:
+        return 0
+    done = (<TransportCipher>c)._seal_all(s, first, count)
+    for i in range(done):
+        lens[i] = C_HEADROOM + s.padded[i] + C_TAG
+    return count if done == count else -1 - done
+
+
+cdef void *_capi_open_begin(void *c, unsigned char **ptrs, Py_ssize_t *lens, Py_ssize_t *caps,
+                            Py_ssize_t n) except? NULL:
+    """Checks and scratch for opening datagrams ``ptrs[i][:lens[i]]``; NULL without an
+    exception when there is nothing to do (n == 0, or the cipher is zeroed: the run then says
+    EXPIRED). Raises the ValueError of open_batch."""
+    cdef TransportCipher self = <TransportCipher>c
+    cdef Py_ssize_t i, size
+    cdef batch_scratch *s
+    if self._zeroed or n == 0:
+        return NULL
+    s = self._enter(False)
+    try:
+        scratch_reserve(s, n)
+        for i in range(n):
+            size = lens[i]
+            if size < 0 or size > MAX_PAYLOAD or size > caps[i]:
+                raise ValueError(f"packet {i}: length {size} does not fit its buffer")
+            s.views[i].buf = ptrs[i]
+            s.sizes[i] = size
+    except BaseException:
+        self._leave(s, False)
+        raise
+    return s
+
+
+cdef Py_ssize_t _capi_open_run(void *c, void *scratch, Py_ssize_t n, Py_ssize_t *lens,
+                               int *codes) noexcept nogil:
+    """Open in place (no GIL): ``codes[i]`` as open_batch's results, ``lens[i]`` the plaintext
+    length of the accepted; ``scratch`` NULL (from begin) means all EXPIRED. Returns how many
+    were accepted."""
+    cdef batch_scratch *s = <batch_scratch *>scratch
+    cdef Py_ssize_t i, accepted
+    if s == NULL or (<TransportCipher>c)._zeroed:
+        for i in range(n):
+            codes[i] = R_EXPIRED
+        return 0
+    accepted = (<TransportCipher>c)._open_all(s, n)
+    for i in range(n):
+        codes[i] = s.codes[i]
+        if s.codes[i] == R_OK:
+            lens[i] = s.sizes[i]
+    return accepted
+
+
+cdef void _capi_end(void *c, void *scratch, bint seal) noexcept:
+    """End a batch begun by ``*_begin`` (GIL held; nothing for a NULL scratch)."""
+    if scratch != NULL:
+        (<TransportCipher>c)._leave(<batch_scratch *>scratch, seal)
+
+
+from cpython.pycapsule cimport PyCapsule_New
+
+_capi = {
+    "seal_begin": PyCapsule_New(<void *>_capi_seal_begin, b"wgpy.cipher.seal_begin", NULL),
+    "seal_run": PyCapsule_New(<void *>_capi_seal_run, b"wgpy.cipher.seal_run", NULL),
+    "open_begin": PyCapsule_New(<void *>_capi_open_begin, b"wgpy.cipher.open_begin", NULL),
+    "open_run": PyCapsule_New(<void *>_capi_open_run, b"wgpy.cipher.open_run", NULL),
+    "end": PyCapsule_New(<void *>_capi_end, b"wgpy.cipher.end", NULL),
+}

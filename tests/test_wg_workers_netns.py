@@ -16,6 +16,7 @@ The suite runs this once per twin (``WGPY_PURE=1`` for the pure pumps and cipher
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -123,6 +124,9 @@ def test_workers_2_against_wireguard_go(netns_factory: Lab) -> None:  # noqa: F8
     assert sum(w["tx_lane_batches"] for w in workers) > 100  # the lanes carried it
     assert sum(w["rx_lane_batches"] for w in workers) > 100
     assert not any(w["send_batch_error"] or w["receive_batch_error"] for w in workers)
+    # the native build runs the lane batches through the fused one-nogil steps (fused_ref.py)
+    fused = sum(w["fused_batches"] for w in workers)
+    assert fused > 100 if os.environ.get("WGPY_PURE") != "1" else fused == 0
 
     # New handshakes while the workers run: a forgets b (remove and re-add the peer), so a's
     # next packet to b is handed over to the control thread, which initiates; then b forgets

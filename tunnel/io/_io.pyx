@@ -173,3 +173,6 @@ include "_io_udp.pxi"
 
 
 include "_io_tun.pxi"
+
+
+include "_io_capi.pxi"

@@ -356,3 +356,45 @@ def accept_batch(RouteTable table not None, int slot, list bufs not None, list l
     _, keepalives, invalid, disallowed = accept_slots(table, slot, bufs, ends, results, headroom, verdicts)
     cdef list packets = [memoryview(bufs[i])[headroom:ends[i]] for i in range(len(bufs)) if not verdicts[i]]
     return packets, keepalives, invalid, disallowed
+
+
+# --- C entry point for a native caller (tunnel/wireguard/_worker.pyx) ------------------------
+
+cdef Py_ssize_t _capi_accept(void *table, int slot, unsigned char **ptrs, Py_ssize_t *lengths,
+                             const int *results, Py_ssize_t n, Py_ssize_t headroom,
+                             unsigned char *verdict, Py_ssize_t *counts) noexcept nogil:
+    """accept_slots over C arrays, without the GIL: the plaintext of slot i is at
+    ``ptrs[i] + headroom``, ``lengths[i]`` bytes. Same verdicts and lengths; ``counts`` gets
+    (keepalives, invalid, disallowed); returns how many are delivered. ``table`` is a
+    RouteTable the caller keeps alive."""
+    cdef Py_ssize_t delivered = 0, keepalives = 0, invalid = 0, disallowed = 0
+    cdef Py_ssize_t i, size, length
+    cdef unsigned char *p
+    for i in range(n):
+        size = lengths[i]
+        verdict[i] = 1
+        if results[i] != 0:
+            continue
+        if size == 0:
+            keepalives += 1
+            continue
+        p = ptrs[i] + headroom
+        length = _inner_length(p, size)
+        if length < 0:
+            invalid += 1
+            continue
+        if (<RouteTable>table).find_packet(p, length, True) != slot:
+            disallowed += 1
+            continue
+        verdict[i] = 0
+        lengths[i] = headroom + length
+        delivered += 1
+    counts[0] = keepalives
+    counts[1] = invalid
+    counts[2] = disallowed
+    return delivered
+
+
+from cpython.pycapsule cimport PyCapsule_New
+
+_capi = {"accept": PyCapsule_New(<void *>_capi_accept, b"wgpy.datapath.accept", NULL)}

@@ -38,6 +38,7 @@ cdef class Outbound:
     cdef public list lengths
     cdef public object lane
     cdef public Py_ssize_t sealed
+    cdef public object fused
 
     def __init__(self, device, tun, udp4, udp6, Journal journal not None, after, Py_ssize_t headroom):
         self.device = device
@@ -55,6 +56,7 @@ cdef class Outbound:
         self.lengths = []
         self.lane = None
         self.sealed = 0
+        self.fused = None
 
     @property
     def headroom(self):
@@ -120,6 +122,10 @@ cdef class Outbound:
             udp = self.udp6
             if udp is None:  # no socket yet: the general way drops it as it would
                 return n
+        if self.fused is not None:
+            self.sealed = self.fused.seal_send(keypair.cipher, udp, bufs, lengths, mtu, endpoint)
+            self.lane = lane
+            return n
         self.sealed = keypair.cipher.seal_batch(bufs, lengths, mtu)
         self.lane = lane
         udp.send_slots(bufs, lengths, 0, self.sealed, endpoint)
@@ -154,6 +160,7 @@ cdef class Inbound:
     cdef public bint answered
     cdef public Py_ssize_t replied
     cdef public object reply_error
+    cdef public object fused
 
     def __init__(self, device, tun, Outbound outbound not None, after, Py_ssize_t headroom):
         self.device = device
@@ -181,6 +188,7 @@ cdef class Inbound:
         self.answered = False
         self.replied = 0
         self.reply_error = None
+        self.fused = None
 
     @property
     def headroom(self):
@@ -260,6 +268,14 @@ cdef class Inbound:
         self.wire_lengths = list(lengths)
         results = [0] * n
         self.results = results
+        if self.fused is not None and self.local is None:
+            if len(self.verdicts) < n:
+                self.verdicts = bytearray(n)
+            self.opened, _, self.accepted, self.written, self.write_error = self.fused.open_deliver(
+                keypair.cipher, datapath.accept_slots, device.routes(), keypair.peer.slot, self.tun, bufs,
+                lengths, results, self._headroom, self.verdicts)
+            self.keypair = keypair
+            return n
         self.opened = keypair.cipher.open_batch(bufs, lengths, results)
         self.keypair = keypair
         self.accepted = (0, 0, 0)

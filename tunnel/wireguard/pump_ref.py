@@ -95,6 +95,10 @@ class Outbound:
         self.lengths: list[int] = []
         self.lane: tuple[Peer, Keypair] | None = None
         self.sealed = 0
+        #: the thread's fused lane steps (None: separate calls; a worker of ``workers N`` sets
+        #: its ``tunnel.wireguard.fused.Fused``): the seal and the send of a lane batch in one
+        #: call, the same results (tunnel/wireguard/fused_ref.py)
+        self.fused: Any = None
 
     @property
     def headroom(self) -> int:
@@ -161,6 +165,10 @@ class Outbound:
             udp = self.udp6
             if udp is None:  # no socket yet: the general way drops it as it would
                 return n
+        if self.fused is not None:
+            self.sealed = self.fused.seal_send(keypair.cipher, udp, bufs, lengths, mtu, endpoint)
+            self.lane = lane
+            return n
         self.sealed = keypair.cipher.seal_batch(bufs, lengths, mtu)
         self.lane = lane
         udp.send_slots(bufs, lengths, 0, self.sealed, endpoint)
@@ -218,6 +226,10 @@ class Inbound:
         #: ``answer()`` (None: none): called at the end of every :meth:`on_readable`, after the
         #: batch's records or ``after`` (the local delivery's reply read); must not raise
         self.answer: Callable[[], None] | None = None
+        #: the thread's fused lane steps (None: separate calls; see :attr:`Outbound.fused`):
+        #: the open, the check and the write of a lane batch in one call, when :attr:`local`
+        #: is None
+        self.fused: Any = None
         self.answered = False
         self.replied = 0
         self.reply_error: Exception | None = None
@@ -299,6 +311,14 @@ class Inbound:
             return n
         self.wire_lengths = list(lengths)
         self.results = results = [0] * n
+        if self.fused is not None and self.local is None:
+            if len(self.verdicts) < n:
+                self.verdicts = bytearray(n)
+            self.opened, _, self.accepted, self.written, self.write_error = self.fused.open_deliver(
+                keypair.cipher, datapath.accept_slots, device.routes(), keypair.peer.slot, self.tun, bufs,
+                lengths, results, self._headroom, self.verdicts)
+            self.keypair = keypair
+            return n
         self.opened = opened = keypair.cipher.open_batch(bufs, lengths, results)
         self.keypair = keypair
         self.accepted = (0, 0, 0)

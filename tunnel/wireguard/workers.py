@@ -47,8 +47,8 @@ thread gets this for free because the general path runs synchronously.
 read the engine's Python state with the GIL held, as the single loop's do; the lane rules make
 a stale read harmless: a keypair zeroed under a worker's batch seals nothing (the batch is
 handed over) and opens nothing (EXPIRED, counted). This is the intermediate step of
-docs/multicore.md section 2 (as VXLAN's ``workers N``): the pumps' glue holds the GIL; the
-syscalls, the segmentation/coalescing and the crypto release it.
+docs/multicore.md section 2 (as VXLAN's ``workers N``): the pumps' glue holds the GIL; a lane
+batch's crypto and system calls run in one nogil section (``pump.fused``: fused_ref.py).
 
 Not supported with N > 1: the in-process L2 overlay (local delivery), which runs on the loop.
 """
@@ -74,6 +74,7 @@ from tunnel.io.steering import attach_flow_steering
 from tunnel.io.threads import Timers
 from tunnel.io.tun import GONE_ERRNOS, Tun, TunGone, _io
 from tunnel.io.udp import UdpBind
+from tunnel.wireguard import fused
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.interface import (
     MAX_ROUNDS,
@@ -89,6 +90,7 @@ from tunnel.wireguard.interface import (
 log = logging.getLogger(__name__)
 
 ENV = "WGPY_WORKERS"
+FUSED_NAME, FUSED = fused.select()
 MAX_WORKERS = 64
 POLL_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 _PLACEHOLDER = Endpoint("0.0.0.0", 0)
@@ -200,6 +202,9 @@ class Worker(threading.Thread):
         self.lanes = Lanes(iface.device, self)
         self.outbound = PUMP.Outbound(self.lanes, self.tun_io, udp4, udp6, self.journal, self._tun_done, HEADROOM)
         self.inbound = PUMP.Inbound(self.lanes, self.tun_io, self.outbound, self._udp_done, TRANSPORT_HEADER)
+        self.fused = FUSED.Fused()  # WGPY_FUSED=0 (a measuring hook) keeps the separate calls
+        if os.environ.get("WGPY_FUSED") != "0":
+            self.outbound.fused = self.inbound.fused = self.fused
         self.tun_lengths = [0] * TUN_BATCH
         self.udp_lengths = [0] * UDP_BATCH
         self.udp_sources = [_PLACEHOLDER] * UDP_BATCH
@@ -433,6 +438,7 @@ class Worker(threading.Thread):
         for udp in self.udps.values():
             errors.update({f"udp:{k}": v for k, v in udp.errors.items()})
         return {"worker": self.index, "tid": self.native_id or 0, **dict(self.counters),
+                "fused_batches": self.fused.native_batches,
                 "errors": dict(sorted((k, v) for k, v in errors.items() if v))}
 
 
