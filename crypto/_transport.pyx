@@ -514,6 +514,36 @@ cdef int scratch_reserve(batch_scratch *s, Py_ssize_t count) except -1:
     return 0
 
 
+cdef int plan_seal(batch_scratch *s, Py_ssize_t i, Py_ssize_t size, Py_ssize_t cap,
+                   Py_ssize_t mtu) except -1:
+    """Check packet ``i`` of a batch to seal (``size`` bytes at HEADROOM of a ``cap``-byte buffer)
+    and note its size and padded size in ``s`` (GIL held: raises seal_batch's ValueErrors)."""
+    cdef Py_ssize_t padded
+    if size < 0 or size > MAX_PAYLOAD or C_HEADROOM + size > cap:
+        raise ValueError(f"packet {i}: length {size} does not fit its buffer")
+    if size > mtu:
+        padded = size
+    else:
+        padded = (size + 15) & ~(<Py_ssize_t>15)
+        if padded > mtu:
+            padded = mtu
+    if C_HEADROOM + padded + C_TAG > cap:
+        raise ValueError(
+            f"packet {i}: buffer of {cap} bytes cannot hold {C_HEADROOM + padded + C_TAG} sealed bytes")
+    s.sizes[i] = size
+    s.padded[i] = padded
+    return 0
+
+
+cdef int plan_open(batch_scratch *s, Py_ssize_t i, Py_ssize_t size, Py_ssize_t cap) except -1:
+    """Check datagram ``i`` of a batch to open (``size`` bytes of a ``cap``-byte buffer) and note
+    its size in ``s`` (GIL held: raises open_batch's ValueError)."""
+    if size < 0 or size > MAX_PAYLOAD or size > cap:
+        raise ValueError(f"packet {i}: length {size} does not fit its buffer")
+    s.sizes[i] = size
+    return 0
+
+
 cdef unsigned char _ZERO_KEY[C_KEY]
 memset(_ZERO_KEY, 0, C_KEY)
 
@@ -698,7 +728,7 @@ cdef class TransportCipher:
     def seal_batch(self, list bufs not None, list lengths not None, Py_ssize_t mtu) -> int:
         """Seal a prefix of the batch in place; see crypto/transport.py for the contract."""
         cdef Py_ssize_t n = len(bufs)
-        cdef Py_ssize_t count, i, size, padded, done
+        cdef Py_ssize_t count, i, size, done
         cdef Py_ssize_t pinned
         cdef uint64_t first, remaining
         cdef batch_scratch *s
@@ -721,20 +751,7 @@ cdef class TransportCipher:
                 size = lengths[i]
                 PyObject_GetBuffer(bufs[i], &s.views[i], PyBUF_WRITABLE)
                 pinned = i + 1
-                if size < 0 or size > MAX_PAYLOAD or C_HEADROOM + size > s.views[i].len:
-                    raise ValueError(f"packet {i}: length {size} does not fit its buffer")
-                if size > mtu:
-                    padded = size
-                else:
-                    padded = (size + 15) & ~(<Py_ssize_t>15)
-                    if padded > mtu:
-                        padded = mtu
-                if C_HEADROOM + padded + C_TAG > s.views[i].len:
-                    raise ValueError(
-                        f"packet {i}: buffer of {s.views[i].len} bytes cannot hold "
-                        f"{C_HEADROOM + padded + C_TAG} sealed bytes")
-                s.sizes[i] = size
-                s.padded[i] = padded
+                plan_seal(s, i, size, s.views[i].len, mtu)
             # The batch's counters, reserved at once: never handed to another batch or thread,
             # even if sealing fails (an unused counter is a gap the receiver's window ignores).
             count = <Py_ssize_t>wgpy_reserve_counters(&self._send_counter, <uint64_t>count,
@@ -834,9 +851,7 @@ cdef class TransportCipher:
                 size = lengths[i]
                 PyObject_GetBuffer(bufs[i], &s.views[i], PyBUF_WRITABLE)
                 pinned = i + 1
-                if size < 0 or size > MAX_PAYLOAD or size > s.views[i].len:
-                    raise ValueError(f"packet {i}: length {size} does not fit its buffer")
-                s.sizes[i] = size
+                plan_open(s, i, size, s.views[i].len)
             with nogil:
                 accepted = self._open_all(s, n)
             for i in range(n):
@@ -974,7 +989,7 @@ cdef void *_capi_seal_begin(void *c, unsigned char **ptrs, Py_ssize_t *lens, Py_
     ``caps[i]`` bytes); ``*count_out`` how many to seal (0: nothing, and NULL is returned
     without an exception). Raises the ValueError of seal_batch."""
     cdef TransportCipher self = <TransportCipher>c
-    cdef Py_ssize_t count, i, size, padded
+    cdef Py_ssize_t count, i
     cdef uint64_t remaining
     cdef batch_scratch *s
     count_out[0] = 0
@@ -990,22 +1005,8 @@ cdef void *_capi_seal_begin(void *c, unsigned char **ptrs, Py_ssize_t *lens, Py_
     try:
         scratch_reserve(s, count)
         for i in range(count):
-            size = lens[i]
-            if size < 0 or size > MAX_PAYLOAD or C_HEADROOM + size > caps[i]:
-                raise ValueError(f"packet {i}: length {size} does not fit its buffer")
-            if size > mtu:
-                padded = size
-            else:
-                padded = (size + 15) & ~(<Py_ssize_t>15)
-                if padded > mtu:
-                    padded = mtu
-            if C_HEADROOM + padded + C_TAG > caps[i]:
-                raise ValueError(
-                    f"packet {i}: buffer of {caps[i]} bytes cannot hold "
-                    f"{C_HEADROOM + padded + C_TAG} sealed bytes")
+            plan_seal(s, i, lens[i], caps[i], mtu)
             s.views[i].buf = ptrs[i]
-            s.sizes[i] = size
-            s.padded[i] = padded
     except BaseException:
         self._leave(s, True)
         raise
@@ -1037,7 +1038,7 @@ cdef void *_capi_open_begin(void *c, unsigned char **ptrs, Py_ssize_t *lens, Py_
     exception when there is nothing to do (n == 0, or the cipher is zeroed: the run then says
     EXPIRED). Raises the ValueError of open_batch."""
     cdef TransportCipher self = <TransportCipher>c
-    cdef Py_ssize_t i, size
+    cdef Py_ssize_t i
     cdef batch_scratch *s
     if self._zeroed or n == 0:
         return NULL
@@ -1045,11 +1046,8 @@ cdef void *_capi_open_begin(void *c, unsigned char **ptrs, Py_ssize_t *lens, Py_
     try:
         scratch_reserve(s, n)
         for i in range(n):
-            size = lens[i]
-            if size < 0 or size > MAX_PAYLOAD or size > caps[i]:
-                raise ValueError(f"packet {i}: length {size} does not fit its buffer")
+            plan_open(s, i, lens[i], caps[i])
             s.views[i].buf = ptrs[i]
-            s.sizes[i] = size
     except BaseException:
         self._leave(s, False)
         raise

@@ -382,6 +382,16 @@ class Interface:
         records = self._journal.take()
         if not records:
             return
+        self._apply_records(records)
+        if self.bind is not None and self.bind.lost_sources:  # noted by the pumps' sends
+            self._forget_sources(self.bind.take_lost_sources())
+        for hook in self.journal_hooks:
+            hook()
+
+    def _apply_records(self, records: list[tuple[Any, ...]]) -> None:
+        """Apply journal records (SENT/RECEIVED, oldest first) to the engine and transmit what
+        it answers; a record that fails is counted (``errors["journal"]``), never raised.
+        Control thread only (the workers hand theirs over)."""
         device = self.device
         for record in records:
             try:
@@ -396,10 +406,6 @@ class Interface:
             except Exception:
                 self.errors["journal"] += 1
                 log.debug("journaled bookkeeping failed", exc_info=True)
-        if self.bind is not None and self.bind.lost_sources:  # noted by the pumps' sends
-            self._forget_sources(self.bind.take_lost_sources())
-        for hook in self.journal_hooks:
-            hook()
 
     def _journal_due(self) -> None:
         """The journal's timer: nothing else touched the engine for JOURNAL_DELAY."""

@@ -543,7 +543,7 @@ class Workers:
             kind = item[0]
             try:
                 if kind == JOURNAL:
-                    self._apply_records(item[1])
+                    self.iface._apply_records(item[1])
                 elif kind == TUN:
                     _, worker, bufs, lengths, now = item
                     try:
@@ -577,23 +577,6 @@ class Workers:
                 lost = worker.lost[:]
                 del worker.lost[: len(lost)]
                 iface._forget_sources(lost)
-
-    def _apply_records(self, records: list[tuple[Any, ...]]) -> None:
-        iface = self.iface
-        device = iface.device
-        for record in records:
-            try:
-                if record[0] == PUMP.SENT:
-                    _, peer, keypair, nbytes, now = record
-                    out = device.lane_sent(peer, keypair, nbytes, now)
-                else:
-                    _, keypair, nbytes, opened, keepalives, invalid, disallowed, now = record
-                    out = device.lane_received(keypair, nbytes, opened, (keepalives, invalid, disallowed), now)
-                if out is not None:
-                    iface._transmit(out)
-            except Exception:
-                iface.errors["journal"] += 1
-                log.debug("journaled bookkeeping failed", exc_info=True)
 
     def close(self) -> None:
         """Close the extra queues and sockets (after :meth:`stop`)."""
