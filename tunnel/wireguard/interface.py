@@ -64,14 +64,12 @@ endpoint whose underlay is this interface; this package knows nothing of it):
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from crypto import noise
 from crypto.backend import HEADROOM, OK, TAG_SIZE
 from crypto.backend import NAME as CIPHER_NAME
 from tunnel.io.endpoint import Endpoint
@@ -81,9 +79,9 @@ from tunnel.io.udp import BatchSocket, UdpBind
 from tunnel.wireguard import pump
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.device import Device
+from tunnel.wireguard.device_config import DeviceConfig
 from tunnel.wireguard.output import Output
 from tunnel.wireguard.stats import RateMeter, device_stats, peer_counters
-from tunnel.wireguard.uapi import PeerInfo
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +103,6 @@ MTU_RECHECK = 0.1  # at most this often when a packet bigger than the known MTU 
 
 PUMP_NAME, PUMP = pump.select()
 
-_UNSET: Final = object()
 _PLACEHOLDER = Endpoint("0.0.0.0", 0)
 
 #: ``deliver(bufs, lengths, headroom, verdicts, count, now) -> taken`` (see the module doc)
@@ -124,7 +121,7 @@ class Attachment(Protocol):
         """Called about once a second with the interface's own housekeeping."""
 
 
-class Interface:
+class Interface(DeviceConfig):
     """A running WireGuard interface. Create, :meth:`open_bind`, :meth:`start`, :meth:`close`.
 
     ``stopped`` is set (with ``stop_reason``) when the TUN device disappears; the daemon waits on
@@ -719,83 +716,3 @@ class Interface:
                 self.errors["keepalive"] += 1
                 log.debug("keepalive failed", exc_info=True)
         self._rearm()
-
-    def get_private_key(self) -> bytes | None:
-        return self.device.private_key
-
-    def set_private_key(self, key: bytes | None) -> None:
-        self.device.set_private_key(key)
-
-    def peer_keys(self) -> list[bytes]:
-        return list(self.device.peers)
-
-    def get_peer(self, public_key: bytes) -> PeerInfo | None:
-        peer = self.device.peers.get(public_key)
-        if peer is None:
-            return None
-        psk = peer.preshared_key
-        endpoint = peer.endpoint
-        return PeerInfo(
-            public_key=public_key,
-            preshared_key=None if psk == noise.ZERO_KEY else psk,
-            endpoint=None if endpoint is None else (endpoint.ip, endpoint.port),
-            last_handshake=peer.last_handshake_wall,
-            tx_bytes=peer.tx_bytes,
-            rx_bytes=peer.rx_bytes,
-            persistent_keepalive=peer.persistent_keepalive,
-        )
-
-    def add_peer(self, public_key: bytes) -> None:
-        self.device.add_peer(public_key)
-
-    def remove_peer(self, public_key: bytes) -> None:
-        self.device.remove_peer(public_key)
-
-    def remove_all_peers(self) -> None:
-        for pk in list(self.device.peers):
-            self.device.remove_peer(pk)
-
-    def set_peer(
-        self,
-        public_key: bytes,
-        *,
-        preshared_key: bytes | None | object = _UNSET,
-        endpoint: tuple[str, int] | None | object = _UNSET,
-        persistent_keepalive: int | None | object = _UNSET,
-    ) -> None:
-        peer = self.device.peers[public_key]
-        if preshared_key is not _UNSET:
-            assert preshared_key is None or isinstance(preshared_key, bytes)
-            self.device.set_preshared_key(peer, preshared_key)
-        if endpoint is not _UNSET:
-            if endpoint is None:
-                peer.endpoint = None
-            else:
-                assert isinstance(endpoint, tuple)
-                peer.endpoint = _endpoint(endpoint[0], endpoint[1])
-        if persistent_keepalive is not _UNSET:
-            interval = persistent_keepalive if isinstance(persistent_keepalive, int) else 0
-            peer.persistent_keepalive = interval
-            if interval == 0:
-                peer.timers.persistent_keepalive = None
-
-    def replace_allowed_ips(self, public_key: bytes) -> None:
-        self.device.allowed_ips.remove_peer(self.device.peers[public_key])
-
-    def add_allowed_ip(self, public_key: bytes, addr: bytes, cidr: int) -> None:
-        self.device.allowed_ips.insert_raw(addr, cidr, self.device.peers[public_key])
-
-    def remove_allowed_ip(self, public_key: bytes, addr: bytes, cidr: int) -> None:
-        self.device.allowed_ips.remove_raw(addr, cidr, self.device.peers[public_key])
-
-    def allowed_ips(self, public_key: bytes) -> Iterable[tuple[bytes, int]]:
-        peer = self.device.peers.get(public_key)
-        return [] if peer is None else self.device.allowed_ips.entries(peer)
-
-
-def _endpoint(host: str, port: int) -> Endpoint:
-    """An Endpoint from a UAPI (ip literal, port): zone dropped, IPv4-mapped IPv6 unmapped."""
-    addr = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return Endpoint(str(addr), port)

@@ -76,7 +76,8 @@ class PeerInfo:
 
 
 class UapiTarget(Protocol):
-    """The configuration interface of the WireGuard engine (tunnel/wireguard/device.py implements it).
+    """The configuration interface of the WireGuard engine (the shell's Interface implements it, its
+    configuration half in tunnel/wireguard/device_config.py).
 
     Keys are raw 32-byte values. An endpoint is ``(ip_literal, port)``, the IPv6 literal possibly
     with a ``%zone``. An allowed IP is ``(packed_network_address, cidr)``: 4 or 16 bytes, host bits
