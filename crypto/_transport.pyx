@@ -301,6 +301,28 @@ cdef inline void store_le64(unsigned char *p, uint64_t v) noexcept nogil:
         v >>= 8
 
 
+cdef inline void write_header(unsigned char *p, Py_ssize_t size, Py_ssize_t padded, uint32_t remote_index,
+                              uint64_t counter) noexcept nogil:
+    """Before sealing (both seal paths): zero the padding after the ``size`` plaintext bytes up
+    to ``padded``, and write the transport header (type 4, the receiver's index, the counter)."""
+    if padded > size:
+        memset(p + C_HEADROOM + size, 0, padded - size)
+    store_le32(p, C_MESSAGE_TRANSPORT)
+    store_le32(p + 4, remote_index)
+    store_le64(p + 8, counter)
+
+
+cdef inline int header_check(const unsigned char *p, Py_ssize_t size, uint64_t *counter) noexcept nogil:
+    """The checks on a transport datagram before its tag (both open paths, in this order):
+    R_TOO_SHORT, R_COUNTER_LIMIT, else R_PENDING with ``*counter`` read from its header."""
+    if size < C_HEADROOM + C_TAG:
+        return R_TOO_SHORT
+    counter[0] = load_le64(p + 8)
+    if counter[0] >= WGPY_REJECT_AFTER_MESSAGES:
+        return R_COUNTER_LIMIT
+    return R_PENDING
+
+
 cdef tuple _aead_args(object key, object nonce, object data, object ad):
     cdef bytes k = bytes(memoryview(key)), n = bytes(memoryview(nonce))
     cdef bytes d = bytes(memoryview(data)), a = bytes(memoryview(ad))
@@ -781,11 +803,7 @@ cdef class TransportCipher:
             p = <unsigned char *>s.views[i].buf
             size = s.sizes[i]
             padded = s.padded[i]
-            if padded > size:
-                memset(p + C_HEADROOM + size, 0, padded - size)
-            store_le32(p, C_MESSAGE_TRANSPORT)
-            store_le32(p + 4, self._remote_index)
-            store_le64(p + 8, first + <uint64_t>i)
+            write_header(p, size, padded, self._remote_index, first + <uint64_t>i)
             if padded <= WGPY_SMALL_MAX:
                 wgpy_small_seal(self._send_key, first + <uint64_t>i, p + C_HEADROOM,
                                 <size_t>padded, p + C_HEADROOM + padded)
@@ -813,11 +831,7 @@ cdef class TransportCipher:
             p = <unsigned char *>s.views[i].buf
             size = s.sizes[i]
             padded = s.padded[i]
-            if padded > size:
-                memset(p + C_HEADROOM + size, 0, padded - size)
-            store_le32(p, C_MESSAGE_TRANSPORT)
-            store_le32(p + 4, self._remote_index)
-            store_le64(p + 8, first + <uint64_t>i)
+            write_header(p, size, padded, self._remote_index, first + <uint64_t>i)
             s.msgs[i].data = p + C_HEADROOM
             s.msgs[i].len = <size_t>padded
             s.msgs[i].counter = first + <uint64_t>i
@@ -864,7 +878,7 @@ cdef class TransportCipher:
             self._leave(s, False)
 
     cdef Py_ssize_t _open_all(self, batch_scratch *s, Py_ssize_t count) noexcept nogil:
-        cdef Py_ssize_t i, size, body
+        cdef Py_ssize_t i, body
         cdef Py_ssize_t accepted = 0
         cdef unsigned char *p
         cdef unsigned char nonce[12]
@@ -877,15 +891,10 @@ cdef class TransportCipher:
         memset(nonce, 0, 12)
         for i in range(count):
             p = <unsigned char *>s.views[i].buf
-            size = s.sizes[i]
-            if size < C_HEADROOM + C_TAG:
-                s.codes[i] = R_TOO_SHORT
+            s.codes[i] = header_check(p, s.sizes[i], &counter)
+            if s.codes[i] != R_PENDING:
                 continue
-            counter = load_le64(p + 8)
-            if counter >= WGPY_REJECT_AFTER_MESSAGES:
-                s.codes[i] = R_COUNTER_LIMIT
-                continue
-            body = size - C_HEADROOM - C_TAG
+            body = s.sizes[i] - C_HEADROOM - C_TAG
             if body <= WGPY_SMALL_MAX:
                 authentic = wgpy_small_open(self._receive_key, counter, p + C_HEADROOM, <size_t>body,
                                             p + C_HEADROOM + body)
@@ -928,22 +937,17 @@ cdef class TransportCipher:
         batch verified in SIMD lanes first, then the replay check of the authentic ones
         (_validate_all, under the window's lock); only packets that pass every check are
         decrypted."""
-        cdef Py_ssize_t i, j, size, body
+        cdef Py_ssize_t i, j, body
         cdef Py_ssize_t candidates = 0
         cdef Py_ssize_t accepted
         cdef unsigned char *p
         cdef uint64_t counter
         for i in range(count):
             p = <unsigned char *>s.views[i].buf
-            size = s.sizes[i]
-            if size < C_HEADROOM + C_TAG:
-                s.codes[i] = R_TOO_SHORT
+            s.codes[i] = header_check(p, s.sizes[i], &counter)
+            if s.codes[i] != R_PENDING:
                 continue
-            counter = load_le64(p + 8)
-            if counter >= WGPY_REJECT_AFTER_MESSAGES:
-                s.codes[i] = R_COUNTER_LIMIT
-                continue
-            body = size - C_HEADROOM - C_TAG
+            body = s.sizes[i] - C_HEADROOM - C_TAG
             s.msgs[candidates].data = p + C_HEADROOM
             s.msgs[candidates].len = <size_t>body
             s.msgs[candidates].counter = counter

@@ -11,6 +11,7 @@ is short, and it builds Python lists.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.string cimport memset
 
 from tunnel.wireguard.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
 from tunnel.wireguard.peer import Keypair
@@ -313,15 +314,40 @@ def inner_length(buf, Py_ssize_t offset, Py_ssize_t size):
     return _inner_length(raw, len(raw))
 
 
+cdef enum:
+    A_DELIVERED = 0
+    A_KEEPALIVE = 1
+    A_INVALID = 2
+    A_DISALLOWED = 3
+
+
+cdef inline int _accept_one(RouteTable table, int slot, const unsigned char *p, Py_ssize_t size,
+                            Py_ssize_t *length) noexcept nogil:
+    """The verdict on one authentic plaintext of ``size`` bytes at ``p`` from the peer in
+    ``slot``: a keepalive (empty), invalid (no IP packet fits), disallowed (its inner source
+    is not routed to that peer) or delivered, ``*length`` then the packet's length without
+    padding. The one rule of accept_slots and the fused steps' C entry point."""
+    if size == 0:
+        return A_KEEPALIVE
+    length[0] = _inner_length(p, size)
+    if length[0] < 0:
+        return A_INVALID
+    if table.find_packet(p, length[0], True) != slot:
+        return A_DISALLOWED
+    return A_DELIVERED
+
+
 def accept_slots(RouteTable table not None, int slot, list bufs not None, list lengths not None,
                  list results not None, Py_ssize_t headroom, verdicts):
     """Check the plaintexts where ``results[i] == 0`` into per-slot verdicts; see
     datapath_ref.accept_slots."""
     cdef Py_ssize_t n = len(bufs)
-    cdef Py_ssize_t delivered = 0, keepalives = 0, invalid = 0, disallowed = 0
-    cdef Py_ssize_t i, size, length
+    cdef Py_ssize_t counts[4]
+    cdef Py_ssize_t i, size, length = 0
+    cdef int code
     cdef unsigned char *p
     cdef unsigned char *verdict = _data(verdicts, n)
+    memset(counts, 0, sizeof(counts))
     _check_batch(bufs, lengths, headroom)
     if len(results) < n:
         raise ValueError("results is shorter than bufs")
@@ -331,20 +357,12 @@ def accept_slots(RouteTable table not None, int slot, list bufs not None, list l
         verdict[i] = 1
         if results[i] != 0:
             continue
-        if size == 0:
-            keepalives += 1
-            continue
-        length = _inner_length(p, size)
-        if length < 0:
-            invalid += 1
-            continue
-        if table.find_packet(p, length, True) != slot:
-            disallowed += 1
-            continue
-        verdict[i] = 0
-        lengths[i] = headroom + length
-        delivered += 1
-    return delivered, keepalives, invalid, disallowed
+        code = _accept_one(table, slot, p, size, &length)
+        counts[code] += 1
+        if code == A_DELIVERED:
+            verdict[i] = 0
+            lengths[i] = headroom + length
+    return counts[A_DELIVERED], counts[A_KEEPALIVE], counts[A_INVALID], counts[A_DISALLOWED]
 
 
 def accept_batch(RouteTable table not None, int slot, list bufs not None, list lengths not None,
@@ -367,32 +385,23 @@ cdef Py_ssize_t _capi_accept(void *table, int slot, unsigned char **ptrs, Py_ssi
     ``ptrs[i] + headroom``, ``lengths[i]`` bytes. Same verdicts and lengths; ``counts`` gets
     (keepalives, invalid, disallowed); returns how many are delivered. ``table`` is a
     RouteTable the caller keeps alive."""
-    cdef Py_ssize_t delivered = 0, keepalives = 0, invalid = 0, disallowed = 0
-    cdef Py_ssize_t i, size, length
-    cdef unsigned char *p
+    cdef Py_ssize_t tally[4]
+    cdef Py_ssize_t i, length = 0
+    cdef int code
+    memset(tally, 0, sizeof(tally))
     for i in range(n):
-        size = lengths[i]
         verdict[i] = 1
         if results[i] != 0:
             continue
-        if size == 0:
-            keepalives += 1
-            continue
-        p = ptrs[i] + headroom
-        length = _inner_length(p, size)
-        if length < 0:
-            invalid += 1
-            continue
-        if (<RouteTable>table).find_packet(p, length, True) != slot:
-            disallowed += 1
-            continue
-        verdict[i] = 0
-        lengths[i] = headroom + length
-        delivered += 1
-    counts[0] = keepalives
-    counts[1] = invalid
-    counts[2] = disallowed
-    return delivered
+        code = _accept_one(<RouteTable>table, slot, ptrs[i] + headroom, lengths[i], &length)
+        tally[code] += 1
+        if code == A_DELIVERED:
+            verdict[i] = 0
+            lengths[i] = headroom + length
+    counts[0] = tally[A_KEEPALIVE]
+    counts[1] = tally[A_INVALID]
+    counts[2] = tally[A_DISALLOWED]
+    return tally[A_DELIVERED]
 
 
 from cpython.pycapsule cimport PyCapsule_New
