@@ -462,3 +462,23 @@ def test_bad_pump_calls_are_valid_once_fixed(pump: ModuleType) -> None:
         out.tun_bufs, inb.udp_bufs = [slot], [slot]
         assert out.run([slot], [0], 16, 1420, 0) == 0 and out.settled(0) and out.record(0) is None
         assert inb.run(udp, [slot], [0], [None], 0) == 0 and inb.settled(0, udp)
+
+
+def test_socket_for_picks_the_endpoint_family_else_the_other(pump: ModuleType) -> None:
+    """The socket a lane batch leaves on (the outbound pump's, and the L2 overlay pump's for its
+    WireGuard lane): the endpoint's family when bound, else the other one, as UdpBind.send_batch
+    picks for the general way; None before any socket is bound."""
+    journal = pump.Journal(1, lambda: None)
+    v4, v6 = object(), object()
+    here4, here6 = Endpoint("10.0.0.2", 51820), Endpoint("fd00::2", 51820)
+
+    def outbound(udp4: Any, udp6: Any) -> Any:
+        return pump.Outbound(object(), object(), udp4, udp6, journal, lambda *_: None, 0)
+
+    both = outbound(v4, v6)
+    assert both.socket_for(here4) is v4 and both.socket_for(here6) is v6
+    only4, only6 = outbound(v4, None), outbound(None, v6)
+    assert only4.socket_for(here4) is v4 and only4.socket_for(here6) is v4
+    assert only6.socket_for(here4) is v6 and only6.socket_for(here6) is v6
+    none = outbound(None, None)
+    assert none.socket_for(here4) is None and none.socket_for(here6) is None

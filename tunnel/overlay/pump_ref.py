@@ -215,7 +215,7 @@ class L2Pump:
             return False
         peer, keypair = lane
         endpoint = peer.endpoint
-        udp = wg.udp6 if ":" in endpoint.ip else wg.udp4
+        udp = wg.socket_for(endpoint)  # the interface's own choice (its pump's, the general way's)
         if udp is None:
             return False
         sealed = int(keypair.cipher.seal_batch(bufs, lengths, device.mtu))

@@ -97,6 +97,11 @@ cdef class Outbound:
             peer, keypair = self.lane
             self.journal.add((_SENT, peer, keypair, sum(self.lengths), self.now))
 
+    cpdef object socket_for(self, endpoint):
+        """The UDP socket a lane batch to ``endpoint`` leaves on; see tunnel/wireguard/pump_ref.py."""
+        udp = self.udp6 if (":" in endpoint.ip and self.udp6 is not None) else self.udp4
+        return self.udp6 if udp is None else udp
+
     def run(self, list bufs not None, list lengths not None, Py_ssize_t headroom, Py_ssize_t mtu,
             double now):
         """Read one batch and, when the device grants its fast lane, seal and send it."""
@@ -117,11 +122,9 @@ cdef class Outbound:
             return n
         peer, keypair = lane
         endpoint = peer.endpoint
-        udp = self.udp6 if (":" in endpoint.ip and self.udp6 is not None) else self.udp4
-        if udp is None:
-            udp = self.udp6
-            if udp is None:  # no socket yet: the general way drops it as it would
-                return n
+        udp = self.socket_for(endpoint)
+        if udp is None:  # no socket yet: the general way drops it as it would
+            return n
         if self.fused is not None:
             self.sealed = self.fused.seal_send(keypair.cipher, udp, bufs, lengths, mtu, endpoint)
             self.lane = lane

@@ -141,6 +141,13 @@ class Outbound:
             peer, keypair = self.lane
             self.journal.add((SENT, peer, keypair, sum(self.lengths), self.now))
 
+    def socket_for(self, endpoint: Any) -> Any:
+        """The UDP socket a lane batch to ``endpoint`` leaves on: its family's, else the other
+        one (as ``UdpBind.send_batch`` picks for the general way); None before any is bound.
+        Also the L2 overlay pump's choice for its WireGuard lane."""
+        udp = self.udp6 if ":" in endpoint.ip and self.udp6 is not None else self.udp4
+        return self.udp6 if udp is None else udp
+
     def run(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int, now: float) -> int:
         """Read one batch and, when the device grants its fast lane, seal and send it."""
         _exact(bufs, list, "bufs")
@@ -160,11 +167,9 @@ class Outbound:
             return n
         peer, keypair = lane
         endpoint = peer.endpoint
-        udp = self.udp6 if ":" in endpoint.ip and self.udp6 is not None else self.udp4
-        if udp is None:
-            udp = self.udp6
-            if udp is None:  # no socket yet: the general way drops it as it would
-                return n
+        udp = self.socket_for(endpoint)
+        if udp is None:  # no socket yet: the general way drops it as it would
+            return n
         if self.fused is not None:
             self.sealed = self.fused.seal_send(keypair.cipher, udp, bufs, lengths, mtu, endpoint)
             self.lane = lane
