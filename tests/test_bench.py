@@ -375,3 +375,14 @@ def test_timeseries_chart_plots_each_process_and_pair_over_time() -> None:
     labels = {line.get_label(): list(line.get_ydata()) for line in counts.lines}
     assert labels["wg-a threads"] == [1.0, 2.0] and labels["vx-a fds"] == [32.0]
     assert benchchart.timeseries_chart(samples).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_ping_schedule_interleaves_every_contender_alike() -> None:
+    order = bench.ping_schedule(["a", "b", "c"], 200)
+    assert order[:6] == [("a", 50), ("b", 50), ("c", 50), ("c", 50), ("b", 50), ("a", 50)]
+    for name in "abc":  # each gets all its pings, in the same number of blocks
+        assert sum(n for who, n in order if who == name) == 200
+        assert sum(1 for who, _ in order if who == name) == bench.PING_BLOCKS
+    uneven = bench.ping_schedule(["a", "b"], 10, blocks=4)
+    assert [n for who, n in uneven if who == "a"] == [3, 3, 2, 2]
+    assert bench.ping_schedule(["a"], 2, blocks=4) == [("a", 1), ("a", 1)]  # no empty block

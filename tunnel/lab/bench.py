@@ -20,7 +20,9 @@ rotates each round) so that slow drifts of the machine hit all of them alike:
                 separate process
 
 Per round and contender: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte payloads at
-an unlimited offered rate (packets/s that arrived), and ping RTT. Around each single-stream TCP
+an unlimited offered rate (packets/s that arrived); then, after every contender's throughput
+runs of the round, the ping RTTs of all contenders in interleaved blocks (:func:`ping_schedule`:
+A B, B A, ...; 200 pings at 10 ms per contender and round). Around each single-stream TCP
 run: the CPU time (utime+stime from ``/proc/PID/stat``) of the tunnel processes on both ends,
 the machine's busy time and its softirq time (``/proc/stat``), each divided by the bytes moved.
 Around each 4-stream run (issue 17): the machine's idle share and each CPU's busy share
@@ -356,8 +358,8 @@ def measure_udp(lab: Lab, pair: Pair, seconds: int) -> float:
     return udp_received_pps(result) / 1e3
 
 
-def measure_ping(lab: Lab, pair: Pair, count: int, interval: float) -> tuple[float, float]:
-    """(median, mean) RTT in ms of ``count`` pings at ``interval`` seconds."""
+def measure_ping_rtts(lab: Lab, pair: Pair, count: int, interval: float) -> list[float]:
+    """The RTTs in ms of ``count`` pings at ``interval`` seconds (CommandError if none came back)."""
     limit = int(count * interval + 10)
     done = lab.run(pair.client, ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1",
                                  "-w", str(limit), pair.server_addr], check=False,
@@ -365,7 +367,25 @@ def measure_ping(lab: Lab, pair: Pair, count: int, interval: float) -> tuple[flo
     rtts = parse_ping(done.stdout)
     if not rtts:
         raise CommandError(f"no ping replies: {done.stdout}{done.stderr}")
-    return statistics.median(rtts), statistics.fmean(rtts)
+    return rtts
+
+
+PING_BLOCKS = 4  # a round's pings per contender come in this many blocks, interleaved
+
+
+def ping_schedule(names: Sequence[str], count: int, blocks: int = PING_BLOCKS) -> list[tuple[str, int]]:
+    """The order of a round's ping blocks: ``(contender, pings)``, every contender ``count``
+    pings in ``blocks`` blocks (fewer if ``count`` is smaller), the contenders' order reversed
+    every other block (A B, B A, A B, ...). So each contender's pings spread over the same
+    stretch of the round, none always follows the same neighbour, and a drift of the machine
+    (how warm its caches and vCPUs are, what ran just before) hits them alike."""
+    blocks = max(1, min(blocks, count))
+    sizes = [count // blocks + (1 if b < count % blocks else 0) for b in range(blocks)]
+    order: list[tuple[str, int]] = []
+    for b, size in enumerate(sizes):
+        for name in (names if b % 2 == 0 else list(reversed(names))):
+            order.append((name, size))
+    return order
 
 
 def measure_peer_rss(lab: Lab, name: str, peers: int,
@@ -507,16 +527,32 @@ def run(opts: Options, wggos: Sequence[WireguardGo] = ()) -> dict[str, Any]:
                     s["udp64_kpps"].append(kpps := measure_udp(lab, p, opts.time))
                     return f"{kpps:.1f} kpps received"
 
-                def ping(p: Pair = p, s: dict[str, list[float | None]] = s) -> str:
-                    med, avg = measure_ping(lab, p, opts.ping_count, opts.ping_interval)
-                    s["ping_median_ms"].append(med)
-                    s["ping_avg_ms"].append(avg)
-                    return f"median {med:.3f} ms  avg {avg:.3f} ms"
-
                 _attempt(f"{tag} tcp x1", lambda: tcp(1))
                 _attempt(f"{tag} tcp x4", lambda: tcp(4))
                 _attempt(f"{tag} udp 64B", udp)
-                _attempt(f"{tag} ping x{opts.ping_count}", ping)
+            # the round's pings: all contenders in interleaved blocks (ping_schedule), after the
+            # throughput runs, so each contender's RTTs sample the same state of the machine
+            rtts: dict[str, list[float]] = {p.name: [] for p in order}
+            failed: dict[str, str] = {}
+            by_name = {p.name: p for p in order}
+            _step(description=f"[{r + 1}/{opts.rounds}] ping, interleaved")
+            for name, count in ping_schedule([p.name for p in order], opts.ping_count):
+                if name in failed:
+                    continue
+                try:
+                    rtts[name] += measure_ping_rtts(lab, by_name[name], count, opts.ping_interval)
+                except (CommandError, OSError) as exc:
+                    failed[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            for p in order:
+                what = f"[{r + 1}/{opts.rounds}] {p.name} ping x{opts.ping_count}"
+                if p.name in failed:
+                    _say(f"{what:<34} FAILED: {failed[p.name]}")
+                else:
+                    med, avg = statistics.median(rtts[p.name]), statistics.fmean(rtts[p.name])
+                    samples[p.name]["ping_median_ms"].append(med)
+                    samples[p.name]["ping_avg_ms"].append(avg)
+                    _say(f"{what:<34} median {med:.3f} ms  avg {avg:.3f} ms  ({PING_BLOCKS} blocks, interleaved)")
+                _step()
         for p in pairs:
             if p.pids:
                 per = [rss_mib([pid], "VmHWM") for pid in p.pids]
