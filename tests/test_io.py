@@ -70,6 +70,28 @@ def wait_readable(sock: socket.socket, timeout: float = 2.0) -> bool:
     return bool(select.select([sock], [], [], timeout)[0])
 
 
+def gro_sockets(io: ModuleType, sockets: Callable[..., socket.socket], family: int,
+                senders: int = 1) -> list[socket.socket]:
+    """``[rx, tx...]``: a receiving socket with UDP GRO on and ``senders`` plain sending sockets
+    of ``family`` (skips the test where the kernel has no UDP GSO)."""
+    rx = sockets(family)
+    txs = [sockets(family, pktinfo=False) for _ in range(senders)]
+    if not io.probe_udp_gso(txs[0].fileno()):
+        pytest.skip("no UDP GSO in this kernel")
+    assert io.enable_udp_gro(rx.fileno())
+    return [rx, *txs]
+
+
+def sender(tx: socket.socket, family: int) -> tuple[str, int, str]:
+    """The source a batch reports for datagrams from ``tx`` (to a loopback receiver)."""
+    return (tx.getsockname()[0], tx.getsockname()[1], LOOPBACK[family])
+
+
+def slots(count: int, size: int = 1500) -> tuple[list[bytearray], list[int], list[Any]]:
+    """``count`` receive slots of ``size`` bytes: (bufs, lengths, sources)."""
+    return [bytearray(size) for _ in range(count)], [0] * count, [None] * count
+
+
 def payload(index: int, size: int) -> bytes:
     return bytes((index * 7 + k) & 0xFF for k in range(size))
 
@@ -101,9 +123,7 @@ def test_recv_batch_lengths_sources_and_local(io: ModuleType, sockets: Any, fami
     for k, size in enumerate(sizes):
         tx.sendto(payload(k, size), rx.getsockname()[:2])
     batch = io.UdpBatch(rx.fileno())
-    bufs = [bytearray(2000) for _ in range(8)]
-    lengths = [0] * 8
-    sources: list[Any] = [None] * 8
+    bufs, lengths, sources = slots(8, 2000)
     assert wait_readable(rx)
     count = batch.recv(bufs, lengths, sources)
     assert count == len(sizes)
@@ -121,9 +141,7 @@ def test_recv_more_than_batch_and_endpoint_factory(io: ModuleType, sockets: Any)
     for k in range(10):
         tx.sendto(payload(k, 50 + k), rx.getsockname())
     batch = io.UdpBatch(rx.fileno(), make_source=Endpoint)
-    bufs = [bytearray(200) for _ in range(4)]
-    lengths = [0] * 4
-    sources: list[Any] = [None] * 4
+    bufs, lengths, sources = slots(4, 200)
     got: list[bytes] = []
     for expected in (4, 4, 2):
         assert batch.recv(bufs, lengths, sources) == expected
@@ -253,11 +271,7 @@ def gso_burst(tx: socket.socket, dest: Any, data: list[bytes], segment: int) -> 
 
 @FAMILIES
 def test_gro_receive_split_into_slots(io: ModuleType, sockets: Any, family: int) -> None:
-    rx = sockets(family)
-    tx = sockets(family, pktinfo=False)
-    if not io.probe_udp_gso(tx.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx = gro_sockets(io, sockets, family)
     dest = rx.getsockname()[:2]
     first = [payload(k, 1000) for k in range(10)] + [payload(10, 321)]
     second = [payload(20 + k, 500) for k in range(5)]
@@ -265,9 +279,7 @@ def test_gro_receive_split_into_slots(io: ModuleType, sockets: Any, family: int)
     gso_burst(tx, dest, second, 500)
     tx.sendto(b"single", dest)
     batch = io.UdpBatch(rx.fileno(), gro=True)
-    bufs = [bytearray(1500) for _ in range(6)]
-    lengths = [0] * 6
-    sources: list[Any] = [None] * 6
+    bufs, lengths, sources = slots(6)
     got: list[bytes] = []
     rounds = 0
     assert wait_readable(rx)
@@ -278,7 +290,7 @@ def test_gro_receive_split_into_slots(io: ModuleType, sockets: Any, family: int)
         rounds += 1
         for i in range(count):
             got.append(bytes(bufs[i][: lengths[i]]))
-            assert sources[i] == (tx.getsockname()[0], tx.getsockname()[1], LOOPBACK[family])
+            assert sources[i] == sender(tx, family)
         # Handed out and held together never exceed what was sent (exactly what they hold is
         # test_gro_pending_is_exactly_what_the_batch_holds).
         assert len(got) + batch.pending <= 17
@@ -293,11 +305,7 @@ def test_gro_receive_split_into_slots(io: ModuleType, sockets: Any, family: int)
 def test_gro_one_sender_one_source_object(io: ModuleType, sockets: Any, family: int) -> None:
     """A sender's datagrams carry the same source object whether they came coalesced (a GRO
     segment size) or alone: the lanes compare sources with the peer's endpoint by identity."""
-    rx = sockets(family)
-    tx = sockets(family, pktinfo=False)
-    if not io.probe_udp_gso(tx.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx = gro_sockets(io, sockets, family)
     made: list[tuple[str, int, str | None]] = []
 
     def make(ip: str, port: int, local: str | None) -> tuple[str, int, str | None]:
@@ -306,9 +314,7 @@ def test_gro_one_sender_one_source_object(io: ModuleType, sockets: Any, family: 
 
     dest = rx.getsockname()[:2]
     batch = io.UdpBatch(rx.fileno(), gro=True, make_source=make)
-    bufs = [bytearray(1500) for _ in range(8)]
-    lengths = [0] * 8
-    sources: list[Any] = [None] * 8
+    bufs, lengths, sources = slots(8)
     seen: list[Any] = []
     for burst in ([b"alone"], [payload(k, 600) for k in range(4)], [b"again"], [payload(9, 300)] * 3):
         if len(burst) > 1:
@@ -320,7 +326,7 @@ def test_gro_one_sender_one_source_object(io: ModuleType, sockets: Any, family: 
         assert count == len(burst)
         seen.extend(sources[:count])
     assert len(seen) == 9
-    assert made == [(tx.getsockname()[0], tx.getsockname()[1], LOOPBACK[family])]
+    assert made == [sender(tx, family)]
     assert all(source is made[0] for source in seen)
 
 
@@ -328,21 +334,13 @@ def test_gro_one_sender_one_source_object(io: ModuleType, sockets: Any, family: 
 def test_gro_pending_keeps_its_source_across_calls(io: ModuleType, sockets: Any, family: int) -> None:
     """Segments held back by one call (the slots were full) come out of the next call with
     their own sender, also when that call receives a datagram from another sender."""
-    rx = sockets(family)
-    tx_a = sockets(family, pktinfo=False)
-    tx_b = sockets(family, pktinfo=False)
-    if not io.probe_udp_gso(tx_a.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx_a, tx_b = gro_sockets(io, sockets, family, senders=2)
     dest = rx.getsockname()[:2]
-    a = (tx_a.getsockname()[0], tx_a.getsockname()[1], LOOPBACK[family])
-    b = (tx_b.getsockname()[0], tx_b.getsockname()[1], LOOPBACK[family])
+    a, b = sender(tx_a, family), sender(tx_b, family)
     burst = [payload(k, 400) for k in range(6)]
     gso_burst(tx_a, dest, burst, 400)
     batch = io.UdpBatch(rx.fileno(), gro=True)
-    bufs = [bytearray(1500) for _ in range(8)]
-    lengths = [0] * 8
-    sources: list[Any] = [None] * 8
+    bufs, lengths, sources = slots(8)
     assert wait_readable(rx)
     assert batch.recv(bufs[:4], lengths, sources) == 4  # 2 segments of a's burst held back
     assert sources[:4] == [a] * 4 and batch.pending == 2
@@ -358,11 +356,7 @@ def test_gro_pending_is_exactly_what_the_batch_holds(io: ModuleType, sockets: An
     """``pending`` counts the datagrams the batch received but did not hand out: with the
     socket emptied behind its back (by us, with plain recv), the batch hands out exactly
     ``pending`` more datagrams, the next ones in order, and we hold the rest."""
-    rx = sockets(family)
-    tx = sockets(family, pktinfo=False)
-    if not io.probe_udp_gso(tx.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx = gro_sockets(io, sockets, family)
     dest = rx.getsockname()[:2]
     first = [payload(k, 1000) for k in range(10)] + [payload(10, 321)]
     second = [payload(20 + k, 500) for k in range(5)]
@@ -371,9 +365,7 @@ def test_gro_pending_is_exactly_what_the_batch_holds(io: ModuleType, sockets: An
     tx.sendto(b"single", dest)
     sent = first + second + [b"single"]
     batch = io.UdpBatch(rx.fileno(), gro=True)
-    bufs = [bytearray(1500) for _ in range(6)]
-    lengths = [0] * 6
-    sources: list[Any] = [None] * 6
+    bufs, lengths, sources = slots(6)
     assert wait_readable(rx)
     assert batch.recv(bufs, lengths, sources) == 6
     got = [bytes(bufs[i][: lengths[i]]) for i in range(6)]
@@ -397,17 +389,11 @@ def test_gro_pending_is_exactly_what_the_batch_holds(io: ModuleType, sockets: An
 
 
 def test_gro_receive_small_slots_truncate_each_segment(io: ModuleType, sockets: Any) -> None:
-    rx = sockets(socket.AF_INET)
-    tx = sockets(socket.AF_INET, pktinfo=False)
-    if not io.probe_udp_gso(tx.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx = gro_sockets(io, sockets, socket.AF_INET)
     data = [payload(k, 800) for k in range(4)]
     gso_burst(tx, rx.getsockname(), data, 800)
     batch = io.UdpBatch(rx.fileno(), gro=True)
-    bufs = [bytearray(300) for _ in range(8)]
-    lengths = [0] * 8
-    sources: list[Any] = [None] * 8
+    bufs, lengths, sources = slots(8, 300)
     assert wait_readable(rx)
     assert batch.recv(bufs, lengths, sources) == 4
     assert lengths[:4] == [300] * 4
@@ -509,11 +495,7 @@ def test_gso_segment_over_mtu_is_sent_one_by_one(io: ModuleType) -> None:
 
 
 def test_gro_pending_survives_a_larger_batch(io: ModuleType, sockets: Any) -> None:
-    rx = sockets(socket.AF_INET)
-    tx = sockets(socket.AF_INET, pktinfo=False)
-    if not io.probe_udp_gso(tx.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx = gro_sockets(io, sockets, socket.AF_INET)
     data = [payload(k, 600) for k in range(12)]
     gso_burst(tx, rx.getsockname(), data, 600)
     batch = io.UdpBatch(rx.fileno(), gro=True)
@@ -538,9 +520,7 @@ def test_recv_fills_a_large_batch_in_one_call(io: ModuleType, sockets: Any) -> N
         tx.sendto(payload(k, 20 + k), rx.getsockname())
     assert wait_readable(rx)
     batch = io.UdpBatch(rx.fileno())
-    bufs = [bytearray(200) for _ in range(64)]
-    lengths = [0] * 64
-    sources: list[Any] = [None] * 64
+    bufs, lengths, sources = slots(64, 200)
     assert batch.recv(bufs, lengths, sources) == 50
     assert [bytes(bufs[i][: lengths[i]]) for i in range(50)] == [payload(k, 20 + k) for k in range(50)]
     assert batch.recv(bufs, lengths, sources) == 0

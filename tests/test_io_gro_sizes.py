@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_io import FAMILIES, LOOPBACK, gso_burst, payload, sockets, wait_readable
+from tests.test_io import FAMILIES, gro_sockets, gso_burst, payload, sender, slots, sockets, wait_readable
 
 __all__ = ["sockets"]  # the fixture, imported for pytest
 
@@ -56,13 +56,9 @@ def _send(tx: socket.socket, dest: Any, bursts: list[list[bytes]]) -> list[bytes
 @pytest.mark.parametrize("nslots", [3, 8, 64])
 def test_gro_segment_sizes_change_and_overflow(io: ModuleType, sockets: Any, family: int,
                                                       nslots: int) -> None:
-    rx = sockets(family)
-    tx = sockets(family, pktinfo=False)
-    if not io.probe_udp_gso(tx.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx = gro_sockets(io, sockets, family)
     dest = rx.getsockname()[:2]
-    who = (tx.getsockname()[0], tx.getsockname()[1], LOOPBACK[family])
+    who = sender(tx, family)
     batch = io.UdpBatch(rx.fileno(), gro=True)
     bursts = [
         [payload(k, 1000) for k in range(12)] + [payload(12, 77)],   # sets the segment size
@@ -88,11 +84,7 @@ def test_gro_segment_sizes_change_and_overflow(io: ModuleType, sockets: Any, fam
 @FAMILIES
 def test_gro_many_messages_one_call(io: ModuleType, sockets: Any, family: int) -> None:
     """Several coalesced messages waiting: one call fills every slot, in order, the rest held."""
-    rx = sockets(family)
-    tx = sockets(family, pktinfo=False)
-    if not io.probe_udp_gso(tx.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx = gro_sockets(io, sockets, family)
     dest = rx.getsockname()[:2]
     batch = io.UdpBatch(rx.fileno(), gro=True)
     first = _send(tx, dest, [[payload(k, 900) for k in range(4)]])
@@ -100,9 +92,7 @@ def test_gro_many_messages_one_call(io: ModuleType, sockets: Any, family: int) -
     assert [d for d, _ in _receive_all(batch, rx, 16, 1500, 4)] == first
     sent = _send(tx, dest, [[payload(10 * m + k, 900) for k in range(6)] for m in range(5)])
     assert wait_readable(rx)
-    bufs = [bytearray(1500) for _ in range(16)]
-    lengths = [0] * 16
-    sources: list[Any] = [None] * 16
+    bufs, lengths, sources = slots(16)
     count = batch.recv(bufs, lengths, sources)
     assert count == 16  # 30 waiting: a full batch
     got = [bytes(bufs[i][: lengths[i]]) for i in range(count)]
@@ -113,15 +103,9 @@ def test_gro_many_messages_one_call(io: ModuleType, sockets: Any, family: int) -
 
 @FAMILIES
 def test_gro_two_senders_and_small_slots(io: ModuleType, sockets: Any, family: int) -> None:
-    rx = sockets(family)
-    tx_a = sockets(family, pktinfo=False)
-    tx_b = sockets(family, pktinfo=False)
-    if not io.probe_udp_gso(tx_a.fileno()):
-        pytest.skip("no UDP GSO in this kernel")
-    assert io.enable_udp_gro(rx.fileno())
+    rx, tx_a, tx_b = gro_sockets(io, sockets, family, senders=2)
     dest = rx.getsockname()[:2]
-    a = (tx_a.getsockname()[0], tx_a.getsockname()[1], LOOPBACK[family])
-    b = (tx_b.getsockname()[0], tx_b.getsockname()[1], LOOPBACK[family])
+    a, b = sender(tx_a, family), sender(tx_b, family)
     batch = io.UdpBatch(rx.fileno(), gro=True)
     expected: list[tuple[bytes, Any]] = []
     for tx, who, k in ((tx_a, a, 0), (tx_b, b, 1), (tx_a, a, 2), (tx_b, b, 3)):
