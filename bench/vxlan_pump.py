@@ -32,24 +32,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tunnel.lab.bench import INNER, OUTER, VNI, Pair, build_pair, cpu_seconds
+from tunnel.lab.bench import INNER, OUTER, VNI, Pair, build_pair, cpu_seconds, loadavg, machine_cpu_times
 from tunnel.lab.benchreport import parse_ping, per_gigabyte, tcp_figures
 from tunnel.lab.netns import Lab
 from tunnel.wireguard import quick
-
-
-def cpu_times() -> tuple[float, float]:
-    """(busy, idle) seconds of the whole machine from /proc/stat (idle includes iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    tck = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / tck, idle / tck
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def vxlan_pair(lab: Lab, name: str, program: list[str], workers: int,
@@ -127,12 +113,12 @@ REVERSE = False  # --reverse: the server end sends (iperf3 -R)
 def tcp4(lab: Lab, pair: Pair, seconds: int) -> dict[str, Any]:
     cpu0 = cpu_seconds(pair.pids)
     threads0 = thread_cpu(pair.pids)
-    busy0, idle0 = cpu_times()
+    busy0, idle0 = machine_cpu_times()
     result = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=seconds,
                         extra=["-P", "4"], reverse=REVERSE)
     cpu1 = cpu_seconds(pair.pids)
     threads1 = thread_cpu(pair.pids)
-    busy1, idle1 = cpu_times()
+    busy1, idle1 = machine_cpu_times()
     bps, nbytes = tcp_figures(result)
     busy, idle = busy1 - busy0, idle1 - idle0
     per_thread = sorted((round(t - threads0.get(tid, 0.0), 2) for tid, t in threads1.items()),

@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tunnel.lab.bench import Pair, build_pair
+from tunnel.lab.bench import Pair, build_pair, loadavg
 from tunnel.lab.benchreport import parse_ping, per_gigabyte, tcp_figures
 from tunnel.lab.netns import Lab
 
@@ -56,11 +56,6 @@ def machine() -> tuple[float, float]:
         fields = [int(x) for x in f.readline().split()[1:]]
     tck = os.sysconf("SC_CLK_TCK")
     return (sum(fields[:8]) - fields[3] - fields[4]) / tck, fields[6] / tck
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def tcp(lab: Lab, pair: Pair, streams: int, seconds: int) -> dict[str, Any]:
@@ -150,8 +145,8 @@ def main(argv: Sequence[str]) -> int:
                 figures: dict[str, Any] = {}
                 if not opts.no_ping:
                     figures.update(ping(lab, pair, opts.pings, opts.interval))
-                for n in streams:
-                    figures.update(tcp(lab, pair, n, opts.time))
+                for count in streams:
+                    figures.update(tcp(lab, pair, count, opts.time))
                 for key, value in figures.items():
                     row.setdefault(key, []).append(value)
                 print(r, name, row["load"][-1],

@@ -22,23 +22,9 @@ import sys
 from typing import Any
 
 from tunnel.io.threads import thread_cpu_seconds
-from tunnel.lab.bench import Pair, build_pair
+from tunnel.lab.bench import Pair, build_pair, loadavg, machine_cpu_times
 from tunnel.lab.benchreport import per_gigabyte, tcp_figures
 from tunnel.lab.netns import Lab
-
-
-def cpu_times() -> tuple[float, float]:
-    """(busy, idle) seconds of the whole machine from /proc/stat (idle includes iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    tck = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / tck, idle / tck
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def threads_cpu(pair: Pair) -> dict[str, float]:
@@ -72,11 +58,11 @@ def _netns_of_name(name: str) -> str:
 
 
 def run_once(lab: Lab, pair: Pair, streams: int, seconds: int, reverse: bool) -> dict[str, Any]:
-    busy0, idle0 = cpu_times()
+    busy0, idle0 = machine_cpu_times()
     t0 = threads_cpu(pair)
     result = lab.iperf3(pair.server, pair.client, pair.server_addr, seconds=seconds, reverse=reverse,
                         extra=["-P", str(streams)])
-    busy1, idle1 = cpu_times()
+    busy1, idle1 = machine_cpu_times()
     t1 = threads_cpu(pair)
     bps, nbytes = tcp_figures(result)
     per_thread = {k: round(v - t0.get(k, 0.0), 2) for k, v in t1.items()}
