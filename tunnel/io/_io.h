@@ -422,6 +422,11 @@ static size_t wgpy_cut(wgpy_super *w, unsigned char *out, size_t room) {
     return size;
 }
 
+/* How many segments wgpy_cut will still write for w. */
+static size_t wgpy_segments_left(const wgpy_super *w) {
+    return w->next >= w->len ? 0 : (w->len - w->next + w->mss - 1) / w->mss;
+}
+
 /* --- TCP coalescing on the way into the TUN device (GRO) ------------------------------ */
 
 typedef struct {

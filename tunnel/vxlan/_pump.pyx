@@ -285,7 +285,8 @@ cdef class Inbound:
         source = sources[0]
         size = len(<bytearray>bufs[0])
         for i in range(n):
-            if <Py_ssize_t>lengths[i] >= size or sources[i] != source:
+            item = sources[i]
+            if <Py_ssize_t>lengths[i] >= size or (item is not source and item != source):
                 return n  # a datagram filled its slot, or more than one sender
         runs = []
         accepted, nbytes = self.fast.decap_batch(bufs, lengths, n, snap.vni, snap.own_mac,
