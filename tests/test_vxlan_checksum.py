@@ -533,7 +533,7 @@ def test_complete_segments_coalesce_and_a_corrupt_one_is_caught(
     assert batch.write_slots(bufs, lengths, 8, bytearray(len(sent)), len(sent)) == len(sent)
     got = _read_all(peer)
     assert len(got) == 3
-    for message, group in zip(got, [run[:half], [bytes(corrupt)], run[half + 1:]]):
+    for message, group in zip(got, [run[:half], [bytes(corrupt)], run[half + 1:]], strict=True):
         flags, gso = message[0], message[1]
         if len(group) == 1:
             assert message[:10] == bytes(10)  # no NEEDS_CSUM, no DATA_VALID: the stack checks
