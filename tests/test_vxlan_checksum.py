@@ -503,3 +503,43 @@ def test_mtu_attribute_errors(io: ModuleType, tap: tuple[socket.socket, socket.s
     with pytest.raises(TypeError):
         batch.mtu = "1500"
     assert batch.mtu == 9000
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("where", [0, 301, 999])
+def test_complete_segments_coalesce_and_a_corrupt_one_is_caught(
+        io: ModuleType, frames: list[bytes], tap: tuple[socket.socket, socket.socket],
+        version: int, where: int) -> None:
+    """What a wg-py sender's TSO cut puts in the datagrams: segments with complete checksums.
+    Nothing vouches for a complete inner checksum on our side (the kernel vxlan verifies such a
+    packet's checksum in its TCP, from CHECKSUM_COMPLETE or in software; only a CHECKSUM_PARTIAL
+    skb is trusted as it is), so each one is verified before it joins a run written with
+    NEEDS_CSUM (which the kernel trusts). A payload byte flipped after the checksum was computed
+    (corrupted before the encapsulation: the outer UDP checksum would cover the corrupt bytes)
+    ends the run: that frame goes alone, unchanged, behind a zeroed virtio-net header, so the
+    kernel's TCP checks it and drops it, as a kernel vxlan receiver would. The corrupt byte sits
+    in the native sum's 64-byte blocks (0, 301) or in its tail (999 of 1,000)."""
+    ours, peer = tap
+    batch = io.TunBatch(ours.fileno(), vnet_hdr=True, gro=True, l2=14, verify=True)
+    run = [f[:14] + wire.completed(_ip(f)) for f in _segment_run(frames, version)]
+    assert all(wire.verdict(_ip(f)) == "valid" for f in run)
+    _, end, _, _ = _tcp(run[0])
+    half = len(run) // 2
+    corrupt = bytearray(run[half])
+    corrupt[end + where] ^= 0x20
+    assert wire.verdict(_ip(bytes(corrupt))) == "wrong"
+    sent = run[:half] + [bytes(corrupt)] + run[half + 1:]
+    bufs, lengths = _slots(sent)
+    assert batch.write_slots(bufs, lengths, 8, bytearray(len(sent)), len(sent)) == len(sent)
+    got = _read_all(peer)
+    assert len(got) == 3
+    for message, group in zip(got, [run[:half], [bytes(corrupt)], run[half + 1:]], strict=True):
+        flags, gso = message[0], message[1]
+        if len(group) == 1:
+            assert message[:10] == bytes(10)  # no NEEDS_CSUM, no DATA_VALID: the stack checks
+            assert message[10:] == group[0]
+            continue
+        assert flags == 1 and gso == (1 if version == 4 else 4)
+        assert message[10 + end:] == b"".join(f[end:] for f in group)
+        assert wire.verdict(wire.completed(_ip(message[10:]))) == "valid"
+    assert batch.csum_partial == 0

@@ -316,6 +316,99 @@ def test_full_journal_goes_to_after(rig: Rig) -> None:
     assert rig.afters == [("tx", 1, None)] and rig.out.lane
 
 
+class Leftovers:
+    """A batch I/O object whose ``pending`` the test sets (the real one's otherwise): segments
+    waiting in a TAP or UDP batch, which the rig's plain TAP and GRO-less socket never have."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.pending = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_full_batch_is_journaled_when_the_pump_may_reschedule(rig: Rig) -> None:
+    """A full lane batch: without ``again`` the shell's ``after`` accounts for it; with it, the
+    pump journals it like a settled one and asks for nothing (the fd stays readable); the next
+    wake-up reads the rest. The records do to the engine what the general way does."""
+    frames = [ipv4_udp_frame(PEER_MAC, OWN_MAC, 3000 + i, b"w" * (40 + i)) for i in range(2 * BATCH + 1)]
+    for f in frames[:BATCH]:
+        rig.kernel.send(f)
+    rig.out.on_readable()
+    assert rig.afters == [("tx", BATCH, None)] and rig.out.lane and rig.journal.records == []
+    accounted = rig.out.pending_record()  # what the shell's after applies
+    rig.afters.clear()
+    again: list[Callable[[], None]] = []
+    rig.out.again = again.append
+    for f in frames[BATCH:]:
+        rig.kernel.send(f)
+    rig.out.on_readable()
+    assert rig.afters == [] and again == [] and len(rig.journal.records) == 1
+    rig.out.on_readable()  # the one left
+    assert rig.afters == [] and len(rig.journal.records) == 2
+    got = [rig.peer.recv(4096) for _ in frames]
+    assert sorted(got) == sorted(vxlan_header(VNI) + f for f in frames)
+    rig.pump.apply_record(rig.engine, accounted)
+    rig.apply()
+    rig.oracle_transmit(frames)
+    assert rig.counters(rig.engine) == rig.counters(rig.oracle)
+
+
+def test_waiting_segments_make_the_pump_reschedule_itself(rig: Rig) -> None:
+    """Segments left in the TAP batch (or the UDP batch) do not make the fd readable: with
+    ``again`` the pump journals the lane batch and calls ``again(on_readable)``, as the shell's
+    ``after`` would reschedule it; without, ``after`` gets the batch."""
+    rig.learn(PEER_MAC)
+    tap = Leftovers(rig.tap)
+    rig.out.tap = rig.inb.tap = tap
+    udp = Leftovers(rig.udp)
+    rig.inb.udp = udp
+    tap.pending = 1
+    rig.kernel.send(ipv4_udp_frame(PEER_MAC, OWN_MAC, 1, b"a"))
+    rig.out.on_readable()
+    assert rig.afters == [("tx", 1, None)]
+    rig.afters.clear()
+    again: list[Callable[[], None]] = []
+    rig.out.again = rig.inb.again = again.append
+    rig.kernel.send(ipv4_udp_frame(PEER_MAC, OWN_MAC, 2, b"b"))
+    rig.out.on_readable()
+    assert rig.afters == [] and again == [rig.out.on_readable]
+    assert [r[0] for r in rig.journal.records] == [rig.pump.SENT]
+    # inbound: GRO segments waiting; its outbound reply also leaves segments: inbound first
+    tap.pending = 0
+    udp.pending = 2
+    again.clear()
+    send_to(rig, [vxlan_header(VNI) + ipv4_udp_frame(OWN_MAC, PEER_MAC, 3, b"c")])
+    rig.inb.on_readable()
+    assert rig.afters == [] and again == [rig.inb.on_readable] and rig.inb.written == 1
+    assert rig.kernel.recv(4096)[12:14] == b"\x08\x00"
+    udp.pending = 0
+    tap.pending = 1
+    again.clear()
+    rig.kernel.send(ipv4_udp_frame(PEER_MAC, OWN_MAC, 4, b"d"))  # the "answer" the write makes
+    send_to(rig, [vxlan_header(VNI) + ipv4_udp_frame(OWN_MAC, PEER_MAC, 5, b"e")])
+    rig.inb.on_readable()
+    assert rig.afters == [] and rig.inb.answered and rig.inb.replied == 1
+    assert again == [rig.out.on_readable]
+    kinds = [r[0] for r in rig.journal.records]
+    assert kinds == [rig.pump.SENT, rig.pump.RECEIVED, rig.pump.RECEIVED, rig.pump.SENT]
+
+
+def test_leftovers_with_anything_else_still_go_to_after(rig: Rig) -> None:
+    """``again`` covers only what is left to read: a full batch that takes the general way
+    (no snapshot) or a send with a refused datagram still goes to ``after``."""
+    again: list[Callable[[], None]] = []
+    rig.out.again = again.append
+    rig.out.snapshot = None
+    for i in range(BATCH):
+        rig.kernel.send(ipv4_udp_frame(PEER_MAC, OWN_MAC, 10 + i, b"g"))
+    rig.out.on_readable()
+    assert rig.afters == [("tx", BATCH, None)] and not rig.out.lane and again == []
+    assert not rig.out.leftover(BATCH) and not rig.out.leftover(0)
+    assert not rig.inb.leftover(0)
+
+
 def test_read_error_goes_to_after(rig: Rig) -> None:
     rig.tap_sock.close()
     rig.out.on_readable()

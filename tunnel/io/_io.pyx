@@ -18,6 +18,10 @@ one). Single-threaded: one event loop owns an object; a second thread gets Runti
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.exc cimport PyErr_Clear
+from cpython.list cimport PyList_GET_ITEM
+from cpython.long cimport PyLong_AsSsize_t, PyLong_CheckExact
+from cpython.ref cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.errno cimport EAGAIN, EINTR, EINVAL, errno
@@ -83,6 +87,7 @@ cdef extern from "_io.h":
     int wgpy_parse_super(wgpy_super *w, const unsigned char *pkt, size_t len,
                          const unsigned char *hdr, size_t mtu) nogil
     size_t wgpy_cut(wgpy_super *w, unsigned char *out, size_t room) nogil
+    size_t wgpy_segments_left(const wgpy_super *w) nogil
     void wgpy_tcp_info(const unsigned char *p, size_t len, wgpy_tcpinfo *t) nogil
     int wgpy_tcp_follows(const unsigned char *first, const wgpy_tcpinfo *tf,
                          const unsigned char *prev, const wgpy_tcpinfo *tp,
@@ -167,6 +172,22 @@ cdef inline void release_views(Py_buffer *views, Py_ssize_t count) noexcept:
     cdef Py_ssize_t i
     for i in range(count):
         PyBuffer_Release(&views[i])
+
+
+cdef inline int set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1:
+    """``lengths[i] = value`` (i < len(lengths), checked by the caller), unless the slot already
+    holds an int of that value: the slots of a settled flow keep their lengths from one batch to
+    the next (MTU-sized segments), and rewriting them would make and free one int per packet."""
+    cdef PyObject *old = PyList_GET_ITEM(lengths, i)
+    cdef Py_ssize_t current
+    if PyLong_CheckExact(<object>old):
+        current = PyLong_AsSsize_t(<object>old)
+        if current == value:
+            return 0
+        if current == -1:
+            PyErr_Clear()  # out of range for Py_ssize_t: it is replaced below
+    lengths[i] = value
+    return 0
 
 
 include "_io_udp.pxi"

@@ -151,10 +151,17 @@ cdef class TunBatch:
             self._reserve(n)
             self._too_big = self._short = self._bad_gso = self._bad_csum = 0
             # Slots are pinned as the batch fills (2, then 8, 32, ...): a lone packet (a ping)
-            # touches two buffers, not the whole batch.
+            # touches two buffers, not the whole batch. A super-packet being cut when the pinned
+            # slots ran out says how many more it needs: those (and two for what follows) are
+            # pinned, not four times the slots so far.
             limit = 0
             while True:
-                want = n if limit * 4 >= n or n <= 2 else (2 if limit == 0 else limit * 4)
+                if self._has_work and limit:
+                    want = count + <Py_ssize_t>wgpy_segments_left(&self._work) + 2
+                    if want > n:
+                        want = n
+                else:
+                    want = n if limit * 4 >= n or n <= 2 else (2 if limit == 0 else limit * 4)
                 for i in range(pinned, want):
                     PyObject_GetBuffer(bufs[i], &self._views[i], PyBUF_WRITABLE)
                     pinned = i + 1
@@ -166,7 +173,7 @@ cdef class TunBatch:
                 if count < limit or limit == n or err:
                     break
             for i in range(count):
-                lengths[i] = self._lens[i]
+                set_length(lengths, i, self._lens[i])
             self._tally("read:too_big", self._too_big)
             self._tally("read:short", self._short)
             self._tally("read:bad_gso", self._bad_gso)

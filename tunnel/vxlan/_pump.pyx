@@ -59,6 +59,7 @@ cdef class Outbound:
     cdef public Py_ssize_t errors
     cdef public list macs
     cdef public list remotes
+    cdef public object again
 
     def __init__(self, tap, batch, fast, Journal journal not None, after, Py_ssize_t headroom):
         self._headroom = _check_headroom(headroom)
@@ -79,6 +80,7 @@ cdef class Outbound:
         self.errors = 0
         self.macs = []
         self.remotes = []
+        self.again = None
 
     @property
     def headroom(self):
@@ -98,9 +100,16 @@ cdef class Outbound:
             count = self.run(self.tap_bufs, self.tap_lengths, self._headroom, self.now)
         except Exception as exc:  # the shell sorts it out (a TAP read error, or a bug)
             error = exc
-        if error is None and self.settled(count) and self.journal.open():
-            self.record(count)
-            return
+        if error is None and self.journal.open():
+            if self.settled(count):
+                self.record(count)
+                return
+            again = self.again
+            if again is not None and self.leftover(count):
+                self.record(count)
+                if self.tap.pending:
+                    again(self.on_readable)
+                return
         self.after(count, error)
 
     cpdef bint settled(self, Py_ssize_t count):
@@ -109,6 +118,12 @@ cdef class Outbound:
         if count >= len(self.tap_bufs) or tap.pending or tap.errors:
             return False
         return count == 0 or (self.lane and not self.full and not self.errors)
+
+    cpdef bint leftover(self, Py_ssize_t count):
+        """Whether the last run sent a lane batch whose only loose end is what is left to read."""
+        tap = self.tap
+        return (count > 0 and self.lane and not self.full and not self.errors and not tap.errors
+                and (count >= len(self.tap_bufs) or bool(tap.pending)))
 
     cpdef tuple pending_record(self):
         """The SENT record of the last run's lane batch."""
@@ -195,6 +210,7 @@ cdef class Inbound:
     cdef public bint answered
     cdef public Py_ssize_t replied
     cdef public object reply_error
+    cdef public object again
 
     def __init__(self, udp, tap, fast, Outbound outbound not None, after):
         self.udp = udp
@@ -217,6 +233,7 @@ cdef class Inbound:
         self.answered = False
         self.replied = 0
         self.reply_error = None
+        self.again = None
 
     def on_readable(self):
         """The UDP fd's callback: one run, the outbound run if frames were written, then the
@@ -241,13 +258,22 @@ cdef class Inbound:
                                             outbound._headroom, self.now)
             except Exception as exc:
                 self.reply_error = exc
-        if (error is None and self.settled(count) and journal.open()
-                and (not self.answered or (self.reply_error is None
-                                           and outbound.settled(self.replied)))):
+        again = self.again
+        if (error is None
+                and (self.settled(count) or (again is not None and self.leftover(count)))
+                and journal.open()
+                and (not self.answered or (self.reply_error is None and (
+                    outbound.settled(self.replied)
+                    or (again is not None and outbound.leftover(self.replied)))))):
             if count:
                 journal.add(self.pending_record())
             if self.answered:
                 outbound.record(self.replied)
+            if again is not None:
+                if self.udp.pending:
+                    again(self.on_readable)
+                elif self.answered and self.tap.pending:
+                    again(outbound.on_readable)
             return
         self.after(count, error)
 
@@ -260,6 +286,12 @@ cdef class Inbound:
             return True
         return (count < len(self.udp_bufs) and self.lane and self.write_error is None
                 and not self.tap.errors)
+
+    cpdef bint leftover(self, Py_ssize_t count):
+        """Whether the last run wrote a lane batch whose only loose end is what is left to read."""
+        return (count > 0 and not self.udp.errors and self.lane and self.write_error is None
+                and not self.tap.errors
+                and (count >= len(self.udp_bufs) or bool(self.udp.pending)))
 
     cpdef tuple pending_record(self):
         """The RECEIVED record of the last run's lane batch."""
@@ -285,7 +317,8 @@ cdef class Inbound:
         source = sources[0]
         size = len(<bytearray>bufs[0])
         for i in range(n):
-            if <Py_ssize_t>lengths[i] >= size or sources[i] != source:
+            item = sources[i]
+            if <Py_ssize_t>lengths[i] >= size or (item is not source and item != source):
                 return n  # a datagram filled its slot, or more than one sender
         runs = []
         accepted, nbytes = self.fast.decap_batch(bufs, lengths, n, snap.vni, snap.own_mac,

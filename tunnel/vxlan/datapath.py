@@ -71,6 +71,8 @@ class DataPath:
         inb.udp_lengths = [0] * BATCH
         inb.udp_sources = [None] * BATCH
         inb.verdicts = bytearray(BATCH)
+        # a lane batch with leftovers to read is journaled by the pump, which reschedules itself
+        out.again = inb.again = self._again
         # what this data path handled, for show (the engine's counters are the sums)
         self.counters = {"tx_frames": 0, "rx_frames": 0, "pump_tx": 0, "pump_rx": 0,
                          "general_tx": 0, "general_rx": 0}
@@ -94,6 +96,11 @@ class DataPath:
         bufs = self.outbound.tap_bufs
         if not bufs or len(bufs[0]) != size:
             self.outbound.tap_bufs = [bytearray(size) for _ in range(BATCH)]
+
+    def _again(self, callback: Callable[[], None]) -> None:
+        """The pumps' ``again``: run ``callback`` soon, through :attr:`reschedule` as it is at
+        the call (a worker replaces it after construction)."""
+        self.reschedule(callback)
 
     # ---- the journal -----------------------------------------------------------------------
 
