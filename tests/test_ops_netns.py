@@ -53,6 +53,9 @@ def test_show_adds_rates_drops_offloads_and_wg_still_works(netns_factory: Lab) -
     assert set(impl.values()) <= {"cython", "pure"}
     assert stats["offloads"]["tun_vnet_hdr"] is True  # default offloads on
     assert "tso4" in stats["offloads"]["tun"]
+    # The daemon's GC policy (WGPY_GC unset: freeze): its start-up objects were frozen.
+    assert stats["gc"]["mode"] == "freeze" and stats["gc"]["freezes"] >= 1
+    assert stats["gc"]["frozen"] > 10_000
     # The same daemon still answers the real wg (which never sends stats=1).
     rx, tx = a.transfer_of(b)
     assert 0 < rx <= show_json(lab, a)["peers"][0]["rx_bytes"]

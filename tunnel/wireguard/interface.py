@@ -76,7 +76,7 @@ from tunnel.io.endpoint import Endpoint
 from tunnel.io.journal_ref import JOURNAL_DELAY  # seconds the lanes' bookkeeping may wait (when idle)
 from tunnel.io.tun import IO_NAME, Tun, TunGone
 from tunnel.io.udp import BatchSocket, UdpBind
-from tunnel.wireguard import pump
+from tunnel.wireguard import gcpolicy, pump
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.device_config import DeviceConfig
@@ -281,6 +281,7 @@ class Interface(DeviceConfig):
                          "udp_gso": bind.gso if bind is not None else False,
                          "udp_gro": bind.gro if bind is not None else False},
             "errors": dict(sorted((k, v) for k, v in errors.items() if v)),
+            "gc": gcpolicy.state(),
         })
         return stats
 
