@@ -29,6 +29,7 @@ import os
 import re
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -254,6 +255,17 @@ def overlaps(c: Contender) -> dict[str, dict[str, float]]:
     return result
 
 
+def set_slice(tid: int, ns: int) -> None:
+    """sched_setattr(tid, SCHED_OTHER, sched_runtime=ns): the EEVDF slice a task asks for (Linux 6.12+)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(struct.pack("IIQiIQQQII", 56, 0, 0, 0, 0, ns, 0, 0, 0, 0), 56)
+    if libc.syscall(314, tid, attr, 0):  # SYS_sched_setattr on x86-64
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def sched_summary(c: Contender) -> str:
     """The RTT with the time spent waiting for a CPU taken out, and how much of the tail that is."""
     rtts = [r for _, _, r in c.pings]
@@ -281,6 +293,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--program", action="append", default=[], metavar="LABEL:PATH")
     p.add_argument("--wireguard-go", metavar="PATH")
     p.add_argument("--veth", action="store_true")
+    p.add_argument("--slice", action="append", default=[], metavar="LABEL:NS",
+                   help="set the scheduler slice (sched_setattr, SCHED_OTHER's sched_runtime) of a "
+                        "contender's daemon threads from outside, after the start")
     p.add_argument("--probe", default="", help="what the wg-py daemons record: gc,calls,wake")
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--pings", type=int, default=500)
@@ -316,6 +331,13 @@ def main(argv: list[str]) -> int:
             contenders.append(wg_contender(lab, "wggo", [opts.wireguard_go], {"LOG_LEVEL": "error"}, False))
         if opts.veth:
             contenders.append(veth_contender(lab))
+        for spec in opts.slice:
+            label, _, ns = spec.partition(":")
+            for c in contenders:
+                if c.label == label:
+                    for pid in c.pids:
+                        for tid in os.listdir(f"/proc/{pid}/task"):
+                            set_slice(int(tid), int(ns))
         for c in contenders:  # discard what the set-up left in the probes
             if c.probed:
                 collect(c, probe_dir)

@@ -72,6 +72,7 @@ from typing import Any, Protocol
 
 from crypto.backend import HEADROOM, OK, TAG_SIZE
 from crypto.backend import NAME as CIPHER_NAME
+from tunnel.io import sched
 from tunnel.io.endpoint import Endpoint
 from tunnel.io.journal_ref import JOURNAL_DELAY  # seconds the lanes' bookkeeping may wait (when idle)
 from tunnel.io.tun import IO_NAME, Tun, TunGone
@@ -282,6 +283,7 @@ class Interface(DeviceConfig):
                          "udp_gro": bind.gro if bind is not None else False},
             "errors": dict(sorted((k, v) for k, v in errors.items() if v)),
             "gc": gcpolicy.state(),
+            "sched": {"slice_us": sched.get_slice()},
         })
         return stats
 
