@@ -366,9 +366,10 @@ def main(argv: list[str]) -> int:
         row["max"] = rtts[-1] if rtts else float("nan")
         print(f"{c.label:>10} {row['p50']:7.3f} {row['p90']:7.3f} {row['p99']:7.3f} {row['p999']:7.3f} "
               f"{row['max']:7.3f}  {len(rtts):5d} {c.lost:4d}  {c.loads[0]} .. {c.loads[-1]}")
-        entry: dict[str, Any] = {**row, "pings": c.pings, "lost": c.lost, "loads": c.loads}
+        entry: dict[str, Any] = {**{k: round(v, 3) for k, v in row.items()}, "lost": c.lost, "loads": c.loads,
+                                 "pings": [(round(t, 6), seq, rtt) for t, seq, rtt in c.pings]}
         if c.waits and len(c.waits) == len(c.pings):
-            entry["waits"] = c.waits
+            entry["waits"] = [(round(w, 3), round(r, 3)) for w, r in c.waits]
             print(sched_summary(c))
         if c.probed:
             kinds = Counter(event_kind(e) for e in c.events)
@@ -377,7 +378,7 @@ def main(argv: list[str]) -> int:
                 durations.setdefault(event_kind(e), []).append((e[4] - e[3]) * 1e6)
             seconds = max(c.covered, 1e-9)
             entry["overlaps"] = ov = overlaps(c)
-            entry["events"] = c.events
+            entry["events"] = [[*e[:3], round(e[3], 6), round(e[4], 6), *e[5:]] for e in c.events]
             entry["tracked"] = c.tracked
             print(f"           events per second (both daemons), median / max duration (us), share of pings "
                   f"overlapping one: slowest 1% / slowest 10% / other 90%   (objects tracked by the GC: "
@@ -391,7 +392,7 @@ def main(argv: list[str]) -> int:
         report["contenders"][c.label] = entry
     if opts.json:
         with open(opts.json, "w") as f:
-            json.dump(report, f)
+            json.dump(report, f, separators=(",", ":"))
     return 0
 
 
