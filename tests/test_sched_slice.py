@@ -95,6 +95,13 @@ def test_another_threads_slice_by_its_id() -> None:
         thread.join(30)
 
 
+def test_the_slice_in_use_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``wg-py show`` reports: the slice, or None where the system call fails."""
+    assert sched.slice_in_use() == sched.get_slice()
+    monkeypatch.setattr("platform.machine", lambda: "unknown-cpu")
+    assert sched.slice_in_use() is None
+
+
 def test_a_missing_thread_is_an_os_error() -> None:
     with pytest.raises(OSError):
         sched.get_slice(2**22 + 12345)  # above the default pid_max: no such thread

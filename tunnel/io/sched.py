@@ -75,6 +75,15 @@ def get_slice(tid: int = 0) -> int:
     return int(_ATTR.unpack(attr.raw)[5] // 1000)
 
 
+def slice_in_use() -> int | None:
+    """The calling thread's slice in microseconds, or None where it cannot be read (for
+    reports, which must not fail)."""
+    try:
+        return get_slice()
+    except OSError:
+        return None
+
+
 def set_process_slice(us: int) -> list[int]:
     """Ask for ``us`` microseconds for every thread of this process; the slices read back."""
     got = []
@@ -84,4 +93,4 @@ def set_process_slice(us: int) -> list[int]:
     return got
 
 
-__all__ = ["DEFAULT_SLICE_US", "ENV", "get_slice", "parse_slice", "set_process_slice", "set_slice"]
+__all__ = ["DEFAULT_SLICE_US", "ENV", "get_slice", "parse_slice", "set_process_slice", "set_slice", "slice_in_use"]
