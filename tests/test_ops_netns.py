@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from tests.netns import Lab, Node, netns_factory, requires_root_netns, wait_for, wg_pair  # noqa: F401
+from tests.test_sched_slice import custom_slices
+from tunnel.io import sched
 
 pytestmark = [pytest.mark.netns, requires_root_netns]
 
@@ -53,6 +55,11 @@ def test_show_adds_rates_drops_offloads_and_wg_still_works(netns_factory: Lab) -
     assert set(impl.values()) <= {"cython", "pure"}
     assert stats["offloads"]["tun_vnet_hdr"] is True  # default offloads on
     assert "tso4" in stats["offloads"]["tun"]
+    # The daemon's GC policy (WGPY_GC unset: freeze): its start-up objects were frozen.
+    assert stats["gc"]["mode"] == "freeze" and stats["gc"]["freezes"] >= 1
+    assert stats["gc"]["frozen"] > 10_000
+    # The scheduler slice it asked for (WGPY_SLICE unset: 100 us) on a kernel that has them.
+    assert stats["sched"]["slice_us"] == (sched.DEFAULT_SLICE_US if custom_slices() else stats["sched"]["slice_us"])
     # The same daemon still answers the real wg (which never sends stats=1).
     rx, tx = a.transfer_of(b)
     assert 0 < rx <= show_json(lab, a)["peers"][0]["rx_bytes"]

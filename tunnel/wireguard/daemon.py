@@ -24,6 +24,17 @@ DEBUG messages) and ``silent``. Logs go to stdout. A daemonized child keeps stdo
 only when LOG_LEVEL is set and not silent; otherwise all three of its standard fds are
 /dev/null, as wireguard-go does (stdin is /dev/null in every case).
 
+GC: ``WGPY_GC`` (``freeze``, the default, or ``default``) is the policy for CPython's cyclic
+garbage collector (tunnel/wireguard/gcpolicy.py): once set up, the daemon collects and freezes
+its long-lived objects, so that a full collection, which would otherwise walk all of them
+(7-29 ms here), never stalls a packet; ``wg-py show`` reports it. A bad value fails the start.
+
+Scheduler slice: ``WGPY_SLICE`` (microseconds, 100..100000, or ``off``; unset: 100) is the
+EEVDF slice every thread of the daemon asks for once it is set up (tunnel/io/sched.py): a
+woken daemon then preempts a process that has been running instead of waiting behind it, which
+is most of a ping's tail on a busy machine. ``wg-py show`` reports the slice in use; a bad value
+fails the start; a kernel without custom slices (before 6.12) keeps its default.
+
 Extension requests (UAPI ``ext=WORD ...``, e.g. the L2 overlay's ``ext=vxlan add ...``): their
 handlers are given to :func:`main` by the caller, never imported here, because they live in
 packages above this one (``tunnel.overlay`` imports ``tunnel.wireguard``, so the reverse import
@@ -48,9 +59,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tunnel.io import sched
 from tunnel.io.tun import Tun
 from tunnel.metrics import LoopCollector, MetricsError, MetricsServer, open_server
 from tunnel.metrics.wireguard import families as wireguard_families
+from tunnel.wireguard import gcpolicy
 from tunnel.wireguard.constants import DEFAULT_MTU
 from tunnel.wireguard.interface import PUMP_NAME, Extension, Interface
 from tunnel.wireguard.uapi_server import UapiServer, listen_socket, socket_path
@@ -144,6 +157,8 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
             workers = parse_workers(options.workers)
         else:
             workers = parse_workers(os.environ.get(WORKERS_ENV), WORKERS_ENV)
+        gc_mode = gcpolicy.parse_mode(os.environ.get(gcpolicy.ENV))
+        slice_us = sched.parse_slice(os.environ.get(sched.ENV))
     except ValueError as exc:
         print(f"wg-py: {exc}", file=sys.stderr)
         return 1
@@ -169,6 +184,7 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
         print(f"wg-py: failed to open {workers} TUN queues: {exc}", file=sys.stderr)
         return 1
     interface.extensions.update(extensions or {})
+    interface.attachments.append(gcpolicy.GcPolicy(gc_mode))  # started by _serve, when set up
     try:
         interface.open_bind(0)
     except OSError as exc:
@@ -186,9 +202,9 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
     if metrics is not None:
         log.info("metrics on http://%s:%d/metrics", metrics.host or "*", metrics.port)
     if options.foreground:
-        return _run(interface, uapi_sock, uapi_inode, None, metrics)
+        return _run(interface, uapi_sock, uapi_inode, None, metrics, slice_us)
     quiet = level is None or not os.environ.get("LOG_LEVEL")
-    return _daemonize(interface, uapi_sock, uapi_inode, metrics, quiet=quiet)
+    return _daemonize(interface, uapi_sock, uapi_inode, metrics, quiet=quiet, slice_us=slice_us)
 
 
 def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
@@ -199,7 +215,7 @@ def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
 
 
 def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, metrics: MetricsServer | None,
-               quiet: bool) -> int:
+               quiet: bool, slice_us: int = 0) -> int:
     """Double fork; the original process returns 0 once the grandchild reports it is running."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -232,7 +248,7 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, 
             os.dup2(null, 1)
             os.dup2(null, 2)
         os.close(null)
-        code = _run(interface, uapi_sock, uapi_inode, ready_w, metrics)
+        code = _run(interface, uapi_sock, uapi_inode, ready_w, metrics, slice_us)
     except BaseException:
         log.exception("daemon failed")
         code = 1
@@ -242,19 +258,19 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, 
 
 
 def _run(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None,
-         metrics: MetricsServer | None = None) -> int:
+         metrics: MetricsServer | None = None, slice_us: int = 0) -> int:
     import uvloop
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(interface, uapi_sock, uapi_inode, ready_fd, metrics))
+            return runner.run(_serve(interface, uapi_sock, uapi_inode, ready_fd, metrics, slice_us))
     finally:
         if metrics is not None:
             metrics.close()
 
 
 async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None,
-                 metrics: MetricsServer | None = None) -> int:
+                 metrics: MetricsServer | None = None, slice_us: int = 0) -> int:
     loop = asyncio.get_running_loop()
     name = interface.name
     server = UapiServer(uapi_sock, socket_path(name), uapi_inode, interface)
@@ -276,6 +292,14 @@ async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int
         await server.close()
         interface.close()
         raise
+    if slice_us:  # every thread (the workers' too): see tunnel/io/sched.py
+        try:
+            log.info("scheduler slice of %s: %s us", name, sched.set_process_slice(slice_us))
+        except OSError as exc:
+            log.info("could not ask for a %d us scheduler slice: %s", slice_us, exc)
+    for attachment in interface.attachments:
+        if isinstance(attachment, gcpolicy.GcPolicy):
+            attachment.start()  # everything so far lives as long as the daemon: freeze it
     if _early_signals:
         on_signal(_early_signals[0])
     if ready_fd is not None:

@@ -72,11 +72,12 @@ from typing import Any, Protocol
 
 from crypto.backend import HEADROOM, OK, TAG_SIZE
 from crypto.backend import NAME as CIPHER_NAME
+from tunnel.io import sched
 from tunnel.io.endpoint import Endpoint
 from tunnel.io.journal_ref import JOURNAL_DELAY  # seconds the lanes' bookkeeping may wait (when idle)
 from tunnel.io.tun import IO_NAME, Tun, TunGone
 from tunnel.io.udp import BatchSocket, UdpBind
-from tunnel.wireguard import pump
+from tunnel.wireguard import gcpolicy, pump
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.device_config import DeviceConfig
@@ -281,6 +282,8 @@ class Interface(DeviceConfig):
                          "udp_gso": bind.gso if bind is not None else False,
                          "udp_gro": bind.gro if bind is not None else False},
             "errors": dict(sorted((k, v) for k, v in errors.items() if v)),
+            "gc": gcpolicy.state(),
+            "sched": {"slice_us": sched.slice_in_use()},
         })
         return stats
 
