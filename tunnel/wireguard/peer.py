@@ -86,8 +86,10 @@ class Peer:
 
     @endpoint.setter
     def endpoint(self, value: Endpoint | None) -> None:
+        old = self._endpoint
         self._endpoint = value
-        self._bump()
+        if value is not old and value != old:  # an equal endpoint is the same remote: no change
+            self._bump()
 
     @property
     def current(self) -> Keypair | None:
@@ -96,8 +98,10 @@ class Peer:
 
     @current.setter
     def current(self, value: Keypair | None) -> None:
+        old = self._current
         self._current = value
-        self._bump()
+        if value is not old:
+            self._bump()
 
     @property
     def next(self) -> Keypair | None:
@@ -106,8 +110,10 @@ class Peer:
 
     @next.setter
     def next(self, value: Keypair | None) -> None:
+        old = self._next
         self._next = value
-        self._bump()
+        if value is not old:
+            self._bump()
 
     @property
     def preshared_key(self) -> bytes:
