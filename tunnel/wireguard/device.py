@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from crypto import noise, tai64n
-from crypto.backend import HEADROOM, OK, REASONS, TransportCipher
+from crypto.backend import HEADROOM, REASONS, TransportCipher
 from crypto.cookie import SCREENS, CookieChecker, CookieGenerator, reply_receiver
 from crypto.primitives import dh_generate
 from tunnel.io.endpoint import Endpoint
@@ -51,7 +51,7 @@ from tunnel.wireguard.constants import (
 )
 from tunnel.wireguard.datapath import select as select_datapath
 from tunnel.wireguard.lane import select as select_lane
-from tunnel.wireguard.messages import Drop
+from tunnel.wireguard.messages import Drop, count_opened
 from tunnel.wireguard.output import Output, packet_buffer
 from tunnel.wireguard.peer import Keypair, Peer
 from tunnel.wireguard.ratelimiter import HandshakeLoad, InitiationLimiter, RateLimiter
@@ -589,7 +589,7 @@ class Device:
         wire_lengths = list(sub_lengths)
         results = [0] * len(indices)
         opened = keypair.cipher.open_batch(sub_bufs, sub_lengths, results)
-        last_ok = self._count_opened(keypair, wire_lengths, results, opened)
+        last_ok = count_opened(self.drops, keypair.peer, wire_lengths, results, opened)
         if last_ok < 0:
             return
         if peer.next is keypair:  # the responder's new session is confirmed
@@ -630,28 +630,6 @@ class Device:
         keepalives, invalid, disallowed = accepted
         self._after_accept(keypair, opened, keepalives, invalid, disallowed, now, out)
         return out if out.datagrams else None
-
-    def _count_opened(
-        self, keypair: Keypair, wire_lengths: Sequence[int], results: Sequence[int], opened: int
-    ) -> int:
-        """Received bytes and drops of an opened batch; the index of its last good datagram, or
-        -1 if none opened."""
-        if opened == 0:
-            for code in results:
-                self.drops[REASONS[code]] += 1
-            return -1
-        peer = keypair.peer
-        if opened == len(results):
-            peer.rx_bytes += sum(wire_lengths)
-            return len(results) - 1
-        last_ok = 0
-        for j, code in enumerate(results):
-            if code == OK:
-                last_ok = j
-                peer.rx_bytes += wire_lengths[j]
-            else:
-                self.drops[REASONS[code]] += 1
-        return last_ok
 
     def _after_accept(
         self, keypair: Keypair, opened: int, keepalives: int, invalid: int, disallowed: int, now: float, out: Output
