@@ -512,6 +512,8 @@ def test_outbound_wakeups_use_the_snapshot_until_the_engine_changes(pump: Module
     tun.inbox.append(REQUEST)
     interface._outbound.on_readable()
     assert send.hits == 4 and bind.sent[-1][1] is moved
+    counts = interface.stats()["lane_snapshots"]
+    assert (counts["send_hits"], counts["send_misses"]) == (4, 2)
 
 
 def test_inbound_wakeups_use_the_snapshot_until_the_engine_changes(pump: ModuleType) -> None:
