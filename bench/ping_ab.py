@@ -100,7 +100,8 @@ def main(argv: list[str]) -> int:
               f"{rb['cpu_us_per_ping'] / ra['cpu_us_per_ping']:.3f}")
         if "g" in result["results"]:
             rg = result["results"]["g"]
-            print(f"vs wireguard-go: a {ra['median_ms'] / rg['median_ms']:.3f}x, b {rb['median_ms'] / rg['median_ms']:.3f}x")
+            print(f"vs wireguard-go: a {ra['median_ms'] / rg['median_ms']:.3f}x, "
+                  f"b {rb['median_ms'] / rg['median_ms']:.3f}x")
     if opts.json:
         Path(opts.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
