@@ -12,7 +12,10 @@ Cases: an empty Python call (the floor: the call and the clock), ``datapath.lane
 one-packet batch, the snapshot's ``SendLane.check`` (a hit) and ``decide`` (a hit), the same
 pair for the inbound side (``receive_lane``, ``ReceiveLane.check``). The pumps call the
 snapshot's ``decide`` from C (``_pump.pyx``), so their cost is a little below the Python call
-measured here.
+measured here. With ``--pumps``, also one whole ``Outbound.run`` / ``Inbound.run`` of the pump
+twin (TUN and UDP replaced by minimal in-memory objects; the seal, open, checks and lane
+decision real) with its snapshot against the same pump whose snapshot is disabled (a
+generation of None: every batch asks ``datapath``, as before this change).
 """
 
 from __future__ import annotations
@@ -73,6 +76,95 @@ def established(twin: str) -> tuple[Device, Device, float]:
     return a, b, now
 
 
+class MemoryTun:
+    """A TUN with one packet always waiting; writes are counted."""
+
+    pending = 0
+    needed = 0
+
+    def __init__(self, packet: bytes) -> None:
+        self.packet = packet
+        self.written = 0
+
+    def read(self, bufs: list[bytearray], lengths: list[int], headroom: int, mtu: int) -> int:
+        bufs[0][headroom:headroom + len(self.packet)] = self.packet
+        lengths[0] = len(self.packet)
+        return 1
+
+    def write_slots(self, bufs: list[bytearray], lengths: list[int], offset: int, verdicts: bytearray,
+                    count: int) -> int:
+        self.written += 1
+        return 1
+
+
+class MemoryUdp:
+    """A UDP socket handing out prepared datagrams one per call; sends are dropped."""
+
+    pending = 0
+
+    def __init__(self, datagrams: list[bytes], source: Endpoint) -> None:
+        self.datagrams = datagrams
+        self.source = source
+        self.next = 0
+
+    def recv(self, bufs: list[bytearray], lengths: list[int], sources: list[Any]) -> int:
+        datagram = self.datagrams[self.next % len(self.datagrams)]
+        self.next += 1
+        bufs[0][: len(datagram)] = datagram
+        lengths[0] = len(datagram)
+        sources[0] = self.source
+        return 1
+
+    def send_slots(self, bufs: list[bytearray], lengths: list[int], offset: int, count: int, endpoint: Any) -> int:
+        return count
+
+
+class NoGeneration:
+    """Only for a pump's constructor: a device without a generation (its snapshots stay off)."""
+
+    generation = None
+
+
+def pump_cases(twin: str, a: Device, b: Device, packet: bytes, count: int) -> dict[str, Callable[[], Any]]:
+    """Outbound.run on ``a`` and Inbound.run on ``b``, with and without the lane snapshots."""
+    from tunnel.wireguard import pump as pump_pair
+
+    pump = pump_pair.load(twin)
+    keypair = a.peers[b.public_key].current  # type: ignore[index]
+    assert keypair is not None
+    datagrams = []
+    for _ in range(4 * count + 8):  # fresh counters: every datagram opens
+        buf = packet_buffer(packet, a.mtu)
+        lengths = [len(packet)]
+        keypair.cipher.seal_batch([buf], lengths, a.mtu)
+        datagrams.append(bytes(buf[: lengths[0]]))
+    cases: dict[str, Callable[[], Any]] = {}
+    for label, snapshots in (("snapshot", True), ("datapath", False)):
+        tun_a, tun_b = MemoryTun(packet), MemoryTun(packet)
+        udp_a = MemoryUdp([], B_END)
+        out = pump.Outbound(a if snapshots else NoGeneration(), tun_a, udp_a, None,
+                            pump.Journal(0.002, lambda: None), lambda *_: None, HEADROOM)
+        out.device = a
+        bufs_a, lengths_a = [packet_buffer(packet, a.mtu)], [0]
+        udp_b = MemoryUdp(datagrams[0 if snapshots else 1::2], A_END)
+        out_b = pump.Outbound(b, tun_b, MemoryUdp([], A_END), None, pump.Journal(0.002, lambda: None),
+                              lambda *_: None, HEADROOM)
+        inb = pump.Inbound(b if snapshots else NoGeneration(), tun_b, out_b, lambda *_: None, 16)
+        inb.device = b
+        bufs_b, lengths_b, sources_b = [bytearray(2048)], [0], [None]
+
+        def run_out(out: Any = out, bufs: list[bytearray] = bufs_a, lengths: list[int] = lengths_a) -> Any:
+            assert out.run(bufs, lengths, HEADROOM, 1420, 1000.0) == 1 and out.lane is not None
+
+        def run_in(inb: Any = inb, udp: Any = udp_b, bufs: list[bytearray] = bufs_b, lengths: list[int] = lengths_b,
+                   sources: list[Any] = sources_b) -> Any:
+            assert inb.run(udp, bufs, lengths, sources, 1000.0) == 1 and inb.opened == 1
+
+        cases[f"Outbound.run ({label})"] = run_out
+        cases[f"Inbound.run ({label})"] = run_in
+    return cases
+
+
 def measure(cases: dict[str, Callable[[], Any]], count: int, sleep: float) -> dict[str, list[float]]:
     """Microseconds per call of each case, ``count`` times, interleaved, after ``sleep``."""
     times: dict[str, list[float]] = {name: [] for name in cases}
@@ -93,6 +185,7 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.01)
     parser.add_argument("--twin", choices=["cython", "pure"], default="cython")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--pumps", action="store_true", help="also a whole pump run, with and without snapshots")
     args = parser.parse_args()
     lanes = lane_pair.load(args.twin)
     a, b, now = established(args.twin)
@@ -122,6 +215,8 @@ def main() -> int:
         "datapath.receive_lane": lambda: datapath.receive_lane(b, sealed, sealed_lengths, sources, now),
         "ReceiveLane.check (hit)": lambda: receive.check(sealed, sealed_lengths, sources, now),
     }
+    if args.pumps:
+        cases.update(pump_cases(args.twin, a, b, packet, args.count))
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     cold = measure(cases, args.count, args.sleep)
     warm = measure(cases, args.count, 0.0)
