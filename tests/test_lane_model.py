@@ -464,19 +464,30 @@ def test_the_steady_state_does_not_bump(twin: str) -> None:
     assert (a.generation.value, b.generation.value) == before
 
 
-def test_native_snapshot_is_not_kept_over_pure_objects() -> None:
-    """The Cython lanes over a pure-twin route table (or a pure generation) keep no snapshot:
-    every batch is ``datapath.lane``'s answer."""
-    if os.environ.get("WGPY_PURE") == "1":
-        pytest.skip("WGPY_PURE=1 disables the Cython backend")
+def test_native_snapshot_over_pure_objects() -> None:
+    """The Cython lanes over the pure twins' objects (a pure generation, route table and
+    cipher, as with WGPY_PURE=1) keep their snapshot through those objects' Python attributes:
+    hits with ``datapath.lane``'s answers."""
     native = lane_pair.load("cython")
-    pair = Pair(datapath=datapath_pair.load("pure"), generation=native.Generation)
+    pure = lane_pair.load("pure")
+    pair = Pair(cipher=backend.load("pure").TransportCipher, datapath=datapath_pair.load("pure"),
+                generation=pure.Generation)
     pair.handshake()
+    pair.send(pair.b, ipv4_packet("10.0.0.2", "10.0.0.1"))
     send = native.SendLane(pair.a.device.generation)
     packet = ipv4_packet("10.0.0.1", "10.0.0.2")
     for _ in range(3):
         lane = send.decide(pair.a.device, [packet_buffer(packet, 1500)], [len(packet)], HEADROOM, pair.now)
-        assert lane is not None and lane[0] is pair.peer_ab
-    assert send.hits == 0 and send.misses == 3 and not send.holds()
-    pure_generation = native.SendLane(lane_pair.load("pure").Generation())
-    assert not pure_generation.holds()
+        assert lane is not None and lane[0] is pair.peer_ab and lane[1] is pair.peer_ab.current
+    assert (send.hits, send.misses) == (2, 1) and send.holds()
+    assert send.check([packet_buffer(ipv4_packet("10.0.0.1", "10.0.0.9"), 1500)], [40], HEADROOM, pair.now) is None
+    pair.a.device.mtu = 1300
+    assert not send.holds()
+    receive = native.ReceiveLane(pair.b.device.generation)
+    buf = packet_buffer(packet, 1500)
+    lengths = [len(packet)]
+    pair.peer_ab.current.cipher.seal_batch([buf], lengths, 1420)  # type: ignore[union-attr]
+    for _ in range(2):
+        got = receive.decide(pair.b.device, [bytearray(buf[: lengths[0]])], lengths, [pair.a.endpoint], pair.now)
+        assert got is pair.peer_ba.current
+    assert (receive.hits, receive.misses) == (1, 1)

@@ -8,6 +8,7 @@ cdef class Generation:
 cdef class SendLane:
     cdef readonly object generation
     cdef Generation _gen
+    cdef object _pygen
     cdef readonly long long valid_for
     cdef readonly object lane
     cdef readonly object cipher
@@ -23,8 +24,13 @@ cdef class SendLane:
     cdef public Py_ssize_t hits
     cdef public Py_ssize_t misses
 
-    cdef inline bint _holds(self) noexcept:
-        return self._gen is not None and self.valid_for >= 0 and self.valid_for == self._gen.value
+    cdef inline bint _holds(self) except -1:
+        # a native Generation is read as a C field; another twin's through its ``value``
+        if self.valid_for < 0:
+            return False
+        if self._gen is not None:
+            return self.valid_for == self._gen.value
+        return self._pygen is not None and self.valid_for == self._pygen.value
 
     cdef object _check(self, list bufs, list lengths, Py_ssize_t headroom, double now)
     cpdef fill(self, device, tuple lane, long long valid_for)
@@ -34,6 +40,7 @@ cdef class SendLane:
 cdef class ReceiveLane:
     cdef readonly object generation
     cdef Generation _gen
+    cdef object _pygen
     cdef readonly long long valid_for
     cdef readonly long long receiver
     cdef readonly object keypair
@@ -45,8 +52,13 @@ cdef class ReceiveLane:
     cdef public Py_ssize_t hits
     cdef public Py_ssize_t misses
 
-    cdef inline bint _holds(self) noexcept:
-        return self._gen is not None and self.valid_for >= 0 and self.valid_for == self._gen.value
+    cdef inline bint _holds(self) except -1:
+        # a native Generation is read as a C field; another twin's through its ``value``
+        if self.valid_for < 0:
+            return False
+        if self._gen is not None:
+            return self.valid_for == self._gen.value
+        return self._pygen is not None and self.valid_for == self._pygen.value
 
     cdef object _check(self, list bufs, list lengths, list sources, double now)
     cpdef fill(self, device, keypair, long long valid_for)

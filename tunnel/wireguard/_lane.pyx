@@ -5,9 +5,9 @@
 Here the snapshot is C fields: a hit reads the generation, the deadline, the cipher's counter
 (``_transport._capi["send_counter"]``: an atomic load, no attribute lookup) and looks each
 packet up in the compiled route table (``_datapath._capi["find"]``), touching no Python object
-of the engine. A snapshot is only kept over the native ``_datapath.RouteTable`` and with this
-module's :class:`Generation`; over the pure twins' objects every batch is a miss, i.e. exactly
-``datapath.lane`` (the same answers, no speed-up).
+of the engine. Over the pure twins' objects (a ``lane_ref.Generation``, a ``datapath_ref``
+route table, a pure cipher) the same snapshot works through their Python attributes
+(``value``, ``lookup_packet``, ``send_counter``): the same answers, without the speed-up.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -67,6 +67,7 @@ cdef class SendLane:
     def __init__(self, generation):
         self.generation = generation
         self._gen = generation if isinstance(generation, Generation) else None
+        self._pygen = generation if self._gen is None else None
         self.valid_for = NONE
         self.lane = None
         self.cipher = self.endpoint = self.table = None
@@ -114,16 +115,20 @@ cdef class SendLane:
         for i in range(n):
             size = lengths[i]
             p = _data(bufs[i], headroom + size)
-            if size > self.mtu or _find(self._table_c, p + headroom, size, False) != self.slot:
+            if size > self.mtu:
+                return None
+            if self._table_c != NULL:
+                if _find(self._table_c, p + headroom, size, False) != self.slot:
+                    return None
+            elif self.table.lookup_packet(bufs[i], headroom, size, False) != self.slot:
                 return None
         return self.lane
 
     cpdef fill(self, device, tuple lane, long long valid_for):
-        """Keep ``lane`` (``datapath.lane``'s grant, asked at generation ``valid_for``); not kept
-        over a pure-twin route table."""
+        """Keep ``lane`` (``datapath.lane``'s grant, asked at generation ``valid_for``)."""
         peer, keypair = lane
         table = device.routes()
-        if type(table) is not _Table or self._gen is None:
+        if self._gen is None and self._pygen is None:
             self.clear()
             return
         cipher = keypair.cipher
@@ -135,7 +140,7 @@ cdef class SendLane:
         self.v6 = ":" in endpoint.ip
         self.slot = peer.slot
         self.table = table
-        self._table_c = <void *>table
+        self._table_c = <void *>table if type(table) is _Table else NULL
         self.mtu = device.mtu
         self.created = keypair.created
         self.limit = _INITIATOR_LIMIT if keypair.is_initiator else _RESPONDER_LIMIT
@@ -150,7 +155,10 @@ cdef class SendLane:
             self.hits += 1
             return lane
         self.misses += 1
-        valid_for = self._gen.value if self._gen is not None else NONE
+        if self._gen is not None:
+            valid_for = self._gen.value
+        else:
+            valid_for = self._pygen.value if self._pygen is not None else NONE
         lane = device.datapath.lane(device, bufs, lengths, headroom, now)
         if lane is not None and valid_for != NONE:
             self.fill(device, lane, valid_for)
@@ -163,6 +171,7 @@ cdef class ReceiveLane:
     def __init__(self, generation):
         self.generation = generation
         self._gen = generation if isinstance(generation, Generation) else None
+        self._pygen = generation if self._gen is None else None
         self.valid_for = NONE
         self.receiver = NONE
         self.keypair = self.cipher = self.endpoint = self.table = None
@@ -211,11 +220,10 @@ cdef class ReceiveLane:
         return self.keypair
 
     cpdef fill(self, device, keypair, long long valid_for):
-        """Keep ``keypair`` (``datapath.receive_lane``'s grant, asked at generation ``valid_for``);
-        not kept over a pure-twin route table."""
+        """Keep ``keypair`` (``datapath.receive_lane``'s grant, asked at generation ``valid_for``)."""
         peer = keypair.peer
         table = device.routes()
-        if type(table) is not _Table or self._gen is None:
+        if self._gen is None and self._pygen is None:
             self.clear()
             return
         self.keypair = keypair
@@ -236,7 +244,10 @@ cdef class ReceiveLane:
             self.hits += 1
             return keypair
         self.misses += 1
-        valid_for = self._gen.value if self._gen is not None else NONE
+        if self._gen is not None:
+            valid_for = self._gen.value
+        else:
+            valid_for = self._pygen.value if self._pygen is not None else NONE
         keypair = device.datapath.receive_lane(device, bufs, lengths, sources, now)
         if keypair is not None and valid_for != NONE:
             self.fill(device, keypair, valid_for)

@@ -537,7 +537,6 @@ class Device:
         cipher = self._cipher(keys.send_key, keys.receive_key, keys.remote_index)
         keypair = Keypair(peer, cipher, now, keys.is_initiator, keys.local_index, keys.remote_index)
         self.receivers[keys.local_index] = keypair
-        self.generation.bump()
         if keys.is_initiator:
             if peer.next is not None:
                 self._drop_keypair(peer.previous)
@@ -551,6 +550,7 @@ class Device:
             self._drop_keypair(peer.next)
             self._drop_keypair(peer.previous)
             peer.next, peer.previous = keypair, None
+        self.generation.bump()  # the new receiver index (current/next bumped when set)
         # timersHandshakeComplete + timersSessionDerived
         t = peer.timers
         t.retransmit_handshake = None
