@@ -1085,7 +1085,14 @@ cdef void _capi_end(void *c, void *scratch, bint seal) noexcept:
 
 from cpython.pycapsule cimport PyCapsule_New
 
+cdef uint64_t _capi_send_counter(void *c) noexcept nogil:
+    """The counter the next sealed packet would carry (``send_counter``, an atomic load): the
+    lanes' counter-headroom check without a Python attribute lookup."""
+    return wgpy_load_counter(&(<TransportCipher>c)._send_counter)
+
+
 _capi = {
+    "send_counter": PyCapsule_New(<void *>_capi_send_counter, b"wgpy.cipher.send_counter", NULL),
     "seal_begin": PyCapsule_New(<void *>_capi_seal_begin, b"wgpy.cipher.seal_begin", NULL),
     "seal_run": PyCapsule_New(<void *>_capi_seal_run, b"wgpy.cipher.seal_run", NULL),
     "open_begin": PyCapsule_New(<void *>_capi_open_begin, b"wgpy.cipher.open_begin", NULL),

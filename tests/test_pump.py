@@ -482,3 +482,56 @@ def test_socket_for_picks_the_endpoint_family_else_the_other(pump: ModuleType) -
     assert only6.socket_for(here4) is v6 and only6.socket_for(here6) is v6
     none = outbound(None, None)
     assert none.socket_for(here4) is None and none.socket_for(here6) is None
+
+
+# ------------------------------------------------------------------------------ lane snapshots
+
+
+def test_outbound_wakeups_use_the_snapshot_until_the_engine_changes(pump: ModuleType) -> None:
+    """Later wake-ups of a settled lane are snapshot hits with the same datagrams and journal
+    records; a change the engine makes (here the peer's endpoint set by configuration) is a
+    miss, and the batch goes to the new endpoint."""
+    pair = make_pair()
+    loop = FakeLoop()
+    interface, tun, bind = make_interface(pair.a.device, pump, loop)
+    send = interface._outbound.send_lane
+    for k in range(4):
+        tun.inbox.append(ipv4_packet("10.0.0.1", "10.0.0.2", b"n" * (k + 1)))
+        interface._outbound.on_readable()
+    assert (send.hits, send.misses) == (3, 1) and len(bind.sent) == 4
+    assert {ep for _, ep in bind.sent} == {pair.b.endpoint}
+    records = interface._journal.records
+    assert [r[0] for r in records] == [pump.SENT] * 4
+    assert all(r[1] is pair.peer_ab and r[2] is pair.peer_ab.current for r in records)
+    loop.fire()
+    moved = Endpoint("192.0.2.77", 51821)
+    pair.peer_ab.endpoint = moved
+    tun.inbox.append(REQUEST)
+    interface._outbound.on_readable()
+    assert (send.hits, send.misses) == (3, 2) and bind.sent[-1][1] is moved
+    tun.inbox.append(REQUEST)
+    interface._outbound.on_readable()
+    assert send.hits == 4 and bind.sent[-1][1] is moved
+    counts = interface.stats()["lane_snapshots"]
+    assert (counts["send_hits"], counts["send_misses"]) == (4, 2)
+
+
+def test_inbound_wakeups_use_the_snapshot_until_the_engine_changes(pump: ModuleType) -> None:
+    """The same for the inbound lane: hits while nothing changed; an engine change a lane rule
+    reads (here the MTU set again) makes the next batch a miss, then the snapshot is renewed."""
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    settle_source(pair, sock, interface)
+    receive = interface._inbound.receive_lane
+    for _ in range(3):
+        sock.inbox.append(sealed(pair, REQUEST))
+        interface._inbound.on_readable(sock, sock.io)
+    assert (receive.hits, receive.misses) == (2, 1) and tun.written == [REQUEST] * 3
+    records = [r for r in interface._journal.records if r[0] == pump.RECEIVED]
+    assert len(records) == 3 and all(r[1] is pair.peer_ba.current for r in records)
+    loop.fire()
+    pair.b.device.mtu = pair.b.device.mtu
+    for _ in range(2):
+        sock.inbox.append(sealed(pair, REQUEST))
+        interface._inbound.on_readable(sock, sock.io)
+    assert (receive.hits, receive.misses) == (3, 2) and tun.written == [REQUEST] * 5

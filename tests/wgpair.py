@@ -59,6 +59,7 @@ class Pair:
         psk: bytes | None = None,
         datapath: object | None = None,
         mtu: int = 1420,
+        generation: Callable[[], object] | None = None,
     ) -> None:
         self.now = 1000.0
         seeds = itertools.count()
@@ -83,8 +84,14 @@ class Pair:
             # The handshake screen of the same twin as the batch loops.
             pure = getattr(datapath, "__name__", "").endswith("_ref")
             kwargs["screen"] = SCREENS.load("pure" if pure else "cython")
-        self.a = Side("a", Device(ka, **kwargs), Endpoint("192.0.2.1", 51820))  # type: ignore[arg-type]
-        self.b = Side("b", Device(kb, **kwargs), Endpoint("192.0.2.2", 51821))  # type: ignore[arg-type]
+        if generation is not None:  # each engine's own lane generation counter (of a chosen twin)
+            self.a = Side("a", Device(ka, generation=generation(), **kwargs),  # type: ignore[arg-type]
+                          Endpoint("192.0.2.1", 51820))
+            self.b = Side("b", Device(kb, generation=generation(), **kwargs),  # type: ignore[arg-type]
+                          Endpoint("192.0.2.2", 51821))
+        else:
+            self.a = Side("a", Device(ka, **kwargs), Endpoint("192.0.2.1", 51820))  # type: ignore[arg-type]
+            self.b = Side("b", Device(kb, **kwargs), Endpoint("192.0.2.2", 51821))  # type: ignore[arg-type]
         for side, other, v4, v6 in ((self.a, self.b, "10.0.0.2/32", "fd00::2/128"),
                                     (self.b, self.a, "10.0.0.1/32", "fd00::1/128")):
             assert other.device.public_key is not None

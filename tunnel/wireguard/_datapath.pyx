@@ -406,4 +406,11 @@ cdef Py_ssize_t _capi_accept(void *table, int slot, unsigned char **ptrs, Py_ssi
 
 from cpython.pycapsule cimport PyCapsule_New
 
-_capi = {"accept": PyCapsule_New(<void *>_capi_accept, b"wgpy.datapath.accept", NULL)}
+cdef int _capi_find(void *table, const unsigned char *p, Py_ssize_t size, bint source) noexcept nogil:
+    """RouteTable.lookup_packet on a packet known to lie in memory: the slot of its source or
+    destination, or -1. ``table`` is a RouteTable the caller keeps alive."""
+    return (<RouteTable>table).find_packet(p, size, source)
+
+
+_capi = {"accept": PyCapsule_New(<void *>_capi_accept, b"wgpy.datapath.accept", NULL),
+         "find": PyCapsule_New(<void *>_capi_find, b"wgpy.datapath.find", NULL)}

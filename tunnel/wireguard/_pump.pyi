@@ -5,6 +5,7 @@ from tunnel.io._journal import JOURNAL_LIMIT as JOURNAL_LIMIT
 from tunnel.io._journal import RECEIVED as RECEIVED
 from tunnel.io._journal import SENT as SENT
 from tunnel.io._journal import Journal as Journal
+from tunnel.wireguard._lane import ReceiveLane, SendLane
 
 class Outbound:
     device: Any
@@ -23,6 +24,8 @@ class Outbound:
     lane: tuple[Any, Any] | None
     sealed: int
     fused: Any
+    @property
+    def send_lane(self) -> SendLane: ...
     def __init__(self, device: Any, tun: Any, udp4: Any, udp6: Any, journal: Journal,
                  after: Callable[[int, Exception | None], None], headroom: int) -> None: ...
     def on_readable(self) -> None: ...
@@ -56,6 +59,8 @@ class Inbound:
     answered: bool
     replied: int
     reply_error: Exception | None
+    @property
+    def receive_lane(self) -> ReceiveLane: ...
     def __init__(self, device: Any, tun: Any, outbound: Outbound,
                  after: Callable[[Any, int, Exception | None], None], headroom: int) -> None: ...
     def on_readable(self, sock: Any, udp: Any) -> None: ...

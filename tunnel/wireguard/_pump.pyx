@@ -6,10 +6,12 @@ for the contract and the reason. Each step is a call into another native object 
 batch I/O, the datapath's lane rules, the transport cipher); what this saves is the Python
 frames between them, which cost most on a cold wake-up. The GIL is held here; the callees
 release it around their system calls and crypto. The lanes' journal is ``tunnel.io._journal``'s,
-shared with the VXLAN pumps (cimported: its ``add``/``open`` are C calls).
+shared with the VXLAN pumps (cimported: its ``add``/``open`` are C calls). The lane decisions go
+through the lanes' snapshots (``tunnel.wireguard._lane``, cimported: C fields and calls).
 """
 
 from tunnel.io._journal cimport Journal, check_headroom as _check_headroom, monotonic as _monotonic
+from tunnel.wireguard._lane cimport ReceiveLane, SendLane
 
 from tunnel.io._journal import JOURNAL_LIMIT, RECEIVED, SENT
 
@@ -39,8 +41,10 @@ cdef class Outbound:
     cdef public object lane
     cdef public Py_ssize_t sealed
     cdef public object fused
+    cdef SendLane _send
 
     def __init__(self, device, tun, udp4, udp6, Journal journal not None, after, Py_ssize_t headroom):
+        self._send = SendLane(getattr(device, "generation", None))
         self.device = device
         self.tun = tun
         self.udp4 = udp4
@@ -67,6 +71,17 @@ cdef class Outbound:
     def headroom(self, Py_ssize_t value):
         self._headroom = _check_headroom(value)
 
+    @property
+    def send_lane(self):
+        """The outbound lane snapshot (tunnel.wireguard._lane.SendLane)."""
+        return self._send
+
+    cdef inline Py_ssize_t _mtu(self) except? -1:
+        # the device's MTU: the snapshot's while the generation holds (an MTU change bumps it)
+        if self._send._holds():
+            return self._send.mtu
+        return self.device.mtu
+
     def on_readable(self):
         """The event loop's callback for the TUN fd: one run; journal it if settled, else
         ``after(count, error)``."""
@@ -74,7 +89,7 @@ cdef class Outbound:
         error = None
         self.now = _monotonic()
         try:
-            count = self.run(self.tun_bufs, self.tun_lengths, self._headroom, self.device.mtu, self.now)
+            count = self.run(self.tun_bufs, self.tun_lengths, self._headroom, self._mtu(), self.now)
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
         if error is None and self.settled(count) and self.journal.open():
@@ -116,20 +131,28 @@ cdef class Outbound:
         self.lengths = lengths
         if n == 0:
             return 0
-        device = self.device
-        lane = device.datapath.lane(device, bufs, lengths, headroom, now)
+        cdef SendLane send = self._send
+        lane = send.decide(self.device, bufs, lengths, headroom, now)
         if lane is None:
             return n
-        peer, keypair = lane
-        endpoint = peer.endpoint
-        udp = self.socket_for(endpoint)
+        if send._holds() and send.lane is lane:  # the snapshot's: no engine object touched
+            cipher = send.cipher
+            endpoint = send.endpoint
+            udp = self.udp6 if (send.v6 and self.udp6 is not None) else self.udp4
+            if udp is None:
+                udp = self.udp6
+        else:
+            peer, keypair = lane
+            cipher = keypair.cipher
+            endpoint = peer.endpoint
+            udp = self.socket_for(endpoint)
         if udp is None:  # no socket yet: the general way drops it as it would
             return n
         if self.fused is not None:
-            self.sealed = self.fused.seal_send(keypair.cipher, udp, bufs, lengths, mtu, endpoint)
+            self.sealed = self.fused.seal_send(cipher, udp, bufs, lengths, mtu, endpoint)
             self.lane = lane
             return n
-        self.sealed = keypair.cipher.seal_batch(bufs, lengths, mtu)
+        self.sealed = cipher.seal_batch(bufs, lengths, mtu)
         self.lane = lane
         udp.send_slots(bufs, lengths, 0, self.sealed, endpoint)
         return n
@@ -164,8 +187,12 @@ cdef class Inbound:
     cdef public Py_ssize_t replied
     cdef public object reply_error
     cdef public object fused
+    cdef ReceiveLane _receive
+    cdef object _accept_slots
 
     def __init__(self, device, tun, Outbound outbound not None, after, Py_ssize_t headroom):
+        self._receive = ReceiveLane(getattr(device, "generation", None))
+        self._accept_slots = None
         self.device = device
         self.tun = tun
         self.outbound = outbound
@@ -202,6 +229,11 @@ cdef class Inbound:
     def headroom(self, Py_ssize_t value):
         self._headroom = _check_headroom(value)
 
+    @property
+    def receive_lane(self):
+        """The inbound lane snapshot (tunnel.wireguard._lane.ReceiveLane)."""
+        return self._receive
+
     def on_readable(self, sock, udp):
         """The event loop's callback for a UDP fd: one run, the outbound run if packets were
         written, then the journal if both are settled, else ``after(sock, count, error)``."""
@@ -220,7 +252,7 @@ cdef class Inbound:
             self.answered = True
             try:
                 self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound._headroom,
-                                            self.device.mtu, self.now)
+                                            outbound._mtu(), self.now)
             except Exception as exc:
                 self.reply_error = exc
         if (error is None and self.settled(count, udp) and outbound.journal.open()
@@ -263,11 +295,22 @@ cdef class Inbound:
         self.sources = sources
         if n == 0:
             return 0
+        cdef ReceiveLane receive = self._receive
         device = self.device
-        datapath = device.datapath
-        keypair = datapath.receive_lane(device, bufs, lengths, sources, now)
+        keypair = receive.decide(device, bufs, lengths, sources, now)
         if keypair is None:
             return n
+        if receive._holds() and receive.keypair is keypair:  # the snapshot's: no engine object touched
+            cipher = receive.cipher
+            table = receive.table
+            slot = receive.slot
+        else:
+            cipher = keypair.cipher
+            table = device.routes()
+            slot = keypair.peer.slot
+        accept_slots = self._accept_slots
+        if accept_slots is None:
+            accept_slots = self._accept_slots = device.datapath.accept_slots
         self.wire_lengths = list(lengths)
         results = [0] * n
         self.results = results
@@ -275,18 +318,18 @@ cdef class Inbound:
             if len(self.verdicts) < n:
                 self.verdicts = bytearray(n)
             self.opened, _, self.accepted, self.written, self.write_error = self.fused.open_deliver(
-                keypair.cipher, datapath.accept_slots, device.routes(), keypair.peer.slot, self.tun, bufs,
-                lengths, results, self._headroom, self.verdicts)
+                cipher, accept_slots, table, slot, self.tun, bufs, lengths, results, self._headroom,
+                self.verdicts)
             self.keypair = keypair
             return n
-        self.opened = keypair.cipher.open_batch(bufs, lengths, results)
+        self.opened = cipher.open_batch(bufs, lengths, results)
         self.keypair = keypair
         self.accepted = (0, 0, 0)
         if self.opened:
             if len(self.verdicts) < n:
                 self.verdicts = bytearray(n)
-            delivered, keepalives, invalid, disallowed = datapath.accept_slots(
-                device.routes(), keypair.peer.slot, bufs, lengths, results, self._headroom, self.verdicts)
+            delivered, keepalives, invalid, disallowed = accept_slots(
+                table, slot, bufs, lengths, results, self._headroom, self.verdicts)
             self.accepted = (keepalives, invalid, disallowed)
             if delivered and self.local is not None:
                 delivered -= self.local(bufs, lengths, self._headroom, self.verdicts, n, now)

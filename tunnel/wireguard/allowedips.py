@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -236,7 +236,7 @@ class AllowedIPs(Generic[T]):
     the given peer.
     """
 
-    __slots__ = ("_hosts", "_root4", "_root6", "_by_peer", "_count", "version")
+    __slots__ = ("_hosts", "_root4", "_root6", "_by_peer", "_count", "version", "generation")
 
     def __init__(self) -> None:
         # Host routes (/32, /128) by address; 4- and 16-byte keys never collide.
@@ -248,6 +248,9 @@ class AllowedIPs(Generic[T]):
         self._count = 0
         # Bumped on every change, so a compiled copy (tunnel.wireguard.datapath.RouteTable) knows it is stale.
         self.version = 0
+        # The engine's lane generation (tunnel.wireguard.lane.Generation, or None): bumped after
+        # every change is complete, so a lane snapshot taken before it is stale.
+        self.generation: Any = None
 
     # --- mutation ---------------------------------------------------------------------------
 
@@ -258,6 +261,16 @@ class AllowedIPs(Generic[T]):
 
     def insert_raw(self, addr: bytes, cidr: int, peer: T) -> None:
         """Route ``addr/cidr`` to ``peer``; ``addr`` is 4 or 16 raw bytes. Raises ValueError."""
+        try:
+            self._insert_raw(addr, cidr, peer)
+        finally:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.generation is not None:
+            self.generation.bump()
+
+    def _insert_raw(self, addr: bytes, cidr: int, peer: T) -> None:
         if peer is None:
             raise ValueError("peer must not be None")
         self.version += 1
@@ -332,6 +345,7 @@ class AllowedIPs(Generic[T]):
         self._unlink(key)
         self._forget(peer, key)
         self._count -= 1
+        self._changed()
         return True
 
     def remove_peer(self, peer: T) -> None:
@@ -344,6 +358,7 @@ class AllowedIPs(Generic[T]):
         for key in record[1]:
             self._unlink(key)
         self._count -= len(record[1])
+        self._changed()
 
     def clear(self) -> None:
         """Drop every entry of every peer."""
@@ -353,6 +368,7 @@ class AllowedIPs(Generic[T]):
         self._root6 = _Node(0, b"")
         self._by_peer = {}
         self._count = 0
+        self._changed()
 
     # --- lookup (per packet) ----------------------------------------------------------------
 

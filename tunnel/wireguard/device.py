@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from crypto import noise, tai64n
-from crypto.backend import HEADROOM, OK, REASONS, TransportCipher
+from crypto.backend import HEADROOM, REASONS, TransportCipher
 from crypto.cookie import SCREENS, CookieChecker, CookieGenerator, reply_receiver
 from crypto.primitives import dh_generate
 from tunnel.io.endpoint import Endpoint
@@ -50,7 +50,8 @@ from tunnel.wireguard.constants import (
     ZERO_KEYS_AFTER,
 )
 from tunnel.wireguard.datapath import select as select_datapath
-from tunnel.wireguard.messages import Drop
+from tunnel.wireguard.lane import select as select_lane
+from tunnel.wireguard.messages import Drop, count_opened
 from tunnel.wireguard.output import Output, packet_buffer
 from tunnel.wireguard.peer import Keypair, Peer
 from tunnel.wireguard.ratelimiter import HandshakeLoad, InitiationLimiter, RateLimiter
@@ -70,8 +71,12 @@ class Device:
         cipher: Callable[[bytes, bytes, int], TransportCipher] | None = None,
         datapath: ModuleType | None = None,
         screen: ModuleType | None = None,
+        generation: Any = None,
     ) -> None:
-        self.mtu = mtu
+        # Bumped on every change a lane rule reads (tunnel/wireguard/lane_ref.py): the pumps'
+        # lane snapshots hold while it does not move. The native twin's unless WGPY_PURE=1.
+        self.generation: Any = generation if generation is not None else select_lane()[1].Generation()
+        self._mtu = mtu
         # The transport implementation (Cython or the pure-Python reference); tests pick both.
         self._cipher = cipher if cipher is not None else TransportCipher
         self.wall_offset = wall_offset
@@ -83,6 +88,7 @@ class Device:
         self._screen = screen if screen is not None else SCREENS.select()[1]
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        self.allowed_ips.generation = self.generation
         self.drops: Counter[str] = Counter()
         self.rate_limiter = RateLimiter()
         self._initiation_limiters: dict[Peer, InitiationLimiter] = {}
@@ -116,6 +122,17 @@ class Device:
                 self.remove_peer(own.public_key)
         for peer in self.peers.values():
             self._expire_sessions(peer)
+        self.generation.bump()
+
+    @property
+    def mtu(self) -> int:
+        """The interface MTU: the largest packet sealed (a lane rule: setting it bumps the generation)."""
+        return self._mtu
+
+    @mtu.setter
+    def mtu(self, value: int) -> None:
+        self._mtu = value
+        self.generation.bump()
 
     @property
     def private_key(self) -> bytes | None:
@@ -129,7 +146,8 @@ class Device:
         """Create (or return) the peer with this public key."""
         peer = self.peers.get(public_key)
         if peer is None:
-            peer = Peer(public_key, noise.Handshake(public_key), CookieGenerator(public_key))
+            peer = Peer(public_key, noise.Handshake(public_key), CookieGenerator(public_key),
+                        generation=self.generation)
             self.peers[public_key] = peer
             self._initiation_limiters[peer] = InitiationLimiter()
             peer.slot = self._free_slots.pop() if self._free_slots else len(self.peer_slots)
@@ -137,6 +155,7 @@ class Device:
                 self.peer_slots.append(peer)
             else:
                 self.peer_slots[peer.slot] = peer
+            self.generation.bump()
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
@@ -149,6 +168,8 @@ class Device:
         self.peer_slots[peer.slot] = None
         self._free_slots.append(peer.slot)
         self._routes = (-1, None)  # the slot may be reused: recompile
+        peer.generation = None  # no longer the device's: its later changes are not lane state
+        self.generation.bump()
 
     def set_preshared_key(self, peer: Peer, key: bytes | None) -> None:
         peer.handshake.preshared_key = key if key is not None else noise.ZERO_KEY
@@ -276,6 +297,7 @@ class Device:
             peer.staged.popleft()
             self.drops[Drop.STAGED_OVERFLOW] += 1
         peer.staged.append(payload)
+        self.generation.bump()
 
     def _flush_staged(self, peer: Peer, now: float, out: Output) -> None:
         if not peer.staged:
@@ -285,12 +307,14 @@ class Device:
             return
         payloads = list(peer.staged)
         peer.staged.clear()
+        self.generation.bump()
         bufs = [packet_buffer(p, self.mtu) for p in payloads]
         self._send_packets(peer, bufs, [len(p) for p in payloads], now, out)
 
     def _send_keepalive(self, peer: Peer, now: float, out: Output) -> None:
         if not peer.staged:
             peer.staged.append(b"")
+            self.generation.bump()
         self._flush_staged(peer, now, out)
 
     def _keep_key_fresh_sending(self, peer: Peer, keypair: Keypair, now: float, out: Output) -> None:
@@ -308,6 +332,7 @@ class Device:
             index = int.from_bytes(self._random(4), "little")
             if index not in self.receivers:
                 self.receivers[index] = entry
+                self.generation.bump()
                 return index
 
     def _send_initiation(self, peer: Peer, now: float, is_retry: bool, out: Output) -> None:
@@ -525,6 +550,7 @@ class Device:
             self._drop_keypair(peer.next)
             self._drop_keypair(peer.previous)
             peer.next, peer.previous = keypair, None
+        self.generation.bump()  # the new receiver index (current/next bumped when set)
         # timersHandshakeComplete + timersSessionDerived
         t = peer.timers
         t.retransmit_handshake = None
@@ -540,6 +566,7 @@ class Device:
         if self.receivers.get(keypair.local_index) is keypair:
             del self.receivers[keypair.local_index]
         keypair.cipher.zero()
+        self.generation.bump()
 
     def _receive_transport(
         self,
@@ -562,7 +589,7 @@ class Device:
         wire_lengths = list(sub_lengths)
         results = [0] * len(indices)
         opened = keypair.cipher.open_batch(sub_bufs, sub_lengths, results)
-        last_ok = self._count_opened(keypair, wire_lengths, results, opened)
+        last_ok = count_opened(self.drops, keypair.peer, wire_lengths, results, opened)
         if last_ok < 0:
             return
         if peer.next is keypair:  # the responder's new session is confirmed
@@ -603,28 +630,6 @@ class Device:
         keepalives, invalid, disallowed = accepted
         self._after_accept(keypair, opened, keepalives, invalid, disallowed, now, out)
         return out if out.datagrams else None
-
-    def _count_opened(
-        self, keypair: Keypair, wire_lengths: Sequence[int], results: Sequence[int], opened: int
-    ) -> int:
-        """Received bytes and drops of an opened batch; the index of its last good datagram, or
-        -1 if none opened."""
-        if opened == 0:
-            for code in results:
-                self.drops[REASONS[code]] += 1
-            return -1
-        peer = keypair.peer
-        if opened == len(results):
-            peer.rx_bytes += sum(wire_lengths)
-            return len(results) - 1
-        last_ok = 0
-        for j, code in enumerate(results):
-            if code == OK:
-                last_ok = j
-                peer.rx_bytes += wire_lengths[j]
-            else:
-                self.drops[REASONS[code]] += 1
-        return last_ok
 
     def _after_accept(
         self, keypair: Keypair, opened: int, keepalives: int, invalid: int, disallowed: int, now: float, out: Output
@@ -694,6 +699,7 @@ class Device:
         if name == "retransmit_handshake":
             if t.handshake_attempts > MAX_TIMER_HANDSHAKES:
                 peer.staged.clear()  # give up; zero everything later if nothing else will
+                self.generation.bump()
                 if t.zero_key_material is None:
                     self._arm(peer, "zero_key_material", now + ZERO_KEYS_AFTER)
             else:
@@ -722,6 +728,7 @@ class Device:
         hs.clear()
         peer.staged.clear()
         peer.last_initiation_sent = None
+        self.generation.bump()
 
     # ----------------------------------------------------------------- introspection
 

@@ -277,6 +277,11 @@ class Interface(DeviceConfig):
             "rate_window": self.rates.window,
             "implementation": {"pumps": PUMP_NAME, "batch_io": IO_NAME, "cipher": CIPHER_NAME,
                                "datapath": stats.pop("datapath")},
+            # the pumps' lane decisions: from their snapshots (hits) or datapath.lane (misses)
+            "lane_snapshots": {"send_hits": self._outbound.send_lane.hits,
+                               "send_misses": self._outbound.send_lane.misses,
+                               "receive_hits": self._inbound.receive_lane.hits,
+                               "receive_misses": self._inbound.receive_lane.misses},
             "offloads": {"tun": self.tun.offloads, "tun_vnet_hdr": self.tun.vnet_hdr,
                          "tun_gro": self.tun.gro,
                          "udp_gso": bind.gso if bind is not None else False,

@@ -6,6 +6,12 @@ Datagrams are classified by type and exact size in the batch loops of :mod:`tunn
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from crypto.backend import OK, REASONS
+
 
 class Drop:
     """Stable names of the reasons the engine drops a datagram or packet (counted per reason)."""
@@ -31,3 +37,24 @@ class Drop:
     TOO_BIG = "too_big"
     NO_ENDPOINT = "no_endpoint"
     STAGED_OVERFLOW = "staged_overflow"
+
+
+def count_opened(drops: Counter[str], peer: Any, wire_lengths: Sequence[int], results: Sequence[int],
+                 opened: int) -> int:
+    """Received bytes (``peer.rx_bytes``) and drops by the cipher's result codes of an opened
+    batch; the index of its last good datagram, or -1 if none opened."""
+    if opened == 0:
+        for code in results:
+            drops[REASONS[code]] += 1
+        return -1
+    if opened == len(results):
+        peer.rx_bytes += sum(wire_lengths)
+        return len(results) - 1
+    last_ok = 0
+    for j, code in enumerate(results):
+        if code == OK:
+            last_ok = j
+            peer.rx_bytes += wire_lengths[j]
+        else:
+            drops[REASONS[code]] += 1
+    return last_ok

@@ -16,6 +16,12 @@ docs/benchmarks.md, "Latency"). So the steady state runs here without a Python f
   object per packet on either lane. The kernel usually queues its answer
   (an echo reply, a TCP ACK) during that write, so it then runs the outbound pump once.
 
+Both ask through their lane snapshot (:attr:`Outbound.send_lane`, :attr:`Inbound.receive_lane`:
+``tunnel.wireguard.lane``): while the engine's generation counter has not moved, a batch is
+checked against the last lane granted, and sealed or opened with the cipher, endpoint, route
+table and slot kept there, without reading the device, peer or keypair objects; otherwise
+``datapath.lane``/``receive_lane`` decide as before (the same answers: tunnel/wireguard/lane_ref.py).
+
 **The journal.** What the engine must still do for such a *settled* batch (counters, timers;
 :meth:`~tunnel.wireguard.device.Device.lane_sent` and :meth:`~tunnel.wireguard.device.Device.lane_received`) is
 appended to a :class:`Journal` instead of being done on the spot, and the interface applies the
@@ -59,6 +65,7 @@ from tunnel.io.journal_ref import JOURNAL_LIMIT, RECEIVED, SENT, Journal
 from tunnel.io.journal_ref import exact as _exact
 from tunnel.io.journal_ref import headroom as _headroom
 from tunnel.io.journal_ref import real as _real
+from tunnel.wireguard.lane_ref import ReceiveLane, SendLane
 from tunnel.wireguard.peer import Keypair, Peer
 
 # The journal's records here: (SENT, peer, keypair, datagram bytes, now) for Device.lane_sent;
@@ -99,6 +106,7 @@ class Outbound:
         #: its ``tunnel.wireguard.fused.Fused``): the seal and the send of a lane batch in one
         #: call, the same results (tunnel/wireguard/fused_ref.py)
         self.fused: Any = None
+        self._send = SendLane(getattr(device, "generation", None))
 
     @property
     def headroom(self) -> int:
@@ -109,6 +117,16 @@ class Outbound:
     def headroom(self, value: int) -> None:
         self._headroom = _headroom(value)
 
+    @property
+    def send_lane(self) -> SendLane:
+        """The outbound lane snapshot (tunnel.wireguard.lane_ref.SendLane)."""
+        return self._send
+
+    def _mtu(self) -> int:
+        """The device's MTU: the snapshot's while the generation holds (an MTU change bumps it)."""
+        send = self._send
+        return send.mtu if send.holds() else int(self.device.mtu)
+
     def on_readable(self) -> None:
         """The event loop's callback for the TUN fd: one :meth:`run`; journal it if settled,
         else ``after``."""
@@ -116,7 +134,7 @@ class Outbound:
         count = 0
         error: Exception | None = None
         try:
-            count = self.run(self.tun_bufs, self.tun_lengths, self._headroom, self.device.mtu, now)
+            count = self.run(self.tun_bufs, self.tun_lengths, self._headroom, self._mtu(), now)
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
         if error is None and self.settled(count) and self.journal.open():
@@ -161,20 +179,26 @@ class Outbound:
         self.bufs, self.lengths = bufs, lengths
         if n == 0:
             return 0
-        device = self.device
-        lane = device.datapath.lane(device, bufs, lengths, headroom, now)
+        send = self._send
+        lane = send.decide(self.device, bufs, lengths, headroom, now)
         if lane is None:
             return n
-        peer, keypair = lane
-        endpoint = peer.endpoint
-        udp = self.socket_for(endpoint)
+        if send.holds() and send.lane is lane:  # the snapshot's: no engine object touched
+            cipher, endpoint = send.cipher, send.endpoint
+            udp = self.udp6 if send.v6 and self.udp6 is not None else self.udp4
+            if udp is None:
+                udp = self.udp6
+        else:
+            peer, keypair = lane
+            cipher, endpoint = keypair.cipher, peer.endpoint
+            udp = self.socket_for(endpoint)
         if udp is None:  # no socket yet: the general way drops it as it would
             return n
         if self.fused is not None:
-            self.sealed = self.fused.seal_send(keypair.cipher, udp, bufs, lengths, mtu, endpoint)
+            self.sealed = self.fused.seal_send(cipher, udp, bufs, lengths, mtu, endpoint)
             self.lane = lane
             return n
-        self.sealed = keypair.cipher.seal_batch(bufs, lengths, mtu)
+        self.sealed = cipher.seal_batch(bufs, lengths, mtu)
         self.lane = lane
         udp.send_slots(bufs, lengths, 0, self.sealed, endpoint)
         return n
@@ -238,6 +262,8 @@ class Inbound:
         self.answered = False
         self.replied = 0
         self.reply_error: Exception | None = None
+        self._receive = ReceiveLane(getattr(device, "generation", None))
+        self._accept_slots: Any = None
 
     @property
     def headroom(self) -> int:
@@ -247,6 +273,11 @@ class Inbound:
     @headroom.setter
     def headroom(self, value: int) -> None:
         self._headroom = _headroom(value)
+
+    @property
+    def receive_lane(self) -> ReceiveLane:
+        """The inbound lane snapshot (tunnel.wireguard.lane_ref.ReceiveLane)."""
+        return self._receive
 
     def on_readable(self, sock: Any, udp: Any) -> None:
         """The event loop's callback for a UDP fd (``sock`` the interface's socket, ``udp`` its
@@ -267,7 +298,7 @@ class Inbound:
             self.answered = True
             try:
                 self.replied = outbound.run(outbound.tun_bufs, outbound.tun_lengths, outbound._headroom,
-                                            self.device.mtu, now)
+                                            outbound._mtu(), now)
             except Exception as exc:
                 self.reply_error = exc
         if (error is None and self.settled(count, udp) and outbound.journal.open()
@@ -310,28 +341,35 @@ class Inbound:
         if n == 0:
             return 0
         device = self.device
-        datapath = device.datapath
-        keypair = datapath.receive_lane(device, bufs, lengths, sources, now)
+        receive = self._receive
+        keypair = receive.decide(device, bufs, lengths, sources, now)
         if keypair is None:
             return n
+        if receive.holds() and receive.keypair is keypair:  # the snapshot's: no engine object touched
+            cipher, table, slot = receive.cipher, receive.table, receive.slot
+        else:
+            cipher, table, slot = keypair.cipher, device.routes(), keypair.peer.slot
+        accept_slots = self._accept_slots
+        if accept_slots is None:
+            accept_slots = self._accept_slots = device.datapath.accept_slots
         self.wire_lengths = list(lengths)
         self.results = results = [0] * n
         if self.fused is not None and self.local is None:
             if len(self.verdicts) < n:
                 self.verdicts = bytearray(n)
             self.opened, _, self.accepted, self.written, self.write_error = self.fused.open_deliver(
-                keypair.cipher, datapath.accept_slots, device.routes(), keypair.peer.slot, self.tun, bufs,
-                lengths, results, self._headroom, self.verdicts)
+                cipher, accept_slots, table, slot, self.tun, bufs, lengths, results, self._headroom,
+                self.verdicts)
             self.keypair = keypair
             return n
-        self.opened = opened = keypair.cipher.open_batch(bufs, lengths, results)
+        self.opened = opened = cipher.open_batch(bufs, lengths, results)
         self.keypair = keypair
         self.accepted = (0, 0, 0)
         if opened:
             if len(self.verdicts) < n:
                 self.verdicts = bytearray(n)
-            delivered, keepalives, invalid, disallowed = datapath.accept_slots(
-                device.routes(), keypair.peer.slot, bufs, lengths, results, self._headroom, self.verdicts)
+            delivered, keepalives, invalid, disallowed = accept_slots(
+                table, slot, bufs, lengths, results, self._headroom, self.verdicts)
             self.accepted = (keepalives, invalid, disallowed)
             if delivered and self.local is not None:
                 delivered -= self.local(bufs, lengths, self._headroom, self.verdicts, n, now)

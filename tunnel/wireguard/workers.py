@@ -137,6 +137,12 @@ class Lanes:
     def mtu(self) -> int:
         return self._device.mtu
 
+    @property
+    def generation(self) -> Any:
+        """The engine's lane generation: the worker's pumps keep their lane snapshots against it
+        (and drop them at each hand-over, which closes the lanes)."""
+        return self._device.generation
+
     def routes(self) -> Any:
         """The engine's route table; while the control thread is changing allowed-IPs (a
         compile that meets the change raises), the table compiled before it."""
@@ -259,6 +265,9 @@ class Worker(threading.Thread):
     def _hand_over(self, item: tuple[Any, ...]) -> None:
         self._post_journal()
         self.handed += 1
+        # the lanes are closed until the control thread finishes this: no snapshot may grant one
+        self.outbound.send_lane.clear()
+        self.inbound.receive_lane.clear()
         self.counters["handed_over"] += 1
         self.owner.post(item)
 
