@@ -40,8 +40,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crypto import keys  # noqa: E402
-from tunnel.lab.bench import INNER, OUTER, WG_MTU  # noqa: E402
+from wg_ab import wg_pair  # noqa: E402  (bench/, the script's folder)
+
+from tunnel.lab.bench import OUTER  # noqa: E402
 from tunnel.lab.netns import Lab, wait_for  # noqa: E402
 from tunnel.wireguard.quick import daemon_command  # noqa: E402
 
@@ -66,23 +67,8 @@ class Contender:
 
 
 def wg_contender(lab: Lab, label: str, program: list[str], env: dict[str, str], probed: bool) -> Contender:
-    a, b = lab.namespace(f"{label[:6]}a"), lab.namespace(f"{label[:6]}b")
-    lab.veth(a, b, [f"{OUTER[0]}/24"], [f"{OUTER[1]}/24"])
-    privs = [keys.generate_private(), keys.generate_private()]
-    for i, ns in enumerate((a, b)):
-        iface = lab.start_daemon(ns, program, env=env)
-        other = 1 - i
-        conf = lab.path(f"{label}{i}.conf")
-        conf.write_text(f"[Interface]\nPrivateKey = {keys.to_base64(privs[i])}\nListenPort = {51820 + i}\n\n"
-                        f"[Peer]\nPublicKey = {keys.to_base64(keys.public_from_private(privs[other]))}\n"
-                        f"AllowedIPs = {INNER[other]}/32\nEndpoint = {OUTER[other]}:{51820 + other}\n")
-        lab.run(ns, ["wg", "setconf", iface, str(conf)])
-        lab.run(ns, ["ip", "addr", "add", f"{INNER[i]}/24", "dev", iface])
-        lab.run(ns, ["ip", "link", "set", "mtu", str(WG_MTU), "up", "dev", iface])
-    pids = lab.daemon_pids(a) + lab.daemon_pids(b)
-    if not lab.wait_ping(a, INNER[1], timeout=20):
-        raise RuntimeError(f"{label}: no ping")
-    return Contender(label, a, b, INNER[1], pids, probed)
+    pair = wg_pair(lab, label[:6], program, env)
+    return Contender(label, pair.client, pair.server, pair.server_addr, pair.pids, probed)
 
 
 def veth_contender(lab: Lab) -> Contender:

@@ -10,6 +10,7 @@ is short, and it builds Python lists.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from tunnel.wireguard._batchbuf cimport check_batch as _check_batch, data_of as _data
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memset
 
@@ -131,23 +132,6 @@ cdef class RouteTable:
         """Slot for the source or destination of the IP packet at buf[offset:offset+size]."""
         cdef bytes raw = bytes(memoryview(buf)[offset:offset + size])
         return self.find_packet(raw, len(raw), source)
-
-
-cdef inline unsigned char *_data(object buf, Py_ssize_t need) except NULL:
-    cdef bytearray b = <bytearray?>buf
-    if PyByteArray_GET_SIZE(b) < need:
-        raise ValueError("buffer shorter than its length")
-    return <unsigned char *>PyByteArray_AS_STRING(b)
-
-
-cdef inline int _check_batch(list bufs, list lengths, Py_ssize_t headroom) except -1:
-    # The list indexing below is unchecked (boundscheck=False): lengths must cover bufs, and a
-    # negative headroom would read before the buffer.
-    if len(lengths) < len(bufs):
-        raise ValueError("lengths is shorter than bufs")
-    if headroom < 0:
-        raise ValueError("headroom must not be negative")
-    return 0
 
 
 def route_batch(RouteTable table not None, list bufs not None, list lengths not None, Py_ssize_t headroom,

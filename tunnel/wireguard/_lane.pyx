@@ -12,6 +12,7 @@ route table, a pure cipher) the same snapshot works through their Python attribu
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.pycapsule cimport PyCapsule_GetPointer
+from tunnel.wireguard._batchbuf cimport check_batch as _check_batch, data_of as _data
 from libc.stdint cimport uint32_t, uint64_t
 
 from crypto import _transport
@@ -44,21 +45,6 @@ cdef class Generation:
     cpdef bump(self):
         """Record a change: every snapshot taken before it is stale."""
         self.value += 1
-
-
-cdef inline unsigned char *_data(object buf, Py_ssize_t need) except NULL:
-    cdef bytearray b = <bytearray?>buf
-    if PyByteArray_GET_SIZE(b) < need:
-        raise ValueError("buffer shorter than its length")
-    return <unsigned char *>PyByteArray_AS_STRING(b)
-
-
-cdef inline int _check_batch(list bufs, list lengths, Py_ssize_t headroom) except -1:
-    if len(lengths) < len(bufs):
-        raise ValueError("lengths is shorter than bufs")
-    if headroom < 0:
-        raise ValueError("headroom must not be negative")
-    return 0
 
 
 cdef class SendLane:
