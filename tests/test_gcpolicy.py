@@ -1,4 +1,4 @@
-"""The daemon's GC policy (tunnel/wireguard/gcpolicy.py, ``WGPY_GC``): what it freezes and when,
+"""The daemon's GC policy (tunnel/runtime/gcpolicy.py, ``WGPY_GC``): what it freezes and when,
 that it leaves CPython's collector alone in ``default`` mode, what ``wg-py show`` reports, and
 that the long-lived state it freezes (peers, sessions) does not depend on the collector.
 
@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from tunnel.wireguard import gcpolicy
+from tunnel.runtime import gcpolicy
 from tunnel.wireguard.datapath import load as load_datapath
 
 from .wgpair import Pair, ipv4_packet

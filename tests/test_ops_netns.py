@@ -19,7 +19,7 @@ import pytest
 
 from tests.netns import Lab, Node, netns_factory, requires_root_netns, wait_for, wg_pair  # noqa: F401
 from tests.test_sched_slice import custom_slices
-from tunnel.io import sched
+from tunnel.runtime import sched
 
 pytestmark = [pytest.mark.netns, requires_root_netns]
 
@@ -68,6 +68,7 @@ def test_show_adds_rates_drops_offloads_and_wg_still_works(netns_factory: Lab) -
     text = lab.run(a.ns, ["wg-py", "show", a.iface]).stdout
     assert f"interface: {a.iface}" in text and f"peer: {b.public}" in text
     assert "rate: " in text and "drops: " in text and "twins: " in text and "offloads: tun " in text
+    assert "gc: freeze" in text and "scheduler slice: " in text
     # All interfaces: ours is listed; wireguard-go's socket is skipped (it refuses stats=1) ...
     everything = json.loads(lab.run(a.ns, ["wg-py", "show", "--json"]).stdout)
     assert a.iface in everything and b.iface not in everything

@@ -1,6 +1,7 @@
 """The package boundaries: the sans-I/O core brings in no I/O module, and imports run one way.
 
-Layers, lowest first: ``crypto`` <- ``tunnel.io`` (batch I/O both protocols share) <- the
+Layers, lowest first: ``crypto`` <- ``tunnel.io`` (batch I/O both protocols share) and, beside it
+and importing nothing of tunnel's, ``tunnel.runtime`` (the daemons' scheduler and GC policies) <- the
 engines and their shells (``tunnel.wireguard``, ``tunnel.vxlan``) <- ``tunnel.mesh`` (the
 overlay agent, which drives wg-py interfaces) <- ``tunnel.metrics`` (Prometheus; only the
 daemons' start-up hook imports it from below) <- ``tunnel.ops`` (show,
@@ -42,8 +43,11 @@ CORE = [
 # Each rule: modules under the first prefix may not import modules under any of the others.
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("crypto", ("tunnel",)),
-    ("tunnel.io", ("tunnel.wireguard", "tunnel.vxlan", "tunnel.overlay", "tunnel.mesh", "tunnel.metrics",
-                   "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
+    # the daemons' runtime policies (scheduler slice, GC): below the engines, beside tunnel.io
+    ("tunnel.runtime", ("tunnel.io", "tunnel.wireguard", "tunnel.vxlan", "tunnel.overlay", "tunnel.mesh",
+                        "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
+    ("tunnel.io", ("tunnel.runtime", "tunnel.wireguard", "tunnel.vxlan", "tunnel.overlay", "tunnel.mesh",
+                   "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo", "tunnel.cni")),
     ("tunnel.wireguard", ("tunnel.overlay", "tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli",
                           "tunnel.demo", "tunnel.cni")),
     ("tunnel.vxlan", ("tunnel.overlay", "tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli",
@@ -57,8 +61,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("tunnel.lab", ("tunnel.ops", "tunnel.cli", "tunnel.cni")),
     # The CNI plugin talks to the mesh only through the agent's state file: it stands beside
     # the engines, imports none of them (nor crypto), and none of them imports it.
-    ("tunnel.cni", ("crypto", "tunnel.io", "tunnel.wireguard", "tunnel.vxlan", "tunnel.overlay", "tunnel.mesh",
-                    "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo")),
+    ("tunnel.cni", ("crypto", "tunnel.io", "tunnel.runtime", "tunnel.wireguard", "tunnel.vxlan", "tunnel.overlay",
+                    "tunnel.mesh", "tunnel.metrics", "tunnel.ops", "tunnel.lab", "tunnel.cli", "tunnel.demo")),
 ]
 # The one way up the layers: a daemon's start-up hook serves its metrics (module, package).
 EXEMPT = {("tunnel.wireguard.daemon", "tunnel.metrics"), ("tunnel.vxlan.daemon", "tunnel.metrics"),

@@ -1,4 +1,4 @@
-"""The scheduler slice the daemon asks for (tunnel/io/sched.py, ``WGPY_SLICE``): the values it
+"""The scheduler slice the daemon asks for (tunnel/runtime/sched.py, ``WGPY_SLICE``): the values it
 takes, the system calls on this kernel (set, read back, per thread), and the daemon refusing a
 bad value. Threads get their own slices: each test runs its calls in a fresh thread, so the
 test process keeps its own."""
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tunnel.io import sched
+from tunnel.runtime import sched
 
 
 def in_thread(work: Callable[[], Any]) -> Any:
@@ -122,7 +122,7 @@ def test_the_whole_process_gets_the_slice() -> None:
     if not custom_slices():
         pytest.skip("this kernel has no custom scheduler slices (Linux < 6.12)")
     code = ("import threading, time\n"
-            "from tunnel.io import sched\n"
+            "from tunnel.runtime import sched\n"
             "stop = threading.Event()\n"
             "t = threading.Thread(target=stop.wait, args=(30,)); t.start()\n"
             "print(sched.set_process_slice(250))\n"

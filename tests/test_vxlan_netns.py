@@ -16,6 +16,7 @@ its own checksum code) finds every inner checksum wg-py sends complete and valid
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -25,7 +26,9 @@ from typing import Any
 import pytest
 
 from tests import vxlan_wire
+from tests.test_sched_slice import custom_slices
 from tunnel.lab.netns import CommandError, Lab, missing_requirements, wait_for
+from tunnel.runtime import sched
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -280,6 +283,10 @@ def test_fdb_commands_and_lifecycle(lab: Lab) -> None:
         done = wgpy(lab, b, bad, check=False)
         assert done.returncode == 1 and done.stderr.strip(), bad
         assert not lab.link_exists(b, "vxlan0")
+    for key, value in (("WGPY_SLICE", "5"), ("WGPY_GC", "sometimes")):  # a bad runtime policy
+        done = wgpy(lab, b, "add vxlan0 id 7 remote 10.99.1.1", check=False, extra={key: value})
+        assert done.returncode == 1 and key in done.stderr, done.stderr
+        assert not lab.link_exists(b, "vxlan0")
     wgpy_vxlan(lab, b, "id 7 remote 10.99.1.1 dev eth0 ageing 100", "192.168.7.2/24")
     again = wgpy(lab, b, "add vxlan0 id 7 remote 10.99.1.1", check=False)
     assert again.returncode == 1 and "already" in again.stderr
@@ -297,6 +304,15 @@ def test_fdb_commands_and_lifecycle(lab: Lab) -> None:
     assert wgpy(lab, b, "fdb del vxlan0 02:00:00:00:00:aa", check=False).returncode == 1
     text = wgpy(lab, b, "show vxlan0").stdout
     assert "vxlan id 7" in text and "drops:" in text
+    # The runtime policies (tunnel/runtime), unset: the GC froze the start-up's objects, and every
+    # thread asked for the 100 us scheduler slice (on a kernel with custom slices: 6.12+).
+    info = show(lab, b)
+    assert info["gc"]["mode"] == "freeze" and info["gc"]["freezes"] >= 1 and info["gc"]["frozen"] > 10_000
+    assert "gc: freeze" in text and "scheduler slice:" in text
+    if custom_slices():
+        assert info["sched"]["slice_us"] == sched.DEFAULT_SLICE_US
+        tids = [int(t) for t in os.listdir(f"/proc/{info['pid']}/task")]
+        assert {sched.get_slice(tid) for tid in tids} == {sched.DEFAULT_SLICE_US}, tids
 
     # `ip link del` stops the daemon and removes its control socket
     pid = show(lab, b)["pid"]

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tunnel.ops.status import StatusError, collect, wireguard_stats
+from tunnel.runtime.report import runtime_line
 
 USAGE = "usage: wg-py show [INTERFACE] [--json]\n"
 
@@ -72,10 +73,9 @@ def render(stats: Mapping[str, Any], now: float | None = None) -> str:
         f"udp {'gso' if off.get('udp_gso') else 'no gso'}, {'gro' if off.get('udp_gro') else 'no gro'}",
         "  drops: " + (", ".join(f"{k} {v}" for k, v in sorted(stats.get("drops", {}).items())) or "none"),
     ]
-    gc = stats.get("gc")
-    if gc:  # the daemon's GC policy (WGPY_GC, tunnel/wireguard/gcpolicy.py)
-        lines.append(f"  gc: {gc['mode']}, {gc['frozen']} objects frozen ({gc['freezes']} freezes), "
-                     f"collections {'/'.join(str(n) for n in gc['collections'])}")
+    runtime = runtime_line(stats.get("gc"), stats.get("sched"))  # WGPY_GC, WGPY_SLICE (tunnel/runtime)
+    if runtime:
+        lines.append(f"  {runtime}")
     workers = stats.get("workers") or []
     if len(workers) > 1:  # WGPY_WORKERS / --workers N (tunnel/wireguard/workers.py)
         lines.append("  workers: " + ", ".join(

@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tunnel.runtime.report import runtime_line
+
 from .config import MAX_WORKERS, VxlanConfig, parse_mac
 from .control import ControlError, request, socket_path
 
@@ -233,6 +235,9 @@ def render_show(show: dict[str, Any]) -> str:
         f"  fdb: {st['fdb_entries']} entries, learned {st['fdb_learned']} migrated "
         f"{st['fdb_migrated']} evicted {st['fdb_evicted']} aged {st['fdb_aged']}"
     )
+    runtime = runtime_line(show.get("gc"), show.get("sched"))  # WGPY_GC, WGPY_SLICE (tunnel/runtime)
+    if runtime:
+        lines.append(f"  {runtime}")
     drops = show.get("drops") or {}
     lines.append("  drops: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none"))
     lines.extend(f"  {line}" for line in show.get("fdb_lines", []))

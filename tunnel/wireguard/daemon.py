@@ -25,12 +25,12 @@ only when LOG_LEVEL is set and not silent; otherwise all three of its standard f
 /dev/null, as wireguard-go does (stdin is /dev/null in every case).
 
 GC: ``WGPY_GC`` (``freeze``, the default, or ``default``) is the policy for CPython's cyclic
-garbage collector (tunnel/wireguard/gcpolicy.py): once set up, the daemon collects and freezes
+garbage collector (tunnel/runtime/gcpolicy.py): once set up, the daemon collects and freezes
 its long-lived objects, so that a full collection, which would otherwise walk all of them
 (7-29 ms here), never stalls a packet; ``wg-py show`` reports it. A bad value fails the start.
 
 Scheduler slice: ``WGPY_SLICE`` (microseconds, 100..100000, or ``off``; unset: 100) is the
-EEVDF slice every thread of the daemon asks for once it is set up (tunnel/io/sched.py): a
+EEVDF slice every thread of the daemon asks for once it is set up (tunnel/runtime/sched.py): a
 woken daemon then preempts a process that has been running instead of waiting behind it, which
 is most of a ping's tail on a busy machine. ``wg-py show`` reports the slice in use; a bad value
 fails the start; a kernel without custom slices (before 6.12) keeps its default.
@@ -59,11 +59,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tunnel.io import sched
 from tunnel.io.tun import Tun
 from tunnel.metrics import LoopCollector, MetricsError, MetricsServer, open_server
 from tunnel.metrics.wireguard import families as wireguard_families
-from tunnel.wireguard import gcpolicy
+from tunnel.runtime import gcpolicy, sched
 from tunnel.wireguard.constants import DEFAULT_MTU
 from tunnel.wireguard.interface import PUMP_NAME, Extension, Interface
 from tunnel.wireguard.uapi_server import UapiServer, listen_socket, socket_path
@@ -292,7 +291,7 @@ async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int
         await server.close()
         interface.close()
         raise
-    if slice_us:  # every thread (the workers' too): see tunnel/io/sched.py
+    if slice_us:  # every thread (the workers' too): see tunnel/runtime/sched.py
         try:
             log.info("scheduler slice of %s: %s us", name, sched.set_process_slice(slice_us))
         except OSError as exc:

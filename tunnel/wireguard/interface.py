@@ -72,12 +72,12 @@ from typing import Any, Protocol
 
 from crypto.backend import HEADROOM, OK, TAG_SIZE
 from crypto.backend import NAME as CIPHER_NAME
-from tunnel.io import sched
 from tunnel.io.endpoint import Endpoint
 from tunnel.io.journal_ref import JOURNAL_DELAY  # seconds the lanes' bookkeeping may wait (when idle)
 from tunnel.io.tun import IO_NAME, Tun, TunGone
 from tunnel.io.udp import BatchSocket, UdpBind
-from tunnel.wireguard import gcpolicy, pump
+from tunnel.runtime import gcpolicy, sched
+from tunnel.wireguard import pump
 from tunnel.wireguard.constants import PADDING_MULTIPLE
 from tunnel.wireguard.device import Device
 from tunnel.wireguard.device_config import DeviceConfig
