@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.netns import Lab, Node, netns_factory, requires_root_netns, wait_for, wg_pair  # noqa: F401
-from tests.test_sched_slice import custom_slices
+from tests.test_sched_slice import custom_slices, in_thread
 from tunnel.runtime import sched
 
 pytestmark = [pytest.mark.netns, requires_root_netns]
@@ -58,8 +58,12 @@ def test_show_adds_rates_drops_offloads_and_wg_still_works(netns_factory: Lab) -
     # The daemon's GC policy (WGPY_GC unset: freeze): its start-up objects were frozen.
     assert stats["gc"]["mode"] == "freeze" and stats["gc"]["freezes"] >= 1
     assert stats["gc"]["frozen"] > 10_000
-    # The scheduler slice it asked for (WGPY_SLICE unset: 100 us) on a kernel that has them.
-    assert stats["sched"]["slice_us"] == (sched.DEFAULT_SLICE_US if custom_slices() else stats["sched"]["slice_us"])
+    # The scheduler slice (WGPY_SLICE unset: auto): 100 us after an odd number of changes (CPU
+    # pressure), the kernel's default after an even one, on a kernel with custom slices.
+    assert stats["sched"]["mode"] == "auto" and stats["sched"]["error"] is None
+    if custom_slices():
+        default = in_thread(sched.get_slice)
+        assert stats["sched"]["slice_us"] == (sched.DEFAULT_SLICE_US if stats["sched"]["changes"] % 2 else default)
     # The same daemon still answers the real wg (which never sends stats=1).
     rx, tx = a.transfer_of(b)
     assert 0 < rx <= show_json(lab, a)["peers"][0]["rx_bytes"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,16 +47,16 @@ def custom_slices() -> bool:
     return bool(in_thread(probe))
 
 
-@pytest.mark.parametrize(("value", "us"), [(None, sched.DEFAULT_SLICE_US), ("", sched.DEFAULT_SLICE_US),
-                                           ("off", 0), (" OFF ", 0), ("100", 100), ("2500", 2500),
-                                           ("100000", 100_000)])
+@pytest.mark.parametrize(("value", "us"), [(None, sched.AUTO), ("", sched.AUTO), ("auto", sched.AUTO),
+                                           (" Auto ", sched.AUTO), ("off", 0), (" OFF ", 0), ("100", 100),
+                                           ("2500", 2500), ("100000", 100_000)])
 def test_parse_slice(value: str | None, us: int) -> None:
     assert sched.parse_slice(value) == us
 
 
-@pytest.mark.parametrize("value", ["99", "100001", "0", "-5", "1ms", "fast"])
+@pytest.mark.parametrize("value", ["99", "100001", "0", "-1", "-5", "1ms", "fast", "autox"])
 def test_a_bad_slice_is_a_clear_error(value: str) -> None:
-    with pytest.raises(ValueError, match=r"WGPY_SLICE must be off or microseconds 100\.\.100000"):
+    with pytest.raises(ValueError, match=r"WGPY_SLICE must be auto, off or microseconds 100\.\.100000"):
         sched.parse_slice(value)
 
 
@@ -113,7 +114,7 @@ def test_a_bad_slice_fails_the_daemon_start() -> None:
                           env={**os.environ, "WGPY_SLICE": "5"}, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 1
-    assert "WGPY_SLICE must be off or microseconds" in done.stderr
+    assert "WGPY_SLICE must be auto, off or microseconds" in done.stderr
     assert not os.path.exists("/sys/class/net/wgpysl0")
 
 
@@ -129,3 +130,64 @@ def test_the_whole_process_gets_the_slice() -> None:
             "stop.set(); t.join()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[250, 250]"
+
+
+# ---- the policy: auto follows the CPU pressure ------------------------------------------------
+
+
+def test_auto_asks_for_the_slice_under_pressure_with_hysteresis() -> None:
+    """On at AUTO_ON_PERCENT or more, off below AUTO_OFF_PERCENT, nothing in between; a pressure
+    that cannot be read (None) never turns it on and turns it off."""
+    policy = sched.SlicePolicy(sched.AUTO)
+    on, off = sched.AUTO_ON_PERCENT, sched.AUTO_OFF_PERCENT
+    steps = [(0.0, None), (None, None), (on - 0.01, None), (on, sched.DEFAULT_SLICE_US), (on + 50, None),
+             (off, None), ((on + off) / 2, None), (off - 0.01, 0), ((on + off) / 2, None), (0.0, None),
+             (100.0, sched.DEFAULT_SLICE_US), (None, 0), (None, None)]
+    for pressure, change in steps:
+        assert policy.decide(pressure) == change, (pressure, change)
+    assert policy.mode == "auto"
+
+
+@pytest.mark.parametrize(("setting", "mode", "first"), [(0, "off", None), (300, "fixed", 300)])
+def test_off_and_fixed_ignore_the_pressure(setting: int, mode: str, first: int | None) -> None:
+    policy = sched.SlicePolicy(setting)
+    assert policy.mode == mode
+    assert [policy.decide(p) for p in (None, 90.0, 0.0, None)] == [first, None, None, None]
+
+
+def test_cpu_pressure_reads_psi(tmp_path: Path) -> None:
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=12.34 avg60=1.51 avg300=8.49 total=146\n"
+                   "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert sched.cpu_pressure(str(psi)) == 12.34
+    psi.write_text("garbage\n")
+    assert sched.cpu_pressure(str(psi)) is None
+    assert sched.cpu_pressure(str(tmp_path / "missing")) is None
+    if os.path.exists(sched.PRESSURE_PATH):
+        assert isinstance(sched.cpu_pressure(), float)
+
+
+def test_auto_applies_to_every_thread_and_back() -> None:
+    """start and housekeeping set every thread of the process (a child process, so the test's
+    threads keep theirs) as the pressure goes, and state() says so."""
+    if not custom_slices():
+        pytest.skip("this kernel has no custom scheduler slices (Linux < 6.12)")
+    code = ("import threading\n"
+            "from tunnel.runtime import sched\n"
+            "readings = iter([0.0, 40.0, 3.0, 0.2])\n"
+            "policy = sched.SlicePolicy(sched.AUTO, pressure=lambda: next(readings))\n"
+            "stop = threading.Event()\n"
+            "t = threading.Thread(target=stop.wait, args=(30,)); t.start()\n"
+            "tid = t.native_id\n"
+            "policy.start()\n"
+            "seen = [(sched.get_slice(), sched.get_slice(tid))]\n"
+            "for _ in range(3):\n"
+            "    policy.housekeeping()\n"
+            "    seen.append((sched.get_slice(), sched.get_slice(tid)))\n"
+            "st = sched.state()\n"
+            "print(seen, st['mode'], st['changes'], st['pressure'], st['slice_us'])\n"
+            "stop.set(); t.join()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    default = in_thread(sched.get_slice)
+    assert done.stdout.split() == (f"[({default}, {default}), (100, 100), (100, 100), ({default}, {default})] "
+                                   f"auto 2 0.2 {default}").split()

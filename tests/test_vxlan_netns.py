@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests import vxlan_wire
-from tests.test_sched_slice import custom_slices
+from tests.test_sched_slice import custom_slices, in_thread
 from tunnel.lab.netns import CommandError, Lab, missing_requirements, wait_for
 from tunnel.runtime import sched
 
@@ -304,15 +304,17 @@ def test_fdb_commands_and_lifecycle(lab: Lab) -> None:
     assert wgpy(lab, b, "fdb del vxlan0 02:00:00:00:00:aa", check=False).returncode == 1
     text = wgpy(lab, b, "show vxlan0").stdout
     assert "vxlan id 7" in text and "drops:" in text
-    # The runtime policies (tunnel/runtime), unset: the GC froze the start-up's objects, and every
-    # thread asked for the 100 us scheduler slice (on a kernel with custom slices: 6.12+).
+    # The runtime policies (tunnel/runtime), unset: the GC froze the start-up's objects, and the
+    # scheduler slice follows the CPU pressure (auto): every thread has the 100 us slice after an
+    # odd number of changes, the kernel's default after an even one (kernels with custom slices).
     info = show(lab, b)
     assert info["gc"]["mode"] == "freeze" and info["gc"]["freezes"] >= 1 and info["gc"]["frozen"] > 10_000
-    assert "gc: freeze" in text and "scheduler slice:" in text
+    assert info["sched"]["mode"] == "auto" and info["sched"]["error"] is None
+    assert "gc: freeze" in text and "scheduler slice:" in text and "(auto)" in text
     if custom_slices():
-        assert info["sched"]["slice_us"] == sched.DEFAULT_SLICE_US
-        tids = [int(t) for t in os.listdir(f"/proc/{info['pid']}/task")]
-        assert {sched.get_slice(tid) for tid in tids} == {sched.DEFAULT_SLICE_US}, tids
+        assert thread_slices(info["pid"]) in ({sched.DEFAULT_SLICE_US}, {kernel_default_slice()})
+        assert info["sched"]["slice_us"] == (sched.DEFAULT_SLICE_US if info["sched"]["changes"] % 2
+                                             else kernel_default_slice())
 
     # `ip link del` stops the daemon and removes its control socket
     pid = show(lab, b)["pid"]
@@ -321,8 +323,12 @@ def test_fdb_commands_and_lifecycle(lab: Lab) -> None:
     assert wgpy(lab, b, "show vxlan0", check=False).returncode == 1
     assert not list(lab.path("run").rglob("vxlan0.sock"))
 
-    # `del` and SIGTERM stop it too, removing the device
-    wgpy_vxlan(lab, b, "id 7 remote 10.99.1.1", None)
+    # `del` and SIGTERM stop it too, removing the device; this one asks for a fixed slice
+    wgpy_vxlan(lab, b, "id 7 remote 10.99.1.1", None, extra={"WGPY_SLICE": "300"})
+    info = show(lab, b)
+    assert info["sched"]["mode"] == "fixed"
+    if custom_slices():
+        assert info["sched"]["slice_us"] == 300 and thread_slices(info["pid"]) == {300}
     wgpy(lab, b, "del vxlan0")
     assert not lab.link_exists(b, "vxlan0")
     wgpy_vxlan(lab, b, "id 7 remote 10.99.1.1", None)
@@ -332,6 +338,16 @@ def test_fdb_commands_and_lifecycle(lab: Lab) -> None:
     assert wait_for(lambda: not lab.link_exists(b, "vxlan0"), 5.0)
     assert not list(lab.path("run").rglob("vxlan0.sock"))
     assert wgpy(lab, b, "del vxlan0", check=False).returncode == 1
+
+
+def thread_slices(pid: int) -> set[int]:
+    """The scheduler slices of every thread of process ``pid``, in microseconds."""
+    return {sched.get_slice(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def kernel_default_slice() -> int:
+    """The slice a thread of ours has without asking (the kernel's default)."""
+    return int(in_thread(sched.get_slice))
 
 
 def _alive(pid: int) -> bool:

@@ -11,11 +11,24 @@ prefers it to a task that has been running: it preempts instead of queueing. It 
 the task's weight: over time it gets the same share of CPU as before, in shorter pieces (a
 daemon's work per wake-up is 0.05-0.3 ms, well inside 0.1 ms slices most of the time).
 
+Why not always (docs/benchmarks.md, "The slice on a quiet machine"): on an idle machine the
+slice costs. Measured in session 6 in alternating blocks, the 100 us slice raised wg-py's ping
+median by 11-25 % and the VXLAN daemon's CPU per ping by ~30 %, a 400 us slice as much; its gain
+is the tail when the CPUs are contended. So the default, ``auto``, asks for the slice only while
+the kernel reports CPU pressure: tasks of this machine waiting for a CPU (PSI,
+``/proc/pressure/cpu``, ``some avg10``, the share of the last ~10 s in which at least one
+runnable task waited), on at :data:`AUTO_ON_PERCENT` or more, back to the kernel's default below
+:data:`AUTO_OFF_PERCENT` (the gap keeps it from flapping). Without PSI (a kernel built without
+it, or ``psi=0``) ``auto`` stays off.
+
 :func:`set_slice` and :func:`get_slice` are the system calls (x86-64 and arm64 numbers; other
-architectures: OSError(ENOSYS)). A kernel older than 6.12 accepts the call and ignores the slice:
-:func:`get_slice` then reads back the default. :func:`parse_slice` reads ``WGPY_SLICE``:
-``off`` (leave the scheduler's default) or microseconds, 100..100000; unset means
-:data:`DEFAULT_SLICE_US`.
+architectures: OSError(ENOSYS)); a slice of 0 returns a thread to the kernel's default. A kernel
+older than 6.12 accepts the call and ignores the slice: :func:`get_slice` then reads back the
+default. :func:`parse_slice` reads ``WGPY_SLICE``: ``auto`` (unset), ``off`` (the scheduler's
+default, always) or microseconds, 100..100000 (that slice, always). :class:`SlicePolicy` is the
+daemons' use of it: the decision (:meth:`SlicePolicy.decide`, from a pressure the caller read:
+no I/O) and its application to every thread of the process (``start``, ``housekeeping``, on the
+daemon's loop thread).
 """
 
 from __future__ import annotations
@@ -24,9 +37,15 @@ import ctypes
 import os
 import platform
 import struct
+from collections.abc import Callable
+from typing import Any
 
 ENV = "WGPY_SLICE"
-DEFAULT_SLICE_US = 100  # the shortest the kernel takes
+DEFAULT_SLICE_US = 100  # the shortest the kernel takes; what auto asks for under pressure
+AUTO = -1  # parse_slice's value for auto
+AUTO_ON_PERCENT = 5.0  # PSI cpu "some avg10" at or above which auto asks for the slice
+AUTO_OFF_PERCENT = 1.0  # ... and below which it returns to the kernel's default
+PRESSURE_PATH = "/proc/pressure/cpu"
 MIN_SLICE_US, MAX_SLICE_US = 100, 100_000
 _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}  # sched_setattr, sched_getattr
 _ATTR = struct.Struct("IIQiIQQQII")  # struct sched_attr, SCHED_ATTR_SIZE_VER1 (56 bytes)
@@ -34,10 +53,13 @@ SCHED_OTHER = 0
 
 
 def parse_slice(value: str | None, source: str = ENV) -> int:
-    """Microseconds of slice to ask for (0: ``off``); ValueError with a clear message otherwise."""
+    """Microseconds of slice to ask for always, 0 for ``off``, :data:`AUTO` for ``auto`` (also
+    unset or empty); ValueError with a clear message otherwise."""
     if value is None or not value.strip():
-        return DEFAULT_SLICE_US
+        return AUTO
     text = value.strip().lower()
+    if text == "auto":
+        return AUTO
     if text == "off":
         return 0
     try:
@@ -45,8 +67,21 @@ def parse_slice(value: str | None, source: str = ENV) -> int:
     except ValueError:
         us = -1
     if not MIN_SLICE_US <= us <= MAX_SLICE_US:
-        raise ValueError(f"{source} must be off or microseconds {MIN_SLICE_US}..{MAX_SLICE_US} (got {value!r})")
+        raise ValueError(f"{source} must be auto, off or microseconds {MIN_SLICE_US}..{MAX_SLICE_US} "
+                         f"(got {value!r})")
     return us
+
+
+def cpu_pressure(path: str = PRESSURE_PATH) -> float | None:
+    """PSI's ``some avg10`` for the CPU, in percent, or None where the kernel has no PSI."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("some "):
+                    return float(line.split("avg10=", 1)[1].split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _syscall(which: int, *args: object) -> None:
@@ -93,4 +128,88 @@ def set_process_slice(us: int) -> list[int]:
     return got
 
 
-__all__ = ["DEFAULT_SLICE_US", "ENV", "get_slice", "parse_slice", "set_process_slice", "set_slice", "slice_in_use"]
+class SlicePolicy:
+    """One daemon's scheduler slice (``WGPY_SLICE``; see the module doc).
+
+    ``setting`` is :func:`parse_slice`'s value. :meth:`decide` is the rule alone: given the CPU
+    pressure the caller read (None: unknown), the slice to set now (microseconds, 0 for the
+    kernel's default) or None for no change; it keeps only its own state. :meth:`start` (once
+    the daemon is set up) and :meth:`housekeeping` (about once a second) read the pressure and
+    apply the decision to every thread of the process; they run on the daemon's loop thread
+    and never raise (a kernel that refuses the call is logged once and leaves the default).
+    Threads started later inherit the slice of the thread that starts them.
+    """
+
+    def __init__(self, setting: int = AUTO, pressure: Callable[[], float | None] = cpu_pressure,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.setting = setting
+        self.read_pressure = pressure
+        self.log = log
+        self.wanted = 0  # the slice the rule last asked for (0: the kernel's default)
+        self.pressure: float | None = None  # the last pressure read (auto)
+        self.changes = 0  # times the slice was set
+        self.error: str | None = None  # why the kernel refused, if it did
+
+    @property
+    def mode(self) -> str:
+        return "auto" if self.setting == AUTO else "off" if self.setting == 0 else "fixed"
+
+    def decide(self, pressure: float | None) -> int | None:
+        """The slice to set for this pressure (percent), or None to leave it as it is."""
+        if self.setting != AUTO:
+            want = self.setting
+        elif self.wanted:
+            want = 0 if pressure is None or pressure < AUTO_OFF_PERCENT else self.wanted
+        else:
+            want = DEFAULT_SLICE_US if pressure is not None and pressure >= AUTO_ON_PERCENT else 0
+        if want == self.wanted:
+            return None
+        self.wanted = want
+        return want
+
+    def start(self) -> None:
+        """The daemon is set up: apply the setting (a fixed slice now; auto: as the pressure says)."""
+        global _active
+        _active = self
+        self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """About once a second: follow the CPU pressure (auto)."""
+        if self.setting == AUTO:
+            self.pressure = self.read_pressure()
+        change = self.decide(self.pressure)
+        if change is None or self.error is not None:
+            return
+        try:
+            got = set_process_slice(change)
+        except OSError as exc:
+            self.error = str(exc)
+            if self.log is not None:
+                self.log(f"could not ask for a {change} us scheduler slice: {exc}")
+            return
+        self.changes += 1
+        if self.log is not None:
+            self.log(f"scheduler slice {got} us (WGPY_SLICE {self.mode}, cpu pressure {self.pressure})")
+
+    def close(self) -> None:
+        """Nothing to undo: the process ends with the daemon."""
+
+
+_active: SlicePolicy | None = None  # the daemon's policy (process-wide, as the threads are)
+
+
+def state() -> dict[str, Any]:
+    """What ``show`` reports (``sched``): the mode, the slice in use (None: unreadable), the last
+    CPU pressure read (auto), how often the slice was set, and a refusal."""
+    policy = _active
+    return {
+        "mode": policy.mode if policy is not None else "off",
+        "slice_us": slice_in_use(),
+        "pressure": policy.pressure if policy is not None else None,
+        "changes": policy.changes if policy is not None else 0,
+        "error": policy.error if policy is not None else None,
+    }
+
+
+__all__ = ["AUTO", "AUTO_OFF_PERCENT", "AUTO_ON_PERCENT", "DEFAULT_SLICE_US", "ENV", "SlicePolicy", "cpu_pressure",
+           "get_slice", "parse_slice", "set_process_slice", "set_slice", "slice_in_use", "state"]

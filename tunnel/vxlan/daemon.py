@@ -10,7 +10,8 @@ fd, or the periodic ifindex check), then closes everything: the TAP goes with it
 control socket file is removed. :func:`start` adds the daemonizing double fork: the parent
 exits 0 only once ``open`` succeeded in the daemon, else prints the reason and exits 1.
 Runtime policies (``tunnel/runtime``, as the WireGuard daemon): ``WGPY_SLICE`` (the EEVDF slice
-every thread asks for once set up; unset: 100 us, ``off``: the kernel's default) and ``WGPY_GC``
+every thread asks for once set up; ``auto``, the default: 100 us while the kernel reports CPU
+pressure; ``off``: the kernel's default; or microseconds) and ``WGPY_GC``
 (``freeze``, the default: collect and freeze what the start-up left, refreeze from a 1 s timer;
 ``default``: CPython's collector as is). A bad value of either fails ``open``; ``show`` reports
 both (``gc``, ``sched``).
@@ -111,7 +112,7 @@ log = logging.getLogger("wg-py.vxlan")
 TX_SLACK = 64  # room past ``HEADROOM + 14 + mtu`` in a transmit slot
 AGE_INTERVAL = 10.0
 LINK_CHECK_INTERVAL = 1.0
-GC_INTERVAL = 1.0  # the GC policy's housekeeping (tunnel/runtime/gcpolicy.py)
+RUNTIME_INTERVAL = 1.0  # the slice and GC policies' housekeeping (tunnel/runtime)
 READY_TIMEOUT = 30.0
 ETH_HLEN = 14
 
@@ -151,7 +152,7 @@ class VxlanDaemon:
         self.snapshot_version: tuple[Any, ...] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.workers: Workers | None = None  # config.workers > 1 (tunnel/vxlan/workers.py)
-        self.slice_us = 0  # WGPY_SLICE, read by open (tunnel/runtime/sched.py)
+        self.slice_policy: sched.SlicePolicy | None = None  # WGPY_SLICE, read by open
         self.gc_policy: gcpolicy.GcPolicy | None = None  # WGPY_GC, read by open
 
     # ---- setup / teardown ----------------------------------------------------------------
@@ -168,7 +169,8 @@ class VxlanDaemon:
         cfg = self.config
         name = self.name
         try:  # the runtime policies, applied by serve once set up (as the WireGuard daemon does)
-            self.slice_us = sched.parse_slice(os.environ.get(sched.ENV))
+            self.slice_policy = sched.SlicePolicy(sched.parse_slice(os.environ.get(sched.ENV)),
+                                                  log=lambda msg: log.info("%s: %s", name, msg))
             self.gc_policy = gcpolicy.GcPolicy(gcpolicy.parse_mode(os.environ.get(gcpolicy.ENV)))
         except ValueError as exc:
             raise DaemonError(str(exc)) from None
@@ -365,8 +367,7 @@ class VxlanDaemon:
             asyncio.ensure_future(self._every(LINK_CHECK_INTERVAL, self._check_link)),
         ]
         self._apply_runtime()
-        if self.gc_policy is not None:
-            timers.append(asyncio.ensure_future(self._every(GC_INTERVAL, self.gc_policy.housekeeping)))
+        timers.append(asyncio.ensure_future(self._every(RUNTIME_INTERVAL, self._runtime_housekeeping)))
         log.info("%s: vni %d dstport %d up (sender %s, mtu %d, datapath %s, io %s, "
                  "offloads %s)", self.name, self.config.vni, self.config.dstport,
                  self.sender.mode if self.sender else "?", self.mtu, self.fast_name, self.io_name,
@@ -392,14 +393,16 @@ class VxlanDaemon:
     def _apply_runtime(self) -> None:
         """Once set up (the workers' threads started): the scheduler slice for every thread
         and the GC freeze of everything so far (tunnel/runtime; the WireGuard daemon's rules:
-        a kernel that refuses the slice keeps its default, logged)."""
-        if self.slice_us:
-            try:
-                log.info("%s: scheduler slice %s us", self.name, sched.set_process_slice(self.slice_us))
-            except OSError as exc:
-                log.info("%s: could not ask for a %d us scheduler slice: %s", self.name, self.slice_us, exc)
-        if self.gc_policy is not None:
-            self.gc_policy.start()
+        WGPY_SLICE=auto follows the CPU pressure from then on; a kernel that refuses the slice
+        keeps its default, logged)."""
+        for policy in (self.slice_policy, self.gc_policy):
+            if policy is not None:
+                policy.start()
+
+    def _runtime_housekeeping(self) -> None:
+        for policy in (self.slice_policy, self.gc_policy):
+            if policy is not None:
+                policy.housekeeping()
 
     def stop(self, reason: str = "stop") -> None:
         if self._stopping is not None and not self._stopping.is_set():
@@ -503,7 +506,7 @@ class VxlanDaemon:
             "rx_csum_partial": sum(p.tap_io.csum_partial for p in paths),
             "rx_tso_frames": sum(p.tap_io.tso_frames for p in paths),
             "gc": gcpolicy.state(),
-            "sched": {"slice_us": sched.slice_in_use()},
+            "sched": sched.state(),
         }
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

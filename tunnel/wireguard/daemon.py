@@ -29,11 +29,13 @@ garbage collector (tunnel/runtime/gcpolicy.py): once set up, the daemon collects
 its long-lived objects, so that a full collection, which would otherwise walk all of them
 (7-29 ms here), never stalls a packet; ``wg-py show`` reports it. A bad value fails the start.
 
-Scheduler slice: ``WGPY_SLICE`` (microseconds, 100..100000, or ``off``; unset: 100) is the
-EEVDF slice every thread of the daemon asks for once it is set up (tunnel/runtime/sched.py): a
-woken daemon then preempts a process that has been running instead of waiting behind it, which
-is most of a ping's tail on a busy machine. ``wg-py show`` reports the slice in use; a bad value
-fails the start; a kernel without custom slices (before 6.12) keeps its default.
+Scheduler slice: ``WGPY_SLICE`` (``auto``, the default; ``off``; or microseconds, 100..100000)
+is the EEVDF slice every thread of the daemon asks for once it is set up
+(tunnel/runtime/sched.py): a woken daemon then preempts a process that has been running instead
+of waiting behind it, which is most of a ping's tail on a busy machine. ``auto`` asks for 100 us
+only while the kernel reports CPU pressure (PSI), because on an idle machine the slice costs
+latency and CPU. ``wg-py show`` reports the mode and the slice in use; a bad value fails the
+start; a kernel without custom slices (before 6.12) keeps its default.
 
 Extension requests (UAPI ``ext=WORD ...``, e.g. the L2 overlay's ``ext=vxlan add ...``): their
 handlers are given to :func:`main` by the caller, never imported here, because they live in
@@ -157,7 +159,7 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
         else:
             workers = parse_workers(os.environ.get(WORKERS_ENV), WORKERS_ENV)
         gc_mode = gcpolicy.parse_mode(os.environ.get(gcpolicy.ENV))
-        slice_us = sched.parse_slice(os.environ.get(sched.ENV))
+        slice_setting = sched.parse_slice(os.environ.get(sched.ENV))
     except ValueError as exc:
         print(f"wg-py: {exc}", file=sys.stderr)
         return 1
@@ -183,7 +185,9 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
         print(f"wg-py: failed to open {workers} TUN queues: {exc}", file=sys.stderr)
         return 1
     interface.extensions.update(extensions or {})
-    interface.attachments.append(gcpolicy.GcPolicy(gc_mode))  # started by _serve, when set up
+    # the runtime policies (tunnel/runtime): started by _serve once set up, then housekeeping
+    interface.attachments.append(gcpolicy.GcPolicy(gc_mode))
+    interface.attachments.append(sched.SlicePolicy(slice_setting, log=lambda msg: log.info("%s: %s", name, msg)))
     try:
         interface.open_bind(0)
     except OSError as exc:
@@ -201,9 +205,9 @@ def main(args: list[str], extensions: Mapping[str, Extension] | None = None) -> 
     if metrics is not None:
         log.info("metrics on http://%s:%d/metrics", metrics.host or "*", metrics.port)
     if options.foreground:
-        return _run(interface, uapi_sock, uapi_inode, None, metrics, slice_us)
+        return _run(interface, uapi_sock, uapi_inode, None, metrics)
     quiet = level is None or not os.environ.get("LOG_LEVEL")
-    return _daemonize(interface, uapi_sock, uapi_inode, metrics, quiet=quiet, slice_us=slice_us)
+    return _daemonize(interface, uapi_sock, uapi_inode, metrics, quiet=quiet)
 
 
 def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
@@ -214,7 +218,7 @@ def _abandon(uapi_sock: socket.socket, name: str, interface: Interface) -> None:
 
 
 def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, metrics: MetricsServer | None,
-               quiet: bool, slice_us: int = 0) -> int:
+               quiet: bool) -> int:
     """Double fork; the original process returns 0 once the grandchild reports it is running."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -247,7 +251,7 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, 
             os.dup2(null, 1)
             os.dup2(null, 2)
         os.close(null)
-        code = _run(interface, uapi_sock, uapi_inode, ready_w, metrics, slice_us)
+        code = _run(interface, uapi_sock, uapi_inode, ready_w, metrics)
     except BaseException:
         log.exception("daemon failed")
         code = 1
@@ -257,19 +261,19 @@ def _daemonize(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, 
 
 
 def _run(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None,
-         metrics: MetricsServer | None = None, slice_us: int = 0) -> int:
+         metrics: MetricsServer | None = None) -> int:
     import uvloop
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(interface, uapi_sock, uapi_inode, ready_fd, metrics, slice_us))
+            return runner.run(_serve(interface, uapi_sock, uapi_inode, ready_fd, metrics))
     finally:
         if metrics is not None:
             metrics.close()
 
 
 async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int, ready_fd: int | None,
-                 metrics: MetricsServer | None = None, slice_us: int = 0) -> int:
+                 metrics: MetricsServer | None = None) -> int:
     loop = asyncio.get_running_loop()
     name = interface.name
     server = UapiServer(uapi_sock, socket_path(name), uapi_inode, interface)
@@ -291,14 +295,9 @@ async def _serve(interface: Interface, uapi_sock: socket.socket, uapi_inode: int
         await server.close()
         interface.close()
         raise
-    if slice_us:  # every thread (the workers' too): see tunnel/runtime/sched.py
-        try:
-            log.info("scheduler slice of %s: %s us", name, sched.set_process_slice(slice_us))
-        except OSError as exc:
-            log.info("could not ask for a %d us scheduler slice: %s", slice_us, exc)
     for attachment in interface.attachments:
-        if isinstance(attachment, gcpolicy.GcPolicy):
-            attachment.start()  # everything so far lives as long as the daemon: freeze it
+        if isinstance(attachment, (gcpolicy.GcPolicy, sched.SlicePolicy)):
+            attachment.start()  # freeze what lives as long as the daemon; the slice of every thread
     if _early_signals:
         on_signal(_early_signals[0])
     if ready_fd is not None:

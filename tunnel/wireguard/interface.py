@@ -288,7 +288,7 @@ class Interface(DeviceConfig):
                          "udp_gro": bind.gro if bind is not None else False},
             "errors": dict(sorted((k, v) for k, v in errors.items() if v)),
             "gc": gcpolicy.state(),
-            "sched": {"slice_us": sched.slice_in_use()},
+            "sched": sched.state(),
         })
         return stats
 
