@@ -32,9 +32,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tunnel.lab.bench import INNER, OUTER, VNI, Pair, build_pair, cpu_seconds, loadavg, machine_cpu_times
+from tunnel.lab.bench import INNER, OUTER, VNI, Pair, build_pair, cpu_seconds, loadavg
 from tunnel.lab.benchreport import parse_ping, per_gigabyte, tcp_figures
 from tunnel.lab.netns import Lab
+from tunnel.runtime.sched import machine_cpu_times
 from tunnel.wireguard import quick
 
 

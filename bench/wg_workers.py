@@ -22,9 +22,10 @@ import sys
 from typing import Any
 
 from tunnel.io.threads import thread_cpu_seconds
-from tunnel.lab.bench import Pair, build_pair, loadavg, machine_cpu_times
+from tunnel.lab.bench import Pair, build_pair, loadavg
 from tunnel.lab.benchreport import per_gigabyte, tcp_figures
 from tunnel.lab.netns import Lab
+from tunnel.runtime.sched import machine_cpu_times
 
 
 def threads_cpu(pair: Pair) -> dict[str, float]:

@@ -132,50 +132,57 @@ def test_the_whole_process_gets_the_slice() -> None:
     assert done.stdout.strip() == "[250, 250]"
 
 
-# ---- the policy: auto follows the CPU pressure ------------------------------------------------
+# ---- the policy: auto follows the machine's idle share -------------------------------------
 
 
-def test_auto_asks_for_the_slice_under_pressure_with_hysteresis() -> None:
-    """On at AUTO_ON_PERCENT or more, off below AUTO_OFF_PERCENT, nothing in between; a pressure
-    that cannot be read (None) never turns it on and turns it off."""
+def test_auto_asks_for_the_slice_while_the_cpus_are_busy_with_hysteresis() -> None:
+    """On below AUTO_ON_IDLE_PERCENT idle, off above AUTO_OFF_IDLE_PERCENT, nothing in between;
+    an idle share that could not be measured (None) never turns it on and turns it off."""
     policy = sched.SlicePolicy(sched.AUTO)
-    on, off = sched.AUTO_ON_PERCENT, sched.AUTO_OFF_PERCENT
-    steps = [(0.0, None), (None, None), (on - 0.01, None), (on, sched.DEFAULT_SLICE_US), (on + 50, None),
-             (off, None), ((on + off) / 2, None), (off - 0.01, 0), ((on + off) / 2, None), (0.0, None),
-             (100.0, sched.DEFAULT_SLICE_US), (None, 0), (None, None)]
-    for pressure, change in steps:
-        assert policy.decide(pressure) == change, (pressure, change)
+    on, off = sched.AUTO_ON_IDLE_PERCENT, sched.AUTO_OFF_IDLE_PERCENT
+    steps = [(100.0, None), (None, None), (on, None), (on - 0.01, sched.DEFAULT_SLICE_US), (0.0, None),
+             (off, None), ((on + off) / 2, None), (off + 0.01, 0), ((on + off) / 2, None), (100.0, None),
+             (0.0, sched.DEFAULT_SLICE_US), (None, 0), (None, None)]
+    for idle, change in steps:
+        assert policy.decide(idle) == change, (idle, change)
     assert policy.mode == "auto"
 
 
 @pytest.mark.parametrize(("setting", "mode", "first"), [(0, "off", None), (300, "fixed", 300)])
-def test_off_and_fixed_ignore_the_pressure(setting: int, mode: str, first: int | None) -> None:
+def test_off_and_fixed_ignore_the_load(setting: int, mode: str, first: int | None) -> None:
     policy = sched.SlicePolicy(setting)
     assert policy.mode == mode
-    assert [policy.decide(p) for p in (None, 90.0, 0.0, None)] == [first, None, None, None]
+    assert [policy.decide(idle) for idle in (None, 0.0, 100.0, None)] == [first, None, None, None]
 
 
-def test_cpu_pressure_reads_psi(tmp_path: Path) -> None:
-    psi = tmp_path / "cpu"
-    psi.write_text("some avg10=12.34 avg60=1.51 avg300=8.49 total=146\n"
-                   "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
-    assert sched.cpu_pressure(str(psi)) == 12.34
-    psi.write_text("garbage\n")
-    assert sched.cpu_pressure(str(psi)) is None
-    assert sched.cpu_pressure(str(tmp_path / "missing")) is None
-    if os.path.exists(sched.PRESSURE_PATH):
-        assert isinstance(sched.cpu_pressure(), float)
+def test_idle_meter_measures_the_share_between_readings(tmp_path: Path) -> None:
+    readings = iter([(10.0, 90.0), (10.5, 90.5), (10.5, 90.5), (12.0, 90.5)])
+    meter = sched.IdleMeter(lambda: next(readings))
+    assert [meter() for _ in range(4)] == [None, 50.0, None, 0.0]
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 10 0 0 0\ncpu0 50 0 25 400 25 0 5 0 0 0\n")
+    tck = os.sysconf("SC_CLK_TCK")
+    assert sched.machine_cpu_times(str(stat)) == (160 / tck, 850 / tck)
+    stat.write_text("intr 1 2 3\n")
+    with pytest.raises(ValueError):
+        sched.machine_cpu_times(str(stat))
+    broken = sched.IdleMeter(lambda: sched.machine_cpu_times(str(tmp_path / "missing")))
+    assert broken() is None and broken() is None
+    live = sched.IdleMeter()
+    live()
+    share = live()
+    assert share is None or 0.0 <= share <= 100.0
 
 
 def test_auto_applies_to_every_thread_and_back() -> None:
     """start and housekeeping set every thread of the process (a child process, so the test's
-    threads keep theirs) as the pressure goes, and state() says so."""
+    threads keep theirs) as the idle share goes, and state() says so."""
     if not custom_slices():
         pytest.skip("this kernel has no custom scheduler slices (Linux < 6.12)")
     code = ("import threading\n"
             "from tunnel.runtime import sched\n"
-            "readings = iter([0.0, 40.0, 3.0, 0.2])\n"
-            "policy = sched.SlicePolicy(sched.AUTO, pressure=lambda: next(readings))\n"
+            "shares = iter([None, 3.0, 35.0, 80.0])\n"
+            "policy = sched.SlicePolicy(sched.AUTO, idle=lambda: next(shares))\n"
             "stop = threading.Event()\n"
             "t = threading.Thread(target=stop.wait, args=(30,)); t.start()\n"
             "tid = t.native_id\n"
@@ -185,9 +192,9 @@ def test_auto_applies_to_every_thread_and_back() -> None:
             "    policy.housekeeping()\n"
             "    seen.append((sched.get_slice(), sched.get_slice(tid)))\n"
             "st = sched.state()\n"
-            "print(seen, st['mode'], st['changes'], st['pressure'], st['slice_us'])\n"
+            "print(seen, st['mode'], st['changes'], st['idle_percent'], st['slice_us'])\n"
             "stop.set(); t.join()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     default = in_thread(sched.get_slice)
     assert done.stdout.split() == (f"[({default}, {default}), (100, 100), (100, 100), ({default}, {default})] "
-                                   f"auto 2 0.2 {default}").split()
+                                   f"auto 2 80.0 {default}").split()

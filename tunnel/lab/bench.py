@@ -247,15 +247,6 @@ def loadavg() -> str:
     return " ".join(_read("/proc/loadavg").split()[:3])
 
 
-def machine_cpu_times() -> tuple[float, float]:
-    """(busy, idle) seconds of the whole machine since boot, from /proc/stat (idle includes
-    iowait; busy is every other field of the ``cpu`` line up to steal)."""
-    fields = [int(x) for x in _read("/proc/stat").split("\n", 1)[0].split()[1:]]
-    tck = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / tck, idle / tck
-
-
 def cpu_seconds(pids: Sequence[int]) -> float:
     """utime+stime of ``pids`` (all threads), in seconds; vanished processes count 0 (used by
     ``bench/vxlan_pump.py``; :func:`measure_tcp` reads :func:`process_cpu` per process)."""

@@ -10,8 +10,8 @@ fd, or the periodic ifindex check), then closes everything: the TAP goes with it
 control socket file is removed. :func:`start` adds the daemonizing double fork: the parent
 exits 0 only once ``open`` succeeded in the daemon, else prints the reason and exits 1.
 Runtime policies (``tunnel/runtime``, as the WireGuard daemon): ``WGPY_SLICE`` (the EEVDF slice
-every thread asks for once set up; ``auto``, the default: 100 us while the kernel reports CPU
-pressure; ``off``: the kernel's default; or microseconds) and ``WGPY_GC``
+every thread asks for once set up; ``auto``, the default: 100 us while the machine's CPUs are
+busy; ``off``: the kernel's default; or microseconds) and ``WGPY_GC``
 (``freeze``, the default: collect and freeze what the start-up left, refreeze from a 1 s timer;
 ``default``: CPython's collector as is). A bad value of either fails ``open``; ``show`` reports
 both (``gc``, ``sched``).
@@ -393,7 +393,7 @@ class VxlanDaemon:
     def _apply_runtime(self) -> None:
         """Once set up (the workers' threads started): the scheduler slice for every thread
         and the GC freeze of everything so far (tunnel/runtime; the WireGuard daemon's rules:
-        WGPY_SLICE=auto follows the CPU pressure from then on; a kernel that refuses the slice
+        WGPY_SLICE=auto follows the machine's idle share from then on; a kernel that refuses the slice
         keeps its default, logged)."""
         for policy in (self.slice_policy, self.gc_policy):
             if policy is not None:

@@ -33,7 +33,7 @@ Scheduler slice: ``WGPY_SLICE`` (``auto``, the default; ``off``; or microseconds
 is the EEVDF slice every thread of the daemon asks for once it is set up
 (tunnel/runtime/sched.py): a woken daemon then preempts a process that has been running instead
 of waiting behind it, which is most of a ping's tail on a busy machine. ``auto`` asks for 100 us
-only while the kernel reports CPU pressure (PSI), because on an idle machine the slice costs
+only while the machine's CPUs are busy (idle below 20 %), because on an idle machine the slice costs
 latency and CPU. ``wg-py show`` reports the mode and the slice in use; a bad value fails the
 start; a kernel without custom slices (before 6.12) keeps its default.
 
