@@ -1,14 +1,18 @@
-"""Where a ping's time goes: per-hop latency through the WireGuard tunnels, from kernel timestamps.
+"""Where a ping's time goes: per-hop latency through the tunnels, from kernel timestamps.
 
-    .venv/bin/python bench/hops.py [--only wgpy,wggo] [--blocks 4] [--pings 100] [--wireguard-go PATH]
+    .venv/bin/python bench/hops.py [--only wgpy,wggo,wgpy-vxlan,kvxlan] [--blocks 4] [--pings 100]
+        [--wireguard-go PATH]
 
 Builds the same namespace pairs as ``wg-py bench`` (``tunnel.lab.bench.build_pair``; removed on the
 way out), and for each block of ``--pings`` pings (10 ms apart) through each contender in turn
-records every packet on the four interfaces of the path (both TUNs, both veth ends) with an
-AF_PACKET socket and ``SO_TIMESTAMPNS``: the kernel's own timestamp of when the packet passed,
+records every packet on the four interfaces of the path (both TUNs or TAPs, both veth ends) with
+an AF_PACKET socket and ``SO_TIMESTAMPNS``: the kernel's own timestamp of when the packet passed,
 so the recorder's own scheduling does not matter. Inner ICMP packets are matched by sequence
-number; each encrypted datagram is the first transport message to leave (or arrive) after the
-inner packet it carries. Prints the median of each hop, in microseconds:
+number; each outer datagram (a WireGuard transport message, or a VXLAN datagram to port 4789)
+is the first to leave (or arrive) after the inner packet it carries. The VXLAN contenders
+(``wgpy-vxlan``, the kernel's ``kvxlan``) have a TAP (Ethernet frames) where the WireGuard ones
+have a TUN; for ``kvxlan`` the "tx"/"rx" hops are the kernel's own encapsulation. Prints the
+median of each hop, in microseconds:
 
   client tx     request on the client's TUN -> its datagram leaves the client's veth
   server rx     the datagram reaches the server's veth -> the request on the server's TUN
@@ -45,6 +49,7 @@ from tunnel.lab.netns import Lab  # noqa: E402
 SO_TIMESTAMPNS = 35
 ETH_P_ALL = 3
 PACKET_OUTGOING = 4
+CONTENDERS = ("wgpy", "wggo", "wgpy-vxlan", "kvxlan")
 HOPS = ("client tx", "server rx", "server kernel", "server tx", "client rx", "total")
 
 Event = tuple[int, bool, bytes]  # (kernel time in ns, outgoing, first bytes)
@@ -70,15 +75,23 @@ def record(iface: str, seconds: float, out: str) -> None:
 
 
 def icmp_echo(data: bytes) -> tuple[int, int] | None:
-    """(ICMP type, sequence) of an IPv4 echo request/reply as seen on a TUN, else None."""
-    if len(data) >= 28 and data[0] >> 4 == 4 and data[9] == 1:
-        return data[20], int.from_bytes(data[26:28], "big")
+    """(ICMP type, sequence) of an IPv4 echo request/reply as seen on a TUN (IP) or a TAP
+    (Ethernet), else None."""
+    for ip in (data, data[14:] if data[12:14] == b"\x08\x00" else b""):
+        if len(ip) >= 28 and ip[0] >> 4 == 4 and ip[9] == 1:
+            return ip[20], int.from_bytes(ip[26:28], "big")
     return None
 
 
+VXLAN_PORT = (4789).to_bytes(2, "big")
+
+
 def is_transport(data: bytes) -> bool:
-    """An Ethernet/IPv4/UDP frame carrying a WireGuard transport message (type 4)."""
-    return len(data) > 42 and data[12:14] == b"\x08\x00" and data[23] == 17 and data[42] == 4
+    """An Ethernet/IPv4/UDP frame carrying a WireGuard transport message (type 4) or a VXLAN
+    datagram (to port 4789, the I flag set)."""
+    if not (len(data) > 42 and data[12:14] == b"\x08\x00" and data[23] == 17):
+        return False
+    return data[42] == 4 or (data[36:38] == VXLAN_PORT and data[42] == 0x08)
 
 
 def links(lab: Lab, namespace: str) -> tuple[str, str]:
@@ -164,7 +177,7 @@ def hops(events: dict[str, list[Event]]) -> dict[str, list[float]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="wgpy,wggo", help="contenders, from wgpy,wggo")
+    parser.add_argument("--only", default="wgpy,wggo", help="contenders, from " + ",".join(CONTENDERS))
     parser.add_argument("--blocks", type=int, default=4, help="blocks of pings per contender")
     parser.add_argument("--pings", type=int, default=100, help="pings per block (10 ms apart)")
     parser.add_argument("--wireguard-go", metavar="PATH", default="wireguard-go",
@@ -175,8 +188,8 @@ def main() -> int:
         record(args.record[0], float(args.record[1]), args.record[2])
         return 0
     names = [n for n in args.only.split(",") if n]
-    if not names or any(n not in ("wgpy", "wggo") for n in names):
-        parser.error("--only takes wgpy and/or wggo")
+    if not names or any(n not in CONTENDERS for n in names):
+        parser.error("--only takes " + ", ".join(CONTENDERS))
     if not 1 <= args.pings <= 1000 or not 1 <= args.blocks <= 20:
         parser.error("--pings must be 1..1000 and --blocks 1..20")
     samples: dict[str, dict[str, list[float]]] = {name: {hop: [] for hop in HOPS} for name in names}
@@ -189,10 +202,10 @@ def main() -> int:
                 print(f"block {block + 1}/{args.blocks} {name}: {len(samples[name]['total'])} pings matched",
                       flush=True)
     print(f"\nmedian per hop, us ({args.blocks} x {args.pings} pings per contender)")
-    print(f"{'hop':14s}" + "".join(f"{name:>10s}" for name in names))
+    print(f"{'hop':14s}" + "".join(f"{name:>12s}" for name in names))
     for hop in HOPS:
         cells = [statistics.median(samples[n][hop]) if samples[n][hop] else float("nan") for n in names]
-        print(f"{hop:14s}" + "".join(f"{c:10.1f}" for c in cells))
+        print(f"{hop:14s}" + "".join(f"{c:12.1f}" for c in cells))
     return 0
 
 
