@@ -10,7 +10,8 @@ is short, and it builds Python lists.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from tunnel.wireguard._batchbuf cimport check_batch as _check_batch, data_of as _data
+from tunnel.wireguard._batchbuf cimport all_from as _all_from, check_batch as _check_batch, data_of as _data
+from tunnel.wireguard._batchbuf cimport transport_receiver as _transport_receiver
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memset
 
@@ -206,36 +207,23 @@ def lane(device, list bufs not None, list lengths not None, Py_ssize_t headroom,
 def receive_lane(device, list bufs not None, list lengths not None, list sources not None, double now):
     """The keypair to open the whole batch with in the inbound fast lane, else None (see
     datapath_ref.receive_lane)."""
-    cdef Py_ssize_t i, n = len(bufs)
-    cdef unsigned char *p
-    cdef Py_ssize_t size
-    cdef long long receiver = -1, index
+    cdef Py_ssize_t n = len(bufs)
+    cdef long long receiver
     _check_batch(bufs, lengths, 0)
     if len(sources) < n:
         raise ValueError("sources is shorter than bufs")
     if n == 0:
         return None
-    for i in range(n):
-        size = lengths[i]
-        p = _data(bufs[i], size)
-        if size < 32 or p[0] != 4 or p[1] or p[2] or p[3]:
-            return None
-        index = (<uint32_t>p[4]) | (<uint32_t>p[5] << 8) | (<uint32_t>p[6] << 16) | (<uint32_t>p[7] << 24)
-        if receiver >= 0 and index != receiver:
-            return None
-        receiver = index
+    receiver = _transport_receiver(bufs, lengths, n)
+    if receiver < 0:
+        return None
     keypair = device.receivers.get(receiver)
     if not isinstance(keypair, Keypair):  # None, or the peer of a handshake in progress
         return None
     peer = keypair.peer
     if now - <double>keypair.created >= _REJECT_AFTER_TIME or peer.next is keypair:
         return None
-    endpoint = peer.endpoint
-    for i in range(n):
-        source = sources[i]
-        if source is not endpoint and source != endpoint:
-            return None
-    return keypair
+    return keypair if _all_from(sources, n, peer.endpoint) else None
 
 
 def classify_batch(list bufs not None, list lengths not None):

@@ -5,6 +5,16 @@ cdef class Generation:
     cpdef bump(self)
 
 
+cdef inline bint generation_holds(long long valid_for, Generation gen, object pygen) except -1:
+    """Whether a snapshot taken at ``valid_for`` (NONE: none kept) is still current: a native
+    Generation is read as a C field, another twin's through its ``value``."""
+    if valid_for < 0:
+        return False
+    if gen is not None:
+        return valid_for == gen.value
+    return pygen is not None and valid_for == pygen.value
+
+
 cdef class SendLane:
     cdef readonly object generation
     cdef Generation _gen
@@ -25,12 +35,7 @@ cdef class SendLane:
     cdef public Py_ssize_t misses
 
     cdef inline bint _holds(self) except -1:
-        # a native Generation is read as a C field; another twin's through its ``value``
-        if self.valid_for < 0:
-            return False
-        if self._gen is not None:
-            return self.valid_for == self._gen.value
-        return self._pygen is not None and self.valid_for == self._pygen.value
+        return generation_holds(self.valid_for, self._gen, self._pygen)
 
     cdef object _check(self, list bufs, list lengths, Py_ssize_t headroom, double now)
     cpdef fill(self, device, tuple lane, long long valid_for)
@@ -53,12 +58,7 @@ cdef class ReceiveLane:
     cdef public Py_ssize_t misses
 
     cdef inline bint _holds(self) except -1:
-        # a native Generation is read as a C field; another twin's through its ``value``
-        if self.valid_for < 0:
-            return False
-        if self._gen is not None:
-            return self.valid_for == self._gen.value
-        return self._pygen is not None and self.valid_for == self._pygen.value
+        return generation_holds(self.valid_for, self._gen, self._pygen)
 
     cdef object _check(self, list bufs, list lengths, list sources, double now)
     cpdef fill(self, device, keypair, long long valid_for)

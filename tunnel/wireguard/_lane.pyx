@@ -12,7 +12,8 @@ route table, a pure cipher) the same snapshot works through their Python attribu
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.pycapsule cimport PyCapsule_GetPointer
-from tunnel.wireguard._batchbuf cimport check_batch as _check_batch, data_of as _data
+from tunnel.wireguard._batchbuf cimport all_from as _all_from, check_batch as _check_batch, data_of as _data
+from tunnel.wireguard._batchbuf cimport transport_receiver as _transport_receiver
 from libc.stdint cimport uint32_t, uint64_t
 
 from crypto import _transport
@@ -180,30 +181,17 @@ cdef class ReceiveLane:
         return self._check(bufs, lengths, sources, now)
 
     cdef object _check(self, list bufs, list lengths, list sources, double now):
-        cdef Py_ssize_t i, size, n = len(bufs)
-        cdef unsigned char *p
-        cdef long long index
+        cdef Py_ssize_t n = len(bufs)
         _check_batch(bufs, lengths, 0)
         if len(sources) < n:
             raise ValueError("sources is shorter than bufs")
         if n == 0 or not self._holds():
             return None
-        for i in range(n):
-            size = lengths[i]
-            p = _data(bufs[i], size)
-            if size < 32 or p[0] != 4 or p[1] or p[2] or p[3]:
-                return None
-            index = (<uint32_t>p[4]) | (<uint32_t>p[5] << 8) | (<uint32_t>p[6] << 16) | (<uint32_t>p[7] << 24)
-            if index != self.receiver:
-                return None
+        if _transport_receiver(bufs, lengths, n) != self.receiver:
+            return None
         if now - self.created >= _REJECT_AFTER_TIME:
             return None
-        endpoint = self.endpoint
-        for i in range(n):
-            source = sources[i]
-            if source is not endpoint and source != endpoint:
-                return None
-        return self.keypair
+        return self.keypair if _all_from(sources, n, self.endpoint) else None
 
     cpdef fill(self, device, keypair, long long valid_for):
         """Keep ``keypair`` (``datapath.receive_lane``'s grant, asked at generation ``valid_for``)."""

@@ -250,27 +250,42 @@ def receive_lane(device: Any, bufs: Sequence[bytearray], lengths: Sequence[int],
         raise ValueError("sources is shorter than bufs")
     if not bufs:
         return None
-    receiver = -1
-    for i in range(len(bufs)):
-        size = lengths[i]
-        buf = _check_buffer(bufs[i], size)
-        if size < 32 or buf[0] != 4 or buf[1] or buf[2] or buf[3]:
-            return None
-        index = int.from_bytes(buf[4:8], "little")
-        if receiver >= 0 and index != receiver:
-            return None
-        receiver = index
+    receiver = transport_receiver(bufs, lengths, len(bufs))
+    if receiver < 0:
+        return None
     keypair = device.receivers.get(receiver)
     if not isinstance(keypair, Keypair):  # None, or the peer of a handshake in progress
         return None
     peer = keypair.peer
     if now - keypair.created >= REJECT_AFTER_TIME or peer.next is keypair:
         return None
-    endpoint = peer.endpoint
-    for source in sources[: len(bufs)]:
+    return keypair if all_from(sources, len(bufs), peer.endpoint) else None
+
+
+def transport_receiver(bufs: Sequence[bytearray], lengths: Sequence[int], n: int) -> int:
+    """The receiver index that all of the first ``n`` datagrams are transport messages for (type
+    4, at least 32 bytes), or -1 if one is not or two name different indices (the inbound lane
+    rule's batch check, shared with the lane snapshot; native twin in ``_batchbuf.pxd``)."""
+    receiver = -1
+    for i in range(n):
+        size = lengths[i]
+        buf = _check_buffer(bufs[i], size)
+        if size < 32 or buf[0] != 4 or buf[1] or buf[2] or buf[3]:
+            return -1
+        index = int.from_bytes(buf[4:8], "little")
+        if receiver >= 0 and index != receiver:
+            return -1
+        receiver = index
+    return receiver
+
+
+def all_from(sources: Sequence[Any], n: int, endpoint: Any) -> bool:
+    """Whether each of the first ``n`` sources is ``endpoint`` (the same object, as the batch
+    I/O hands out for a repeated source, or an equal one)."""
+    for source in sources[:n]:
         if source is not endpoint and source != endpoint:
-            return None
-    return keypair
+            return False
+    return True
 
 
 def classify_batch(

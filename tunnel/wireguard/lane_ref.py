@@ -39,7 +39,7 @@ from typing import Any
 
 from tunnel.io.journal_ref import real as _real
 from tunnel.wireguard.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
-from tunnel.wireguard.datapath_ref import _check_batch, _check_buffer, _require_list
+from tunnel.wireguard.datapath_ref import _check_batch, _check_buffer, _require_list, all_from, transport_receiver
 
 #: the outbound deadline of a keypair's lane, by role: the initiator stops at REKEY_AFTER_TIME
 #: (datapath.lane's ``age >= REJECT_AFTER_TIME or (is_initiator and age >= REKEY_AFTER_TIME)``)
@@ -71,6 +71,12 @@ def _find(table: Any, buf: bytearray, offset: int, size: int, source: bool) -> i
     return int(table.lookup_packet(buf, offset, size, source))
 
 
+def generation_holds(valid_for: int, generation: Any) -> bool:
+    """Whether a snapshot taken at ``valid_for`` (NONE: none kept) is still ``generation``'s
+    current value (native twin: ``generation_holds`` in ``_lane.pxd``)."""
+    return valid_for != NONE and generation is not None and valid_for == generation.value
+
+
 class SendLane:
     """The outbound lane snapshot of one pump. ``generation`` is the engine's
     :class:`Generation` (either twin's; None: no snapshot is ever kept)."""
@@ -98,7 +104,7 @@ class SendLane:
 
     def holds(self) -> bool:
         """Whether the snapshot is still the engine's state (time and counter not looked at)."""
-        return self.valid_for != NONE and self.generation is not None and self.valid_for == self.generation.value
+        return generation_holds(self.valid_for, self.generation)
 
     def check(self, bufs: list[bytearray], lengths: list[int], headroom: int, now: float) -> tuple[Any, Any] | None:
         """The snapshot's lane for the batch ``bufs[i][headroom:headroom+lengths[i]]`` at ``now``,
@@ -175,7 +181,7 @@ class ReceiveLane:
 
     def holds(self) -> bool:
         """Whether the snapshot is still the engine's state (time not looked at)."""
-        return self.valid_for != NONE and self.generation is not None and self.valid_for == self.generation.value
+        return generation_holds(self.valid_for, self.generation)
 
     def check(self, bufs: list[bytearray], lengths: list[int], sources: list[Any], now: float) -> Any:
         """The snapshot's keypair for the batch of datagrams ``bufs[i][:lengths[i]]`` from
@@ -187,23 +193,12 @@ class ReceiveLane:
         now = _real(now)
         if not bufs or not self.holds():
             return None
-        receiver = self.receiver
         n = len(bufs)
-        for i in range(n):
-            size = lengths[i]
-            buf = _check_buffer(bufs[i], size)
-            if size < 32 or buf[0] != 4 or buf[1] or buf[2] or buf[3]:
-                return None
-            if int.from_bytes(buf[4:8], "little") != receiver:
-                return None
+        if transport_receiver(bufs, lengths, n) != self.receiver:
+            return None
         if now - self.created >= REJECT_AFTER_TIME:
             return None
-        endpoint = self.endpoint
-        for i in range(n):
-            source = sources[i]
-            if source is not endpoint and source != endpoint:
-                return None
-        return self.keypair
+        return self.keypair if all_from(sources, n, self.endpoint) else None
 
     def fill(self, device: Any, keypair: Any, valid_for: int) -> None:
         """Keep ``keypair`` (``datapath.receive_lane``'s grant, asked at generation ``valid_for``)."""
