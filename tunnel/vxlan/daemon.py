@@ -152,8 +152,8 @@ class VxlanDaemon:
         self.snapshot_version: tuple[Any, ...] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.workers: Workers | None = None  # config.workers > 1 (tunnel/vxlan/workers.py)
-        self.slice_policy: sched.SlicePolicy | None = None  # WGPY_SLICE, read by open
-        self.gc_policy: gcpolicy.GcPolicy | None = None  # WGPY_GC, read by open
+        # WGPY_SLICE and WGPY_GC (tunnel/runtime), read by open, started by serve once set up
+        self.runtime: list[sched.SlicePolicy | gcpolicy.GcPolicy] = []
 
     # ---- setup / teardown ----------------------------------------------------------------
 
@@ -169,9 +169,9 @@ class VxlanDaemon:
         cfg = self.config
         name = self.name
         try:  # the runtime policies, applied by serve once set up (as the WireGuard daemon does)
-            self.slice_policy = sched.SlicePolicy(sched.parse_slice(os.environ.get(sched.ENV)),
-                                                  log=lambda msg: log.info("%s: %s", name, msg))
-            self.gc_policy = gcpolicy.GcPolicy(gcpolicy.parse_mode(os.environ.get(gcpolicy.ENV)))
+            self.runtime = [sched.SlicePolicy(sched.parse_slice(os.environ.get(sched.ENV)),
+                                              log=lambda msg: log.info("%s: %s", name, msg)),
+                            gcpolicy.GcPolicy(gcpolicy.parse_mode(os.environ.get(gcpolicy.ENV)))]
         except ValueError as exc:
             raise DaemonError(str(exc)) from None
         lower_mtu = 0
@@ -366,7 +366,10 @@ class VxlanDaemon:
             asyncio.ensure_future(self._every(AGE_INTERVAL, self._age)),
             asyncio.ensure_future(self._every(LINK_CHECK_INTERVAL, self._check_link)),
         ]
-        self._apply_runtime()
+        # Once set up (the workers' threads started): the slice of every thread (auto: as the
+        # machine's idle share goes, from then on) and the GC freeze of everything so far.
+        for policy in self.runtime:
+            policy.start()
         timers.append(asyncio.ensure_future(self._every(RUNTIME_INTERVAL, self._runtime_housekeeping)))
         log.info("%s: vni %d dstport %d up (sender %s, mtu %d, datapath %s, io %s, "
                  "offloads %s)", self.name, self.config.vni, self.config.dstport,
@@ -390,19 +393,9 @@ class VxlanDaemon:
             server.close()
             self.close()  # before awaiting: the socket file goes now
 
-    def _apply_runtime(self) -> None:
-        """Once set up (the workers' threads started): the scheduler slice for every thread
-        and the GC freeze of everything so far (tunnel/runtime; the WireGuard daemon's rules:
-        WGPY_SLICE=auto follows the machine's idle share from then on; a kernel that refuses the slice
-        keeps its default, logged)."""
-        for policy in (self.slice_policy, self.gc_policy):
-            if policy is not None:
-                policy.start()
-
     def _runtime_housekeeping(self) -> None:
-        for policy in (self.slice_policy, self.gc_policy):
-            if policy is not None:
-                policy.housekeeping()
+        for policy in self.runtime:
+            policy.housekeeping()
 
     def stop(self, reason: str = "stop") -> None:
         if self._stopping is not None and not self._stopping.is_set():
