@@ -85,6 +85,10 @@ class FakeSocket:
         self.source = source
         self.pending = 0
         self.inbox: list[bytes] = []
+        self.fd = -2
+
+    def fileno(self) -> int:
+        return self.fd
 
     @property
     def io(self) -> FakeSocket:
@@ -118,6 +122,7 @@ class FakeBind:
         self.v4 = self
         self.v6 = None
         self.slot_sends = 0
+        self.sockets: list[Any] = []  # the sockets the interface watches (tests add theirs)
 
     @property
     def io(self) -> FakeBind:
@@ -146,13 +151,31 @@ def make_pair() -> Pair:
 
 
 class FakeLoop:
-    """Records ``call_later`` (the journal's timer); :meth:`fire` runs what is due, in order."""
+    """Records ``call_later`` (the journal's timer), ``call_soon`` and the readers; :meth:`fire`
+    runs what is due, :meth:`run_soon` what was called soon, in order."""
 
     def __init__(self) -> None:
         self.later: list[tuple[float, Callable[[], None]]] = []
+        self.soon: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self.readers: dict[int, tuple[Callable[..., None], tuple[Any, ...]]] = {}
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         self.later.append((delay, callback))
+
+    def call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        self.soon.append((callback, args))
+
+    def run_soon(self) -> int:
+        calls, self.soon = self.soon, []
+        for callback, args in calls:
+            callback(*args)
+        return len(calls)
+
+    def add_reader(self, fd: int, callback: Callable[..., None], *args: Any) -> None:
+        self.readers[fd] = (callback, args)
+
+    def remove_reader(self, fd: int) -> bool:
+        return self.readers.pop(fd, None) is not None
 
     def fire(self) -> int:
         calls, self.later = self.later, []

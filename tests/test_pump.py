@@ -20,7 +20,7 @@ from tunnel.io.endpoint import Endpoint
 from tunnel.io.offload import load_io
 from tunnel.wireguard import pump as pump_pair
 from tunnel.wireguard.device import Device
-from tunnel.wireguard.interface import TUN_BATCH, Interface
+from tunnel.wireguard.interface import MAX_ROUNDS, TUN_BATCH, UDP_BATCH, Interface
 from tunnel.wireguard.output import Output, packet_buffer
 from tunnel.wireguard.peer import Peer
 
@@ -157,6 +157,157 @@ def test_unsettled_outbound_batch_is_finished_by_the_interface(pump: ModuleType)
     assert interface._journal.records == []
     assert pair.peer_ab.tx_bytes == tx_before + len(bind.sent[0][0])
     assert pair.a.device.drops["no_route"] == 1
+
+
+# ---------------------------------------------------------------------------------------- leftovers
+
+
+def started(interface: Interface, loop: FakeLoop, *socks: FakeSocket) -> None:
+    """Start ``interface`` on the fake loop (which wires the pumps' ``again``), watching ``socks``."""
+    assert interface.bind is not None
+    interface.bind.sockets.extend(socks)  # type: ignore[attr-defined]
+    interface.start(loop)  # type: ignore[arg-type]
+    loop.later.clear()  # the engine's own timers: not what these tests look at
+
+
+def test_full_outbound_lane_batch_is_journaled_and_segments_left_run_again(pump: ModuleType) -> None:
+    """With ``again`` wired (a started interface), a full lane batch is journaled, not handed to
+    ``after``; a full batch needs nothing more (the fd stays readable), but segments left in the
+    TUN batch (which do not make the fd readable) make the pump ask for another run, which reads
+    them."""
+    pair = make_pair()
+    loop = FakeLoop()
+    interface, tun, bind = make_interface(pair.a.device, pump, loop)
+    started(interface, loop)
+    came_back: list[int] = []
+    interface._outbound.after = lambda count, error: came_back.append(count)
+    tun.inbox.extend([REQUEST] * (TUN_BATCH + 3))
+    interface._outbound.on_readable()
+    assert came_back == [] and len(bind.sent) == TUN_BATCH and len(interface._journal.records) == 1
+    assert loop.soon == []
+    tun.pending = 1  # as if a TSO packet's segments were left over
+    interface._outbound.on_readable()
+    assert came_back == [] and len(bind.sent) == TUN_BATCH + 3 and len(interface._journal.records) == 2
+    assert len(loop.soon) == 1
+    tun.pending = 0
+    tun.inbox.append(REQUEST)  # what the leftover segments would be
+    assert loop.run_soon() == 1
+    assert came_back == [] and len(bind.sent) == TUN_BATCH + 4 and loop.soon == []
+    peer, tx_before = pair.peer_ab, pair.peer_ab.tx_bytes
+    interface._apply_journal()
+    assert peer.tx_bytes == tx_before + sum(len(d) for d, _ in bind.sent)
+    out = pair.b.device.receive_batch([bytearray(d) for d, _ in bind.sent], [len(d) for d, _ in bind.sent],
+                                      [pair.a.endpoint] * len(bind.sent), pair.now)
+    assert len(out.packets) == TUN_BATCH + 4
+
+
+@pytest.mark.parametrize("case", ["no_route", "too_big", "journal_full"])
+def test_full_outbound_batch_with_anything_else_still_goes_to_after(pump: ModuleType, case: str) -> None:
+    """``again`` covers only what is left to read: a full batch the lane did not take, a read
+    that dropped a packet too big, or a full journal still come back to the interface."""
+    pair = make_pair()
+    loop = FakeLoop()
+    interface, tun, bind = make_interface(pair.a.device, pump, loop)
+    started(interface, loop)
+    came_back: list[int] = []
+    interface._outbound.after = lambda count, error: came_back.append(count)
+    packet = ipv4_packet("10.0.0.1", "10.9.9.9") if case == "no_route" else REQUEST
+    if case == "too_big":
+        tun.errors["read:too_big"] = 1
+    elif case == "journal_full":
+        interface._journal.records.extend([(99,)] * pump.JOURNAL_LIMIT)
+    tun.pending = 1
+    tun.inbox.extend([packet] * TUN_BATCH)
+    interface._outbound.on_readable()
+    assert came_back == [TUN_BATCH] and loop.soon == []
+    assert not interface._outbound.leftover(TUN_BATCH) or case == "journal_full"
+    assert not interface._outbound.leftover(0)
+
+
+def test_full_inbound_lane_batch_and_its_answers_are_journaled_and_run_again(pump: ModuleType) -> None:
+    """A full batch of lane datagrams with GRO segments left, whose write makes the kernel
+    queue a full batch of answers with segments left too: both journaled, and both pumps asked
+    to run again (the UDP one with its socket)."""
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    settle_source(pair, sock, interface)
+    started(interface, loop, sock)
+    answer_on_write(tun, *[REPLY] * TUN_BATCH)
+    came_back: list[int] = []
+    interface._inbound.after = lambda s, count, error: came_back.append(count)
+    sock.inbox.extend(sealed(pair, REQUEST) for _ in range(UDP_BATCH))
+    sock.pending = 1
+    tun.pending = 1
+    interface._inbound.on_readable(sock, sock.io)
+    assert came_back == [] and len(tun.written) == UDP_BATCH and len(bind.sent) == TUN_BATCH
+    assert [record[0] for record in interface._journal.records] == [pump.RECEIVED, pump.SENT]
+    assert interface._inbound.leftover(UDP_BATCH, sock)
+    assert [(getattr(cb, "__name__", ""), args) for cb, args in loop.soon] == [
+        ("_again_due", (interface._inbound.on_readable, (sock, sock))),
+        ("_again_due", (interface._outbound.on_readable, ())),
+    ]
+    sock.pending = tun.pending = 0
+    sock.inbox.append(sealed(pair, REQUEST))
+    answer_on_write(tun)  # no more answers
+    assert loop.run_soon() == 2
+    assert len(tun.written) == UDP_BATCH + 1 and came_back == []
+    peer, rx_before = pair.peer_ba, pair.peer_ba.rx_bytes
+    interface._apply_journal()
+    assert peer.rx_bytes > rx_before
+
+
+def test_a_forged_datagram_in_a_full_batch_still_goes_to_after(pump: ModuleType) -> None:
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    settle_source(pair, sock, interface)
+    started(interface, loop, sock)
+    forged = bytearray(sealed(pair, REQUEST))
+    forged[-1] ^= 1
+    sock.inbox.extend([sealed(pair, REQUEST) for _ in range(UDP_BATCH - 1)] + [bytes(forged)])
+    sock.pending = 1
+    came_back: list[int] = []
+    interface._inbound.after = lambda s, count, error: came_back.append(count)
+    interface._inbound.on_readable(sock, sock.io)
+    assert came_back == [UDP_BATCH] and loop.soon == []
+    assert not interface._inbound.leftover(UDP_BATCH, sock)
+
+
+def test_segments_left_after_max_rounds_are_read_again(pump: ModuleType) -> None:
+    """The interface's own rounds (a batch that is not the lane's) stop after MAX_ROUNDS; what
+    is still pending is read in another wake-up, not left until the next packet arrives."""
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    started(interface, loop, sock)
+    reads = tun.reads
+    tun.pending = 1
+    interface._read_tun()
+    assert tun.reads - reads == MAX_ROUNDS and len(loop.soon) == 1
+    tun.pending = 0
+    tun.inbox.append(REPLY)
+    loop.run_soon()
+    assert tun.reads - reads == MAX_ROUNDS + 1
+    sock.pending = 1
+    sock.inbox.append(b"\x01junk")  # not the lane's: the general way, then the rounds
+    interface._inbound.on_readable(sock, sock.io)
+    assert len(loop.soon) == 1 and loop.soon[0][1][0] == interface._inbound.on_readable
+
+
+def test_again_is_dropped_after_a_stop_or_for_a_closed_socket(pump: ModuleType) -> None:
+    """A run asked for is not run once the interface stopped, nor for a socket that is no longer
+    watched (a rebind closed it: its fd number may belong to something else by then)."""
+    loop = FakeLoop()
+    pair, interface, tun, bind, sock = b_side(pump, loop)
+    started(interface, loop, sock)
+    calls: list[tuple[Any, ...]] = []
+    interface._again(lambda *args: calls.append(args), sock, sock)
+    interface._again(lambda *args: calls.append(args), FakeSocket(sock.source), sock)
+    interface._again(lambda *args: calls.append(args))
+    loop.run_soon()
+    assert calls == [(sock, sock), ()]
+    interface.stopped.set()
+    interface._again(lambda *args: calls.append(args))
+    loop.run_soon()
+    assert len(calls) == 2
 
 
 # ---------------------------------------------------------------------------------------- inbound

@@ -41,6 +41,7 @@ cdef class Outbound:
     cdef public object lane
     cdef public Py_ssize_t sealed
     cdef public object fused
+    cdef public object again
     cdef SendLane _send
 
     def __init__(self, device, tun, udp4, udp6, Journal journal not None, after, Py_ssize_t headroom):
@@ -61,6 +62,7 @@ cdef class Outbound:
         self.lane = None
         self.sealed = 0
         self.fused = None
+        self.again = None
 
     @property
     def headroom(self):
@@ -92,9 +94,16 @@ cdef class Outbound:
             count = self.run(self.tun_bufs, self.tun_lengths, self._headroom, self._mtu(), self.now)
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
-        if error is None and self.settled(count) and self.journal.open():
-            self.record(count)
-            return
+        if error is None and self.journal.open():
+            if self.settled(count):
+                self.record(count)
+                return
+            again = self.again
+            if again is not None and self.leftover(count):
+                self.record(count)
+                if self.tun.pending:
+                    again(self.on_readable)
+                return
         self.after(count, error)
 
     cpdef bint settled(self, Py_ssize_t count):
@@ -105,6 +114,16 @@ cdef class Outbound:
         if tun.errors.get("read:too_big", 0) != self.too_big_seen:
             return False
         return count == 0 or (self.lane is not None and self.sealed == count)
+
+    cpdef bint leftover(self, Py_ssize_t count):
+        """Whether the last run sent a lane batch whose only loose end is what is left to read:
+        a full batch or TSO segments waiting in the TUN batch."""
+        tun = self.tun
+        if count <= 0 or self.lane is None or self.sealed != count or tun.needed:
+            return False
+        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
+            return False
+        return count >= len(self.tun_bufs) or bool(tun.pending)
 
     cpdef record(self, Py_ssize_t count):
         """Journal the last run's lane batch (nothing for an empty read)."""
@@ -187,6 +206,7 @@ cdef class Inbound:
     cdef public Py_ssize_t replied
     cdef public object reply_error
     cdef public object fused
+    cdef public object again
     cdef ReceiveLane _receive
     cdef object _accept_slots
 
@@ -219,6 +239,7 @@ cdef class Inbound:
         self.replied = 0
         self.reply_error = None
         self.fused = None
+        self.again = None
 
     @property
     def headroom(self):
@@ -255,8 +276,13 @@ cdef class Inbound:
                                             outbound._mtu(), self.now)
             except Exception as exc:
                 self.reply_error = exc
-        if (error is None and self.settled(count, udp) and outbound.journal.open()
-                and (not self.answered or (self.reply_error is None and outbound.settled(self.replied)))):
+        again = self.again
+        if (error is None
+                and (self.settled(count, udp) or (again is not None and self.leftover(count, udp)))
+                and outbound.journal.open()
+                and (not self.answered or (self.reply_error is None and (
+                    outbound.settled(self.replied)
+                    or (again is not None and outbound.leftover(self.replied)))))):
             if count:
                 keepalives, invalid, disallowed = self.accepted
                 outbound.journal.add((_RECEIVED, self.keypair, sum(self.wire_lengths), self.opened,
@@ -264,6 +290,11 @@ cdef class Inbound:
             if self.answered:
                 outbound.now = self.now
                 outbound.record(self.replied)
+            if again is not None:
+                if udp.pending:
+                    again(self.on_readable, sock, udp)
+                if self.answered and outbound.tun.pending:
+                    again(outbound.on_readable)
         else:
             self.after(sock, count, error)
         if self.answer is not None:
@@ -278,6 +309,15 @@ cdef class Inbound:
         if count >= len(self.udp_bufs) or self.keypair is None or self.opened != count:
             return False
         return self.write_error is None and max(self.wire_lengths) < len(self.bufs[0])
+
+    cpdef bint leftover(self, Py_ssize_t count, udp):
+        """Whether the last run delivered a lane batch whose only loose end is what is left to
+        read: a full batch or GRO segments waiting in the UDP batch."""
+        if count <= 0 or self.keypair is None or self.opened != count or self.write_error is not None:
+            return False
+        if max(self.wire_lengths) >= len(self.bufs[0]):
+            return False
+        return count >= len(self.udp_bufs) or bool(udp.pending)
 
     def run(self, udp, list bufs not None, list lengths not None, list sources not None, double now):
         """Receive one batch and, when the device grants the inbound lane, open and deliver it."""

@@ -27,8 +27,12 @@ changes, and a packet that did not fit is held by the I/O while we look at the M
 grow the slots); UDP slots hold one datagram of up to ``max(MTU, 9000)`` plus overhead when UDP
 GRO coalesces, else 64 KiB, and grow to 64 KiB for good once a datagram fills a slot (a peer
 with a larger MTU).
-Leftover GRO/TSO segments do not make an fd readable again, so each readable callback reads
-again (at most ``MAX_ROUNDS`` batches) while a batch came back full or segments are pending.
+Leftover GRO/TSO segments do not make an fd readable again. A lane batch whose only loose end
+is what is left to read is journaled by the pump, which asks :meth:`_again` (the loop's
+``call_soon``) to run it again when segments wait; a full batch needs nothing, the fd stays
+readable. Any other batch comes here, where the callback reads again (at most ``MAX_ROUNDS``
+batches) while a batch came back full or segments are pending, then hands what is still
+pending to :meth:`_again`.
 A UDP callback that wrote packets to the TUN reads the TUN once more before returning: the
 kernel usually queued the answer (echo reply, TCP ACK) during the write, and this saves a trip
 through the event loop per answer.
@@ -211,6 +215,7 @@ class Interface(DeviceConfig):
         """Start reading the TUN device and the sockets on ``loop``."""
         self._loop = loop
         self._journal.loop = loop
+        self._outbound.again = self._inbound.again = self._again
         loop.add_reader(self.tun.fd, self._outbound.on_readable)
         if self.bind is not None:
             self._watch(self.bind)
@@ -228,6 +233,7 @@ class Interface(DeviceConfig):
         self.set_local_delivery(None)
         self._apply_journal()
         self._journal.loop = None
+        self._outbound.again = self._inbound.again = None
         loop = self._loop
         if loop is not None:
             loop.remove_reader(self.tun.fd)
@@ -412,6 +418,21 @@ class Interface(DeviceConfig):
                 self.errors["journal"] += 1
                 log.debug("journaled bookkeeping failed", exc_info=True)
 
+    def _again(self, callback: Callable[..., None], *args: Any) -> None:
+        """The pumps' ``again``: run ``callback(*args)`` (a pump's ``on_readable``) soon, for
+        segments left in a TUN or UDP batch (they do not make the fd readable again)."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon(self._again_due, callback, args)
+
+    def _again_due(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        # Not after close, nor for a socket a rebind closed meanwhile (its fd may be reused).
+        if self._loop is None or self.stopped.is_set():
+            return
+        if args and (self.bind is None or args[0] not in self.bind.sockets):
+            return
+        callback(*args)
+
     def _journal_due(self) -> None:
         """The journal's timer: nothing else touched the engine for JOURNAL_DELAY."""
         self._apply_journal()
@@ -489,6 +510,9 @@ class Interface(DeviceConfig):
                 log.debug("outbound batch failed", exc_info=True)
             if n < TUN_BATCH and not tun.pending:
                 break
+        else:
+            if tun.pending:  # MAX_ROUNDS used up: the segments left do not make the fd readable
+                self._again(pump.on_readable)
 
     def _udp_batch_done(self, sock: BatchSocket, count: int, error: Exception | None) -> None:
         """The pump's callback after the first batch of a UDP wake-up (delivered if it could
@@ -509,6 +533,9 @@ class Interface(DeviceConfig):
                 delivered = self._udp_round(count, error, now) or delivered
                 if count < UDP_BATCH and not sock.pending:
                     break
+            else:
+                if sock.pending:  # as in _read_tun
+                    self._again(pump.on_readable, sock, sock.io)
         if delivered and not self.stopped.is_set():
             # What we just wrote usually makes the kernel answer through the TUN at once (an
             # echo reply, a TCP ACK), queued before the write returned: read it now rather

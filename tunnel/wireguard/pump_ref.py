@@ -31,9 +31,20 @@ at once (on a 2-CPU host the other end of a ping often runs on the same CPU and 
 The order of the engine's state changes is kept: records are applied in the order they arose,
 and every other entry into the engine applies them first. The lane rules guarantee that a
 pending record cannot change a later lane decision (they never stage, confirm a session or
-move an endpoint). A batch that is not settled (a full batch, leftovers to read, a lane not
-taken, a failure, an MTU question, a full journal) goes to the interface's ``after`` callback
-at once, which applies the journal and then handles that batch.
+move an endpoint). A batch that is not settled (a lane not taken, a failure, an MTU question,
+a full journal; a full batch or leftovers to read, unless :attr:`Outbound.again` is set) goes
+to the interface's ``after`` callback at once, which applies the journal and then handles that
+batch.
+
+**Leftovers.** A lane batch whose only loose end is what is left to read (a full batch, TSO
+segments waiting in the TUN batch, GRO segments waiting in the UDP batch: :meth:`Outbound.leftover`,
+:meth:`Inbound.leftover`) is journaled like a settled one when the shell has set ``again``
+(``again(callback, *args)``, the event loop's ``call_soon``): the pump then calls it itself
+when segments wait (they do not make the fd readable; a full batch without them needs nothing,
+the fd stays readable), instead of a Python round through ``after`` per batch. Under one TCP
+stream most batches are such (the sender's TUN reads are full batches of TSO segments, the
+receiver's UDP reads full batches of GRO segments). With ``again`` None (the default) such a
+batch goes to ``after`` as before. The VXLAN pumps do the same (tunnel/vxlan/pump_ref.py).
 
 Contracts. :meth:`Outbound.run` reads into ``bufs``/``lengths`` (packets at
 ``bufs[i][headroom:]``, as ``TunBatch.read`` fills them) and returns the count; then
@@ -106,6 +117,9 @@ class Outbound:
         #: its ``tunnel.wireguard.fused.Fused``): the seal and the send of a lane batch in one
         #: call, the same results (tunnel/wireguard/fused_ref.py)
         self.fused: Any = None
+        #: ``again(callback, *args)`` (None: none): run ``callback(*args)`` soon; set by the
+        #: shell to take leftovers (see the module docstring), called with :meth:`on_readable`
+        self.again: Callable[..., None] | None = None
         self._send = SendLane(getattr(device, "generation", None))
 
     @property
@@ -137,9 +151,16 @@ class Outbound:
             count = self.run(self.tun_bufs, self.tun_lengths, self._headroom, self._mtu(), now)
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
-        if error is None and self.settled(count) and self.journal.open():
-            self.record(count)
-            return
+        if error is None and self.journal.open():
+            if self.settled(count):
+                self.record(count)
+                return
+            again = self.again
+            if again is not None and self.leftover(count):
+                self.record(count)
+                if self.tun.pending:
+                    again(self.on_readable)
+                return
         self.after(count, error)
 
     def settled(self, count: int) -> bool:
@@ -151,6 +172,17 @@ class Outbound:
         if tun.errors.get("read:too_big", 0) != self.too_big_seen:
             return False
         return count == 0 or (self.lane is not None and self.sealed == count)
+
+    def leftover(self, count: int) -> bool:
+        """Whether the last :meth:`run` sent a lane batch whose only loose end is what is left
+        to read: a full batch or TSO segments waiting in the TUN batch."""
+        count = operator.index(count)
+        tun = self.tun
+        if count <= 0 or self.lane is None or self.sealed != count or tun.needed:
+            return False
+        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
+            return False
+        return count >= len(self.tun_bufs) or bool(tun.pending)
 
     def record(self, count: int) -> None:
         """Journal the last run's lane batch (nothing for an empty read)."""
@@ -259,6 +291,9 @@ class Inbound:
         #: the open, the check and the write of a lane batch in one call, when :attr:`local`
         #: is None
         self.fused: Any = None
+        #: ``again(callback, *args)`` (None: none): as :attr:`Outbound.again`, called with
+        #: ``(on_readable, sock, udp)`` or the outbound pump's ``on_readable``
+        self.again: Callable[..., None] | None = None
         self.answered = False
         self.replied = 0
         self.reply_error: Exception | None = None
@@ -301,14 +336,24 @@ class Inbound:
                                             outbound._mtu(), now)
             except Exception as exc:
                 self.reply_error = exc
-        if (error is None and self.settled(count, udp) and outbound.journal.open()
-                and (not self.answered or (self.reply_error is None and outbound.settled(self.replied)))):
+        again = self.again
+        if (error is None
+                and (self.settled(count, udp) or (again is not None and self.leftover(count, udp)))
+                and outbound.journal.open()
+                and (not self.answered or (self.reply_error is None and (
+                    outbound.settled(self.replied)
+                    or (again is not None and outbound.leftover(self.replied)))))):
             if count:
                 self.outbound.journal.add((RECEIVED, self.keypair, sum(self.wire_lengths), self.opened,
                                            *self.accepted, now))
             if self.answered:
                 outbound.now = now
                 outbound.record(self.replied)
+            if again is not None:
+                if udp.pending:
+                    again(self.on_readable, sock, udp)
+                if self.answered and outbound.tun.pending:
+                    again(outbound.on_readable)
         else:
             self.after(sock, count, error)
         if self.answer is not None:
@@ -324,6 +369,16 @@ class Inbound:
         if count >= len(self.udp_bufs) or self.keypair is None or self.opened != count:
             return False
         return self.write_error is None and max(self.wire_lengths) < len(self.bufs[0])
+
+    def leftover(self, count: int, udp: Any) -> bool:
+        """Whether the last :meth:`run` delivered a lane batch whose only loose end is what is
+        left to read: a full batch or GRO segments waiting in the UDP batch."""
+        count = operator.index(count)
+        if count <= 0 or self.keypair is None or self.opened != count or self.write_error is not None:
+            return False
+        if max(self.wire_lengths) >= len(self.bufs[0]):
+            return False
+        return count >= len(self.udp_bufs) or bool(udp.pending)
 
     def run(self, udp: Any, bufs: list[bytearray], lengths: list[int], sources: list[Any], now: float) -> int:
         """Receive one batch and, when the device grants the inbound lane, open and deliver it."""

@@ -211,6 +211,8 @@ class Worker(threading.Thread):
         self.fused = FUSED.Fused()  # WGPY_FUSED=0 (a measuring hook) keeps the separate calls
         if os.environ.get("WGPY_FUSED") != "0":
             self.outbound.fused = self.inbound.fused = self.fused
+        # lane batches with segments left: journaled by the pumps, the rest read next wake-up
+        self.outbound.again = self.inbound.again = self._again
         self.tun_lengths = [0] * TUN_BATCH
         self.udp_lengths = [0] * UDP_BATCH
         self.udp_sources = [_PLACEHOLDER] * UDP_BATCH
@@ -270,6 +272,11 @@ class Worker(threading.Thread):
         self.inbound.receive_lane.clear()
         self.counters["handed_over"] += 1
         self.owner.post(item)
+
+    def _again(self, callback: Any, *args: Any) -> None:
+        """The pumps' ``again``: segments wait in a batch; :meth:`run` polls without waiting and
+        reads every TUN or UDP batch that has some (the callback is implied)."""
+        self.again = True
 
     # ------------------------------------------------------------------ TUN -> UDP
 
