@@ -91,10 +91,11 @@ from tunnel.wireguard.stats import RateMeter, device_stats, peer_counters
 log = logging.getLogger(__name__)
 
 # Packets per pump run. 128 rather than 64: a 64 KiB TSO super-packet is ~45 segments, so a
-# batch of 64 filled up often under a TCP stream, and a full batch leaves the native pump for
-# the interface's Python rounds (bookkeeping per batch); 128 halves those rounds (tunnel CPU
-# per GB -10%, docs/benchmarks.md) for ~5 MiB more peak RSS. A lone packet (a ping) still
-# touches only the first two slots.
+# batch of 64 filled up often under a TCP stream, and a full batch then left the native pump
+# for the interface's Python rounds (bookkeeping per batch); 128 halved those rounds (tunnel
+# CPU per GB -10%, docs/benchmarks.md) for ~5 MiB more peak RSS. (Since session 7 the pumps
+# journal full lane batches themselves; 256 measured within noise of 128.) A lone packet (a
+# ping) still touches only the first two slots.
 TUN_BATCH = 128
 UDP_BATCH = 128
 MAX_ROUNDS = 8  # batches per readable callback (leftover segments do not wake the loop)
