@@ -58,6 +58,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--time", type=int, default=5)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--env-a", action="append", default=[], help="KEY=VALUE for a's daemons only")
+    p.add_argument("--env-b", action="append", default=[], help="KEY=VALUE for b's daemons only")
     p.add_argument("--json")
     opts = p.parse_args(argv)
     env = {"LOG_LEVEL": "error", **({"WGPY_WORKERS": str(opts.workers)} if opts.workers > 1 else {})}
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> int:
     lab = Lab(f"wab{os.getpid() % 10000}")
     try:
         env_a = {**env, **dict(kv.split("=", 1) for kv in opts.env_a)}
-        pairs = {"a": wg_pair(lab, "a", [opts.a], env_a), "b": wg_pair(lab, "b", [opts.b], env)}
+        env_b = {**env, **dict(kv.split("=", 1) for kv in opts.env_b)}
+        pairs = {"a": wg_pair(lab, "a", [opts.a], env_a), "b": wg_pair(lab, "b", [opts.b], env_b)}
         for r in range(opts.rounds):
             for name in (("a", "b") if r % 2 == 0 else ("b", "a")):
                 g1, c1 = tcp(lab, pairs[name], 1, opts.time)
@@ -84,7 +86,8 @@ def main(argv: list[str]) -> int:
         print(name, {k: round(v, 2) for k, v in med.items()})
     if opts.json:
         with open(opts.json, "w") as f:
-            json.dump({"a": opts.a, "b": opts.b, "rows": rows}, f, indent=1)
+            json.dump({"a": opts.a, "b": opts.b, "env_a": opts.env_a, "env_b": opts.env_b, "rows": rows}, f,
+                      indent=1)
     return 0
 
 

@@ -4,8 +4,15 @@ wireguard-go), ``iperf3 -t T`` through it, and in the middle of the run either a
 their kernel time by system call, iperf3, softirq elsewhere) or ``perf trace -s`` of both
 daemons (system calls per GB). Not a test: numbers for docs/benchmarks.md.
 
+In record mode it then splits the window by process: the cores each side's daemon, iperf3 and
+the idle task took (their share of all samples times the machine's CPUs: perf samples
+``cpu-clock``, idle CPUs included), and each daemon's time by the same categories, in shares
+of that daemon's samples (which side is the bottleneck of the stream, and what its time is made
+of).
+
     sudo .venv/bin/python bench/wg_perf.py --program .venv/bin/wg-py --mode record
     sudo .venv/bin/python bench/wg_perf.py --program .venv/bin/wg-py --mode trace
+    sudo .venv/bin/python bench/wg_perf.py --vxlan --mode record   # wg-py VXLAN, as wg-py bench builds it
 """
 
 from __future__ import annotations
@@ -25,9 +32,42 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vxlat_perf import account  # noqa: E402
 from wg_ab import wg_pair  # noqa: E402
 
-from tunnel.lab.bench import process_cpu  # noqa: E402
+from tunnel.lab.bench import build_pair, process_cpu  # noqa: E402
 from tunnel.lab.benchreport import per_gigabyte, tcp_figures  # noqa: E402
 from tunnel.lab.netns import Lab  # noqa: E402
+
+
+def split(script: str, sides: dict[str, set[str]], cpus: int) -> list[str]:
+    """Lines of the per-process split of a ``perf script -F comm,pid,tid,ip,sym,dso`` text:
+    cores per side (``sides`` maps a name to its daemons' pids), iperf3 and idle, then each
+    side's categories (:func:`vxlat_perf.account`) as shares of its samples."""
+    per_comm: dict[str, int] = {}
+    per_side = dict.fromkeys(sides, 0)
+    for line in script.splitlines():
+        if not line or line[0].isspace():
+            continue
+        head = line.split()
+        comm, pid = head[0], head[1].split("/")[0]
+        for name, pids in sides.items():
+            if pid in pids:
+                per_side[name] += 1
+                break
+        else:
+            key = "idle" if comm.startswith("swapper") else comm
+            per_comm[key] = per_comm.get(key, 0) + 1
+    scale = max(1, sum(per_side.values()) + sum(per_comm.values())) / cpus
+    lines = ["cores in the window: " + ", ".join(
+        [f"{name} daemon {n / scale:.2f}" for name, n in per_side.items()]
+        + [f"{key} {per_comm.get(key, 0) / scale:.2f}" for key in ("iperf3", "idle")])]
+    for name, pids in sides.items():
+        counts = account(script, pids)
+        total = sum(v for k, v in counts.items() if k.startswith("daemons"))
+        lines.append(f"{name} daemon ({total} samples):")
+        for key, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            if total and (key.startswith("daemons") or "daemons)" in key):
+                lines.append(f"  {100 * n / total:5.1f} %  {key.strip()}")
+    return lines
+
 
 THREAD_LINE = re.compile(r"^\s*\S.*?\((\d+)\), \d+ events")
 SYSCALL_NAMES = ("readv", "writev", "read", "write", "recvmmsg", "recvmsg", "sendmmsg", "sendmsg", "epoll_wait",
@@ -37,7 +77,8 @@ TRACE_LINE = re.compile(r"^\s+(\w+)\s+(\d+)\s+(\d+)\s+([\d.]+)")
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--program", required=True)
+    p.add_argument("--program", help="the WireGuard daemon (wg-py or a wireguard-go)")
+    p.add_argument("--vxlan", action="store_true", help="a wg-py VXLAN pair instead (wg-py bench's wgpy-vxlan)")
     p.add_argument("--mode", choices=("record", "trace", "stat", "pyspy", "none"), default="record")
     p.add_argument("--time", type=int, default=10)
     p.add_argument("--window", type=float, default=6.0, help="seconds of perf in the middle")
@@ -48,7 +89,13 @@ def main(argv: list[str]) -> int:
     env = {"LOG_LEVEL": "error", **({"WGPY_PURE": os.environ["WGPY_PURE"]} if "WGPY_PURE" in os.environ else {})}
     lab = Lab(f"wperf{os.getpid() % 10000}")
     try:
-        pair = wg_pair(lab, "p", [opts.program], env)
+        if opts.vxlan:
+            pair = build_pair(lab, "wgpy-vxlan")
+            opts.program = "wg-py VXLAN"
+        elif opts.program:
+            pair = wg_pair(lab, "p", [opts.program], env)
+        else:
+            p.error("--program or --vxlan")
         pids = pair.pids
         sides = tuple({int(t) for pid in lab.daemon_pids(ns) for t in os.listdir(f"/proc/{pid}/task")}
                       for ns in (pair.client, pair.server))
@@ -114,6 +161,12 @@ def main(argv: list[str]) -> int:
                   f"{total / opts.hz / gb:.3f} s/GB")
             for key in sorted(counts, key=lambda k: (k.strip().split(":")[0], -counts[k])):
                 print(f"{counts[key] / opts.hz / gb:7.3f} s/GB {100 * counts[key] / total:5.1f} %  {key}")
+            ends = {"sender": pair.client, "receiver": pair.server}
+            if opts.reverse:
+                ends = {"sender": pair.server, "receiver": pair.client}
+            for line in split(script, {name: {str(p) for p in lab.daemon_pids(ns)} for name, ns in ends.items()},
+                              os.cpu_count() or 1):
+                print(line)
         elif opts.mode == "stat":
             for side, text in stat_text.items():
                 for line in text.splitlines():
