@@ -170,17 +170,23 @@ def started(interface: Interface, loop: FakeLoop, *socks: FakeSocket) -> None:
     loop.later.clear()  # the engine's own timers: not what these tests look at
 
 
-def test_full_outbound_lane_batch_is_journaled_and_segments_left_run_again(pump: ModuleType) -> None:
-    """With ``again`` wired (a started interface), a full lane batch is journaled, not handed to
-    ``after``; a full batch needs nothing more (the fd stays readable), but segments left in the
-    TUN batch (which do not make the fd readable) make the pump ask for another run, which reads
-    them."""
+def a_side_started(pump: ModuleType) -> tuple[Pair, FakeLoop, Interface, FakeTun, Any, list[int]]:
+    """Side a's interface started on a fake loop; the outbound pump's ``after`` records counts."""
     pair = make_pair()
     loop = FakeLoop()
     interface, tun, bind = make_interface(pair.a.device, pump, loop)
     started(interface, loop)
     came_back: list[int] = []
     interface._outbound.after = lambda count, error: came_back.append(count)
+    return pair, loop, interface, tun, bind, came_back
+
+
+def test_full_outbound_lane_batch_is_journaled_and_segments_left_run_again(pump: ModuleType) -> None:
+    """With ``again`` wired (a started interface), a full lane batch is journaled, not handed to
+    ``after``; a full batch needs nothing more (the fd stays readable), but segments left in the
+    TUN batch (which do not make the fd readable) make the pump ask for another run, which reads
+    them."""
+    pair, loop, interface, tun, bind, came_back = a_side_started(pump)
     tun.inbox.extend([REQUEST] * (TUN_BATCH + 3))
     interface._outbound.on_readable()
     assert came_back == [] and len(bind.sent) == TUN_BATCH and len(interface._journal.records) == 1
@@ -205,12 +211,7 @@ def test_full_outbound_lane_batch_is_journaled_and_segments_left_run_again(pump:
 def test_full_outbound_batch_with_anything_else_still_goes_to_after(pump: ModuleType, case: str) -> None:
     """``again`` covers only what is left to read: a full batch the lane did not take, a read
     that dropped a packet too big, or a full journal still come back to the interface."""
-    pair = make_pair()
-    loop = FakeLoop()
-    interface, tun, bind = make_interface(pair.a.device, pump, loop)
-    started(interface, loop)
-    came_back: list[int] = []
-    interface._outbound.after = lambda count, error: came_back.append(count)
+    pair, loop, interface, tun, bind, came_back = a_side_started(pump)
     packet = ipv4_packet("10.0.0.1", "10.9.9.9") if case == "no_route" else REQUEST
     if case == "too_big":
         tun.errors["read:too_big"] = 1
