@@ -95,35 +95,30 @@ cdef class Outbound:
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
         if error is None and self.journal.open():
-            if self.settled(count):
-                self.record(count)
-                return
             again = self.again
-            if again is not None and self.leftover(count):
+            if self.settled(count) or (again is not None and self.leftover(count)):
                 self.record(count)
-                if self.tun.pending:
+                if again is not None and self.tun.pending:  # (never after a settled run)
                     again(self.on_readable)
                 return
         self.after(count, error)
 
-    cpdef bint settled(self, Py_ssize_t count):
-        """Whether the last run left nothing for the interface but the journal record."""
+    cdef bint _clean(self, Py_ssize_t count) except -1:
+        # the lane took the whole batch (or it was empty) and no MTU question arose
         tun = self.tun
-        if count >= len(self.tun_bufs) or tun.pending or tun.needed:
-            return False
-        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
+        if tun.needed or tun.errors.get("read:too_big", 0) != self.too_big_seen:
             return False
         return count == 0 or (self.lane is not None and self.sealed == count)
+
+    cpdef bint settled(self, Py_ssize_t count):
+        """Whether the last run left nothing for the interface but the journal record."""
+        return count < len(self.tun_bufs) and not self.tun.pending and self._clean(count)
 
     cpdef bint leftover(self, Py_ssize_t count):
         """Whether the last run sent a lane batch whose only loose end is what is left to read:
         a full batch or TSO segments waiting in the TUN batch."""
-        tun = self.tun
-        if count <= 0 or self.lane is None or self.sealed != count or tun.needed:
-            return False
-        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
-            return False
-        return count >= len(self.tun_bufs) or bool(tun.pending)
+        return (count > 0 and (count >= len(self.tun_bufs) or bool(self.tun.pending))
+                and self._clean(count))
 
     cpdef record(self, Py_ssize_t count):
         """Journal the last run's lane batch (nothing for an empty read)."""
@@ -300,24 +295,22 @@ cdef class Inbound:
         if self.answer is not None:
             self.answer()
 
+    cdef bint _clean(self, Py_ssize_t count) except -1:
+        # (count > 0) the lane opened the whole batch, wrote it, and no datagram filled its slot
+        return (self.keypair is not None and self.opened == count and self.write_error is None
+                and max(self.wire_lengths) < len(self.bufs[0]))
+
     cpdef bint settled(self, Py_ssize_t count, udp):
         """Whether the last run left nothing for the interface but the journal record."""
         if udp.pending:
             return False
-        if count == 0:
-            return True
-        if count >= len(self.udp_bufs) or self.keypair is None or self.opened != count:
-            return False
-        return self.write_error is None and max(self.wire_lengths) < len(self.bufs[0])
+        return count == 0 or (count < len(self.udp_bufs) and self._clean(count))
 
     cpdef bint leftover(self, Py_ssize_t count, udp):
         """Whether the last run delivered a lane batch whose only loose end is what is left to
         read: a full batch or GRO segments waiting in the UDP batch."""
-        if count <= 0 or self.keypair is None or self.opened != count or self.write_error is not None:
-            return False
-        if max(self.wire_lengths) >= len(self.bufs[0]):
-            return False
-        return count >= len(self.udp_bufs) or bool(udp.pending)
+        return (count > 0 and (count >= len(self.udp_bufs) or bool(udp.pending))
+                and self._clean(count))
 
     def run(self, udp, list bufs not None, list lengths not None, list sources not None, double now):
         """Receive one batch and, when the device grants the inbound lane, open and deliver it."""

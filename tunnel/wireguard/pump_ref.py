@@ -152,37 +152,32 @@ class Outbound:
         except Exception as exc:  # the interface sorts it out (a TUN read error, or a bug)
             error = exc
         if error is None and self.journal.open():
-            if self.settled(count):
-                self.record(count)
-                return
             again = self.again
-            if again is not None and self.leftover(count):
+            if self.settled(count) or (again is not None and self.leftover(count)):
                 self.record(count)
-                if self.tun.pending:
+                if again is not None and self.tun.pending:  # (never after a settled run)
                     again(self.on_readable)
                 return
         self.after(count, error)
 
+    def _clean(self, count: int) -> bool:
+        # the lane took the whole batch (or it was empty) and no MTU question arose
+        tun = self.tun
+        if tun.needed or tun.errors.get("read:too_big", 0) != self.too_big_seen:
+            return False
+        return count == 0 or (self.lane is not None and self.sealed == count)
+
     def settled(self, count: int) -> bool:
         """Whether the last :meth:`run` left nothing for the interface but the journal record."""
         count = operator.index(count)
-        tun = self.tun
-        if count >= len(self.tun_bufs) or tun.pending or tun.needed:
-            return False
-        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
-            return False
-        return count == 0 or (self.lane is not None and self.sealed == count)
+        return count < len(self.tun_bufs) and not self.tun.pending and self._clean(count)
 
     def leftover(self, count: int) -> bool:
         """Whether the last :meth:`run` sent a lane batch whose only loose end is what is left
         to read: a full batch or TSO segments waiting in the TUN batch."""
         count = operator.index(count)
-        tun = self.tun
-        if count <= 0 or self.lane is None or self.sealed != count or tun.needed:
-            return False
-        if tun.errors.get("read:too_big", 0) != self.too_big_seen:
-            return False
-        return count >= len(self.tun_bufs) or bool(tun.pending)
+        return (count > 0 and (count >= len(self.tun_bufs) or bool(self.tun.pending))
+                and self._clean(count))
 
     def record(self, count: int) -> None:
         """Journal the last run's lane batch (nothing for an empty read)."""
@@ -359,26 +354,24 @@ class Inbound:
         if self.answer is not None:
             self.answer()
 
+    def _clean(self, count: int) -> bool:
+        # (count > 0) the lane opened the whole batch, wrote it, and no datagram filled its slot
+        return (self.keypair is not None and self.opened == count and self.write_error is None
+                and max(self.wire_lengths) < len(self.bufs[0]))
+
     def settled(self, count: int, udp: Any) -> bool:
         """Whether the last :meth:`run` left nothing for the interface but the journal record."""
         count = operator.index(count)
         if udp.pending:
             return False
-        if count == 0:
-            return True
-        if count >= len(self.udp_bufs) or self.keypair is None or self.opened != count:
-            return False
-        return self.write_error is None and max(self.wire_lengths) < len(self.bufs[0])
+        return count == 0 or (count < len(self.udp_bufs) and self._clean(count))
 
     def leftover(self, count: int, udp: Any) -> bool:
         """Whether the last :meth:`run` delivered a lane batch whose only loose end is what is
         left to read: a full batch or GRO segments waiting in the UDP batch."""
         count = operator.index(count)
-        if count <= 0 or self.keypair is None or self.opened != count or self.write_error is not None:
-            return False
-        if max(self.wire_lengths) >= len(self.bufs[0]):
-            return False
-        return count >= len(self.udp_bufs) or bool(udp.pending)
+        return (count > 0 and (count >= len(self.udp_bufs) or bool(udp.pending))
+                and self._clean(count))
 
     def run(self, udp: Any, bufs: list[bytearray], lengths: list[int], sources: list[Any], now: float) -> int:
         """Receive one batch and, when the device grants the inbound lane, open and deliver it."""
