@@ -33,6 +33,7 @@ def extensions() -> list[Extension]:
                 ".".join(relative.with_suffix("").parts),
                 [relative.as_posix()],
                 libraries=["crypto", *EXTRA_LIBRARIES.get(relative.as_posix(), [])],
+                include_dirs=[str(ROOT / "include")],
                 extra_compile_args=["-O0", "-g"] if DEBUG else [],
             )
         )

@@ -58,6 +58,12 @@ cdef extern from "openssl/crypto.h" nogil:
 # Small messages (at most WGPY_SMALL_MAX bytes: pings, ACKs, keepalives) are sealed and opened
 # by compact scalar C instead of EVP: as fast when hot, far faster on a cold wake-up. See the
 # header for why and how.
+cdef extern from "wgpy_ints.h":
+    # ``lengths[i] = value`` with one kept int object per value (include/wgpy_ints.h); exact
+    # list, i < len(lengths) checked by the caller, GIL held
+    int wgpy_set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1
+
+
 cdef extern from "_chacha_small.h" nogil:
     enum:
         WGPY_SMALL_MAX
@@ -783,7 +789,7 @@ cdef class TransportCipher:
             with nogil:
                 done = self._seal_all(s, first, count)
             for i in range(done):
-                lengths[i] = C_HEADROOM + s.padded[i] + C_TAG
+                wgpy_set_length(lengths, i, C_HEADROOM + s.padded[i] + C_TAG)
             if done != count:
                 raise RuntimeError(f"OpenSSL: sealing packet {done} failed")
             return count
@@ -871,7 +877,7 @@ cdef class TransportCipher:
             for i in range(n):
                 results[i] = s.codes[i]
                 if s.codes[i] == R_OK:
-                    lengths[i] = s.sizes[i]
+                    wgpy_set_length(lengths, i, s.sizes[i])
             return accepted
         finally:
             release_views(s.views, pinned)

@@ -576,3 +576,31 @@ def test_small_messages_against_openssl_random(backend: ModuleType) -> None:
             bit = rng.randrange(8 * 16, 8 * len(forged))  # past the counter: ciphertext or tag
             forged[bit // 8] ^= 1 << (bit % 8)
             assert open_one(backend.TransportCipher(KEY_B, key, 1), bytes(forged))[0] == backend.AUTH
+
+
+def test_native_lengths_are_kept_ints_without_leaks() -> None:
+    """The native twin writes each length as the module's kept int of that value
+    (include/wgpy_ints.h): a batch that alternates plaintext and datagram lengths in its slots
+    makes no new int per packet, and no reference leaks per call."""
+    if os.environ.get("WGPY_PURE") == "1":
+        pytest.skip("WGPY_PURE=1 disables the Cython backend")
+    import sys
+
+    native = load("cython")
+    sender, receiver = pair(native, native)
+    bufs = [packet(bytes(1400)) for _ in range(8)]  # lengths above CPython's small ints
+    lengths = [1400] * 8
+    assert sender.seal_batch(bufs, lengths, MTU) == 8
+    first = lengths[0]
+    assert all(value is first for value in lengths)  # one object for the batch, not one per packet
+    before = sys.getrefcount(first)
+    for _ in range(200):
+        lengths[:] = [int(str(1400))] * 8  # fresh int objects of the plaintext length each time
+        assert sender.seal_batch(bufs, lengths, MTU) == 8
+    assert lengths[0] is first  # the same object every call
+    assert sys.getrefcount(first) == before  # 8 held by the list as before, nothing leaked
+    results = [-1] * 8
+    assert receiver.open_batch(bufs, lengths, results) == 8
+    opened = lengths[0]
+    assert opened == expected_padded(1400, MTU) and all(value is opened for value in lengths)
+    assert sys.getrefcount(first) == before - 8  # the list let go of the datagram lengths

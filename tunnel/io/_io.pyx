@@ -37,6 +37,12 @@ from tunnel.io._socket cimport (
 import errno as _errno
 
 
+cdef extern from "wgpy_ints.h":
+    # ``lengths[i] = value`` with one kept int object per value (include/wgpy_ints.h); exact
+    # list, i < len(lengths) checked by the caller, GIL held
+    int wgpy_set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1
+
+
 cdef extern from "_io.h":
     ctypedef struct wgpy_sockaddr:
         pass
@@ -175,19 +181,11 @@ cdef inline void release_views(Py_buffer *views, Py_ssize_t count) noexcept:
 
 
 cdef inline int set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1:
-    """``lengths[i] = value`` (i < len(lengths), checked by the caller), unless the slot already
-    holds an int of that value: the slots of a settled flow keep their lengths from one batch to
-    the next (MTU-sized segments), and rewriting them would make and free one int per packet."""
-    cdef PyObject *old = PyList_GET_ITEM(lengths, i)
-    cdef Py_ssize_t current
-    if PyLong_CheckExact(<object>old):
-        current = PyLong_AsSsize_t(<object>old)
-        if current == value:
-            return 0
-        if current == -1:
-            PyErr_Clear()  # out of range for Py_ssize_t: it is replaced below
-    lengths[i] = value
-    return 0
+    """``lengths[i] = value`` (i < len(lengths), checked by the caller) with the module's kept
+    int of that value (include/wgpy_ints.h): the slots of a batch list get a length per step
+    (read, seal, open, check), and a new int per packet and step would be one allocation and
+    one free each."""
+    return wgpy_set_length(lengths, i, value)
 
 
 include "_io_udp.pxi"

@@ -15,6 +15,11 @@ from tunnel.wireguard._batchbuf cimport transport_receiver as _transport_receive
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memset
 
+cdef extern from "wgpy_ints.h":
+    # ``lengths[i] = value`` with one kept int object per value (include/wgpy_ints.h); exact
+    # list, i < len(lengths) checked by the caller, GIL held
+    int wgpy_set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1
+
 from tunnel.wireguard.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
 from tunnel.wireguard.peer import Keypair
 from tunnel.wireguard.datapath_ref import INVALID_SIZE, INVALID_TYPE, NO_SLOT, compile_intervals
@@ -333,7 +338,7 @@ def accept_slots(RouteTable table not None, int slot, list bufs not None, list l
         counts[code] += 1
         if code == A_DELIVERED:
             verdict[i] = 0
-            lengths[i] = headroom + length
+            wgpy_set_length(lengths, i, headroom + length)
     return counts[A_DELIVERED], counts[A_KEEPALIVE], counts[A_INVALID], counts[A_DISALLOWED]
 
 

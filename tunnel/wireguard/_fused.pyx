@@ -23,6 +23,11 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
+cdef extern from "wgpy_ints.h":
+    # ``lengths[i] = value`` with one kept int object per value (include/wgpy_ints.h); exact
+    # list, i < len(lengths) checked by the caller, GIL held
+    int wgpy_set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1
+
 from crypto import _transport
 from tunnel.io import _io
 from tunnel.wireguard import _datapath
@@ -180,7 +185,7 @@ cdef class Fused:
             _cipher_end(c, s, True)
             done = sealed if sealed >= 0 else -1 - sealed
             for i in range(done):
-                lengths[i] = self._lens[i]
+                wgpy_set_length(lengths, i, self._lens[i])
             if sealed < 0:
                 _send_end(u, 0, 0, endpoint)
                 raise RuntimeError(f"OpenSSL: sealing packet {done} failed")
@@ -245,7 +250,7 @@ cdef class Fused:
             _cipher_end(c, s, False)
             for i in range(n):
                 results[i] = self._codes[i]
-                lengths[i] = self._lens[i]
+                wgpy_set_length(lengths, i, self._lens[i])
             write_error = None
             try:
                 written = _write_end(t, done)
