@@ -8,9 +8,16 @@ In record mode it then splits the window by process: the cores each side's daemo
 the idle task took (their share of all samples times the machine's CPUs: perf samples
 ``cpu-clock``, idle CPUs included), and each daemon's time by the same categories, in shares
 of that daemon's samples (which side is the bottleneck of the stream, and what its time is made
-of).
+of). With ``--side sender --dwarf`` it records one daemon with DWARF call graphs instead (to
+see which call of ours a libpython sample belongs to).
+
+Sched mode reads each daemon thread's /proc schedstat and the machine's idle time
+(/proc/stat) over the window: time on a CPU, time runnable but waiting for one, and voluntary
+and involuntary context switches per second (whether a side is bound by its own work or by
+sharing the CPUs).
 
     sudo .venv/bin/python bench/wg_perf.py --program .venv/bin/wg-py --mode record
+    sudo .venv/bin/python bench/wg_perf.py --program .venv/bin/wg-py --mode sched
     sudo .venv/bin/python bench/wg_perf.py --program .venv/bin/wg-py --mode trace
     sudo .venv/bin/python bench/wg_perf.py --vxlan --mode record   # wg-py VXLAN, as wg-py bench builds it
 """
@@ -75,16 +82,39 @@ SYSCALL_NAMES = ("readv", "writev", "read", "write", "recvmmsg", "recvmsg", "sen
 TRACE_LINE = re.compile(r"^\s+(\w+)\s+(\d+)\s+(\d+)\s+([\d.]+)")
 
 
+def idle_seconds() -> float:
+    """The machine's idle (and iowait) CPU seconds so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
+def schedstat(tid: int) -> list[int]:
+    """A thread's CPU time and run-queue wait (ns, /proc schedstat), and its voluntary and
+    involuntary context switches."""
+    with open(f"/proc/{tid}/schedstat") as f:
+        run, wait, slices = (int(x) for x in f.read().split())
+    with open(f"/proc/{tid}/status") as f:
+        text = f.read()
+    vol = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+    invol = int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+    return [run, wait, slices, vol, invol]
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--program", help="the WireGuard daemon (wg-py or a wireguard-go)")
     p.add_argument("--vxlan", action="store_true", help="a wg-py VXLAN pair instead (wg-py bench's wgpy-vxlan)")
-    p.add_argument("--mode", choices=("record", "trace", "stat", "pyspy", "none"), default="record")
+    p.add_argument("--mode", choices=("record", "trace", "stat", "pyspy", "sched", "none"), default="record")
     p.add_argument("--time", type=int, default=10)
     p.add_argument("--window", type=float, default=6.0, help="seconds of perf in the middle")
     p.add_argument("--hz", type=int, default=499)
     p.add_argument("--reverse", action="store_true")
     p.add_argument("--keep", help="keep perf.data here (record mode)")
+    p.add_argument("--side", choices=("sender", "receiver"),
+                   help="record mode: that daemon's main thread only (perf -p), not the whole machine")
+    p.add_argument("--dwarf", action="store_true",
+                   help="record mode: DWARF call graphs (callers inside libpython and the extensions)")
     opts = p.parse_args(argv)
     env = {"LOG_LEVEL": "error", **({"WGPY_PURE": os.environ["WGPY_PURE"]} if "WGPY_PURE" in os.environ else {})}
     lab = Lab(f"wperf{os.getpid() % 10000}")
@@ -116,7 +146,9 @@ def main(argv: list[str]) -> int:
         stat_out: dict[str, subprocess.Popen[str]] = {}
         stat_text: dict[str, str] = {}
         if opts.mode == "record":
-            subprocess.run(["perf", "record", "-q", "-a", "-g", "-F", str(opts.hz), "-o", data, "--",
+            graph = ["--call-graph", "dwarf,16384"] if opts.dwarf else ["-g"]
+            target = ["-p", str(min(sides[(opts.side == "receiver") != opts.reverse]))] if opts.side else ["-a"]
+            subprocess.run(["perf", "record", "-q", *target, *graph, "-F", str(opts.hz), "-o", data, "--",
                             "sleep", str(opts.window)], capture_output=True, check=True)
         elif opts.mode == "pyspy":
             spies = [subprocess.Popen(
@@ -134,6 +166,12 @@ def main(argv: list[str]) -> int:
                      "sleep", str(opts.window)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for side, proc in stat_out.items():
                 stat_text[side] = proc.communicate(timeout=opts.window + 30)[1]
+        elif opts.mode == "sched":
+            sched0 = {t: schedstat(t) for group in sides for t in group}
+            idle0 = idle_seconds()
+            time.sleep(opts.window)
+            idle1 = idle_seconds()
+            sched1 = {t: schedstat(t) for group in sides for t in group}
         elif opts.mode == "trace":
             perf_out = subprocess.run(
                 ["perf", "trace", "-s", "-p", ",".join(map(str, pids)), "--", "sleep", str(opts.window)],
@@ -146,8 +184,9 @@ def main(argv: list[str]) -> int:
             load1 = " ".join(f.read().split()[:3])
         bps, nbytes = tcp_figures(out["result"])
         cpu = per_gigabyte(sum(p1.values()) - sum(p0.get(x, 0.0) for x in p1), nbytes)
+        retrans = out["result"]["end"].get("sum_sent", {}).get("retransmits", 0)
         print(f"{opts.program}: {bps / 1e9:.2f} Gbit/s, tunnel CPU {cpu or 0:.3f} s/GB, "
-              f"load {load0} -> {load1}")
+              f"{retrans} retransmits, load {load0} -> {load1}")
         gb = bps / 8e9 * opts.window
         if opts.mode == "record":
             script = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,ip,sym,dso"],
@@ -174,6 +213,17 @@ def main(argv: list[str]) -> int:
                     if len(parts) > 2 and parts[0].isdigit():
                         n = int(parts[0])
                         print(f"{side:>9} {parts[2].split('sys_enter_')[-1]:>12} {n:9d} calls  {n / gb:10.0f} per GB")
+        elif opts.mode == "sched":
+            print(f"machine idle {(idle1 - idle0) / opts.window:.2f} cores (/proc/stat)")
+            for side, group in zip(("sender", "receiver"), sides, strict=True):
+                if opts.reverse:
+                    side = {"sender": "receiver", "receiver": "sender"}[side]
+                for t in sorted(group):
+                    d = [b - a for a, b in zip(sched0[t], sched1[t], strict=True)]
+                    if d[0] > 1e6 * opts.window / 100:
+                        print(f"{side:>9} thread {t}: on CPU {d[0] / 1e9 / opts.window:.2f}, runnable but waiting "
+                              f"{d[1] / 1e9 / opts.window:.2f} (cores); {d[3] / opts.window:.0f} voluntary and "
+                              f"{d[4] / opts.window:.0f} involuntary switches/s")
         elif opts.mode == "trace":
             calls: dict[tuple[str, str], int] = {}
             who = "?"
