@@ -276,7 +276,7 @@ def test_overlay_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert got["tcp1_gbps"] > 0 and got["tcp4_gbps"] > 0 and got["ping_median_ms"] > 0
         assert got["cpu_tunnel_s_per_gb"] > 0 and got["cpu_system_s_per_gb"] > 0
         assert got["cpu_softirq_s_per_gb"] >= 0
-        assert 0 <= got["idle_tcp4_pct"] <= 100
+        assert 0 <= got["idle_tcp4_pct"] <= 100 and 0 <= got["idle_tcp1_pct"] <= 100
         busy = [got[report.busy_key(n)] for n in range(cpus)]
         assert all(0 <= b <= 100 for b in busy) and max(busy) > 0
         assert got["tunnel_cores_tcp4"] > 0

@@ -24,12 +24,13 @@ an unlimited offered rate (packets/s that arrived); then, after every contender'
 runs of the round, the ping RTTs of all contenders in interleaved blocks (:func:`ping_schedule`:
 A B, B A, ...; 200 pings at 10 ms per contender and round). Around each single-stream TCP
 run: the CPU time (utime+stime from ``/proc/PID/stat``) of the tunnel processes on both ends,
-the machine's busy time and its softirq time (``/proc/stat``), each divided by the bytes moved.
-Around each 4-stream run (issue 17): the machine's idle share and each CPU's busy share
-(``/proc/stat``), and the busiest tunnel process's CPU time over the wall time (in cores; above
-1 it ran on more than one CPU at a time). After the rounds: the
-tunnel processes' peak RSS (``VmHWM``) and, for wg-py and wireguard-go, the RSS (``VmRSS``) of a
-fresh daemon before and after ``wg setconf`` of ``--peers`` generated peers (one /32 each).
+the machine's busy time and its softirq time (``/proc/stat``), each divided by the bytes moved,
+and the machine's idle share (whether the stream left CPU unused). Around each 4-stream run
+(issue 17): the machine's idle share and each CPU's busy share (``/proc/stat``), and the busiest
+tunnel process's CPU time over the wall time (in cores; above 1 it ran on more than one CPU at a
+time). After the rounds: the tunnel processes' peak RSS (``VmHWM``) and, for wg-py and
+wireguard-go, the RSS (``VmRSS``) of a fresh daemon before and after ``wg setconf`` of
+``--peers`` generated peers (one /32 each).
 
 Figures are medians over the rounds. The report names the contenders it compared (each
 wireguard-go by version) and is a table with each figure, its ratios to the references (wg-py /
@@ -514,9 +515,10 @@ def run(opts: Options, wggos: Sequence[WireguardGo] = ()) -> dict[str, Any]:
                         s["cpu_tunnel_s_per_gb"].append(got["cpu_tunnel"])
                         s["cpu_system_s_per_gb"].append(got["cpu_system"])
                         s["cpu_softirq_s_per_gb"].append(got["cpu_softirq"])
+                        s["idle_tcp1_pct"].append(got.get("idle_tcp4_pct"))  # idle_figures' key
                         return (f"{got['gbps']:.3f} Gbit/s  tunnel cpu {fmt(got['cpu_tunnel'])} "
                                 f"s/GB  machine cpu {fmt(got['cpu_system'])} s/GB  softirq "
-                                f"{fmt(got['cpu_softirq'])} s/GB")
+                                f"{fmt(got['cpu_softirq'])} s/GB  idle {fmt(got.get('idle_tcp4_pct'))} %")
                     s["tunnel_cores_tcp4"].append(got["tunnel_cores"])
                     busy = []
                     for key, value in got.items():

@@ -118,6 +118,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("cpu_tunnel_s_per_gb", "tunnel CPU (TCP 1)", "s/GB", False),
     Metric("cpu_system_s_per_gb", "machine CPU (TCP 1)", "s/GB", False),
     Metric("cpu_softirq_s_per_gb", "softirq CPU (TCP 1)", "s/GB", False),
+    # over each 1-stream run: idle left means the stream was not bound by the machine's CPUs
+    # (on a 2-CPU machine both ends and iperf3 share them; docs/benchmarks.md, session 8)
+    Metric("idle_tcp1_pct", "machine idle (TCP 1)", "%", False),
     # over each 4-stream run (issue 17: did a daemon use both cores?); not judged
     Metric("idle_tcp4_pct", "machine idle (TCP 4)", "%", False),
     Metric("tunnel_cores_tcp4", "busiest tunnel process (TCP 4)", "cores", False),
