@@ -55,15 +55,12 @@ cdef extern from "openssl/crypto.h" nogil:
     void OPENSSL_cleanse(void *ptr, size_t length)
 
 
+from wgpy_ints cimport wgpy_set_length  # include/wgpy_ints.pxd: batch lengths as kept ints
+
+
 # Small messages (at most WGPY_SMALL_MAX bytes: pings, ACKs, keepalives) are sealed and opened
 # by compact scalar C instead of EVP: as fast when hot, far faster on a cold wake-up. See the
 # header for why and how.
-cdef extern from "wgpy_ints.h":
-    # ``lengths[i] = value`` with one kept int object per value (include/wgpy_ints.h); exact
-    # list, i < len(lengths) checked by the caller, GIL held
-    int wgpy_set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1
-
-
 cdef extern from "_chacha_small.h" nogil:
     enum:
         WGPY_SMALL_MAX

@@ -18,10 +18,6 @@ one). Single-threaded: one event loop owns an object; a second thread gets Runti
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.exc cimport PyErr_Clear
-from cpython.list cimport PyList_GET_ITEM
-from cpython.long cimport PyLong_AsSsize_t, PyLong_CheckExact
-from cpython.ref cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.errno cimport EAGAIN, EINTR, EINVAL, errno
@@ -34,13 +30,9 @@ from tunnel.io._socket cimport (
     getsockopt, mmsghdr, msghdr, recvmmsg, sendmmsg, sendmsg, setsockopt, socket_family, socklen_t,
 )
 
+from wgpy_ints cimport wgpy_set_length  # include/wgpy_ints.pxd: batch lengths as kept ints
+
 import errno as _errno
-
-
-cdef extern from "wgpy_ints.h":
-    # ``lengths[i] = value`` with one kept int object per value (include/wgpy_ints.h); exact
-    # list, i < len(lengths) checked by the caller, GIL held
-    int wgpy_set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1
 
 
 cdef extern from "_io.h":
@@ -178,14 +170,6 @@ cdef inline void release_views(Py_buffer *views, Py_ssize_t count) noexcept:
     cdef Py_ssize_t i
     for i in range(count):
         PyBuffer_Release(&views[i])
-
-
-cdef inline int set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1:
-    """``lengths[i] = value`` (i < len(lengths), checked by the caller) with the module's kept
-    int of that value (include/wgpy_ints.h): the slots of a batch list get a length per step
-    (read, seal, open, check), and a new int per packet and step would be one allocation and
-    one free each."""
-    return wgpy_set_length(lengths, i, value)
 
 
 include "_io_udp.pxi"

@@ -173,7 +173,7 @@ cdef class TunBatch:
                 if count < limit or limit == n or err:
                     break
             for i in range(count):
-                set_length(lengths, i, self._lens[i])
+                wgpy_set_length(lengths, i, self._lens[i])
             self._tally("read:too_big", self._too_big)
             self._tally("read:short", self._short)
             self._tally("read:bad_gso", self._bad_gso)

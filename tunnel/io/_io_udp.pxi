@@ -285,7 +285,7 @@ cdef class UdpBatch:
                     if count < limit or limit == n or r < 0:
                         break
             for i in range(count):
-                set_length(lengths, i, self._slot_len[i])
+                wgpy_set_length(lengths, i, self._slot_len[i])
                 # The slot's own copy: a later recvmmsg of this call may have reused the
                 # message (and its source) that held-back segments came from.
                 sources[i] = self._source_object(&self._slot_src[i])

@@ -15,10 +15,7 @@ from tunnel.wireguard._batchbuf cimport transport_receiver as _transport_receive
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-cdef extern from "wgpy_ints.h":
-    # ``lengths[i] = value`` with one kept int object per value (include/wgpy_ints.h); exact
-    # list, i < len(lengths) checked by the caller, GIL held
-    int wgpy_set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1
+from wgpy_ints cimport wgpy_set_length  # include/wgpy_ints.pxd: batch lengths as kept ints
 
 from tunnel.wireguard.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
 from tunnel.wireguard.peer import Keypair

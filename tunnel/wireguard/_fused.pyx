@@ -23,10 +23,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-cdef extern from "wgpy_ints.h":
-    # ``lengths[i] = value`` with one kept int object per value (include/wgpy_ints.h); exact
-    # list, i < len(lengths) checked by the caller, GIL held
-    int wgpy_set_length(list lengths, Py_ssize_t i, Py_ssize_t value) except -1
+from wgpy_ints cimport wgpy_set_length  # include/wgpy_ints.pxd: batch lengths as kept ints
 
 from crypto import _transport
 from tunnel.io import _io
