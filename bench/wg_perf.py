@@ -40,7 +40,7 @@ from vxlat_perf import account  # noqa: E402
 from wg_ab import wg_pair  # noqa: E402
 
 from tunnel.lab.bench import build_pair, process_cpu  # noqa: E402
-from tunnel.lab.benchreport import per_gigabyte, tcp_figures  # noqa: E402
+from tunnel.lab.benchreport import cpu_ticks, per_gigabyte, tcp_figures  # noqa: E402
 from tunnel.lab.netns import Lab  # noqa: E402
 
 
@@ -83,22 +83,23 @@ TRACE_LINE = re.compile(r"^\s+(\w+)\s+(\d+)\s+(\d+)\s+([\d.]+)")
 
 
 def idle_seconds() -> float:
-    """The machine's idle (and iowait) CPU seconds so far (/proc/stat)."""
+    """The machine's idle (and iowait) CPU seconds so far: /proc/stat as ``wg-py bench`` reads it
+    (:func:`tunnel.lab.benchreport.cpu_ticks`)."""
     with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
+        busy, total = cpu_ticks(f.read())["cpu"]
+    return (total - busy) / os.sysconf("SC_CLK_TCK")
 
 
 def schedstat(tid: int) -> list[int]:
     """A thread's CPU time and run-queue wait (ns, /proc schedstat), and its voluntary and
     involuntary context switches."""
     with open(f"/proc/{tid}/schedstat") as f:
-        run, wait, slices = (int(x) for x in f.read().split())
+        run, wait, _slices = (int(x) for x in f.read().split())
     with open(f"/proc/{tid}/status") as f:
         text = f.read()
     vol = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
     invol = int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
-    return [run, wait, slices, vol, invol]
+    return [run, wait, vol, invol]
 
 
 def main(argv: list[str]) -> int:
@@ -222,8 +223,8 @@ def main(argv: list[str]) -> int:
                     d = [b - a for a, b in zip(sched0[t], sched1[t], strict=True)]
                     if d[0] > 1e6 * opts.window / 100:
                         print(f"{side:>9} thread {t}: on CPU {d[0] / 1e9 / opts.window:.2f}, runnable but waiting "
-                              f"{d[1] / 1e9 / opts.window:.2f} (cores); {d[3] / opts.window:.0f} voluntary and "
-                              f"{d[4] / opts.window:.0f} involuntary switches/s")
+                              f"{d[1] / 1e9 / opts.window:.2f} (cores); {d[2] / opts.window:.0f} voluntary and "
+                              f"{d[3] / opts.window:.0f} involuntary switches/s")
         elif opts.mode == "trace":
             calls: dict[tuple[str, str], int] = {}
             who = "?"

@@ -515,10 +515,11 @@ def run(opts: Options, wggos: Sequence[WireguardGo] = ()) -> dict[str, Any]:
                         s["cpu_tunnel_s_per_gb"].append(got["cpu_tunnel"])
                         s["cpu_system_s_per_gb"].append(got["cpu_system"])
                         s["cpu_softirq_s_per_gb"].append(got["cpu_softirq"])
-                        s["idle_tcp1_pct"].append(got.get("idle_tcp4_pct"))  # idle_figures' key
+                        idle = got.get("idle_tcp4_pct")  # idle_figures' key, whatever the streams
+                        s["idle_tcp1_pct"].append(idle)
                         return (f"{got['gbps']:.3f} Gbit/s  tunnel cpu {fmt(got['cpu_tunnel'])} "
                                 f"s/GB  machine cpu {fmt(got['cpu_system'])} s/GB  softirq "
-                                f"{fmt(got['cpu_softirq'])} s/GB  idle {fmt(got.get('idle_tcp4_pct'))} %")
+                                f"{fmt(got['cpu_softirq'])} s/GB  idle {fmt(idle)} %")
                     s["tunnel_cores_tcp4"].append(got["tunnel_cores"])
                     busy = []
                     for key, value in got.items():
