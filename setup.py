@@ -40,7 +40,8 @@ def extensions() -> list[Extension]:
     directives: dict[str, object] = {"language_level": "3"}
     if DEBUG:
         directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
-    return cythonize(modules, compiler_directives=directives, quiet=True, include_path=[str(ROOT / "include")])
+    return cythonize(modules, compiler_directives=directives, quiet=True,
+                     include_path=[str(ROOT), str(ROOT / "include")])
 
 
 setup(ext_modules=extensions())
